@@ -1,0 +1,106 @@
+/**
+ * Every error saegate raises on purpose carries a stable `SAEGATE_ERR_*` code, documented in
+ * docs/errors.md. Modeled on fastify's `lib/errors.js`: one table maps a code to its message
+ * template, HTTP status and class, so a code means the same thing wherever it is thrown.
+ */
+
+/** Error kinds as OpenAI clients see them in `error.type`. */
+export type OpenAIErrorType =
+  | 'invalid_request_error'
+  | 'not_found_error'
+  | 'server_error'
+  | 'timeout_error'
+  | 'rate_limit_error';
+
+interface ErrorSpec {
+  /** Message template; `%s` placeholders are filled in order. */
+  readonly message: string;
+  /** HTTP status when the error reaches an HTTP client. */
+  readonly status: number;
+  readonly type: OpenAIErrorType;
+}
+
+const specs = {
+  // Model files
+  SAEGATE_ERR_MODEL_FILE: { message: "model file '%s': %s", status: 500, type: 'server_error' },
+  SAEGATE_ERR_MODEL_CONFIG: { message: "model config '%s': %s", status: 500, type: 'server_error' },
+  SAEGATE_ERR_TOKENIZER_FILE: { message: "tokenizer file '%s': %s", status: 500, type: 'server_error' },
+  SAEGATE_ERR_TOKENIZER_MISMATCH: {
+    message: "tokenizer '%s' does not match model '%s': %s",
+    status: 500,
+    type: 'server_error',
+  },
+  SAEGATE_ERR_SAFETENSORS: { message: "safetensors file '%s': %s", status: 500, type: 'server_error' },
+  // Runtime
+  SAEGATE_ERR_DEVICE_UNAVAILABLE: { message: 'device %s is not available: %s', status: 500, type: 'server_error' },
+  SAEGATE_ERR_RUNTIME: { message: 'model runtime failed: %s', status: 500, type: 'server_error' },
+  SAEGATE_ERR_WORKER_EXITED: { message: 'worker thread exited: %s', status: 500, type: 'server_error' },
+  // Requests
+  SAEGATE_ERR_BAD_REQUEST: { message: '%s', status: 400, type: 'invalid_request_error' },
+  SAEGATE_ERR_INVALID_JSON: { message: 'request body is not valid JSON: %s', status: 400, type: 'invalid_request_error' },
+  SAEGATE_ERR_CONTEXT_LENGTH: {
+    message: "This model's maximum context length is %s tokens, but the request asks for %s tokens (%s in the prompt plus max_tokens %s).",
+    status: 400,
+    type: 'invalid_request_error',
+  },
+  SAEGATE_ERR_MODEL_NOT_FOUND: { message: "The model '%s' does not exist. Available: %s", status: 404, type: 'not_found_error' },
+  SAEGATE_ERR_NOT_FOUND: { message: 'no route %s %s', status: 404, type: 'not_found_error' },
+  SAEGATE_ERR_STEERING: { message: 'invalid steering: %s', status: 400, type: 'invalid_request_error' },
+  SAEGATE_ERR_PLAN_TIMEOUT: {
+    message: "steering plan '%s' for request '%s' did not arrive on the tap within %s ms",
+    status: 503,
+    type: 'server_error',
+  },
+  SAEGATE_ERR_OVERLOADED: { message: 'server is overloaded: %s', status: 503, type: 'server_error' },
+  SAEGATE_ERR_SHUTTING_DOWN: { message: 'server is shutting down', status: 503, type: 'server_error' },
+  // Tap protocol
+  SAEGATE_ERR_TAP_FRAME: { message: 'malformed tap frame: %s', status: 400, type: 'invalid_request_error' },
+  SAEGATE_ERR_TAP_VERSION: { message: 'tap protocol version mismatch: %s', status: 400, type: 'invalid_request_error' },
+  SAEGATE_ERR_TAP_AUTH: { message: 'tap authentication failed: %s', status: 401, type: 'invalid_request_error' },
+  // Configuration / CLI
+  SAEGATE_ERR_CONFIG: { message: "invalid configuration '%s': %s", status: 500, type: 'server_error' },
+  SAEGATE_ERR_CLI_USAGE: { message: '%s', status: 400, type: 'invalid_request_error' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type SaegateErrorCode = keyof typeof specs;
+
+function format(template: string, args: readonly unknown[]): string {
+  let i = 0;
+  return template.replace(/%s/g, () => (i < args.length ? String(args[i++]) : '%s'));
+}
+
+/** The one error class of the project; `code` selects message template, status and type. */
+export class SaegateError extends Error {
+  readonly code: SaegateErrorCode;
+  readonly status: number;
+  readonly type: OpenAIErrorType;
+  /** Request parameter the error is about, for OpenAI's `error.param`. */
+  readonly param: string | null;
+
+  constructor(code: SaegateErrorCode, args: readonly unknown[] = [], options: { cause?: unknown; param?: string } = {}) {
+    const spec: ErrorSpec = specs[code];
+    super(format(spec.message, args), options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'SaegateError';
+    this.code = code;
+    this.status = spec.status;
+    this.type = spec.type;
+    this.param = options.param ?? null;
+  }
+
+  /** The OpenAI-shaped error body: `{"error": {"message", "type", "param", "code"}}`. */
+  toJSON(): { error: { message: string; type: OpenAIErrorType; param: string | null; code: SaegateErrorCode } } {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+}
+
+/** Shorthand constructor: `err('SAEGATE_ERR_MODEL_FILE', path, 'truncated')`. */
+export function err(code: SaegateErrorCode, ...args: unknown[]): SaegateError {
+  return new SaegateError(code, args);
+}
+
+export function isSaegateError(value: unknown, code?: SaegateErrorCode): value is SaegateError {
+  return value instanceof SaegateError && (code === undefined || value.code === code);
+}
+
+/** All codes, for the docs test that checks docs/errors.md lists every one. */
+export const errorCodes: readonly SaegateErrorCode[] = Object.keys(specs) as SaegateErrorCode[];
