@@ -1,0 +1,67 @@
+/**
+ * Messages between the engine (main thread) and the runtime worker. Bulk data (ONNX bytes,
+ * activation rows) travels as transferred ArrayBuffers, never as per-row objects.
+ */
+import type { Device } from '../common/ort.js';
+import type { FinishReason, SamplingParams } from './engine-types.js';
+import type { ModelConfig } from './types.js';
+
+/** A steering term with its vector resolved, as the worker applies it. */
+export interface WorkerSteeringEntry {
+  hook: string;
+  vector: Float32Array;
+  scale: number;
+  fromPosition: number;
+  untilPosition: number | null;
+}
+
+export interface TapSubscription {
+  hooks: string[];
+  /** Element type the rows are delivered in. */
+  dtype: 'f32' | 'f16';
+  /** Also stream rows for prompt positions (prefill). */
+  includePrompt: boolean;
+}
+
+export type ToWorker =
+  | { type: 'init'; model: Uint8Array; config: ModelConfig; maxSlots: number; device: Device; intraOpThreads?: number; prefillTokenBudget: number }
+  | {
+      type: 'submit';
+      requestId: string;
+      promptTokens: number[];
+      maxTokens: number;
+      sampling: SamplingParams;
+      stopTokenIds: number[];
+      steering: WorkerSteeringEntry[];
+    }
+  | { type: 'cancel'; requestId: string }
+  /** Replaces the plan-derived steering of a request from the next step on. */
+  | { type: 'plan'; requestId: string; entries: WorkerSteeringEntry[] }
+  | { type: 'tap'; subscription: TapSubscription | null }
+  | { type: 'close' };
+
+/** Rows of one hook from one forward pass. */
+export interface ActivationBatch {
+  hook: string;
+  dtype: 'f32' | 'f16';
+  dModel: number;
+  /** Request id per row. */
+  requestIds: string[];
+  /** Token position per row. */
+  positions: Int32Array;
+  /** rows × dModel values: Float32Array for f32, Uint16Array (IEEE half bits) for f16. */
+  data: Float32Array | Uint16Array;
+}
+
+export interface StepTokens {
+  requestIds: string[];
+  positions: Int32Array;
+  tokenIds: Int32Array;
+}
+
+export type FromWorker =
+  | { type: 'ready' }
+  | { type: 'init_error'; code: string; message: string }
+  | { type: 'step'; tokens: StepTokens; activations: ActivationBatch[]; batchSize: number; phase: 'prefill' | 'decode'; runMs: number }
+  | { type: 'done'; requestId: string; finishReason: FinishReason; promptTokens: number; completionTokens: number }
+  | { type: 'request_error'; requestId: string; code: string; message: string };
