@@ -9,9 +9,11 @@
  *
  * Hook points (TransformerLens names) are graph outputs `tap.<hook>` (float32) and
  * `tap16.<hook>` (float16). onnxruntime only copies out the outputs a run asks for, so untapped runs
- * pay nothing for them. Each hook also has an optional input `steer.<hook>` (`[B, T, dim]`, default a
- * zero `[1, 1, dim]` broadcast) added to the residual stream there, so each sequence and position
- * of a batch can be steered differently and an unsteered run feeds nothing.
+ * pay nothing for them. Each hook also has an input `steer.<hook>` added to the residual stream
+ * there: `[B, T, dim]` so each sequence and position of a batch can be steered differently, or a
+ * broadcast `[1, 1, dim]` zero row when nobody is steered at that hook. (An initializer listed as
+ * an input would make a neater optional input, but onnxruntime-node only passes feeds named in
+ * `session.inputNames`, which excludes such initializers, so the override would be ignored.)
  *
  * Inputs:
  * - `input_ids` int64 `[B, T]` (T = 1 when decoding; padded prompt length when prefilling)
@@ -103,7 +105,6 @@ export function buildDecoderGraph(weights: ModelWeights, options: DecoderGraphOp
   const eps = g.constF32([cfg.normEps], []);
   const attnScale = g.constF32([1 / Math.sqrt(hd)], []);
   const cacheAxes = g.constI64([0, 2]);
-  const zeroSteer = new Float32Array(D);
 
   const rmsNorm = (x: string, weight: Float32Array, name: string): string => {
     const w = g.weightF32(name, weight, [D]);
@@ -137,7 +138,7 @@ export function buildDecoderGraph(weights: ModelWeights, options: DecoderGraphOp
   const bias = g.op('Unsqueeze', [attnBias, g.constI64([1, 2])]);
 
   const hook = (x: string, name: string): string => {
-    const steer = g.optionalInputF32(GraphNames.steer(name), zeroSteer, [1, 1, D], ['batch', 'seq', D]);
+    const steer = g.input(GraphNames.steer(name), F, ['steer_batch', 'steer_seq', D]);
     const steered = g.op('Add', [x, steer]);
     g.output(GraphNames.tap(name), steered, F, ['batch', 'seq', D]);
     g.output(GraphNames.tap16(name), g.op('Cast', [steered], { to: DataType.FLOAT16 }), DataType.FLOAT16, ['batch', 'seq', D]);

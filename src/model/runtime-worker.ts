@@ -17,7 +17,7 @@ import type { FinishReason, SamplingParams } from './engine-types.js';
 import { GraphNames } from './graph.js';
 import type { ActivationBatch, FromWorker, TapSubscription, ToWorker, WorkerSteeringEntry } from './runtime-protocol.js';
 import { SeededRandom, sampleToken } from './sampling.js';
-import type { ModelConfig } from './types.js';
+import { allHookPoints, type ModelConfig } from './types.js';
 
 const port = parentPort;
 if (!port) throw new Error('runtime-worker must run in a worker thread');
@@ -55,6 +55,9 @@ let ropeCos: Float32Array;
 let ropeSin: Float32Array;
 let logitScratch: Float32Array;
 let tap: TapSubscription | null = null;
+/** `[1, 1, dim]` zeros fed to every hook nobody in the batch steers (broadcast by the graph's Add). */
+let zeroSteer: Tensor;
+let hookNames: string[] = [];
 
 const running: Sequence[] = [];
 const waiting: Sequence[] = [];
@@ -88,8 +91,10 @@ function init(msg: Extract<ToWorker, { type: 'init' }>): Promise<void> {
     }
   }
   logitScratch = new Float32Array(config.vocabSize);
+  hookNames = allHookPoints(config);
   return loadOrt().then(async (m) => {
     ort = m;
+    zeroSteer = new ort.Tensor('float32', new Float32Array(config.dim), [1, 1, config.dim]);
     session = await createSession(msg.model, { device: msg.device, intraOpThreads: msg.intraOpThreads });
   });
 }
@@ -177,9 +182,9 @@ async function forward(batch: Sequence[], firstSlot: number, tokens: number[][],
   }
   const steeredHooks = new Set<string>();
   for (const seq of batch) for (const e of [...seq.bodySteering, ...seq.planSteering]) steeredHooks.add(e.hook);
-  for (const hook of steeredHooks) {
-    const feed = steeringFeed(hook, batch, T, starts, lengths);
-    if (feed) feeds[GraphNames.steer(hook)] = f32(feed, [B, T, config.dim]);
+  for (const hook of hookNames) {
+    const feed = steeredHooks.has(hook) ? steeringFeed(hook, batch, T, starts, lengths) : null;
+    feeds[GraphNames.steer(hook)] = feed ? f32(feed, [B, T, config.dim]) : zeroSteer;
   }
   const fetches: string[] = [GraphNames.logits];
   for (let l = 0; l < config.nLayers; l++) fetches.push(GraphNames.newK(l), GraphNames.newV(l));

@@ -28,16 +28,6 @@ export class GraphBuilder {
     return name;
   }
 
-  /**
-   * Declares an input that callers may omit: ONNX treats an initializer listed among the inputs as
-   * a default that a feed overrides.
-   */
-  optionalInputF32(name: string, defaults: Float32Array, dims: readonly number[], shape: readonly (number | string)[]): string {
-    this.inputs.push({ name, dataType: DataType.FLOAT, shape });
-    this.initializers.push({ name, tensor: { dataType: DataType.FLOAT, dims, raw: bytesOf(defaults) } });
-    return name;
-  }
-
   /** Declares `value` as a graph output named `name` (adds an Identity when names differ). */
   output(name: string, value: string, dataType: DataTypeCode, shape: readonly (number | string)[]): string {
     if (value !== name) this.op('Identity', [value], {}, name);
