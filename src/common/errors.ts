@@ -52,11 +52,20 @@ const specs = {
     type: 'server_error',
   },
   SAEGATE_ERR_OVERLOADED: { message: 'server is overloaded: %s', status: 503, type: 'server_error' },
+  SAEGATE_ERR_TOO_MANY_REQUESTS: { message: 'too many requests in flight: %s', status: 429, type: 'rate_limit_error' },
+  SAEGATE_ERR_BODY_TOO_LARGE: { message: 'request body is larger than the limit of %s bytes', status: 413, type: 'invalid_request_error' },
   SAEGATE_ERR_SHUTTING_DOWN: { message: 'server is shutting down', status: 503, type: 'server_error' },
   // Tap protocol
   SAEGATE_ERR_TAP_FRAME: { message: 'malformed tap frame: %s', status: 400, type: 'invalid_request_error' },
   SAEGATE_ERR_TAP_VERSION: { message: 'tap protocol version mismatch: %s', status: 400, type: 'invalid_request_error' },
   SAEGATE_ERR_TAP_AUTH: { message: 'tap authentication failed: %s', status: 401, type: 'invalid_request_error' },
+  SAEGATE_ERR_TAP_ARGUMENT: { message: 'invalid tap argument: %s', status: 500, type: 'server_error' },
+  SAEGATE_ERR_TAP_CLOSED: { message: 'tap connection closed: %s', status: 503, type: 'server_error' },
+  SAEGATE_ERR_TAP_PLAN_REJECTED: {
+    message: "steering plan '%s' for request '%s' was rejected on the tap: %s",
+    status: 500,
+    type: 'server_error',
+  },
   // Configuration / CLI
   SAEGATE_ERR_CONFIG: { message: "invalid configuration '%s': %s", status: 500, type: 'server_error' },
   SAEGATE_ERR_CLI_USAGE: { message: '%s', status: 400, type: 'invalid_request_error' },
