@@ -216,8 +216,8 @@ export class LocalEngine implements Engine {
         sampling: request.sampling,
         stopTokenIds: [...request.stopTokenIds],
         steering: request.steering,
+        planSteering: planEntries,
       });
-      if (planEntries.length > 0) this.post({ type: 'plan', requestId: request.requestId, entries: planEntries });
     });
   }
 

@@ -33,6 +33,8 @@ export type ToWorker =
       sampling: SamplingParams;
       stopTokenIds: number[];
       steering: WorkerSteeringEntry[];
+      /** Steering from saegate's plan; part of the submit so it is in place before prefill. */
+      planSteering: WorkerSteeringEntry[];
     }
   | { type: 'cancel'; requestId: string }
   /** Replaces the plan-derived steering of a request from the next step on. */

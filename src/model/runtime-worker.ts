@@ -393,7 +393,7 @@ port.on('message', (msg: ToWorker) => {
         sampling: msg.sampling,
         stopTokenIds: new Set(msg.stopTokenIds),
         bodySteering: msg.steering,
-        planSteering: [],
+        planSteering: msg.planSteering,
         rng: new SeededRandom(msg.sampling.seed ?? Math.floor(Math.random() * 2 ** 32)),
         length: 0,
         pending: 0,

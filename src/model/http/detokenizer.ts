@@ -1,0 +1,118 @@
+/**
+ * Generated token ids → text that is safe to send, with OpenAI stop sequences.
+ *
+ * Stop sequences are text, but tokens are not characters: one stop string can span several
+ * tokens, and one character can span several tokens (a multi-byte UTF-8 character split over
+ * byte tokens). So the ids are decoded from the start on every token, new text is released only
+ * when the decode does not end in U+FFFD (an incomplete UTF-8 sequence, per Tokenizer.decode), and
+ * any tail that could still grow into a stop string is held back until the next tokens decide it.
+ * That way a streamed response never contains any part of a stop string.
+ */
+import type { Tokenizer } from '../types.js';
+
+/** Options of {@link StopSequenceDetokenizer}. */
+export interface DetokenizerOptions {
+  tokenizer: Tokenizer;
+  /** Stop sequences; generation ends before the first occurrence of any. Empty strings are ignored. */
+  stop: readonly string[];
+  /** Token ids that carry no text (EOS): counted, never decoded. */
+  silentTokenIds: readonly number[];
+}
+
+const REPLACEMENT_CHARACTER = '\uFFFD';
+
+/** Incremental decoder for one generated sequence. */
+export class StopSequenceDetokenizer {
+  private readonly tokenizer: Tokenizer;
+  private readonly stop: readonly string[];
+  private readonly longestStop: number;
+  private readonly silent: ReadonlySet<number>;
+  private readonly ids: number[] = [];
+  private decoded = '';
+  private released = 0;
+  private releasedText = '';
+  private tokensSeen = 0;
+  private stopToken: number | null = null;
+  private finished = false;
+
+  constructor(options: DetokenizerOptions) {
+    this.tokenizer = options.tokenizer;
+    this.stop = options.stop.filter((s) => s.length > 0);
+    this.longestStop = this.stop.reduce((m, s) => Math.max(m, s.length), 0);
+    this.silent = new Set(options.silentTokenIds);
+  }
+
+  /** True once a stop sequence was found; later tokens are ignored. */
+  get stopped(): boolean {
+    return this.stopToken !== null;
+  }
+
+  /**
+   * How many tokens it took to produce the stop sequence (the token that completed it included);
+   * null when no stop sequence was found.
+   */
+  get tokensUntilStop(): number | null {
+    return this.stopToken;
+  }
+
+  /** Everything released so far: the response text. */
+  get text(): string {
+    return this.releasedText;
+  }
+
+  /** Adds one generated token and returns the text it releases ('' when nothing is safe to send yet). */
+  push(tokenId: number): string {
+    if (this.stopped || this.finished) return '';
+    this.tokensSeen++;
+    if (this.silent.has(tokenId)) return '';
+    this.ids.push(tokenId);
+    const decoded = this.tokenizer.decode(this.ids);
+    if (decoded.endsWith(REPLACEMENT_CHARACTER)) return '';
+    return this.advance(decoded, false);
+  }
+
+  /**
+   * End of generation: releases what was held back (it can no longer become a stop sequence) and
+   * a trailing incomplete character as the tokenizer decodes it.
+   */
+  finish(): string {
+    if (this.stopped || this.finished) return '';
+    this.finished = true;
+    return this.advance(this.tokenizer.decode(this.ids), true);
+  }
+
+  private advance(decoded: string, final: boolean): string {
+    this.decoded = decoded;
+    // Text before `released` was checked when it was released; a stop sequence can only start in
+    // the last (longestStop - 1) characters of it if a decode rewrote earlier text, so start there.
+    const searchFrom = Math.max(0, this.released - this.longestStop + 1);
+    let cut = -1;
+    for (const s of this.stop) {
+      const at = decoded.indexOf(s, searchFrom);
+      if (at !== -1 && (cut === -1 || at < cut)) cut = at;
+    }
+    if (cut !== -1) {
+      this.stopToken = this.tokensSeen;
+      return this.release(Math.max(cut, this.released));
+    }
+    return this.release(decoded.length - (final ? 0 : this.heldBackLength(decoded)));
+  }
+
+  /** Length of the longest unreleased tail of `decoded` that is a proper prefix of a stop sequence. */
+  private heldBackLength(decoded: string): number {
+    const limit = Math.min(this.longestStop - 1, decoded.length - this.released);
+    for (let k = limit; k > 0; k--) {
+      const tail = decoded.slice(decoded.length - k);
+      if (this.stop.some((s) => s.startsWith(tail))) return k;
+    }
+    return 0;
+  }
+
+  private release(end: number): string {
+    if (end <= this.released) return '';
+    const delta = this.decoded.slice(this.released, end);
+    this.released = end;
+    this.releasedText += delta;
+    return delta;
+  }
+}

@@ -1,0 +1,38 @@
+/**
+ * The request headers this server reads: `x-request-id` (echoed back, used as the engine request
+ * id, so tap frames, logs and saegate's records of a request share one id) and
+ * `x-saegate-plan-id` (the steering plan saegate announced for the request).
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
+import { SaegateError } from '../../common/errors.js';
+
+/** 1–128 characters of [A-Za-z0-9._:-]: safe in logs, headers and tap frames without escaping. */
+const ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export const REQUEST_ID_HEADER = 'x-request-id';
+export const PLAN_ID_HEADER = 'x-saegate-plan-id';
+
+/** Whether `value` is a usable request or plan id. */
+export function isValidId(value: unknown): value is string {
+  return typeof value === 'string' && ID_PATTERN.test(value);
+}
+
+/** The client's `x-request-id` when valid, else a fresh UUID (an invalid one is replaced, not refused). */
+export function requestIdFrom(headers: IncomingHttpHeaders): string {
+  const given = headers[REQUEST_ID_HEADER];
+  return isValidId(given) ? given : randomUUID();
+}
+
+/**
+ * The `x-saegate-plan-id` header, or null when absent. An invalid one is refused with a 400:
+ * running the request without the plan saegate meant to apply would be a silent policy bypass.
+ */
+export function planIdFrom(headers: IncomingHttpHeaders): string | null {
+  const given = headers[PLAN_ID_HEADER];
+  if (given === undefined) return null;
+  if (!isValidId(given)) {
+    throw new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`header ${PLAN_ID_HEADER} must be 1–128 characters of [A-Za-z0-9._:-]`], { param: PLAN_ID_HEADER });
+  }
+  return given;
+}

@@ -1,0 +1,104 @@
+/**
+ * The reference model server, assembled: load weights and tokenizer, start the runtime worker,
+ * serve the OpenAI API, and (with a tap URL) connect to saegate. `startModelServer` is what the CLI
+ * and the integration tests call; it listens on the given port (0 = any free port).
+ */
+import type { FastifyInstance } from 'fastify';
+import { SaegateError } from '../common/errors.js';
+import type { Device } from '../common/ort.js';
+import { LocalEngine } from './engine.js';
+import { buildModelApp } from './http/app.js';
+import { loadModel } from './load.js';
+import { TapBridge } from './tap-bridge.js';
+import type { LoadedModel } from './types.js';
+
+export interface ModelServerOptions {
+  /** A llama2.c `.bin`, a Hugging Face directory, or `synthetic:…` (see README). */
+  model: string;
+  /** Tokenizer file; default: found beside the model. */
+  tokenizer?: string;
+  /** Model name in the API; default: the weight file's base name. */
+  name?: string;
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** Default 8000; 0 picks a free port. */
+  port?: number;
+  /** saegate's tap endpoint, e.g. ws://127.0.0.1:9000/v1/tap. */
+  tapUrl?: string;
+  /** Bearer token for the tap. */
+  tapToken?: string;
+  /** Default 'cpu'. */
+  device?: Device;
+  /** Largest decode batch. Default 8. */
+  maxBatch?: number;
+  /** Requests in flight before 429. Default 256. */
+  maxConcurrentRequests?: number;
+  /** How long a request waits for its saegate plan. Default 2000 ms. */
+  planWaitTimeoutMs?: number;
+  /** Fastify logging. Default false. */
+  logger?: boolean;
+  /** A model already loaded (tests); overrides `model`. */
+  loaded?: LoadedModel;
+}
+
+export interface ModelServer {
+  app: FastifyInstance;
+  engine: LocalEngine;
+  model: LoadedModel;
+  tap: TapBridge | null;
+  /** http://host:port */
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function startModelServer(options: ModelServerOptions): Promise<ModelServer> {
+  const model = options.loaded ?? (await loadModel({ model: options.model, tokenizer: options.tokenizer, name: options.name }));
+  if (!model.tokenizer) throw new SaegateError('SAEGATE_ERR_TOKENIZER_FILE', [options.model, 'no tokenizer found beside the model; pass --tokenizer']);
+  // The bridge is created after the engine it serves; the engine asks it for plans through this slot.
+  let tap: TapBridge | null = null;
+  const engine = await LocalEngine.create({
+    weights: model.weights,
+    maxBatch: options.maxBatch,
+    device: options.device,
+    resolvePlan: options.tapUrl ? (requestId, planId, signal) => tap!.resolvePlan(requestId, planId, signal) : undefined,
+  });
+  const app = buildModelApp({
+    engine,
+    tokenizer: model.tokenizer,
+    modelName: model.name,
+    maxConcurrentRequests: options.maxConcurrentRequests,
+    logger: options.logger ?? false,
+  });
+  if (options.tapUrl) {
+    tap = new TapBridge({
+      url: options.tapUrl,
+      token: options.tapToken,
+      engine,
+      tokenizer: model.tokenizer,
+      modelId: model.name,
+      planWaitTimeoutMs: options.planWaitTimeoutMs,
+      logger: app.log,
+    });
+  }
+  try {
+    await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 8000 });
+  } catch (error) {
+    await engine.close();
+    throw error;
+  }
+  tap?.start();
+  const address = app.server.address();
+  const url = typeof address === 'object' && address ? `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}` : String(address);
+  return {
+    app,
+    engine,
+    model,
+    tap,
+    url,
+    async close() {
+      await tap?.close();
+      await app.close();
+      await engine.close();
+    },
+  };
+}
