@@ -224,9 +224,13 @@ async function forward(batch: Sequence[], firstSlot: number, tokens: number[][],
       }
     }
     const D = config.dim;
-    for (const h of tapping.hooks) {
+    // One buffer for every hook of the step, so the step message transfers a single ArrayBuffer;
+    // requestIds and positions are shared by all hooks (structured clone copies them once).
+    const total = tapping.hooks.length * rows * D;
+    const block = tapping.dtype === 'f16' ? new Uint16Array(total) : new Float32Array(total);
+    for (const [k, h] of tapping.hooks.entries()) {
       const src = out[tapping.dtype === 'f16' ? GraphNames.tap16(h) : GraphNames.tap(h)].data as Float32Array | Uint16Array;
-      const data = tapping.dtype === 'f16' ? new Uint16Array(rows * D) : new Float32Array(rows * D);
+      const data = block.subarray(k * rows * D, (k + 1) * rows * D);
       let row = 0;
       for (let b = 0; b < B; b++) {
         // Valid rows of one sequence are contiguous in [B, T, D]; padding rows are skipped.

@@ -1,0 +1,148 @@
+/**
+ * Frame builders for the model-server side, which holds rows as "request id per row" rather than
+ * as the wire's request table. `ActivationFrameBuilder` turns per-row ids into the table with a
+ * reused Map and index array, so building a frame allocates the frame and nothing per row.
+ *
+ * Building is split in `measure` and `build` so a sender can learn the exact frame size, compare
+ * it against its queue budget, and drop the rows before paying for the copy and f16 conversion.
+ */
+import { argumentError } from './layout.js';
+import { activationsFrameByteLength, encodeMessage, writeActivationsFrame } from './codec.js';
+import { MAX_ID_BYTES, type StreamDtype } from './messages.js';
+
+/** Rows of one hook point, in the model server's shape. */
+export interface ActivationRows {
+  /** Index of the hook point in the hello's `hookPoints` (u16). */
+  hookIndex: number;
+  /** Element type written into the frame. */
+  dtype: StreamDtype;
+  /** Values per row. */
+  dModel: number;
+  /** Request id of each row; the row count is `requestIds.length`. Ids take 1..255 UTF-8 bytes. */
+  requestIds: readonly string[];
+  /** Token position of each row (0 = first prompt token), one per row. */
+  positions: Int32Array;
+  /**
+   * rows × dModel values, row-major. A Float32Array holds f32 values, a Uint16Array holds f16 bit
+   * patterns; either is converted to `dtype` while it is copied into the frame.
+   */
+  data: Float32Array | Uint16Array;
+}
+
+/**
+ * Builds activations frames from per-row request ids. Keep one per sender: its id map and index
+ * buffer are reused from frame to frame. Not safe to interleave `measure`/`build` of different rows.
+ */
+export class ActivationFrameBuilder {
+  private readonly indexById = new Map<string, number>();
+  private readonly table: string[] = [];
+  private rowIndexes = new Uint16Array(1024);
+  private tableBytes = 0;
+  private measured: ActivationRows | null = null;
+
+  /** Lays out `rows` and returns the exact byte length of their frame. */
+  measure(rows: ActivationRows): number {
+    const rowCount = rows.requestIds.length;
+    if (rows.positions.length !== rowCount) throw argumentError(`${rows.positions.length} positions for ${rowCount} rows`);
+    if (this.rowIndexes.length < rowCount) {
+      // Grow geometrically so a steady stream of frames stops allocating after the first few.
+      this.rowIndexes = new Uint16Array(Math.max(rowCount, this.rowIndexes.length * 2));
+    }
+    const indexById = this.indexById;
+    const table = this.table;
+    const rowIndexes = this.rowIndexes;
+    indexById.clear();
+    table.length = 0;
+    let tableBytes = 2;
+    for (let i = 0; i < rowCount; i++) {
+      const id = rows.requestIds[i];
+      let index = indexById.get(id);
+      if (index === undefined) {
+        index = table.length;
+        if (index === 0xffff) throw argumentError('more than 65535 distinct request ids in one frame');
+        const n = Buffer.byteLength(id, 'utf8');
+        if (n === 0 || n > MAX_ID_BYTES) throw argumentError(`request id '${id}' must take 1..${MAX_ID_BYTES} UTF-8 bytes`);
+        tableBytes += 1 + n;
+        indexById.set(id, index);
+        table.push(id);
+      }
+      rowIndexes[i] = index;
+    }
+    this.tableBytes = tableBytes;
+    this.measured = rows;
+    return activationsFrameByteLength(tableBytes, rowCount, rows.dModel, rows.dtype);
+  }
+
+  /**
+   * Writes the frame for `rows` (one allocation). Reuses the layout from the last `measure` when it
+   * was given the same, unmodified object. `droppedRowsSinceLastFrame` defaults to 0.
+   */
+  build(rows: ActivationRows, droppedRowsSinceLastFrame = 0): Uint8Array {
+    if (this.measured !== rows) this.measure(rows);
+    this.measured = null;
+    return writeActivationsFrame({
+      hookIndex: rows.hookIndex,
+      dtype: rows.dtype,
+      dModel: rows.dModel,
+      droppedRows: droppedRowsSinceLastFrame,
+      requestIds: this.table,
+      requestTableBytes: this.tableBytes,
+      rowCount: rows.requestIds.length,
+      rowRequestIndexes: this.rowIndexes,
+      positions: rows.positions,
+      data: rows.data,
+    });
+  }
+}
+
+const sharedBuilder = new ActivationFrameBuilder();
+
+/** One-shot form of ActivationFrameBuilder: builds the activations frame for `rows`. */
+export function encodeActivationFrame(rows: ActivationRows, droppedRowsSinceLastFrame = 0): Uint8Array {
+  return sharedBuilder.build(rows, droppedRowsSinceLastFrame);
+}
+
+/** Tokens of one step, one entry per (request, token). */
+export interface TokenEntries {
+  /** Request id of each entry. */
+  requestIds: readonly string[];
+  /** Token position of each entry (0 = first prompt token). */
+  positions: ArrayLike<number>;
+  /** Token id of each entry. */
+  tokenIds: ArrayLike<number>;
+  /**
+   * Text piece of each entry. A character split across tokens goes with the token that completes
+   * it (docs/tap-protocol.md), so every piece is valid UTF-8 on its own.
+   */
+  texts: readonly string[];
+}
+
+/** Builds a tokens frame from per-entry request ids. */
+export function encodeTokensFrame(entries: TokenEntries): Uint8Array {
+  const count = entries.requestIds.length;
+  if (entries.positions.length !== count || entries.tokenIds.length !== count || entries.texts.length !== count) {
+    throw argumentError('tokens: requestIds, positions, tokenIds and texts must have the same length');
+  }
+  const indexById = new Map<string, number>();
+  const requestIds: string[] = [];
+  const rowRequestIndexes = new Uint16Array(count);
+  for (let i = 0; i < count; i++) {
+    const id = entries.requestIds[i];
+    let index = indexById.get(id);
+    if (index === undefined) {
+      index = requestIds.length;
+      indexById.set(id, index);
+      requestIds.push(id);
+    }
+    rowRequestIndexes[i] = index;
+  }
+  // encodeMessage validates id lengths and the 65535-id limit (past which the indexes above wrap).
+  return encodeMessage({
+    type: 'tokens',
+    requestIds,
+    rowRequestIndexes,
+    positions: Int32Array.from(entries.positions),
+    tokenIds: Int32Array.from(entries.tokenIds),
+    texts: [...entries.texts],
+  });
+}
