@@ -1,0 +1,66 @@
+#!/usr/bin/env node
+/** The `saegate` command: parses the subcommand, wires modules, handles signals. */
+import { createRequire } from 'node:module';
+import { isSaegateError } from '../common/errors.js';
+import { demo } from './demo.js';
+import { modelServe } from './model-serve.js';
+
+const usage = `Usage: saegate <command> [options]
+
+Commands:
+  demo                 run the reference model server on the embedded default model (npm start)
+  model serve          serve a llama-family model over the OpenAI API, with taps and steering
+
+Run 'saegate <command> --help' for a command's options.`;
+
+interface Closable {
+  close(): Promise<void>;
+}
+
+/** Closes the running service on SIGINT/SIGTERM; a second signal exits at once. */
+function closeOnSignals(service: Closable): void {
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    process.stderr.write(`${signal}: shutting down\n`);
+    service.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [command, sub, ...rest] = argv;
+  if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
+    process.stdout.write(`${usage}\n`);
+    return;
+  }
+  if (command === '--version' || command === '-v') {
+    const pkg = createRequire(import.meta.url)('../../package.json') as { version: string };
+    process.stdout.write(`${pkg.version}\n`);
+    return;
+  }
+  if (command === 'demo') {
+    closeOnSignals(await demo(sub === undefined ? [] : [sub, ...rest]));
+    return;
+  }
+  if (command === 'model' && sub === 'serve') {
+    closeOnSignals(await modelServe(rest));
+    return;
+  }
+  process.stderr.write(`unknown command '${[command, sub].filter(Boolean).join(' ')}'\n\n${usage}\n`);
+  process.exitCode = 2;
+}
+
+main(process.argv.slice(2)).catch((error: unknown) => {
+  if (isSaegateError(error)) {
+    process.stderr.write(`saegate: ${error.code}: ${error.message}\n`);
+    process.exit(error.code === 'SAEGATE_ERR_CLI_USAGE' ? 2 : 1);
+  }
+  process.stderr.write(`saegate: ${(error as Error).stack ?? String(error)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,117 @@
+/**
+ * Model server throughput: tokens/s for one stream and 8 concurrent streams, on stories260K and on
+ * a synthetic model near d_model 512 / 8 layers; and the cost of tapping every hook point (f32 and
+ * f16, streamed over a real WebSocket to a TapServer) and of steering one hook, as ratios to the
+ * plain run measured in the same process, interleaved round by round so machine noise hits all
+ * variants alike. Prints a table; asserts nothing about time.
+ *
+ *   npx tsx test/bench/model-throughput.ts [--rounds N] [--tokens N] [--quick]
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { parseArgs } from 'node:util';
+import { LocalEngine } from '../../src/model/engine.js';
+import type { GenerateRequest } from '../../src/model/engine-types.js';
+import { loadModel } from '../../src/model/load.js';
+import { TapBridge } from '../../src/model/tap-bridge.js';
+import { allHookPoints, type ModelWeights } from '../../src/model/types.js';
+import { syntheticWeights } from '../../src/model/weights/synthetic.js';
+import { TapServer } from '../../src/tap/server.js';
+import { hasSharedModels, stories260K } from '../helpers/fixtures.js';
+
+const { values } = parseArgs({ options: { rounds: { type: 'string' }, tokens: { type: 'string' }, quick: { type: 'boolean' } } });
+const rounds = Number(values.rounds ?? (values.quick ? 2 : 5));
+const tokensPerStream = Number(values.tokens ?? (values.quick ? 32 : 96));
+
+type Variant = 'plain' | 'tap all f32' | 'tap all f16' | 'steer 1 hook';
+const variants: Variant[] = ['plain', 'tap all f32', 'tap all f16', 'steer 1 hook'];
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+/** Waits until the model server has received a subscription to `hookCount` hooks. */
+async function subscribed(bridge: TapBridge, hookCount: number): Promise<void> {
+  while ((bridge.client.subscription?.hooks.length ?? 0) !== hookCount) await new Promise((r) => setTimeout(r, 1));
+}
+
+async function measure(engine: LocalEngine, streams: number, variant: Variant, weights: ModelWeights, tag: string): Promise<number> {
+  const D = weights.config.dim;
+  const vector = Float32Array.from({ length: D }, (_, i) => Math.cos(i) * 0.5);
+  const requests: GenerateRequest[] = Array.from({ length: streams }, (_, i) => ({
+    requestId: `${tag}-${i}`,
+    promptTokens: [1, 10 + i, 20 + i, 30 + i],
+    maxTokens: tokensPerStream,
+    sampling: { temperature: 0, topP: 1, seed: null },
+    stopTokenIds: [],
+    steering: variant === 'steer 1 hook' ? [{ hook: `blocks.${Math.floor(weights.config.nLayers / 2)}.hook_resid_post`, vector, scale: 2, fromPosition: 0, untilPosition: null }] : [],
+  }));
+  const t0 = performance.now();
+  const results = await Promise.all(requests.map((r) => engine.generate(r, () => undefined)));
+  const seconds = (performance.now() - t0) / 1000;
+  return results.reduce((a, r) => a + r.completionTokens, 0) / seconds;
+}
+
+async function benchModel(label: string, weights: ModelWeights): Promise<void> {
+  // A real tap: TapServer on port 0, the engine's steps streamed by the model server's bridge.
+  const httpServer = http.createServer();
+  const tapServer = new TapServer({});
+  tapServer.attach(httpServer);
+  await new Promise<void>((r) => httpServer.listen(0, '127.0.0.1', r));
+  let rowsReceived = 0;
+  tapServer.onConnection((conn) => conn.on('activations', (frame) => (rowsReceived += frame.rowCount)));
+  const engine = await LocalEngine.create({ weights, maxBatch: 8 });
+  const bridge = new TapBridge({
+    url: `ws://127.0.0.1:${(httpServer.address() as AddressInfo).port}/v1/tap`,
+    engine,
+    tokenizer: null,
+    modelId: label,
+  });
+  bridge.start();
+  const conn = await tapServer.nextConnection();
+  const hooks = allHookPoints(weights.config);
+
+  const results = new Map<string, number[]>();
+  await measure(engine, 8, 'plain', weights, 'warm');
+  for (let round = 0; round < rounds; round++) {
+    for (const streams of [1, 8]) {
+      for (const variant of variants) {
+        if (variant.startsWith('tap')) {
+          conn.subscribe({ hooks, dtype: variant.endsWith('f16') ? 'f16' : 'f32', includePrompt: true });
+          await subscribed(bridge, hooks.length);
+        }
+        const tps = await measure(engine, streams, variant, weights, `${label}-${round}-${streams}-${variant}`);
+        if (variant.startsWith('tap')) {
+          conn.subscribe({ hooks: [], dtype: 'f32', includePrompt: false });
+          await subscribed(bridge, 0);
+        }
+        const key = `${streams}|${variant}`;
+        results.set(key, [...(results.get(key) ?? []), tps]);
+      }
+    }
+  }
+  const cfg = weights.config;
+  console.log(`\n## ${label}: d_model ${cfg.dim}, ${cfg.nLayers} layers, ${cfg.nHeads} heads / ${cfg.nKvHeads} kv, vocab ${cfg.vocabSize}; ${tokensPerStream} tokens per stream, median of ${rounds} rounds`);
+  console.log('| streams | variant | tokens/s | ratio to plain |');
+  console.log('|---|---|---|---|');
+  for (const streams of [1, 8]) {
+    const plain = median(results.get(`${streams}|plain`)!);
+    for (const variant of variants) {
+      const tps = median(results.get(`${streams}|${variant}`)!);
+      console.log(`| ${streams} | ${variant} | ${tps.toFixed(0)} | ${(tps / plain).toFixed(3)} |`);
+    }
+  }
+  const stats = bridge.stats();
+  console.log(`tap: ${rowsReceived} rows received by the TapServer; rows dropped by the model server: ${JSON.stringify(stats.rowsDropped)}`);
+  await bridge.close();
+  await engine.close();
+  await tapServer.close();
+  httpServer.close();
+}
+
+const models: [string, () => Promise<ModelWeights>][] = [];
+if (hasSharedModels) models.push(['stories260K', async () => (await loadModel({ model: stories260K.model })).weights]);
+else console.log('stories260K skipped: ../shared/models not found');
+models.push(['synthetic-512x8', async () => syntheticWeights({ dim: 512, hiddenDim: 1376, nLayers: 8, nHeads: 8, nKvHeads: 4, vocabSize: 4096, maxSeqLen: 512, seed: 1 })]);
+for (const [label, load] of models) await benchModel(label, await load());
