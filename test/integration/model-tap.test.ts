@@ -139,7 +139,7 @@ describe('model server on the tap', () => {
     const vector = Float32Array.from({ length: D }, (_, i) => Math.cos(i * 0.37));
     const vectorId = conn.sendVector(vector);
     conn.sendPlan({ requestId: 'req-2', planId: 'plan-2', entries: [{ hook: HOOK, vectorId, scale: 3, fromPosition: 0, untilPosition: null }] });
-    const [steered, plain] = await Promise.all([
+    const [steered] = await Promise.all([
       complete(server, 'req-2', { prompt: 'Once upon a time', max_tokens: 8 }, { 'x-saegate-plan-id': 'plan-2' }),
       complete(server, 'req-2-plain', { prompt: 'Once upon a time', max_tokens: 8 }),
     ]);

@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 /** OpenAI's finish reasons that this server produces. */
 export type OpenAIFinishReason = 'stop' | 'length';
 
+/** OpenAI's `usage` object: token counts of the prompt and the completion. */
 export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
@@ -21,6 +22,7 @@ export interface ResponseMeta {
   model: string;
 }
 
+/** A `/v1/completions` choice (and streamed chunk choice). */
 export interface CompletionChoice {
   index: 0;
   text: string;
@@ -28,12 +30,14 @@ export interface CompletionChoice {
   finish_reason: OpenAIFinishReason | null;
 }
 
+/** A `/v1/completions` response or stream chunk (`object: 'text_completion'` for both, as in OpenAI). */
 export interface CompletionObject extends ResponseMeta {
   object: 'text_completion';
   choices: CompletionChoice[];
   usage?: Usage | null;
 }
 
+/** A non-streamed chat choice. */
 export interface ChatChoice {
   index: 0;
   message: { role: 'assistant'; content: string };
@@ -41,12 +45,14 @@ export interface ChatChoice {
   finish_reason: OpenAIFinishReason;
 }
 
+/** A non-streamed `/v1/chat/completions` response. */
 export interface ChatCompletionObject extends ResponseMeta {
   object: 'chat.completion';
   choices: ChatChoice[];
   usage: Usage;
 }
 
+/** A streamed chat choice: `delta` carries the new content. */
 export interface ChatChunkChoice {
   index: 0;
   delta: { role?: 'assistant'; content?: string };
@@ -54,6 +60,7 @@ export interface ChatChunkChoice {
   finish_reason: OpenAIFinishReason | null;
 }
 
+/** One `chat.completion.chunk` of a chat stream. */
 export interface ChatCompletionChunk extends ResponseMeta {
   object: 'chat.completion.chunk';
   choices: ChatChunkChoice[];
@@ -80,6 +87,7 @@ function withUsageField<T extends object>(chunk: T, withUsage: boolean): T & { u
   return withUsage ? { ...chunk, usage: null } : chunk;
 }
 
+/** Shapes of `/v1/completions`. */
 export const completionFormat: ResponseFormat = {
   idPrefix: 'cmpl-',
   complete: (meta, text, finishReason, usage): CompletionObject => ({
@@ -96,6 +104,7 @@ export const completionFormat: ResponseFormat = {
   usage: (meta, usage): CompletionObject => ({ ...meta, object: 'text_completion', choices: [], usage }),
 };
 
+/** Shapes of `/v1/chat/completions`; streams open with a role-only chunk, as OpenAI's do. */
 export const chatFormat: ResponseFormat = {
   idPrefix: 'chatcmpl-',
   complete: (meta, text, finishReason, usage): ChatCompletionObject => ({

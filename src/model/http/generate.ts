@@ -18,22 +18,31 @@ import { SseWriter } from './sse.js';
 
 /** What the routes resolved from the body and headers. */
 export interface GenerationInput {
+  /** The engine request id: the client's x-request-id or a generated UUID. */
   requestId: string;
+  /** x-saegate-plan-id, or null. */
   planId: string | null;
+  /** BOS included when the tokenizer has one and the prompt was text. */
   promptTokens: number[];
+  /** Most tokens to generate; prompt + maxTokens fits the context (checked by the routes). */
   maxTokens: number;
   sampling: SamplingParams;
+  /** Stop sequences (text), at most 4. */
   stop: readonly string[];
+  /** From the body's `steering` field. */
   steering: SteeringEntry[];
+  /** Answer as server-sent events. */
   stream: boolean;
-  /** stream_options.include_usage */
+  /** stream_options.include_usage: send a usage chunk before [DONE]. */
   includeUsage: boolean;
 }
 
 /** The app-wide things a generation needs. */
 export interface GenerationDeps {
   engine: Engine;
+  /** Decodes generated ids; its eosIds end generation. */
   tokenizer: Tokenizer;
+  /** Echoed in every response's `model`. */
   modelName: string;
   /** For translating errors (the 413 message). */
   bodyLimit: number;
@@ -142,7 +151,8 @@ class GenerationRun {
         signal: controller.signal,
       },
       (tokenId) => {
-        if (text.stopped) return;
+        // The engine may run a step after an abort before it sees it; those tokens go nowhere.
+        if (text.stopped || this.watch.gone) return;
         const delta = text.push(tokenId);
         if (delta !== '') onText(delta);
         if (text.stopped) controller.abort();

@@ -10,7 +10,9 @@ import { SaegateError } from '../../common/errors.js';
 /** 1–128 characters of [A-Za-z0-9._:-]: safe in logs, headers and tap frames without escaping. */
 const ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/** Request id header, read and echoed on every response. */
 export const REQUEST_ID_HEADER = 'x-request-id';
+/** Steering plan id header, set by saegate. */
 export const PLAN_ID_HEADER = 'x-saegate-plan-id';
 
 /** Whether `value` is a usable request or plan id. */

@@ -5,6 +5,7 @@
  */
 import { SaegateError } from '../../common/errors.js';
 
+/** A counter of generation requests in flight with a hard ceiling. */
 export class InFlightLimiter {
   private running = 0;
 
@@ -26,6 +27,7 @@ export class InFlightLimiter {
     this.running++;
   }
 
+  /** Gives back a slot taken by acquire(). */
   release(): void {
     this.running--;
   }

@@ -38,6 +38,7 @@ export const steeringEntrySchema = z.object({
   positions: positionsSchema.optional(),
 });
 
+/** A parsed `steering` entry, before it is checked against the model. */
 export type SteeringField = z.infer<typeof steeringEntrySchema>;
 
 /** Fields shared by `/v1/completions` and `/v1/chat/completions`. */
@@ -64,11 +65,13 @@ const promptSchema = z.union(
   { error: 'expected a string, an array of one string, or an array of token ids (one prompt per request)' },
 );
 
+/** Body of `POST /v1/completions`. */
 export const completionBodySchema = z.object({
   ...samplingFields,
   prompt: promptSchema,
 });
 
+/** A parsed `/v1/completions` body. */
 export type CompletionBody = z.infer<typeof completionBodySchema>;
 
 const textPartSchema = z.object({ type: z.literal('text'), text: z.string() });
@@ -81,8 +84,10 @@ const chatMessageSchema = z.object({
   }),
 });
 
+/** A parsed chat message. */
 export type ChatMessageField = z.infer<typeof chatMessageSchema>;
 
+/** Body of `POST /v1/chat/completions`. */
 export const chatBodySchema = z.object({
   ...samplingFields,
   messages: z.array(chatMessageSchema).min(1),
@@ -90,6 +95,7 @@ export const chatBodySchema = z.object({
   max_completion_tokens: z.int().min(1).nullish(),
 });
 
+/** A parsed `/v1/chat/completions` body. */
 export type ChatBody = z.infer<typeof chatBodySchema>;
 
 /** OpenAI writes parameter paths as `messages[0].content`. */

@@ -79,6 +79,12 @@ export class HfTokenizer implements Tokenizer {
   readonly bosId: number | null;
   readonly eosIds: readonly number[];
   readonly chatTemplate: string | null;
+  /**
+   * Text of the BOS / EOS special tokens (e.g. `<s>`, `</s>`) from tokenizer_config.json, for chat
+   * templates' `bos_token` / `eos_token`: `decode` skips specials, so it cannot supply them.
+   */
+  readonly bosToken: string | null;
+  readonly eosToken: string | null;
   /** The tokenizer.json this was loaded from. */
   readonly path: string;
   readonly #library: HfLibraryTokenizer;
@@ -91,12 +97,16 @@ export class HfTokenizer implements Tokenizer {
     eosIds: readonly number[];
     chatTemplate: string | null;
     cleanUpSpaces: boolean;
+    bosToken: string | null;
+    eosToken: string | null;
   }) {
     this.path = options.path;
     this.#library = options.library;
     this.bosId = options.bosId;
     this.eosIds = options.eosIds;
     this.chatTemplate = options.chatTemplate;
+    this.bosToken = options.bosToken;
+    this.eosToken = options.eosToken;
     this.#cleanUpSpaces = options.cleanUpSpaces;
     let maxId = -1;
     for (const id of options.library.get_vocab(true).values()) maxId = Math.max(maxId, id);
@@ -132,8 +142,10 @@ export class HfTokenizer implements Tokenizer {
  * missing, not JSON, or rejected by the library.
  */
 export function loadHfTokenizer(location: string): HfTokenizer {
-  const isDirectory = fs.existsSync(location) && fs.statSync(location).isDirectory();
-  const file = isDirectory ? path.join(location, 'tokenizer.json') : location;
+  // A path that is neither an existing file nor *.json is taken as a directory, so a missing
+  // directory is reported as its missing tokenizer.json.
+  const isFile = location.endsWith('.json') || (fs.existsSync(location) && fs.statSync(location).isFile());
+  const file = isFile ? location : path.join(location, 'tokenizer.json');
   const directory = path.dirname(file);
   const json = readJson(file);
   if (typeof json !== 'object' || json === null || Array.isArray(json)) throw err('SAEGATE_ERR_TOKENIZER_FILE', file, 'not a JSON object');
@@ -154,8 +166,10 @@ export function loadHfTokenizer(location: string): HfTokenizer {
     if (id === undefined) throw err('SAEGATE_ERR_TOKENIZER_FILE', path.join(directory, 'tokenizer_config.json'), `${field} '${token}' is not in the vocabulary`);
     return id;
   };
-  const bosToken = idOf(tokenContent(config?.bos_token), 'bos_token');
-  const eosToken = idOf(tokenContent(config?.eos_token), 'eos_token');
+  const bosText = tokenContent(config?.bos_token);
+  const eosText = tokenContent(config?.eos_token);
+  const bosToken = idOf(bosText, 'bos_token');
+  const eosToken = idOf(eosText, 'eos_token');
   const generationEos = generation?.eos_token_id;
   const eosIds = [...new Set([...(eosToken === null ? [] : [eosToken]), ...(generationEos === undefined || generationEos === null ? [] : [generationEos].flat())])];
 
@@ -165,6 +179,8 @@ export function loadHfTokenizer(location: string): HfTokenizer {
     bosId: config?.add_bos_token === false ? null : bosToken,
     eosIds,
     chatTemplate: pickChatTemplate(config, directory),
+    bosToken: bosText,
+    eosToken: eosText,
     // transformers defaults to false; the JS library would default to true.
     cleanUpSpaces: config?.clean_up_tokenization_spaces ?? false,
   });

@@ -1,0 +1,96 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { StopSequenceDetokenizer } from '../../../src/model/http/detokenizer.js';
+import { ByteTokenizer, EOS_ID, byteTokens } from '../../helpers/fake-engine.js';
+
+const tokenizer = new ByteTokenizer();
+
+/** Feeds `text` byte by byte and returns every released delta, then the finish() tail. */
+function play(text: string, stop: string[]): { deltas: string[]; detok: StopSequenceDetokenizer } {
+  const detok = new StopSequenceDetokenizer({ tokenizer, stop, silentTokenIds: [EOS_ID] });
+  const deltas: string[] = [];
+  for (const id of byteTokens(text)) {
+    const d = detok.push(id);
+    if (d !== '') deltas.push(d);
+  }
+  const tail = detok.finish();
+  if (tail !== '') deltas.push(tail);
+  return { deltas, detok };
+}
+
+describe('StopSequenceDetokenizer', () => {
+  it('releases every character once and joins back to the decoded text without stop sequences', () => {
+    const { deltas, detok } = play('Hello, world!', []);
+    expect(deltas.join('')).toBe('Hello, world!');
+    expect(deltas).toHaveLength(13);
+    expect(detok.stopped).toBe(false);
+  });
+
+  it('cuts the text before a stop sequence that spans several tokens and reports the token that completed it', () => {
+    const { deltas, detok } = play('Hello END world', ['END']);
+    expect(detok.text).toBe('Hello ');
+    expect(deltas.join('')).toBe('Hello ');
+    expect(detok.stopped).toBe(true);
+    // "Hello " is 6 tokens, "END" 3 more: the 9th token completed the stop sequence.
+    expect(detok.tokensUntilStop).toBe(9);
+  });
+
+  it('never releases a character of a stop sequence, holding a possible prefix until it is decided', () => {
+    const { deltas, detok } = play('ab ENTER x END y', ['END']);
+    expect(detok.text).toBe('ab ENTER x ');
+    // "E" and "EN" wait until "T" (or "R") proves they are not "END"; the final "END" never comes out.
+    expect(deltas).toEqual(['a', 'b', ' ', 'ENT', 'ER', ' ', 'x', ' ']);
+  });
+
+  it('picks the earliest of several stop sequences', () => {
+    const { detok } = play('one two three', ['three', 'two']);
+    expect(detok.text).toBe('one ');
+  });
+
+  it('releases held-back text at the end when the stop sequence never completes', () => {
+    const { deltas, detok } = play('the story ends with EN', ['END']);
+    expect(deltas.at(-1)).toBe('EN');
+    expect(detok.text).toBe('the story ends with EN');
+    expect(detok.stopped).toBe(false);
+  });
+
+  it('waits for the last byte of a multi-byte character instead of releasing U+FFFD', () => {
+    const { deltas } = play('héllo €', []);
+    expect(deltas.join('')).toBe('héllo €');
+    expect(deltas).toContain('é');
+    expect(deltas).toContain('€');
+    for (const d of deltas) expect(d).not.toContain('\uFFFD');
+  });
+
+  it('finds a stop sequence made of multi-byte characters', () => {
+    const { detok } = play('abc→→def', ['→→']);
+    expect(detok.text).toBe('abc');
+    expect(detok.tokensUntilStop).toBe(3 + 6);
+  });
+
+  it('counts EOS without decoding it and ignores tokens after a stop', () => {
+    const detok = new StopSequenceDetokenizer({ tokenizer, stop: ['!'], silentTokenIds: [EOS_ID] });
+    const out = [...byteTokens('hi!'), ...byteTokens('more'), EOS_ID].map((id) => detok.push(id)).join('');
+    expect(out).toBe('hi');
+    expect(detok.tokensUntilStop).toBe(3);
+    const silent = new StopSequenceDetokenizer({ tokenizer, stop: [], silentTokenIds: [EOS_ID] });
+    expect(silent.push(EOS_ID)).toBe('');
+    expect(silent.finish()).toBe('');
+  });
+
+  it('agrees with cutting the full text at the first stop sequence, for any text and stop strings', () => {
+    const alphabet = fc.constantFrom('a', 'b', 'c', 'é', '→', ' ');
+    fc.assert(
+      fc.property(fc.array(alphabet, { maxLength: 40 }), fc.array(fc.array(alphabet, { minLength: 1, maxLength: 4 }), { maxLength: 4 }), (chars, stopChars) => {
+        const text = chars.join('');
+        const stop = stopChars.map((c) => c.join(''));
+        const { deltas, detok } = play(text, stop);
+        const cuts = stop.map((s) => text.indexOf(s)).filter((i) => i !== -1);
+        const expected = cuts.length === 0 ? text : text.slice(0, Math.min(...cuts));
+        expect(deltas.join('')).toBe(expected);
+        expect(detok.text).toBe(expected);
+        expect(detok.stopped).toBe(cuts.length > 0);
+      }),
+    );
+  });
+});
