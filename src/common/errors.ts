@@ -96,6 +96,17 @@ export class SaegateError extends Error {
     this.param = options.param ?? null;
   }
 
+  /**
+   * Rebuilds an error that crossed a thread or process boundary (worker threads post plain
+   * `{code, message}` objects), keeping its already-formatted message.
+   */
+  static fromWire(wire: { code: string; message: string }): SaegateError {
+    const code = (wire.code in specs ? wire.code : 'SAEGATE_ERR_RUNTIME') as SaegateErrorCode;
+    const e = new SaegateError(code);
+    e.message = wire.message;
+    return e;
+  }
+
   /** The OpenAI-shaped error body: `{"error": {"message", "type", "param", "code"}}`. */
   toJSON(): { error: { message: string; type: OpenAIErrorType; param: string | null; code: SaegateErrorCode } } {
     return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };

@@ -81,7 +81,7 @@ export class LocalEngine implements Engine {
     const ready = new Promise<void>((resolve, reject) => {
       const onMessage = (msg: FromWorker): void => {
         if (msg.type === 'ready') resolve();
-        else if (msg.type === 'init_error') reject(new SaegateError(msg.code as 'SAEGATE_ERR_RUNTIME', [msg.message]));
+        else if (msg.type === 'init_error') reject(SaegateError.fromWire(msg));
         else return;
         worker.off('message', onMessage);
       };
@@ -136,7 +136,7 @@ export class LocalEngine implements Engine {
         const p = this.pending.get(msg.requestId);
         this.pending.delete(msg.requestId);
         p?.cleanup();
-        p?.reject(new SaegateError(msg.code as 'SAEGATE_ERR_RUNTIME', [msg.message]));
+        p?.reject(SaegateError.fromWire(msg));
         break;
       }
       default:

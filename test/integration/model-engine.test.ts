@@ -159,3 +159,14 @@ describe.skipIf(!hasSharedModels)('stories260K greedy decoding', () => {
     }
   });
 });
+
+describe('device selection', () => {
+  // This machine's onnxruntime-node has no CUDA provider; with SAEGATE_ONNXRUNTIME pointing at a
+  // CUDA build (the GPU machine), the same call succeeds instead.
+  it.skipIf(Boolean(process.env.SAEGATE_ONNXRUNTIME))('fails with SAEGATE_ERR_DEVICE_UNAVAILABLE and install advice when the CUDA provider is missing', async () => {
+    const weights = syntheticWeights({ dim: 32, hiddenDim: 64, nLayers: 1, nHeads: 4, nKvHeads: 2, vocabSize: 50, maxSeqLen: 16, seed: 1 });
+    const error = await LocalEngine.create({ weights, device: 'cuda' }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'SAEGATE_ERR_DEVICE_UNAVAILABLE' });
+    expect((error as Error).message).toMatch(/^device cuda is not available: .*ONNXRUNTIME_NODE_INSTALL=cuda12/);
+  });
+});
