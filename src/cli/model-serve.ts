@@ -18,6 +18,7 @@ Options:
   --tap-token TOKEN       bearer token for the tap (or env SAEGATE_TAP_TOKEN)
   --device cpu|cuda       onnxruntime execution provider (default cpu)
   --max-batch N           most sequences decoded together (default 8)
+  --threads N             onnxruntime intra-op threads (default: one per core)
   --plan-timeout-ms N     how long a request waits for its saegate plan (default 2000)
   --log                   log requests (JSON lines on stdout)`;
 
@@ -31,6 +32,7 @@ const schema = z.object({
   'tap-token': z.string().optional(),
   device: z.enum(['cpu', 'cuda']).default('cpu'),
   'max-batch': z.coerce.number().int().min(1).max(1024).default(8),
+  threads: z.coerce.number().int().min(1).max(256).optional(),
   'plan-timeout-ms': z.coerce.number().int().min(0).default(2000),
   log: z.boolean().default(false),
 });
@@ -45,6 +47,7 @@ export const modelServeFlags = {
   'tap-token': { type: 'string' },
   device: { type: 'string' },
   'max-batch': { type: 'string' },
+  threads: { type: 'string' },
   'plan-timeout-ms': { type: 'string' },
   log: { type: 'boolean' },
 } as const;
@@ -61,6 +64,7 @@ export async function modelServe(argv: string[]): Promise<ModelServer> {
     tapToken: flags['tap-token'] ?? process.env.SAEGATE_TAP_TOKEN,
     device: flags.device,
     maxBatch: flags['max-batch'],
+    threads: flags.threads,
     planWaitTimeoutMs: flags['plan-timeout-ms'],
     logger: flags.log,
   });

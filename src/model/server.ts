@@ -31,6 +31,8 @@ export interface ModelServerOptions {
   device?: Device;
   /** Largest decode batch. Default 8. */
   maxBatch?: number;
+  /** onnxruntime intra-op threads; default onnxruntime's choice (one per core). */
+  threads?: number;
   /** Requests in flight before 429. Default 256. */
   maxConcurrentRequests?: number;
   /** How long a request waits for its saegate plan. Default 2000 ms. */
@@ -59,6 +61,7 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
   const engine = await LocalEngine.create({
     weights: model.weights,
     maxBatch: options.maxBatch,
+    intraOpThreads: options.threads,
     device: options.device,
     resolvePlan: options.tapUrl ? (requestId, planId, signal) => tap!.resolvePlan(requestId, planId, signal) : undefined,
   });

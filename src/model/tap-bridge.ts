@@ -6,13 +6,19 @@
  * queue budget are dropped and reported), so a slow or absent saegate never slows decoding. While
  * disconnected the runtime stops computing taps at all; the subscription comes back with the next
  * connection.
+ *
+ * Rows are coalesced across steps before they become frames: a small model decodes a step in
+ * about a millisecond, and one frame per hook per step (ten for stories260K) cost more on both ends
+ * of the socket than the rows themselves. Pending rows are flushed when they reach `flushRows`,
+ * `flushMs` after the first one, and always before a request's `end`, so a request's rows precede
+ * its end on the wire.
  */
 import { SaegateError } from '../common/errors.js';
 import { TapClient, type TapClientStats } from '../tap/client.js';
 import type { TapLogger } from '../tap/logger.js';
 import type { LocalEngine } from './engine.js';
 import { StopSequenceDetokenizer } from './http/detokenizer.js';
-import type { WorkerSteeringEntry } from './runtime-protocol.js';
+import type { ActivationBatch, WorkerSteeringEntry } from './runtime-protocol.js';
 import type { Tokenizer } from './types.js';
 
 export interface TapBridgeOptions {
@@ -29,6 +35,10 @@ export interface TapBridgeOptions {
   planWaitTimeoutMs?: number;
   /** Send-queue budget before rows are dropped, bytes. Default 64 MiB. */
   maxQueueBytes?: number;
+  /** Rows (all hooks together) that trigger a flush of coalesced activations. Default 512. */
+  flushRows?: number;
+  /** Longest a row waits to be sent, ms. Default 2. */
+  flushMs?: number;
   logger?: TapLogger;
 }
 
@@ -39,12 +49,20 @@ export class TapBridge {
   private readonly planWaitTimeoutMs: number;
   private readonly detokenizers = new Map<string, StopSequenceDetokenizer>();
   private readonly unsubscribe: (() => void)[] = [];
+  private readonly flushRows: number;
+  private readonly flushMs: number;
+  /** Steps whose rows are not yet sent, oldest first. */
+  private pending: ActivationBatch[][] = [];
+  private pendingRows = 0;
+  private flushTimer: NodeJS.Timeout | null = null;
 
   constructor(options: TapBridgeOptions) {
     const engine = options.engine;
     this.engine = engine;
     this.tokenizer = options.tokenizer;
     this.planWaitTimeoutMs = options.planWaitTimeoutMs ?? 2000;
+    this.flushRows = options.flushRows ?? 512;
+    this.flushMs = options.flushMs ?? 2;
     this.client = new TapClient({
       url: options.url,
       token: options.token,
@@ -80,9 +98,7 @@ export class TapBridge {
 
     this.unsubscribe.push(
       engine.onStep((step) => {
-        for (const batch of step.activations) {
-          this.client.sendActivations({ hook: batch.hook, requestIds: batch.requestIds, positions: batch.positions, data: batch.data });
-        }
+        if (step.activations.length > 0) this.enqueue(step.activations);
         const { requestIds, positions, tokenIds } = step.tokens;
         if (requestIds.length > 0 && this.client.connected) {
           const texts = requestIds.map((id, i) => this.piece(id, tokenIds[i]));
@@ -90,10 +106,51 @@ export class TapBridge {
         }
       }),
       engine.onEnd((requestId, result) => {
+        this.flush();
         this.detokenizers.delete(requestId);
         this.client.sendEnd({ requestId, promptTokens: result.promptTokens, completionTokens: result.completionTokens, finishReason: result.finishReason });
       }),
     );
+  }
+
+  private enqueue(step: ActivationBatch[]): void {
+    this.pending.push(step);
+    this.pendingRows += step.length * step[0].requestIds.length;
+    if (this.pendingRows >= this.flushRows) this.flush();
+    else this.flushTimer ??= setTimeout(() => this.flush(), this.flushMs);
+  }
+
+  /** Sends every pending row, one frame per hook. */
+  flush(): void {
+    if (this.flushTimer) {
+      clearTimeout(this.flushTimer);
+      this.flushTimer = null;
+    }
+    const steps = this.pending;
+    if (steps.length === 0) return;
+    this.pending = [];
+    this.pendingRows = 0;
+    if (steps.length === 1) {
+      for (const b of steps[0]) this.client.sendActivations({ hook: b.hook, requestIds: b.requestIds, positions: b.positions, data: b.data });
+      return;
+    }
+    // Group by hook across steps; each step's hooks share their request ids and positions.
+    const byHook = new Map<string, ActivationBatch[]>();
+    for (const step of steps) for (const b of step) byHook.set(b.hook, [...(byHook.get(b.hook) ?? []), b]);
+    for (const [hook, parts] of byHook) {
+      const rows = parts.reduce((n, p) => n + p.requestIds.length, 0);
+      const data = parts[0].data instanceof Uint16Array ? new Uint16Array(rows * parts[0].dModel) : new Float32Array(rows * parts[0].dModel);
+      const positions = new Int32Array(rows);
+      const requestIds: string[] = [];
+      let row = 0;
+      for (const p of parts) {
+        data.set(p.data, row * p.dModel);
+        positions.set(p.positions, row);
+        for (const id of p.requestIds) requestIds.push(id);
+        row += p.requestIds.length;
+      }
+      this.client.sendActivations({ hook, requestIds, positions, data });
+    }
   }
 
   /** Text a token completes for its request (a character split over tokens goes with the last one). */
@@ -126,6 +183,7 @@ export class TapBridge {
 
   async close(): Promise<void> {
     for (const off of this.unsubscribe) off();
+    this.flush();
     await this.client.close();
   }
 }
