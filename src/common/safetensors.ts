@@ -16,6 +16,7 @@
  */
 import fs from 'node:fs';
 import { err } from './errors.js';
+import { f16ToF32, f32ToF16 } from './f16.js';
 
 /** Element types of the safetensors format. */
 export type SafetensorsDtype =
@@ -60,8 +61,10 @@ function isDtype(value: unknown): value is SafetensorsDtype {
 
 /** Where a tensor lives in its file. */
 export interface SafetensorsTensorInfo {
+  /** Tensor name as in the header. */
   name: string;
   dtype: SafetensorsDtype;
+  /** Dimensions, outermost first (row-major). */
   shape: readonly number[];
   /** Absolute byte offset of the first element in the file. */
   byteOffset: number;
@@ -71,6 +74,7 @@ export interface SafetensorsTensorInfo {
 /** A tensor as stored: raw little-endian bytes in a fresh, zero-offset buffer. */
 export interface SafetensorsTensor {
   dtype: SafetensorsDtype;
+  /** Dimensions, outermost first (row-major). */
   shape: readonly number[];
   /** Raw bytes; `new Float32Array(data.buffer)` and friends work because the buffer is aligned. */
   data: Uint8Array;
@@ -101,10 +105,12 @@ function fileSource(path: string): ByteSource {
     throw err('SAEGATE_ERR_SAFETENSORS', path, `cannot open: ${(cause as Error).message}`);
   }
   try {
-    size = fs.fstatSync(fd).size;
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw new Error('not a regular file');
+    size = stat.size;
   } catch (cause) {
     fs.closeSync(fd);
-    throw err('SAEGATE_ERR_SAFETENSORS', path, `cannot stat: ${(cause as Error).message}`);
+    throw err('SAEGATE_ERR_SAFETENSORS', path, `cannot read: ${(cause as Error).message}`);
   }
   let open = true;
   return {
@@ -114,7 +120,12 @@ function fileSource(path: string): ByteSource {
       let done = 0;
       while (done < target.length) {
         const want = Math.min(READ_CHUNK_BYTES, target.length - done);
-        const got = fs.readSync(fd, target, done, want, position + done);
+        let got: number;
+        try {
+          got = fs.readSync(fd, target, done, want, position + done);
+        } catch (cause) {
+          throw err('SAEGATE_ERR_SAFETENSORS', path, `read failed at byte ${position + done}: ${(cause as Error).message}`);
+        }
         // The file shrank under us: every range was checked against the size at open.
         if (got === 0) throw err('SAEGATE_ERR_SAFETENSORS', path, `unexpected end of file at byte ${position + done}`);
         done += got;
@@ -229,29 +240,10 @@ function parseHeader(path: string, json: string, dataStart: number, dataSize: nu
   return { tensors, metadata };
 }
 
-let halfTable: Float32Array | null = null;
-
-/** f32 value of every f16 bit pattern (256 KiB, built on first use): one load per element. */
-function float16Table(): Float32Array {
-  if (halfTable) return halfTable;
-  const table = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const exponent = (h >>> 10) & 0x1f;
-    const mantissa = h & 0x3ff;
-    if (exponent === 0) table[h] = sign * mantissa * 2 ** -24; // zero and subnormals
-    else if (exponent === 31) table[h] = mantissa === 0 ? sign * Infinity : NaN;
-    else table[h] = sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
-  }
-  halfTable = table;
-  return table;
-}
-
 /** Converts f16 bit patterns to f32 values, exactly (subnormals, ±Inf and NaN included). */
 export function float16ToFloat32(bits: Uint16Array): Float32Array {
-  const table = float16Table();
   const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) out[i] = table[bits[i]];
+  f16ToF32(bits, out);
   return out;
 }
 
@@ -264,29 +256,8 @@ export function bfloat16ToFloat32(bits: Uint16Array): Float32Array {
 
 /** Rounds f32 values to f16 bit patterns, to nearest with ties to even; overflow gives ±Inf. */
 export function float32ToFloat16(values: Float32Array): Uint16Array {
-  const words = new Uint32Array(values.buffer, values.byteOffset, values.length);
   const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) {
-    const bits = words[i];
-    const sign = (bits >>> 16) & 0x8000;
-    const abs = bits & 0x7fffffff;
-    if (abs > 0x7f800000) {
-      out[i] = sign | 0x7e00; // NaN stays a (quiet) NaN
-    } else if (abs >= 0x47800000) {
-      out[i] = sign | 0x7c00; // ≥ 65536 (or Inf): past the largest half even after rounding
-    } else if (abs < 0x38800000) {
-      // Below 2^-14 the half is subnormal: a multiple of 2^-24. Scaling by 2^24 is exact in a
-      // double, so rounding the scaled magnitude to an integer, ties to even, is the conversion.
-      const scaled = Math.abs(values[i]) * 16777216;
-      const floor = Math.floor(scaled);
-      const frac = scaled - floor;
-      out[i] = sign | (frac > 0.5 || (frac === 0.5 && (floor & 1) === 1) ? floor + 1 : floor);
-    } else {
-      // Normal: rebias the exponent (127 → 15) and round the 13 dropped mantissa bits to nearest
-      // even; a mantissa carry correctly bumps the exponent, up to Inf for [65520, 65536).
-      out[i] = sign | ((abs - 0x38000000 + 0xfff + ((abs >>> 13) & 1)) >>> 13);
-    }
-  }
+  f32ToF16(values, out);
   return out;
 }
 
@@ -411,7 +382,9 @@ export class SafetensorsFile {
 
 /** One tensor to write: F32 takes a Float32Array; F16/BF16 take f32 values (rounded) or raw bits. */
 export interface SafetensorsWriteTensor {
+  /** Storage dtype in the file. */
   dtype: 'F32' | 'F16' | 'BF16';
+  /** Dimensions, outermost first; their product must equal `data.length`. */
   shape: readonly number[];
   /** Row-major values: Float32Array for any dtype, or Uint16Array bit patterns for F16/BF16. */
   data: Float32Array | Uint16Array;

@@ -50,7 +50,7 @@ import {
   type TokensMessage,
   type VectorMessage,
 } from './messages.js';
-import { f16ToF32, f32ToF16 } from './f16.js';
+import { f16ToF32, f32ToF16 } from '../common/f16.js';
 
 /**
  * Content id of a steering vector: lowercase hex sha256 of its f32 little-endian bytes. Two

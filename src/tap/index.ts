@@ -1,7 +1,7 @@
 export * from './messages.js';
 export { decodeMessage, encodeMessage, isVectorIdValid, vectorId } from './codec.js';
 export { ActivationFrameBuilder, encodeActivationFrame, encodeTokensFrame, type ActivationRows, type TokenEntries } from './builders.js';
-export { f16BitsToF32, f16ToF32, f32ToF16, f32ToF16Bits, F16_MAX } from './f16.js';
+export { f16BitsToF32, f16ToF32, f32ToF16, f32ToF16Bits, F16_MAX } from '../common/f16.js';
 export { silentLogger, type TapLogger } from './logger.js';
 export {
   TapClient,

@@ -7,7 +7,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startModelServer, type ModelServer } from '../../src/model/server.js';
-import { f16BitsToF32 } from '../../src/tap/f16.js';
+import { f16BitsToF32 } from '../../src/common/f16.js';
 import type { TokensMessage } from '../../src/tap/messages.js';
 import { TapServer, type ActivationsFrame, type TapConnection } from '../../src/tap/server.js';
 import type { RequestEnd } from '../../src/tap/messages.js';

@@ -5,7 +5,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { isSaegateError } from '../../src/common/errors.js';
 import { TapClient, type ResolvedPlan, type TapClientOptions } from '../../src/tap/client.js';
 import { decodeMessage, encodeMessage, vectorId } from '../../src/tap/codec.js';
-import { f16BitsToF32, f32ToF16Bits } from '../../src/tap/f16.js';
+import { f16BitsToF32, f32ToF16Bits } from '../../src/common/f16.js';
 import type { TapLogger } from '../../src/tap/logger.js';
 import type { HelloInfo, PlanAck, Subscription, TapMessage } from '../../src/tap/messages.js';
 import { TapServer, type ActivationsFrame, type TapConnection, type TapServerOptions } from '../../src/tap/server.js';

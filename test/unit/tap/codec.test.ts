@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { isSaegateError } from '../../../src/common/errors.js';
 import { ActivationFrameBuilder, encodeActivationFrame, encodeTokensFrame } from '../../../src/tap/builders.js';
 import { decodeMessage, encodeMessage, isVectorIdValid, vectorId } from '../../../src/tap/codec.js';
-import { f16BitsToF32, f32ToF16Bits } from '../../../src/tap/f16.js';
+import { f16BitsToF32, f32ToF16Bits } from '../../../src/common/f16.js';
 import type { ActivationsMessage, StreamDtype, TapMessage } from '../../../src/tap/messages.js';
 
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');

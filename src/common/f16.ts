@@ -7,7 +7,7 @@
  * goes through a 65,536-entry table of f32 bit patterns (256 KiB, built on first use): one load per
  * element beats the branches of a bitwise decode and keeps NaN payloads intact.
  */
-import { err } from '../common/errors.js';
+import { err } from './errors.js';
 
 /** Largest finite half, 65504. */
 export const F16_MAX = 65504;

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { f16BitsToF32, f16ToF32, f32ToF16, f32ToF16Bits, F16_MAX } from '../../../src/tap/f16.js';
+import { f16BitsToF32, f16ToF32, f32ToF16, f32ToF16Bits, F16_MAX } from '../../../src/common/f16.js';
 
 describe('f32ToF16Bits', () => {
   it.each([
