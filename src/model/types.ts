@@ -75,6 +75,13 @@ export interface Tokenizer {
   decode(ids: readonly number[]): string;
   /** Chat template (Jinja) shipped with the tokenizer, if any. */
   readonly chatTemplate: string | null;
+  /**
+   * Text of the BOS/EOS special tokens for chat templates (`{{ bos_token }}`, `{{ eos_token }}`),
+   * e.g. `<s>` and `</s>`; `decode()` drops special tokens, so it cannot supply them. Absent when
+   * the tokenizer has no textual form for them.
+   */
+  readonly bosToken?: string | null;
+  readonly eosToken?: string | null;
 }
 
 /** A loaded model: weights, tokenizer and where they came from. */

@@ -64,8 +64,8 @@ export class ChatPrompter {
     } catch (error) {
       throw new SaegateError('SAEGATE_ERR_TOKENIZER_FILE', ['chat_template', `the chat template does not parse: ${(error as Error).message}`], { cause: error });
     }
-    this.bosToken = tokenizer.bosId === null ? '' : tokenizer.decode([tokenizer.bosId]);
-    this.eosToken = tokenizer.eosIds.length === 0 ? '' : tokenizer.decode([tokenizer.eosIds[0]]);
+    this.bosToken = tokenizer.bosToken ?? (tokenizer.bosId === null ? '' : tokenizer.decode([tokenizer.bosId]));
+    this.eosToken = tokenizer.eosToken ?? (tokenizer.eosIds.length === 0 ? '' : tokenizer.decode([tokenizer.eosIds[0]]));
   }
 
   /** The prompt text, as the template renders it (BOS text included when the template writes it). */
