@@ -17,6 +17,13 @@ export interface DetokenizerOptions {
   stop: readonly string[];
   /** Token ids that carry no text (EOS): counted, never decoded. */
   silentTokenIds: readonly number[];
+  /**
+   * Token ids that precede the generated ones (the end of the prompt). They are decoded in front
+   * of the generated ids and their text cut off again, because some decoders treat the start of a
+   * sequence specially: Hugging Face's Metaspace decoder drops the leading space of the first
+   * token, so decoding generated ids alone would lose the space between prompt and completion.
+   */
+  contextIds?: readonly number[];
 }
 
 const REPLACEMENT_CHARACTER = '\uFFFD';
@@ -27,7 +34,10 @@ export class StopSequenceDetokenizer {
   private readonly stop: readonly string[];
   private readonly longestStop: number;
   private readonly silent: ReadonlySet<number>;
-  private readonly ids: number[] = [];
+  private readonly ids: number[];
+  /** Text of `contextIds`, cut from the front of every decode. */
+  private readonly contextText: string;
+  private readonly contextLength: number;
   private decoded = '';
   private released = 0;
   private releasedText = '';
@@ -40,6 +50,18 @@ export class StopSequenceDetokenizer {
     this.stop = options.stop.filter((s) => s.length > 0);
     this.longestStop = this.stop.reduce((m, s) => Math.max(m, s.length), 0);
     this.silent = new Set(options.silentTokenIds);
+    const context = options.contextIds ?? [];
+    this.ids = [...context];
+    this.contextLength = context.length;
+    this.contextText = context.length > 0 ? this.tokenizer.decode(context) : '';
+  }
+
+  /** Decodes the generated ids, in the context of the prompt's last ids. */
+  private decodeGenerated(): string {
+    const full = this.tokenizer.decode(this.ids);
+    if (full.startsWith(this.contextText)) return full.slice(this.contextText.length);
+    // A decoder that rewrote the context's text: fall back to the generated ids alone.
+    return this.tokenizer.decode(this.ids.slice(this.contextLength));
   }
 
   /** True once a stop sequence was found; later tokens are ignored. */
@@ -66,7 +88,7 @@ export class StopSequenceDetokenizer {
     this.tokensSeen++;
     if (this.silent.has(tokenId)) return '';
     this.ids.push(tokenId);
-    const decoded = this.tokenizer.decode(this.ids);
+    const decoded = this.decodeGenerated();
     if (decoded.endsWith(REPLACEMENT_CHARACTER)) return '';
     return this.advance(decoded, false);
   }
@@ -78,7 +100,7 @@ export class StopSequenceDetokenizer {
   finish(): string {
     if (this.stopped || this.finished) return '';
     this.finished = true;
-    return this.advance(this.tokenizer.decode(this.ids), true);
+    return this.advance(this.decodeGenerated(), true);
   }
 
   private advance(decoded: string, final: boolean): string {

@@ -124,7 +124,12 @@ class GenerationRun {
     private readonly input: GenerationInput,
     private readonly target: GenerationTarget,
   ) {
-    this.text = new StopSequenceDetokenizer({ tokenizer: deps.tokenizer, stop: input.stop, silentTokenIds: deps.tokenizer.eosIds });
+    this.text = new StopSequenceDetokenizer({
+      tokenizer: deps.tokenizer,
+      stop: input.stop,
+      silentTokenIds: deps.tokenizer.eosIds,
+      contextIds: input.promptTokens.slice(-1),
+    });
     this.meta = responseMeta(format, deps.modelName);
     this.watch = new DisconnectWatch(target.reply.raw, this.controller);
   }

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SaegateError } from '../../../src/common/errors.js';
+import { StopSequenceDetokenizer } from '../../../src/model/http/detokenizer.js';
 import { loadHfTokenizer, type HfTokenizer } from '../../../src/model/tokenizer/hf.js';
 import { makeTempDir, removeTempDir, writeHfTokenizer } from '../../helpers/fixtures.js';
 
@@ -103,5 +104,30 @@ describe('Hugging Face tokenizer', () => {
   it('rejects a tokenizer_config.json whose bos_token is not in the vocabulary', () => {
     writeHfTokenizer(path.join(root, 'badbos'), { tokenizerConfig: { bos_token: '<bos>' } });
     expectTokenizerError(() => loadHfTokenizer(path.join(root, 'badbos')), 'tokenizer_config.json', "bos_token '<bos>'");
+  });
+});
+
+describe('streaming a Hugging Face (Metaspace) tokenizer', () => {
+  let root: string;
+  let tokenizer: HfTokenizer;
+  beforeAll(() => {
+    root = makeTempDir();
+    writeHfTokenizer(path.join(root, 'llama'));
+    tokenizer = loadHfTokenizer(path.join(root, 'llama'));
+  });
+  afterAll(() => removeTempDir(root));
+
+  it('keeps the space between prompt and completion that decoding the completion alone would strip', () => {
+    const ids = tokenizer.encode('hello world hello');
+    const split = ids.length - 1;
+    const completionAlone = tokenizer.decode(ids.slice(split));
+    const whole = tokenizer.decode(ids);
+    const expected = whole.slice(tokenizer.decode(ids.slice(0, split)).length);
+    // The library strips the first token's leading space; the completion must keep it.
+    expect(completionAlone).not.toBe(expected);
+    expect(expected.startsWith(' ')).toBe(true);
+    const detok = new StopSequenceDetokenizer({ tokenizer, stop: [], silentTokenIds: [], contextIds: ids.slice(0, split) });
+    const streamed = ids.slice(split).map((id) => detok.push(id)).join('') + detok.finish();
+    expect(streamed).toBe(expected);
   });
 });
