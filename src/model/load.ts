@@ -15,7 +15,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { err } from '../common/errors.js';
-import { loadHfTokenizer } from './tokenizer/hf.js';
+import { HfTokenizer, loadHfTokenizer } from './tokenizer/hf.js';
 import { loadLlama2cTokenizer } from './tokenizer/llama2c.js';
 import { syntheticTokenizer } from './tokenizer/synthetic.js';
 import type { LoadedModel, ModelConfig, ModelWeights, Tokenizer } from './types.js';
@@ -87,7 +87,8 @@ function loadTokenizerFile(location: string): Tokenizer {
 }
 
 /** Refuses a tokenizer whose vocabulary cannot be this model's (module comment for the rule). */
-function checkVocabulary(tokenizer: Tokenizer, tokenizerSource: string, config: ModelConfig, modelSource: string, allowSmaller: boolean): void {
+function checkVocabulary(tokenizer: Tokenizer, tokenizerSource: string, config: ModelConfig, modelSource: string): void {
+  const allowSmaller = tokenizer instanceof HfTokenizer;
   const fits = allowSmaller ? tokenizer.vocabSize <= config.vocabSize : tokenizer.vocabSize === config.vocabSize;
   if (!fits) {
     const rule = allowSmaller ? 'at most' : 'exactly';
@@ -98,10 +99,6 @@ function checkVocabulary(tokenizer: Tokenizer, tokenizerSource: string, config: 
       `the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${config.vocabSize} (must be ${rule} ${config.vocabSize})`,
     );
   }
-}
-
-function isHfTokenizerLocation(location: string): boolean {
-  return location.endsWith('.json') || (fs.existsSync(location) && fs.statSync(location).isDirectory());
 }
 
 /** Where a model argument points. */
@@ -165,7 +162,7 @@ export async function loadModel(options: LoadModelOptions): Promise<LoadedModel>
 
   if (tokenizerSource !== null) {
     tokenizer = loadTokenizerFile(tokenizerSource);
-    checkVocabulary(tokenizer, tokenizerSource, weights.config, source, isHfTokenizerLocation(tokenizerSource));
+    checkVocabulary(tokenizer, tokenizerSource, weights.config, source);
   }
   return { weights, tokenizer, name: options.name ?? name, source };
 }

@@ -57,6 +57,7 @@ export interface GreedyReference {
   text: string;
 }
 
+/** Reads stories260K's greedy-from-bos.json. */
 export function readGreedyReference(): GreedyReference {
   return JSON.parse(fs.readFileSync(stories260K.greedy, 'utf8')) as GreedyReference;
 }
@@ -66,6 +67,7 @@ export function makeTempDir(prefix = 'saegate-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
+/** Removes a directory made by `makeTempDir`, contents and all. */
 export function removeTempDir(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true });
 }

@@ -26,10 +26,13 @@ export interface ReferenceSteering {
   untilPosition: number | null;
 }
 
+/** Options of `referenceForward`. */
 export interface ReferenceForwardOptions {
+  /** Additive steering terms; entries on the same hook and position add up. Default none. */
   steering?: readonly ReferenceSteering[];
 }
 
+/** Everything one reference pass computes, per position. */
 export interface ReferenceForwardResult {
   /** logits[p]: next-token logits after position p. */
   logits: Float64Array[];

@@ -168,15 +168,15 @@ export function loadHfTokenizer(location: string): HfTokenizer {
   };
   const bosText = tokenContent(config?.bos_token);
   const eosText = tokenContent(config?.eos_token);
-  const bosToken = idOf(bosText, 'bos_token');
-  const eosToken = idOf(eosText, 'eos_token');
+  const bosId = idOf(bosText, 'bos_token');
+  const eosId = idOf(eosText, 'eos_token');
   const generationEos = generation?.eos_token_id;
-  const eosIds = [...new Set([...(eosToken === null ? [] : [eosToken]), ...(generationEos === undefined || generationEos === null ? [] : [generationEos].flat())])];
+  const eosIds = [...new Set([...(eosId === null ? [] : [eosId]), ...(generationEos === undefined || generationEos === null ? [] : [generationEos].flat())])];
 
   return new HfTokenizer({
     path: file,
     library,
-    bosId: config?.add_bos_token === false ? null : bosToken,
+    bosId: config?.add_bos_token === false ? null : bosId,
     eosIds,
     chatTemplate: pickChatTemplate(config, directory),
     bosToken: bosText,

@@ -15,7 +15,7 @@
  * Float32Array with a positional read, so loading never holds the file twice.
  */
 import fs from 'node:fs';
-import { err } from '../../common/errors.js';
+import { err, SaegateError } from '../../common/errors.js';
 import type { LayerWeights, ModelConfig, ModelWeights } from '../types.js';
 import { architectureProblem, firstNonFinite } from './checks.js';
 
@@ -25,12 +25,16 @@ const VERSIONED_MAGIC = 0x616b3432;
 
 /** The seven header fields as stored; `vocabSize` is negative when the classifier is untied. */
 export interface Llama2cHeader {
+  /** d_model. */
   dim: number;
+  /** SwiGLU inner width. */
   hiddenDim: number;
   nLayers: number;
   nHeads: number;
   nKvHeads: number;
+  /** Vocabulary size; negative when the file ends with a separate classifier. */
   vocabSize: number;
+  /** Context length (also the row count of the stored RoPE tables). */
   seqLen: number;
 }
 
@@ -106,7 +110,7 @@ function readFloats(fd: number, position: number, count: number): Float32Array {
   const chunk = 1 << 30;
   for (let done = 0; done < bytes.length; ) {
     const got = fs.readSync(fd, bytes, done, Math.min(chunk, bytes.length - done), position + done);
-    if (got === 0) throw new RangeError(`unexpected end of file at byte ${position + done}`);
+    if (got === 0) throw new Error(`unexpected end of file at byte ${position + done}`);
     done += got;
   }
   return values;
@@ -125,7 +129,9 @@ export function loadLlama2cWeights(path: string): ModelWeights {
     throw err('SAEGATE_ERR_MODEL_FILE', path, `cannot open: ${(cause as Error).message}`);
   }
   try {
-    const fileBytes = fs.fstatSync(fd).size;
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw err('SAEGATE_ERR_MODEL_FILE', path, 'not a regular file');
+    const fileBytes = stat.size;
     const header = readHeader(path, fd, fileBytes);
     const expected = llama2cFileBytes(header);
     if (fileBytes !== expected) {
@@ -174,8 +180,9 @@ export function loadLlama2cWeights(path: string): ModelWeights {
     }));
     return { config, tokenEmbedding, layers, finalNorm, classifier };
   } catch (error) {
-    if (error instanceof RangeError) throw err('SAEGATE_ERR_MODEL_FILE', path, error.message);
-    throw error;
+    if (error instanceof SaegateError) throw error;
+    // I/O errors (EIO, a file shrinking under us) and failed allocations of huge tensors.
+    throw new SaegateError('SAEGATE_ERR_MODEL_FILE', [path, (error as Error).message], { cause: error });
   } finally {
     fs.closeSync(fd);
   }

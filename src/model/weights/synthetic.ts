@@ -12,6 +12,7 @@ import { err } from '../../common/errors.js';
 import type { LayerWeights, ModelConfig, ModelWeights } from '../types.js';
 import { architectureProblem } from './checks.js';
 
+/** Re-exported so a synthetic model's weights and tokenizer come from one import. */
 export { syntheticTokenizer } from '../tokenizer/synthetic.js';
 
 /** Options of `syntheticWeights`: any ModelConfig field (defaults below) plus the seed. */

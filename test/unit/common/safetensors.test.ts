@@ -168,13 +168,14 @@ describe('safetensors validation', () => {
     expectSafetensorsError(() => SafetensorsFile.fromBytes(build(), 'bad.safetensors'), 'bad.safetensors', ...fragments);
   });
 
-  it('rejects a bad file on disk naming its path, and a missing file', () => {
+  it('rejects a bad file on disk naming its path, a missing file and a directory', () => {
     const dir = makeTempDir();
     try {
       const file = path.join(dir, 'truncated.safetensors');
       fs.writeFileSync(file, rawFile({ w: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } }, f32(4)).subarray(0, 30));
       expectSafetensorsError(() => SafetensorsFile.open(file), file);
       expectSafetensorsError(() => SafetensorsFile.open(path.join(dir, 'missing.safetensors')), 'missing.safetensors', 'cannot open');
+      expectSafetensorsError(() => SafetensorsFile.open(dir), dir, 'not a regular file');
     } finally {
       removeTempDir(dir);
     }

@@ -130,8 +130,9 @@ describe('llama2.c checkpoint loader on written checkpoints', () => {
       expectModelFileError(() => loadLlama2cWeights(file), file, layer === null ? `tensor ${tensor}` : `tensor layers.${layer}.${tensor}`, 'element 5');
     });
 
-    it('rejects a missing file', () => {
+    it('rejects a missing file and a directory', () => {
       expectModelFileError(() => loadLlama2cWeights(path.join(dir, 'absent.bin')), 'absent.bin', 'cannot open');
+      expectModelFileError(() => loadLlama2cWeights(dir), dir, 'not a regular file');
     });
   });
 });
