@@ -2,10 +2,14 @@
  * Model server throughput: tokens/s for one stream and 8 concurrent streams, on stories260K and on
  * a synthetic model near d_model 512 / 8 layers; and the cost of tapping every hook point (f32 and
  * f16, streamed over a real WebSocket to a TapServer) and of steering one hook, as ratios to the
- * plain run measured in the same process, interleaved round by round so machine noise hits all
- * variants alike. Prints a table; asserts nothing about time.
+ * plain run measured in the same process. Variants are interleaved round by round and each
+ * variant's ratio is taken against the mean of the plain runs just before and after it in the same
+ * round, then the median over rounds is reported, so drifting load from other processes on a shared
+ * machine cancels out. A second ratio compares tokens per CPU-second of this process (all threads,
+ * the in-process TapServer included), which other processes on the machine disturb far less than
+ * wall time. Prints a table; asserts nothing about time.
  *
- *   npx tsx test/bench/model-throughput.ts [--rounds N] [--tokens N] [--quick]
+ *   npx tsx test/bench/model-throughput.ts [--rounds N] [--tokens N] [--threads N] [--quick]
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -19,8 +23,9 @@ import { syntheticWeights } from '../../src/model/weights/synthetic.js';
 import { TapServer } from '../../src/tap/server.js';
 import { hasSharedModels, stories260K } from '../helpers/fixtures.js';
 
-const { values } = parseArgs({ options: { rounds: { type: 'string' }, tokens: { type: 'string' }, quick: { type: 'boolean' } } });
-const rounds = Number(values.rounds ?? (values.quick ? 2 : 5));
+const { values } = parseArgs({ options: { rounds: { type: 'string' }, tokens: { type: 'string' }, threads: { type: 'string' }, quick: { type: 'boolean' } } });
+const rounds = Number(values.rounds ?? (values.quick ? 2 : 7));
+const threads = values.threads === undefined ? undefined : Number(values.threads);
 const tokensPerStream = Number(values.tokens ?? (values.quick ? 32 : 96));
 
 type Variant = 'plain' | 'tap all f32' | 'tap all f16' | 'steer 1 hook';
@@ -36,7 +41,14 @@ async function subscribed(bridge: TapBridge, hookCount: number): Promise<void> {
   while ((bridge.client.subscription?.hooks.length ?? 0) !== hookCount) await new Promise((r) => setTimeout(r, 1));
 }
 
-async function measure(engine: LocalEngine, streams: number, variant: Variant, weights: ModelWeights, tag: string): Promise<number> {
+interface Sample {
+  /** Generated tokens per wall-clock second. */
+  tps: number;
+  /** Process CPU time (every thread: worker, onnxruntime, main, the in-process TapServer) per token, µs. */
+  cpuPerToken: number;
+}
+
+async function measure(engine: LocalEngine, streams: number, variant: Variant, weights: ModelWeights, tag: string): Promise<Sample> {
   const D = weights.config.dim;
   const vector = Float32Array.from({ length: D }, (_, i) => Math.cos(i) * 0.5);
   const requests: GenerateRequest[] = Array.from({ length: streams }, (_, i) => ({
@@ -47,10 +59,13 @@ async function measure(engine: LocalEngine, streams: number, variant: Variant, w
     stopTokenIds: [],
     steering: variant === 'steer 1 hook' ? [{ hook: `blocks.${Math.floor(weights.config.nLayers / 2)}.hook_resid_post`, vector, scale: 2, fromPosition: 0, untilPosition: null }] : [],
   }));
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const results = await Promise.all(requests.map((r) => engine.generate(r, () => undefined)));
   const seconds = (performance.now() - t0) / 1000;
-  return results.reduce((a, r) => a + r.completionTokens, 0) / seconds;
+  const cpu = process.cpuUsage(cpu0);
+  const tokens = results.reduce((a, r) => a + r.completionTokens, 0);
+  return { tps: tokens / seconds, cpuPerToken: (cpu.user + cpu.system) / tokens };
 }
 
 async function benchModel(label: string, weights: ModelWeights): Promise<void> {
@@ -61,7 +76,7 @@ async function benchModel(label: string, weights: ModelWeights): Promise<void> {
   await new Promise<void>((r) => httpServer.listen(0, '127.0.0.1', r));
   let rowsReceived = 0;
   tapServer.onConnection((conn) => conn.on('activations', (frame) => (rowsReceived += frame.rowCount)));
-  const engine = await LocalEngine.create({ weights, maxBatch: 8 });
+  const engine = await LocalEngine.create({ weights, maxBatch: 8, intraOpThreads: threads });
   const bridge = new TapBridge({
     url: `ws://127.0.0.1:${(httpServer.address() as AddressInfo).port}/v1/tap`,
     engine,
@@ -72,34 +87,50 @@ async function benchModel(label: string, weights: ModelWeights): Promise<void> {
   const conn = await tapServer.nextConnection();
   const hooks = allHookPoints(weights.config);
 
-  const results = new Map<string, number[]>();
+  const throughput = new Map<string, number[]>();
+  const ratios = new Map<string, number[]>();
+  const cpuRatios = new Map<string, number[]>();
+  const record = (map: Map<string, number[]>, key: string, value: number): void => {
+    map.set(key, [...(map.get(key) ?? []), value]);
+  };
+  const run = async (streams: number, variant: Variant, tag: string): Promise<Sample> => {
+    if (variant.startsWith('tap')) {
+      conn.subscribe({ hooks, dtype: variant.endsWith('f16') ? 'f16' : 'f32', includePrompt: true });
+      await subscribed(bridge, hooks.length);
+    }
+    const tps = await measure(engine, streams, variant, weights, tag);
+    if (variant.startsWith('tap')) {
+      conn.subscribe({ hooks: [], dtype: 'f32', includePrompt: false });
+      await subscribed(bridge, 0);
+    }
+    return tps;
+  };
   await measure(engine, 8, 'plain', weights, 'warm');
   for (let round = 0; round < rounds; round++) {
     for (const streams of [1, 8]) {
-      for (const variant of variants) {
-        if (variant.startsWith('tap')) {
-          conn.subscribe({ hooks, dtype: variant.endsWith('f16') ? 'f16' : 'f32', includePrompt: true });
-          await subscribed(bridge, hooks.length);
-        }
-        const tps = await measure(engine, streams, variant, weights, `${label}-${round}-${streams}-${variant}`);
-        if (variant.startsWith('tap')) {
-          conn.subscribe({ hooks: [], dtype: 'f32', includePrompt: false });
-          await subscribed(bridge, 0);
-        }
-        const key = `${streams}|${variant}`;
-        results.set(key, [...(results.get(key) ?? []), tps]);
+      let before = await run(streams, 'plain', `${label}-${round}-${streams}-p0`);
+      record(throughput, `${streams}|plain`, before.tps);
+      for (const variant of variants.slice(1)) {
+        const sample = await run(streams, variant, `${label}-${round}-${streams}-${variant}`);
+        const after = await run(streams, 'plain', `${label}-${round}-${streams}-${variant}-p`);
+        record(throughput, `${streams}|${variant}`, sample.tps);
+        record(throughput, `${streams}|plain`, after.tps);
+        record(ratios, `${streams}|${variant}`, sample.tps / ((before.tps + after.tps) / 2));
+        record(cpuRatios, `${streams}|${variant}`, (before.cpuPerToken + after.cpuPerToken) / 2 / sample.cpuPerToken);
+        before = after;
       }
     }
   }
   const cfg = weights.config;
-  console.log(`\n## ${label}: d_model ${cfg.dim}, ${cfg.nLayers} layers, ${cfg.nHeads} heads / ${cfg.nKvHeads} kv, vocab ${cfg.vocabSize}; ${tokensPerStream} tokens per stream, median of ${rounds} rounds`);
-  console.log('| streams | variant | tokens/s | ratio to plain |');
-  console.log('|---|---|---|---|');
+  console.log(`\n## ${label}: d_model ${cfg.dim}, ${cfg.nLayers} layers, ${cfg.nHeads} heads / ${cfg.nKvHeads} kv, vocab ${cfg.vocabSize}; ${tokensPerStream} tokens per stream, intra-op threads ${threads ?? 'default'}, median of ${rounds} rounds`);
+  console.log('| streams | variant | tokens/s (median) | throughput ratio to plain | tokens per CPU-second ratio to plain |');
+  console.log('|---|---|---|---|---|');
   for (const streams of [1, 8]) {
-    const plain = median(results.get(`${streams}|plain`)!);
     for (const variant of variants) {
-      const tps = median(results.get(`${streams}|${variant}`)!);
-      console.log(`| ${streams} | ${variant} | ${tps.toFixed(0)} | ${(tps / plain).toFixed(3)} |`);
+      const tps = median(throughput.get(`${streams}|${variant}`)!);
+      const ratio = variant === 'plain' ? 1 : median(ratios.get(`${streams}|${variant}`)!);
+      const cpuRatio = variant === 'plain' ? 1 : median(cpuRatios.get(`${streams}|${variant}`)!);
+      console.log(`| ${streams} | ${variant} | ${tps.toFixed(0)} | ${ratio.toFixed(3)} | ${cpuRatio.toFixed(3)} |`);
     }
   }
   const stats = bridge.stats();
