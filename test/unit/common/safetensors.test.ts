@@ -11,6 +11,7 @@ import {
   SafetensorsFile,
   writeSafetensors,
 } from '../../../src/common/safetensors.js';
+import { expectSaegateError } from '../../helpers/errors.js';
 import { makeTempDir, removeTempDir } from '../../helpers/fixtures.js';
 
 /** Builds safetensors bytes from a header object and a data section, without any validation. */
@@ -19,20 +20,6 @@ function rawFile(header: unknown, data: Uint8Array = new Uint8Array(0), headerLe
   const length = Buffer.alloc(8);
   length.writeBigUInt64LE(headerLength ?? BigInt(json.length));
   return Buffer.concat([length, json, data]);
-}
-
-function expectSafetensorsError(run: () => unknown, ...fragments: string[]): SaegateError {
-  let caught: unknown;
-  try {
-    run();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(SaegateError);
-  const error = caught as SaegateError;
-  expect(error.code).toBe('SAEGATE_ERR_SAFETENSORS');
-  for (const fragment of fragments) expect(error.message).toContain(fragment);
-  return error;
 }
 
 describe('safetensors writer and reader', () => {
@@ -97,20 +84,20 @@ describe('safetensors writer and reader', () => {
     fs.closeSync(fd);
     expect(st.getFloat32('x')).toEqual(Float32Array.of(7, 2, 3));
     st.close();
-    expectSafetensorsError(() => st.getFloat32('x'), file, 'after close');
+    expectSaegateError(() => st.getFloat32('x'), 'SAEGATE_ERR_SAFETENSORS', file, 'after close');
   });
 
   it('names the file and tensor for a missing tensor or a non-float dtype', () => {
     const bytes = rawFile({ ints: { dtype: 'I32', shape: [2], data_offsets: [0, 8] } }, new Uint8Array(8));
     const st = SafetensorsFile.fromBytes(bytes, 'ints.safetensors');
     expect(new Int32Array(st.getTensor('ints').data.buffer)).toEqual(Int32Array.of(0, 0));
-    expectSafetensorsError(() => st.getFloat32('ints'), 'ints.safetensors', "'ints'", 'I32');
-    expectSafetensorsError(() => st.getTensor('nope'), 'ints.safetensors', "'nope'");
+    expectSaegateError(() => st.getFloat32('ints'), 'SAEGATE_ERR_SAFETENSORS', 'ints.safetensors', "'ints'", 'I32');
+    expectSaegateError(() => st.getTensor('nope'), 'SAEGATE_ERR_SAFETENSORS', 'ints.safetensors', "'nope'");
   });
 
   it('rejects F32 data that is not a Float32Array and shapes that do not match the value count', () => {
-    expectSafetensorsError(() => writeSafetensors(path.join(dir, 'x.safetensors'), { t: { dtype: 'F32', shape: [2], data: new Uint16Array(2) } }), "'t'", 'Float32Array');
-    expectSafetensorsError(() => writeSafetensors(path.join(dir, 'y.safetensors'), { t: { dtype: 'F32', shape: [3], data: new Float32Array(2) } }), "'t'", '[3]');
+    expectSaegateError(() => writeSafetensors(path.join(dir, 'x.safetensors'), { t: { dtype: 'F32', shape: [2], data: new Uint16Array(2) } }), 'SAEGATE_ERR_SAFETENSORS', "'t'", 'Float32Array');
+    expectSaegateError(() => writeSafetensors(path.join(dir, 'y.safetensors'), { t: { dtype: 'F32', shape: [3], data: new Float32Array(2) } }), 'SAEGATE_ERR_SAFETENSORS', "'t'", '[3]');
   });
 });
 
@@ -165,7 +152,7 @@ describe('safetensors validation', () => {
     ['non-string metadata', () => rawFile({ __metadata__: { n: 1 } }), ['__metadata__.n']],
     ['a header that is not UTF-8', () => Buffer.concat([Buffer.from([2, 0, 0, 0, 0, 0, 0, 0]), Buffer.from([0xff, 0xfe])]), ['UTF-8']],
   ])('rejects %s with SAEGATE_ERR_SAFETENSORS naming the file', (_name, build, fragments) => {
-    expectSafetensorsError(() => SafetensorsFile.fromBytes(build(), 'bad.safetensors'), 'bad.safetensors', ...fragments);
+    expectSaegateError(() => SafetensorsFile.fromBytes(build(), 'bad.safetensors'), 'SAEGATE_ERR_SAFETENSORS', 'bad.safetensors', ...fragments);
   });
 
   it('rejects a bad file on disk naming its path, a missing file and a directory', () => {
@@ -173,9 +160,9 @@ describe('safetensors validation', () => {
     try {
       const file = path.join(dir, 'truncated.safetensors');
       fs.writeFileSync(file, rawFile({ w: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } }, f32(4)).subarray(0, 30));
-      expectSafetensorsError(() => SafetensorsFile.open(file), file);
-      expectSafetensorsError(() => SafetensorsFile.open(path.join(dir, 'missing.safetensors')), 'missing.safetensors', 'cannot open');
-      expectSafetensorsError(() => SafetensorsFile.open(dir), dir, 'not a regular file');
+      expectSaegateError(() => SafetensorsFile.open(file), 'SAEGATE_ERR_SAFETENSORS', file);
+      expectSaegateError(() => SafetensorsFile.open(path.join(dir, 'missing.safetensors')), 'SAEGATE_ERR_SAFETENSORS', 'missing.safetensors', 'cannot open');
+      expectSaegateError(() => SafetensorsFile.open(dir), 'SAEGATE_ERR_SAFETENSORS', dir, 'not a regular file');
     } finally {
       removeTempDir(dir);
     }

@@ -1,22 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SaegateError } from '../../../src/common/errors.js';
 import { StopSequenceDetokenizer } from '../../../src/model/http/detokenizer.js';
 import { loadHfTokenizer, type HfTokenizer } from '../../../src/model/tokenizer/hf.js';
+import { expectSaegateError } from '../../helpers/errors.js';
 import { makeTempDir, removeTempDir, writeHfTokenizer } from '../../helpers/fixtures.js';
-
-function expectTokenizerError(run: () => unknown, ...fragments: string[]): void {
-  let caught: unknown;
-  try {
-    run();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(SaegateError);
-  expect((caught as SaegateError).code).toBe('SAEGATE_ERR_TOKENIZER_FILE');
-  for (const fragment of fragments) expect((caught as SaegateError).message).toContain(fragment);
-}
 
 describe('Hugging Face tokenizer', () => {
   let root: string;
@@ -93,17 +81,17 @@ describe('Hugging Face tokenizer', () => {
   });
 
   it('rejects missing, non-JSON and unsupported tokenizer files naming the file', () => {
-    expectTokenizerError(() => loadHfTokenizer(path.join(root, 'absent')), path.join(root, 'absent', 'tokenizer.json'), 'cannot read');
+    expectSaegateError(() => loadHfTokenizer(path.join(root, 'absent')), 'SAEGATE_ERR_TOKENIZER_FILE', path.join(root, 'absent', 'tokenizer.json'), 'cannot read');
     fs.mkdirSync(path.join(root, 'broken'));
     fs.writeFileSync(path.join(root, 'broken', 'tokenizer.json'), '{"model": ');
-    expectTokenizerError(() => loadHfTokenizer(path.join(root, 'broken')), 'broken', 'not valid JSON');
+    expectSaegateError(() => loadHfTokenizer(path.join(root, 'broken')), 'SAEGATE_ERR_TOKENIZER_FILE', 'broken', 'not valid JSON');
     fs.writeFileSync(path.join(root, 'broken', 'tokenizer.json'), JSON.stringify({ model: { type: 'Nope' }, normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null }));
-    expectTokenizerError(() => loadHfTokenizer(path.join(root, 'broken')), 'broken', 'not a supported tokenizer');
+    expectSaegateError(() => loadHfTokenizer(path.join(root, 'broken')), 'SAEGATE_ERR_TOKENIZER_FILE', 'broken', 'not a supported tokenizer');
   });
 
   it('rejects a tokenizer_config.json whose bos_token is not in the vocabulary', () => {
     writeHfTokenizer(path.join(root, 'badbos'), { tokenizerConfig: { bos_token: '<bos>' } });
-    expectTokenizerError(() => loadHfTokenizer(path.join(root, 'badbos')), 'tokenizer_config.json', "bos_token '<bos>'");
+    expectSaegateError(() => loadHfTokenizer(path.join(root, 'badbos')), 'SAEGATE_ERR_TOKENIZER_FILE', 'tokenizer_config.json', "bos_token '<bos>'");
   });
 });
 

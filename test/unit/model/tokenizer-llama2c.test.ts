@@ -2,8 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SaegateError } from '../../../src/common/errors.js';
 import { loadLlama2cTokenizer, parseLlama2cTokenizer, type Llama2cTokenizer } from '../../../src/model/tokenizer/llama2c.js';
+import { expectSaegateError } from '../../helpers/errors.js';
 import { hasSharedModels, needsSharedModels, llama2Tokenizer, makeTempDir, readGreedyReference, removeTempDir, stories260K, writeLlama2cTokenizer } from '../../helpers/fixtures.js';
 
 /**
@@ -43,18 +43,6 @@ function runCEncode(tokenizer: Llama2cTokenizer, text: string): number[] {
     tokens.splice(bestIndex, 2, bestId);
   }
   return tokens;
-}
-
-function expectTokenizerError(run: () => unknown, ...fragments: string[]): void {
-  let caught: unknown;
-  try {
-    run();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(SaegateError);
-  expect((caught as SaegateError).code).toBe('SAEGATE_ERR_TOKENIZER_FILE');
-  for (const fragment of fragments) expect((caught as SaegateError).message).toContain(fragment);
 }
 
 /** A small vocabulary: <unk>, <s>, </s>, 256 byte tokens, then a few merges with scores. */
@@ -147,34 +135,34 @@ describe('llama2.c tokenizer on a written vocabulary', () => {
     it('rejects a file truncated inside an entry, naming the token', () => {
       const file = path.join(dir, 'truncated.bin');
       fs.writeFileSync(file, good.subarray(0, good.length - 2));
-      expectTokenizerError(() => loadLlama2cTokenizer(file), file, 'truncated', 'token 264');
+      expectSaegateError(() => loadLlama2cTokenizer(file), 'SAEGATE_ERR_TOKENIZER_FILE', file, 'truncated', 'token 264');
     });
 
     it('rejects a file truncated inside the score and length of an entry', () => {
-      expectTokenizerError(() => parseLlama2cTokenizer(good.subarray(0, 4 + 6), 'x.bin'), 'x.bin', 'truncated', 'token 0');
+      expectSaegateError(() => parseLlama2cTokenizer(good.subarray(0, 4 + 6), 'x.bin'), 'SAEGATE_ERR_TOKENIZER_FILE', 'x.bin', 'truncated', 'token 0');
     });
 
     it('rejects a file shorter than the header, a bad max_token_length, a bad length and a missing file', () => {
-      expectTokenizerError(() => parseLlama2cTokenizer(new Uint8Array(3), 'tiny.bin'), 'tiny.bin', '4-byte header');
+      expectSaegateError(() => parseLlama2cTokenizer(new Uint8Array(3), 'tiny.bin'), 'SAEGATE_ERR_TOKENIZER_FILE', 'tiny.bin', '4-byte header');
       const zeroMax = Buffer.from(good);
       zeroMax.writeInt32LE(0, 0);
-      expectTokenizerError(() => parseLlama2cTokenizer(zeroMax, 'zero.bin'), 'zero.bin', 'max_token_length 0');
+      expectSaegateError(() => parseLlama2cTokenizer(zeroMax, 'zero.bin'), 'SAEGATE_ERR_TOKENIZER_FILE', 'zero.bin', 'max_token_length 0');
       const negative = Buffer.from(good);
       negative.writeInt32LE(-5, 8);
-      expectTokenizerError(() => parseLlama2cTokenizer(negative, 'neg.bin'), 'neg.bin', 'token 0 has length -5');
-      expectTokenizerError(() => loadLlama2cTokenizer(path.join(dir, 'absent.bin')), 'absent.bin', 'cannot read');
+      expectSaegateError(() => parseLlama2cTokenizer(negative, 'neg.bin'), 'SAEGATE_ERR_TOKENIZER_FILE', 'neg.bin', 'token 0 has length -5');
+      expectSaegateError(() => loadLlama2cTokenizer(path.join(dir, 'absent.bin')), 'SAEGATE_ERR_TOKENIZER_FILE', 'absent.bin', 'cannot read');
     });
 
     it('rejects a vocabulary without room for the byte-fallback tokens', () => {
       const file = path.join(dir, 'few.bin');
       writeLlama2cTokenizer(file, smallVocabulary([]).slice(0, 100));
-      expectTokenizerError(() => loadLlama2cTokenizer(file), file, '100 tokens');
+      expectSaegateError(() => loadLlama2cTokenizer(file), 'SAEGATE_ERR_TOKENIZER_FILE', file, '100 tokens');
     });
 
     it('rejects a NaN score', () => {
       const nan = Buffer.from(good);
       nan.writeFloatLE(NaN, 4);
-      expectTokenizerError(() => parseLlama2cTokenizer(nan, 'nan.bin'), 'nan.bin', 'NaN score');
+      expectSaegateError(() => parseLlama2cTokenizer(nan, 'nan.bin'), 'SAEGATE_ERR_TOKENIZER_FILE', 'nan.bin', 'NaN score');
     });
   });
 });

@@ -1,26 +1,14 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SaegateError, type SaegateErrorCode } from '../../../src/common/errors.js';
 import { SafetensorsFile } from '../../../src/common/safetensors.js';
 import type { ModelWeights } from '../../../src/model/types.js';
 import { loadHfWeights, parseHfConfig } from '../../../src/model/weights/hf.js';
 import { loadLlama2cWeights } from '../../../src/model/weights/llama2c.js';
 import { syntheticWeights } from '../../../src/model/weights/synthetic.js';
+import { expectSaegateError } from '../../helpers/errors.js';
 import { hasSharedModels, needsSharedModels, makeTempDir, removeTempDir, stories260K, writeHfCheckpoint } from '../../helpers/fixtures.js';
 import { argmax, referenceForward } from '../../helpers/reference-forward.js';
-
-function expectError(code: SaegateErrorCode, run: () => unknown, ...fragments: string[]): void {
-  let caught: unknown;
-  try {
-    run();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(SaegateError);
-  expect((caught as SaegateError).code).toBe(code);
-  for (const fragment of fragments) expect((caught as SaegateError).message).toContain(fragment);
-}
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
@@ -105,7 +93,7 @@ describe('Hugging Face config.json', () => {
     ['num_key_value_heads', { num_key_value_heads: 3 }],
   ])('rejects %s with SAEGATE_ERR_MODEL_CONFIG naming the file and the field', (field, overrides) => {
     const message = field === 'num_key_value_heads' ? 'nKvHeads 3' : field;
-    expectError('SAEGATE_ERR_MODEL_CONFIG', () => parseHfConfig({ ...baseConfig, ...overrides }, '/models/x/config.json'), '/models/x/config.json', message);
+    expectSaegateError(() => parseHfConfig({ ...baseConfig, ...overrides }, '/models/x/config.json'), 'SAEGATE_ERR_MODEL_CONFIG', '/models/x/config.json', message);
   });
 });
 
@@ -173,22 +161,22 @@ describe('Hugging Face checkpoint loader on written checkpoints', () => {
   it('rejects a tensor whose shape disagrees with config.json, naming it with both shapes', () => {
     const dir = path.join(root, 'shape');
     writeHfCheckpoint(dir, weights, { configOverrides: { intermediate_size: 96 } });
-    expectError('SAEGATE_ERR_MODEL_FILE', () => loadHfWeights(dir), 'model.safetensors', "'model.layers.0.mlp.gate_proj.weight'", 'shape [88, 32]', 'expected [96, 32]');
+    expectSaegateError(() => loadHfWeights(dir), 'SAEGATE_ERR_MODEL_FILE', 'model.safetensors', "'model.layers.0.mlp.gate_proj.weight'", 'shape [88, 32]', 'expected [96, 32]');
   });
 
   it('rejects a missing lm_head.weight in an untied checkpoint', () => {
     const dir = path.join(root, 'nohead');
     writeHfCheckpoint(dir, syntheticWeights({ ...weights.config, tiedEmbeddings: true, seed: 1 }), { configOverrides: { tie_word_embeddings: false } });
-    expectError('SAEGATE_ERR_MODEL_FILE', () => loadHfWeights(dir), "'lm_head.weight' is missing");
+    expectSaegateError(() => loadHfWeights(dir), 'SAEGATE_ERR_MODEL_FILE', "'lm_head.weight' is missing");
   });
 
   it('rejects tensors a bias-free Llama does not have, and layers beyond num_hidden_layers', () => {
     const dir = path.join(root, 'bias');
     writeHfCheckpoint(dir, weights, { extraTensors: { 'model.layers.1.self_attn.q_proj.bias': { dtype: 'F32', shape: [32], data: new Float32Array(32) } } });
-    expectError('SAEGATE_ERR_MODEL_FILE', () => loadHfWeights(dir), "unexpected tensor 'model.layers.1.self_attn.q_proj.bias'");
+    expectSaegateError(() => loadHfWeights(dir), 'SAEGATE_ERR_MODEL_FILE', "unexpected tensor 'model.layers.1.self_attn.q_proj.bias'");
     const fewer = path.join(root, 'fewer');
     writeHfCheckpoint(fewer, weights, { configOverrides: { num_hidden_layers: 1 } });
-    expectError('SAEGATE_ERR_MODEL_FILE', () => loadHfWeights(fewer), "unexpected tensor 'model.layers.1.");
+    expectSaegateError(() => loadHfWeights(fewer), 'SAEGATE_ERR_MODEL_FILE', "unexpected tensor 'model.layers.1.");
   });
 
   it('rejects a non-finite weight naming the tensor', () => {
@@ -196,26 +184,26 @@ describe('Hugging Face checkpoint loader on written checkpoints', () => {
     broken.layers[1].wv[3] = NaN;
     const dir = path.join(root, 'nan');
     writeHfCheckpoint(dir, broken);
-    expectError('SAEGATE_ERR_MODEL_FILE', () => loadHfWeights(dir), "'model.layers.1.self_attn.v_proj.weight'", 'non-finite', 'element 3');
+    expectSaegateError(() => loadHfWeights(dir), 'SAEGATE_ERR_MODEL_FILE', "'model.layers.1.self_attn.v_proj.weight'", 'non-finite', 'element 3');
   });
 
   it('rejects a config.json with rope_scaling or attention_bias, naming the file and the field', () => {
     const scaled = path.join(root, 'scaled');
     writeHfCheckpoint(scaled, weights, { configOverrides: { rope_scaling: { rope_type: 'dynamic', factor: 2 } } });
-    expectError('SAEGATE_ERR_MODEL_CONFIG', () => loadHfWeights(scaled), path.join(scaled, 'config.json'), "'rope_scaling'");
+    expectSaegateError(() => loadHfWeights(scaled), 'SAEGATE_ERR_MODEL_CONFIG', path.join(scaled, 'config.json'), "'rope_scaling'");
     const biased = path.join(root, 'biased');
     writeHfCheckpoint(biased, weights, { configOverrides: { attention_bias: true } });
-    expectError('SAEGATE_ERR_MODEL_CONFIG', () => loadHfWeights(biased), path.join(biased, 'config.json'), "'attention_bias'");
+    expectSaegateError(() => loadHfWeights(biased), 'SAEGATE_ERR_MODEL_CONFIG', path.join(biased, 'config.json'), "'attention_bias'");
   });
 
   it('rejects a directory without config.json or without safetensors, and a corrupt shard', () => {
     const empty = path.join(root, 'empty');
     fs.mkdirSync(empty);
-    expectError('SAEGATE_ERR_MODEL_CONFIG', () => loadHfWeights(empty), path.join(empty, 'config.json'), 'does not exist');
+    expectSaegateError(() => loadHfWeights(empty), 'SAEGATE_ERR_MODEL_CONFIG', path.join(empty, 'config.json'), 'does not exist');
     fs.writeFileSync(path.join(empty, 'config.json'), JSON.stringify(baseConfig));
-    expectError('SAEGATE_ERR_MODEL_FILE', () => loadHfWeights(empty), empty, 'no model.safetensors');
+    expectSaegateError(() => loadHfWeights(empty), 'SAEGATE_ERR_MODEL_FILE', empty, 'no model.safetensors');
     fs.writeFileSync(path.join(empty, 'model.safetensors'), Buffer.alloc(20, 0xff));
-    expectError('SAEGATE_ERR_SAFETENSORS', () => loadHfWeights(empty), path.join(empty, 'model.safetensors'), 'header length');
+    expectSaegateError(() => loadHfWeights(empty), 'SAEGATE_ERR_SAFETENSORS', path.join(empty, 'model.safetensors'), 'header length');
   });
 });
 

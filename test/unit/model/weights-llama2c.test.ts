@@ -1,22 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SaegateError } from '../../../src/common/errors.js';
 import { llama2cFileBytes, loadLlama2cWeights } from '../../../src/model/weights/llama2c.js';
 import { syntheticWeights } from '../../../src/model/weights/synthetic.js';
+import { expectSaegateError } from '../../helpers/errors.js';
 import { hasSharedModels, needsSharedModels, makeTempDir, removeTempDir, stories260K, writeLlama2cCheckpoint } from '../../helpers/fixtures.js';
-
-function expectModelFileError(run: () => unknown, ...fragments: string[]): void {
-  let caught: unknown;
-  try {
-    run();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(SaegateError);
-  expect((caught as SaegateError).code).toBe('SAEGATE_ERR_MODEL_FILE');
-  for (const fragment of fragments) expect((caught as SaegateError).message).toContain(fragment);
-}
 
 describe('llama2.c checkpoint loader on written checkpoints', () => {
   let dir: string;
@@ -63,17 +51,17 @@ describe('llama2.c checkpoint loader on written checkpoints', () => {
 
     it('rejects a truncated file, giving expected and actual sizes', () => {
       const file = write('truncated.bin', good.subarray(0, good.length - 4));
-      expectModelFileError(() => loadLlama2cWeights(file), file, 'truncated', `${good.length} bytes`, `${good.length - 4}`);
+      expectSaegateError(() => loadLlama2cWeights(file), 'SAEGATE_ERR_MODEL_FILE', file, 'truncated', `${good.length} bytes`, `${good.length - 4}`);
     });
 
     it('rejects trailing bytes after the weights, giving expected and actual sizes', () => {
       const file = write('trailing.bin', Buffer.concat([good, Buffer.alloc(3)]));
-      expectModelFileError(() => loadLlama2cWeights(file), file, 'trailing bytes', `${good.length} bytes`, `${good.length + 3}`);
+      expectSaegateError(() => loadLlama2cWeights(file), 'SAEGATE_ERR_MODEL_FILE', file, 'trailing bytes', `${good.length} bytes`, `${good.length + 3}`);
     });
 
     it('rejects a file shorter than the header', () => {
       const file = write('short.bin', good.subarray(0, 10));
-      expectModelFileError(() => loadLlama2cWeights(file), file, '10 bytes', 'header');
+      expectSaegateError(() => loadLlama2cWeights(file), 'SAEGATE_ERR_MODEL_FILE', file, '10 bytes', 'header');
     });
 
     it.each([
@@ -85,17 +73,17 @@ describe('llama2.c checkpoint loader on written checkpoints', () => {
       ['an odd head size', [18, 40, 2, 2, 1, 260, 8], 'head size 9 is odd'],
     ])('rejects a header with %s', (_name, fields, fragment) => {
       const file = write('header.bin', withHeader(fields));
-      expectModelFileError(() => loadLlama2cWeights(file), file, 'nonsensical header', fragment);
+      expectSaegateError(() => loadLlama2cWeights(file), 'SAEGATE_ERR_MODEL_FILE', file, 'nonsensical header', fragment);
     });
 
     it('rejects a header whose sizes do not match the file (e.g. a flipped vocab sign)', () => {
       const file = write('sign.bin', withHeader([16, 40, 2, 2, 1, -260, 8]));
-      expectModelFileError(() => loadLlama2cWeights(file), file, 'truncated');
+      expectSaegateError(() => loadLlama2cWeights(file), 'SAEGATE_ERR_MODEL_FILE', file, 'truncated');
     });
 
     it("recognises llama2.c's versioned export format and says which export to use", () => {
       const file = write('v1.bin', withHeader([0x616b3432, 1]));
-      expectModelFileError(() => loadLlama2cWeights(file), file, 'version 1', 'legacy');
+      expectSaegateError(() => loadLlama2cWeights(file), 'SAEGATE_ERR_MODEL_FILE', file, 'version 1', 'legacy');
     });
 
     it.each([
@@ -127,12 +115,12 @@ describe('llama2.c checkpoint loader on written checkpoints', () => {
       offset += (layer ?? 0) * perLayer + 5;
       copy.writeFloatLE(value, 28 + offset * 4);
       const file = write('nan.bin', copy);
-      expectModelFileError(() => loadLlama2cWeights(file), file, layer === null ? `tensor ${tensor}` : `tensor layers.${layer}.${tensor}`, 'element 5');
+      expectSaegateError(() => loadLlama2cWeights(file), 'SAEGATE_ERR_MODEL_FILE', file, layer === null ? `tensor ${tensor}` : `tensor layers.${layer}.${tensor}`, 'element 5');
     });
 
     it('rejects a missing file and a directory', () => {
-      expectModelFileError(() => loadLlama2cWeights(path.join(dir, 'absent.bin')), 'absent.bin', 'cannot open');
-      expectModelFileError(() => loadLlama2cWeights(dir), dir, 'not a regular file');
+      expectSaegateError(() => loadLlama2cWeights(path.join(dir, 'absent.bin')), 'SAEGATE_ERR_MODEL_FILE', 'absent.bin', 'cannot open');
+      expectSaegateError(() => loadLlama2cWeights(dir), 'SAEGATE_ERR_MODEL_FILE', dir, 'not a regular file');
     });
   });
 });

@@ -1,12 +1,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SaegateError, type SaegateErrorCode } from '../../../src/common/errors.js';
 import { loadModel, parseSyntheticSpec } from '../../../src/model/load.js';
 import { HfTokenizer } from '../../../src/model/tokenizer/hf.js';
 import { Llama2cTokenizer } from '../../../src/model/tokenizer/llama2c.js';
 import { SyntheticTokenizer } from '../../../src/model/tokenizer/synthetic.js';
 import { syntheticWeights } from '../../../src/model/weights/synthetic.js';
+import { expectSaegateRejection } from '../../helpers/errors.js';
 import {
   hasSharedModels,
   needsSharedModels,
@@ -19,18 +19,6 @@ import {
   writeLlama2cCheckpoint,
   writeLlama2cTokenizer,
 } from '../../helpers/fixtures.js';
-
-async function expectRejects(code: SaegateErrorCode, run: () => Promise<unknown>, ...fragments: string[]): Promise<void> {
-  let caught: unknown;
-  try {
-    await run();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(SaegateError);
-  expect((caught as SaegateError).code).toBe(code);
-  for (const fragment of fragments) expect((caught as SaegateError).message).toContain(fragment);
-}
 
 /** A llama2.c vocabulary of `size` tokens: specials, 256 byte tokens, then filler pieces. */
 function vocabulary(size: number): { piece: string; score: number }[] {
@@ -80,7 +68,7 @@ describe('loadModel with synthetic specs', () => {
     ['synthetic:dim=60,heads=7', 'not a multiple'],
     ['synthetic:vocab=100', 'vocab 100'],
   ])('rejects %s with SAEGATE_ERR_MODEL_CONFIG', async (spec, fragment) => {
-    await expectRejects('SAEGATE_ERR_MODEL_CONFIG', () => loadModel({ model: spec }), fragment);
+    await expectSaegateRejection(() => loadModel({ model: spec }), 'SAEGATE_ERR_MODEL_CONFIG', fragment);
   });
 });
 
@@ -92,7 +80,7 @@ describe('loadModel with files', () => {
   afterAll(() => removeTempDir(root));
 
   it('rejects a path that does not exist', async () => {
-    await expectRejects('SAEGATE_ERR_MODEL_FILE', () => loadModel({ model: path.join(root, 'nope.bin') }), 'nope.bin', 'does not exist');
+    await expectSaegateRejection(() => loadModel({ model: path.join(root, 'nope.bin') }), 'SAEGATE_ERR_MODEL_FILE', 'nope.bin', 'does not exist');
   });
 
   it('finds tok{vocab}.bin beside a llama2.c checkpoint before tokenizer.bin, and names the model after the file', async () => {
@@ -122,7 +110,7 @@ describe('loadModel with files', () => {
     fs.mkdirSync(dir);
     writeLlama2cCheckpoint(path.join(dir, 'm.bin'), syntheticWeights({ vocabSize: 300, seed: 1 }));
     writeLlama2cTokenizer(path.join(dir, 'tok.bin'), vocabulary(290));
-    await expectRejects('SAEGATE_ERR_TOKENIZER_MISMATCH', () => loadModel({ model: path.join(dir, 'm.bin'), tokenizer: path.join(dir, 'tok.bin') }), path.join(dir, 'tok.bin'), path.resolve(dir, 'm.bin'), '290', '300');
+    await expectSaegateRejection(() => loadModel({ model: path.join(dir, 'm.bin'), tokenizer: path.join(dir, 'tok.bin') }), 'SAEGATE_ERR_TOKENIZER_MISMATCH', path.join(dir, 'tok.bin'), path.resolve(dir, 'm.bin'), '290', '300');
   });
 
   it('loads a Hugging Face directory with its tokenizer.json, named after the directory', async () => {
@@ -145,7 +133,7 @@ describe('loadModel with files', () => {
     const dir = path.join(root, 'small-vocab');
     writeHfCheckpoint(dir, syntheticWeights({ vocabSize: 270, seed: 4 }));
     writeHfTokenizer(dir);
-    await expectRejects('SAEGATE_ERR_TOKENIZER_MISMATCH', () => loadModel({ model: dir }), path.join(dir, 'tokenizer.json'), '278', '270', 'at most');
+    await expectSaegateRejection(() => loadModel({ model: dir }), 'SAEGATE_ERR_TOKENIZER_MISMATCH', path.join(dir, 'tokenizer.json'), '278', '270', 'at most');
   });
 });
 
@@ -160,9 +148,9 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('loadModel with the shared c
   });
 
   it('refuses the 32000-token Llama 2 tokenizer for the 512-token stories260K, naming both files and sizes', async () => {
-    await expectRejects(
-      'SAEGATE_ERR_TOKENIZER_MISMATCH',
+    await expectSaegateRejection(
       () => loadModel({ model: stories260K.model, tokenizer: llama2Tokenizer }),
+      'SAEGATE_ERR_TOKENIZER_MISMATCH',
       llama2Tokenizer,
       path.resolve(stories260K.model),
       '32000 tokens',
