@@ -4,10 +4,12 @@ import { createRequire } from 'node:module';
 import { isSaegateError } from '../common/errors.js';
 import { demo } from './demo.js';
 import { modelServe } from './model-serve.js';
+import { serve } from './serve.js';
 
 const usage = `Usage: saegate <command> [options]
 
 Commands:
+  serve                run the saegate proxy in front of an OpenAI-compatible model server
   demo                 run the reference model server on the embedded default model (npm start)
   model serve          serve a llama-family model over the OpenAI API, with taps and steering
 
@@ -46,6 +48,10 @@ async function main(argv: string[]): Promise<void> {
   }
   if (command === 'demo') {
     closeOnSignals(await demo(sub === undefined ? [] : [sub, ...rest]));
+    return;
+  }
+  if (command === 'serve') {
+    closeOnSignals(await serve(sub === undefined ? [] : [sub, ...rest]));
     return;
   }
   if (command === 'model' && sub === 'serve') {

@@ -66,6 +66,19 @@ const specs = {
     status: 500,
     type: 'server_error',
   },
+  // Proxy
+  SAEGATE_ERR_UPSTREAM_UNAVAILABLE: { message: 'upstream %s is unavailable: %s', status: 502, type: 'server_error' },
+  SAEGATE_ERR_UPSTREAM_TIMEOUT: { message: 'upstream %s timeout: %s (%s = %s ms)', status: 504, type: 'timeout_error' },
+  SAEGATE_ERR_UPSTREAM_STREAM: { message: 'upstream failed after the response started: %s', status: 502, type: 'server_error' },
+  SAEGATE_ERR_TOO_MANY_STREAMS: { message: 'too many concurrent streams: the limit is %s', status: 429, type: 'rate_limit_error' },
+  SAEGATE_ERR_HEADERS_TOO_LARGE: { message: 'request headers are larger than the limit of %s bytes', status: 431, type: 'invalid_request_error' },
+  SAEGATE_ERR_ADMIN_AUTH: { message: 'admin authentication failed: %s', status: 401, type: 'invalid_request_error' },
+  SAEGATE_ERR_INTERNAL: { message: 'internal error: %s', status: 500, type: 'server_error' },
+  SAEGATE_ERR_STEERING_UNAVAILABLE: {
+    message: "request '%s' needs steering (%s) but no connected model server can apply it",
+    status: 503,
+    type: 'server_error',
+  },
   // Configuration / CLI
   SAEGATE_ERR_CONFIG: { message: "invalid configuration '%s': %s", status: 500, type: 'server_error' },
   SAEGATE_ERR_CLI_USAGE: { message: '%s', status: 400, type: 'invalid_request_error' },

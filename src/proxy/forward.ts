@@ -1,0 +1,252 @@
+/**
+ * The last handler of the upstream path: it writes the upstream's response to the client as it
+ * arrives, byte for byte, and turns every way an exchange can end into what the client must see.
+ *
+ * - Headers pass through (minus hop-by-hop ones) with `x-request-id` and `x-saegate-applied`.
+ *   They are written with the first body chunk, not when the upstream sends them: until a byte
+ *   of body has gone out, a failure (a first-token timeout, an upstream dying after its headers)
+ *   can still be answered with a clean error status.
+ * - Body chunks are written as the Buffers undici hands over: no copy, no parse, no per-chunk
+ *   allocation here. When the client's socket is full we pause the upstream and resume on
+ *   'drain', so a slow client holds back its own upstream, not saegate's memory.
+ * - An event stream that ends cleanly gets one SSE comment line, `: x-saegate-applied=<value>`,
+ *   after the upstream's last byte: the only byte saegate adds to a response (docs/proxy.md).
+ * - A failure before the first body byte is an OpenAI-shaped error with its status (502, 504,
+ *   503, …). After it, an event stream gets `event: error` with that JSON and is closed: the
+ *   client never sees a clean end (or a `[DONE]` saegate made up) for a stream that broke. Other
+ *   bodies cannot carry an error after they started, so their socket is destroyed.
+ * - A client that goes away aborts the upstream request, which is how the model server learns
+ *   to stop generating.
+ */
+import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { FastifyBaseLogger } from 'fastify';
+import { SaegateError } from '../common/errors.js';
+import type { DispatchController, DispatchHandler, Exchange } from './dispatch.js';
+import { failureKind, toUpstreamError } from './errors.js';
+import { APPLIED_HEADER, clientResponseHeaders, isEventStream, REQUEST_ID_HEADER, upstreamRequestHeaders } from './headers.js';
+import type { Abortable, InFlightExchanges } from './limits.js';
+import type { AbortSide, ProxyMetrics, RouteLabel } from './metrics.js';
+import type { UpstreamClient } from './upstream.js';
+
+/** Status recorded for a request whose client went away before the response ended (nginx's convention). */
+export const CLIENT_CLOSED_STATUS = 499;
+
+/** One request to forward. */
+export interface ForwardRequest {
+  route: RouteLabel;
+  method: string;
+  /** Path and query as the client sent them. */
+  path: string;
+  /** The client's raw headers, flat `[name, value, …]`. */
+  rawHeaders: readonly string[];
+  /** The raw body, or null for none. */
+  body: Buffer | null;
+  requestId: string;
+  /** Sent as `x-saegate-plan-id` when not null. */
+  planId: string | null;
+  /** The `x-saegate-applied` value. */
+  applied: string;
+  /** The client asked for a stream. */
+  stream: boolean;
+  /** The client's response, hijacked from fastify. */
+  res: ServerResponse;
+  /** performance.now() when the request arrived. */
+  arrivedAt: number;
+  /** Called once when the exchange is over, however it ended. */
+  onDone?: () => void;
+}
+
+/** What every exchange shares. */
+export interface ForwarderOptions {
+  upstream: UpstreamClient;
+  metrics: ProxyMetrics;
+  inFlight: InFlightExchanges;
+  connectTimeoutMs: number;
+  headersTimeoutMs: number;
+  /** Retry-After seconds on saegate's own 503s. */
+  retryAfterSeconds: number;
+  logger: FastifyBaseLogger;
+}
+
+/** Sends requests upstream and their responses back. */
+export class Forwarder {
+  constructor(private readonly options: ForwarderOptions) {}
+
+  /** Forwards `request`; the response (or the error) is written to `request.res`. */
+  forward(request: ForwardRequest): Abortable {
+    const exchange = new ForwardExchange(request, this.options);
+    this.options.inFlight.add(exchange);
+    this.options.upstream.dispatch(
+      {
+        method: request.method,
+        path: request.path,
+        headers: upstreamRequestHeaders(request.rawHeaders, request.requestId, request.planId),
+        body: request.body,
+        exchange: exchange.info,
+      },
+      exchange,
+    );
+    return exchange;
+  }
+}
+
+/** The error a client disconnect aborts the upstream request with. */
+function clientClosedError(): Error {
+  return new Error('the client closed the connection');
+}
+
+class ForwardExchange implements DispatchHandler, Abortable {
+  readonly info: Exchange;
+  private controller: DispatchController | null = null;
+  /** An abort that came before there was a controller; applied in onRequestStart. */
+  private pendingAbort: Error | null = null;
+  private done = false;
+  private sse = false;
+  /** The stream may carry saegate's trailing comment and error event (no length, no encoding). */
+  private sseWritable = false;
+  /**
+   * The client's response head, held until the first body chunk (or the end): until then a
+   * failure (a first-token timeout, the upstream dying) can still be a clean error status.
+   */
+  private head: OutgoingHttpHeaders | null = null;
+  private status = 0;
+
+  constructor(
+    private readonly request: ForwardRequest,
+    private readonly shared: ForwarderOptions,
+  ) {
+    this.info = { route: request.route, stream: request.stream, upstreamStartedAt: 0, upstreamEndedAt: 0 };
+    shared.metrics.inFlight.inc();
+    if (request.stream) shared.metrics.activeStreams.inc();
+    request.res.on('close', this.onClientClose);
+    request.res.on('drain', this.onDrain);
+  }
+
+  /** Cuts the exchange short (shutdown deadline): the client gets `reason` as an error. */
+  abort(reason: Error): void {
+    if (this.done) return;
+    if (this.controller !== null) {
+      this.controller.abort(reason);
+      return;
+    }
+    this.pendingAbort = reason;
+    this.fail(reason);
+  }
+
+  onRequestStart(controller: DispatchController): void {
+    this.controller = controller;
+    if (this.pendingAbort !== null) controller.abort(this.pendingAbort);
+  }
+
+  onResponseStart(_controller: DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    if (this.done || statusCode < 200) return;
+    this.status = statusCode;
+    this.sse = isEventStream(headers['content-type']);
+    const encoding = headers['content-encoding'];
+    this.sseWritable = this.sse && headers['content-length'] === undefined && (encoding === undefined || encoding === 'identity');
+    this.head = clientResponseHeaders(headers, this.request.requestId, this.request.applied);
+  }
+
+  onResponseData(controller: DispatchController, chunk: Buffer): void {
+    if (this.done) return;
+    const res = this.request.res;
+    if (this.head !== null) {
+      this.writeHead();
+      if (this.request.stream && this.sse) this.shared.metrics.timeToFirstToken.observe({ route: this.request.route }, (performance.now() - this.request.arrivedAt) / 1000);
+    }
+    if (!res.write(chunk)) controller.pause();
+  }
+
+  onResponseEnd(): void {
+    if (this.done) return;
+    const res = this.request.res;
+    if (this.head !== null) this.writeHead();
+    if (this.sseWritable) res.end(`: ${APPLIED_HEADER}=${this.request.applied}\n\n`);
+    else res.end();
+    this.finish(null);
+  }
+
+  onResponseError(_controller: DispatchController, error: Error): void {
+    this.fail(error);
+  }
+
+  private fail(thrown: Error): void {
+    if (this.done) return;
+    const res = this.request.res;
+    const error = toUpstreamError(thrown, {
+      upstream: this.shared.upstream.url,
+      responseStarted: this.status !== 0,
+      connectTimeoutMs: this.shared.connectTimeoutMs,
+      headersTimeoutMs: this.shared.headersTimeoutMs,
+    });
+    const shutdown = error.code === 'SAEGATE_ERR_SHUTTING_DOWN';
+    if (!shutdown) this.shared.metrics.upstreamFailures.inc({ kind: failureKind(error) });
+    if (res.headersSent) {
+      const side: AbortSide = shutdown ? 'shutdown' : error.code === 'SAEGATE_ERR_UPSTREAM_TIMEOUT' ? 'timeout' : 'upstream';
+      if (this.request.stream) this.shared.metrics.streamAborts.inc({ side });
+      this.shared.logger.warn({ reqId: this.request.requestId, code: error.code, err: thrown.message }, 'upstream response broke off');
+      if (this.sseWritable) res.end(`event: error\ndata: ${JSON.stringify(error.toJSON())}\n\n`);
+      else res.destroy();
+    } else {
+      this.shared.logger.warn({ reqId: this.request.requestId, code: error.code, err: thrown.message }, error.message);
+      this.writeError(error);
+    }
+    this.finish(error);
+  }
+
+  private writeHead(): void {
+    const res = this.request.res;
+    res.writeHead(this.status, this.head ?? undefined);
+    this.head = null;
+  }
+
+  private writeError(error: SaegateError): void {
+    const res = this.request.res;
+    if (res.destroyed) return;
+    const body = JSON.stringify(error.toJSON());
+    this.status = error.status;
+    res.writeHead(error.status, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      [REQUEST_ID_HEADER]: this.request.requestId,
+      [APPLIED_HEADER]: this.request.applied,
+      ...(error.status === 503 || error.status === 429 ? { 'retry-after': String(this.shared.retryAfterSeconds) } : {}),
+    });
+    res.end(body);
+  }
+
+  private readonly onDrain = (): void => {
+    this.controller?.resume();
+  };
+
+  private readonly onClientClose = (): void => {
+    if (this.done || this.request.res.writableFinished) return;
+    this.status = CLIENT_CLOSED_STATUS;
+    if (this.request.stream) this.shared.metrics.streamAborts.inc({ side: 'client' });
+    const reason = clientClosedError();
+    // Finish first: the abort calls back into onResponseError, which must find the exchange done.
+    this.finish(reason);
+    if (this.controller !== null) this.controller.abort(reason);
+    else this.pendingAbort = reason;
+  };
+
+  private finish(error: Error | null): void {
+    this.done = true;
+    const { res, route, stream, arrivedAt } = this.request;
+    res.off('close', this.onClientClose);
+    res.off('drain', this.onDrain);
+    const metrics = this.shared.metrics;
+    this.shared.inFlight.delete(this);
+    metrics.inFlight.dec();
+    if (stream) metrics.activeStreams.dec();
+    const seconds = (performance.now() - arrivedAt) / 1000;
+    metrics.requests.inc({ route, status: String(this.status || (error instanceof SaegateError ? error.status : 502)) });
+    metrics.requestDuration.observe({ route }, seconds);
+    const { upstreamStartedAt, upstreamEndedAt } = this.info;
+    if (upstreamStartedAt > 0 && upstreamEndedAt >= upstreamStartedAt) {
+      metrics.overhead.observe({ route }, Math.max(0, seconds - (upstreamEndedAt - upstreamStartedAt) / 1000));
+    }
+    this.request.onDone?.();
+  }
+}

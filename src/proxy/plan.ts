@@ -1,0 +1,72 @@
+/**
+ * The seam between the proxy and the policies module: before forwarding a generation request the
+ * proxy asks a PlanResolver what to do with it. Until policies exist the resolver returns an
+ * empty plan, so requests pass through untouched and `x-saegate-applied` says `none`.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+
+/** One additive steering term for a request (docs/tap-protocol.md §4.7), with the vector itself. */
+export interface SteeringTerm {
+  /** TransformerLens hook name, e.g. `blocks.6.hook_resid_post`. */
+  hook: string;
+  /**
+   * d_model values; sent to a model server once per connection, then referred to by content hash.
+   * Treat it as immutable and reuse the same array across requests: its hash is computed once
+   * per array and cached.
+   */
+  vector: Float32Array;
+  scale: number;
+  /** First steered position (0 = first prompt token). */
+  fromPosition: number;
+  /** First position no longer steered; null = to the end. */
+  untilPosition: number | null;
+}
+
+/** What the proxy knows about a request when it asks for its plan. */
+export interface PlanRequest {
+  requestId: string;
+  /** `chat_completions` or `completions`. */
+  route: 'chat_completions' | 'completions';
+  /** The body's `model`, or null. */
+  model: string | null;
+  stream: boolean;
+  headers: IncomingHttpHeaders;
+  /** The raw body, exactly as it will be forwarded. Parse it if you need more; never modify it. */
+  body: Buffer;
+}
+
+/** A request's plan: what policies matched and what steering they ask for. */
+export interface RequestPlan {
+  /** Names of the policies that matched (monitoring-only ones included), for `x-saegate-applied`. */
+  policies: readonly string[];
+  /** Steering terms; empty = no steering. */
+  steering: readonly SteeringTerm[];
+  /**
+   * When steering is asked for and no connected model server can apply it: true fails the request
+   * with 503 SAEGATE_ERR_STEERING_UNAVAILABLE, false forwards it unsteered (and says so). Default false.
+   */
+  failClosed?: boolean;
+}
+
+/** Resolves a request's plan. May answer synchronously, which keeps the common path free of promises. */
+export interface PlanResolver {
+  resolve(request: PlanRequest): RequestPlan | Promise<RequestPlan>;
+}
+
+/** The plan of a request nothing applies to. */
+export const EMPTY_PLAN: RequestPlan = Object.freeze({ policies: Object.freeze([]), steering: Object.freeze([]) });
+
+/** The resolver used until the policies module provides one: every request gets the empty plan. */
+export const emptyPlanResolver: PlanResolver = { resolve: () => EMPTY_PLAN };
+
+/**
+ * The `x-saegate-applied` value: `none`, or comma-separated items `policy=<name>` and
+ * `steering=<planId>` (the plan went to the model server with the request) or `steering=skipped`
+ * (steering was asked for but no connected model server could apply it).
+ */
+export function appliedValue(plan: RequestPlan, planId: string | null): string {
+  if (plan.policies.length === 0 && plan.steering.length === 0) return 'none';
+  const items = plan.policies.map((name) => `policy=${name}`);
+  if (plan.steering.length > 0) items.push(`steering=${planId ?? 'skipped'}`);
+  return items.join(', ');
+}

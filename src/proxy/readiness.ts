@@ -1,0 +1,60 @@
+/**
+ * `/readyz`: is this saegate worth sending traffic to? Ready when it is not shutting down, the
+ * upstream answers `GET /v1/models` (probed with a short timeout, the result reused briefly so a
+ * burst of probes costs one request), and a model server is connected to the tap when the
+ * configuration requires one. SAE loading will join the checks when src/sae exists.
+ */
+import { performance } from 'node:perf_hooks';
+import type { ProbeResult, UpstreamClient } from './upstream.js';
+
+export interface ReadinessOptions {
+  upstream: UpstreamClient;
+  probeTimeoutMs: number;
+  /** How long a probe result is reused, ms. */
+  cacheMs: number;
+  requireTap: boolean;
+  /** Open tap connections now. */
+  tapConnections: () => number;
+  /** True once shutdown has begun. */
+  draining: () => boolean;
+}
+
+/** The `/readyz` body. */
+export interface ReadinessReport {
+  ready: boolean;
+  draining: boolean;
+  upstream: { ok: boolean; url: string; status: number | null; error: string | null };
+  tap: { ok: boolean; required: boolean; connections: number };
+}
+
+export class Readiness {
+  private cached: { result: ProbeResult; at: number } | null = null;
+  private inFlight: Promise<ProbeResult> | null = null;
+
+  constructor(private readonly options: ReadinessOptions) {}
+
+  async check(): Promise<ReadinessReport> {
+    const draining = this.options.draining();
+    const connections = this.options.tapConnections();
+    const tapOk = !this.options.requireTap || connections > 0;
+    const probe = draining ? { ok: false, status: null, error: 'shutting down' } : await this.probe();
+    return {
+      ready: !draining && probe.ok && tapOk,
+      draining,
+      upstream: { ok: probe.ok, url: this.options.upstream.url, status: probe.status, error: probe.error },
+      tap: { ok: tapOk, required: this.options.requireTap, connections },
+    };
+  }
+
+  private probe(): Promise<ProbeResult> {
+    const cached = this.cached;
+    if (cached !== null && performance.now() - cached.at < this.options.cacheMs) return Promise.resolve(cached.result);
+    if (this.inFlight !== null) return this.inFlight;
+    this.inFlight = this.options.upstream.probe(this.options.probeTimeoutMs).then((result) => {
+      this.cached = { result, at: performance.now() };
+      this.inFlight = null;
+      return result;
+    });
+    return this.inFlight;
+  }
+}
