@@ -4,7 +4,7 @@
  * process, loaded by autocannon from this one. All three are measured in the same run, so their
  * ratios mean something on a shared 2-core machine where absolute numbers do not.
  *
- *   npx tsx test/bench/proxy.ts [--duration S] [--quick]
+ *   npx tsx test/bench/proxy.ts [--duration S] [--quick] [--only load,rate,streams,tap,memory]
  *
  * Sections: full load (c = 1, 16, 64; JSON and SSE; no pipelining), fixed rate (added latency
  * over direct), 100-chunk streams (time to first chunk and per-chunk overhead), tap ingest
@@ -24,7 +24,9 @@ import { encodeMessage } from '../../src/tap/codec.js';
 import { CountingSink } from '../../src/proxy/sink.js';
 import { startProxy } from '../../src/proxy/server.js';
 
-const { values } = parseArgs({ options: { duration: { type: 'string' }, quick: { type: 'boolean' } } });
+const { values } = parseArgs({ options: { duration: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' } } });
+/** Comma-separated sections to run: load, rate, streams, tap, memory. Default all. */
+const only = new Set((values.only ?? 'load,rate,streams,tap,memory').split(','));
 const duration = Number(values.duration ?? (values.quick ? 3 : 8));
 const tsx = fileURLToPath(new URL('../../node_modules/.bin/tsx', import.meta.url));
 const here = (p: string): string => fileURLToPath(new URL(p, import.meta.url));
@@ -295,11 +297,11 @@ async function main(): Promise<void> {
   };
   await load(targets.saegate, 16, false); // warm up JIT and pools
   await load(targets['@fastify/http-proxy'], 16, false);
-  await fullLoad(targets);
-  await fixedRate(targets);
-  await streams(targets, { direct: `http://127.0.0.1:${slowStubPort}`, '@fastify/http-proxy': `http://127.0.0.1:${slowPeer}`, saegate: `http://127.0.0.1:${slowSaegate}` });
-  await tapIngest();
-  await rssAtIdle(targets.saegate, children[3].pid ?? 0);
+  if (only.has('load')) await fullLoad(targets);
+  if (only.has('rate')) await fixedRate(targets);
+  if (only.has('streams')) await streams(targets, { direct: `http://127.0.0.1:${slowStubPort}`, '@fastify/http-proxy': `http://127.0.0.1:${slowPeer}`, saegate: `http://127.0.0.1:${slowSaegate}` });
+  if (only.has('tap')) await tapIngest();
+  if (only.has('memory')) await rssAtIdle(targets.saegate, children[3].pid ?? 0);
 }
 
 try {
