@@ -27,41 +27,17 @@ export function requestIdFrom(headers: IncomingHttpHeaders): string {
   return isValidRequestId(given) ? given : randomUUID();
 }
 
+/** RFC 9110 §7.6.1 hop-by-hop headers (plus the legacy ones proxies still see), never forwarded either way. */
+const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
+
 /**
- * Lower-case names never forwarded in either direction: hop-by-hop headers, plus `host` and
- * `content-length` (undici sets both for the upstream request) and the headers saegate owns.
+ * Lower-case names never forwarded: hop-by-hop headers, plus, upstream, `host` and
+ * `content-length` (undici sets both for the upstream request), and the headers saegate owns.
  * A client cannot pick the steering plan by sending `x-saegate-plan-id` itself.
  */
-const DROPPED_REQUEST_HEADERS = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'host',
-  'content-length',
-  'expect',
-  REQUEST_ID_HEADER,
-  PLAN_ID_HEADER,
-]);
+const DROPPED_REQUEST_HEADERS = new Set([...HOP_BY_HOP, 'host', 'content-length', 'expect', REQUEST_ID_HEADER, PLAN_ID_HEADER]);
 
-const DROPPED_RESPONSE_HEADERS = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  REQUEST_ID_HEADER,
-  APPLIED_HEADER,
-]);
+const DROPPED_RESPONSE_HEADERS = new Set([...HOP_BY_HOP, REQUEST_ID_HEADER, APPLIED_HEADER]);
 
 /** Extra names listed in a `Connection` header are hop-by-hop too. */
 function connectionTokens(value: string | string[] | undefined): Set<string> | null {

@@ -1,24 +1,12 @@
 /** `saegate serve` as a user runs it: a real process configured by flags, environment and a config file. */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli, waitForApiUrl } from '../helpers/cli.js';
 import { makeTempDir, removeTempDir } from '../helpers/fixtures.js';
 import { startStub, type StubUpstream } from '../helpers/stub-upstream.js';
 
-const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
-const tsx = fileURLToPath(new URL('../../node_modules/.bin/tsx', import.meta.url));
 
-function run(args: string[], env: Record<string, string> = {}) {
-  const child = spawn(tsx, [main, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, exited, out: () => stdout, err: () => stderr };
-}
 
 let stub: StubUpstream;
 let dir: string;
@@ -35,20 +23,8 @@ describe('saegate serve', () => {
   it('takes its upstream from the environment and its port from a config file, proxies, and exits 0 on SIGTERM', async () => {
     const config = path.join(dir, 'saegate.json');
     fs.writeFileSync(config, JSON.stringify({ port: 0, upstream: 'http://overridden-by-env:1' }));
-    const proc = run(['serve', '--config', config], { SAEGATE_UPSTREAM: stub.url });
-    const url = await new Promise<string>((resolve, reject) => {
-      const timer = setInterval(() => {
-        const m = /OpenAI API\s+(http:\/\/\S+)\/v1/.exec(proc.out());
-        if (m) {
-          clearInterval(timer);
-          resolve(m[1]);
-        }
-      }, 50);
-      void proc.exited.then((code) => {
-        clearInterval(timer);
-        reject(new Error(`exited ${code}: ${proc.err()}`));
-      });
-    });
+    const proc = runCli(['serve', '--config', config], { SAEGATE_UPSTREAM: stub.url });
+    const url = await waitForApiUrl(proc);
     expect(proc.out()).toContain(`forwarding to ${stub.url}`);
     expect(proc.out()).toContain('admin        off (no --admin-token)');
     expect((await fetch(`${url}/healthz`)).status).toBe(200);
@@ -60,13 +36,13 @@ describe('saegate serve', () => {
   });
 
   it('refuses to listen off loopback without a tap token, naming the option', async () => {
-    const proc = run(['serve', '--upstream', stub.url, '--host', '0.0.0.0', '--port', '0']);
+    const proc = runCli(['serve', '--upstream', stub.url, '--host', '0.0.0.0', '--port', '0']);
     expect(await proc.exited).toBe(1);
     expect(proc.err()).toMatch(/SAEGATE_ERR_CONFIG: invalid configuration 'tapToken': required when listening on '0\.0\.0\.0'/);
   });
 
   it('names the flag of a bad value and what was expected', async () => {
-    const proc = run(['serve', '--upstream', stub.url, '--idle-timeout-ms', 'soon']);
+    const proc = runCli(['serve', '--upstream', stub.url, '--idle-timeout-ms', 'soon']);
     expect(await proc.exited).toBe(1);
     expect(proc.err()).toContain("SAEGATE_ERR_CONFIG: invalid configuration '--idle-timeout-ms': expected an integer from 0 to 86400000, got \"soon\"");
   });
