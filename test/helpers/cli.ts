@@ -28,7 +28,7 @@ export function runCli(args: string[], env: Record<string, string> = {}): CliPro
 export function waitForApiUrl(proc: CliProcess): Promise<string> {
   return new Promise<string>((resolve, reject) => {
     const timer = setInterval(() => {
-      const m = /OpenAI API\s+(http:\/\/\S+)\/v1/.exec(proc.out());
+      const m = /OpenAI API(?: \(through saegate\))?\s+(http:\/\/\S+)\/v1/.exec(proc.out());
       if (m) {
         clearInterval(timer);
         resolve(m[1]);

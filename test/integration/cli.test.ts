@@ -27,3 +27,29 @@ describe('saegate CLI', () => {
     expect(proc.err()).toMatch(/SAEGATE_ERR_MODEL_FILE.*\/nonexistent\/model\.bin/);
   });
 });
+
+describe('saegate demo (npm start)', () => {
+  it('serves the model through the proxy with the tap connected, and rows reach saegate', async () => {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const proc = runCli(['demo', '--port', String(port), '--model-port', '0'], {
+      SAEGATE_DEMO_MODEL: 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=1',
+    });
+    const url = await waitForApiUrl(proc);
+    expect(url).toBe(`http://127.0.0.1:${port}`);
+    const rowsReceived = async (): Promise<number> => Number(/^saegate_tap_rows_total (\S+)$/m.exec(await (await fetch(`${url}/metrics`)).text())?.[1] ?? 'NaN');
+    // The model server connects to the tap with backoff once saegate listens.
+    while (!/^saegate_tap_connections 1$/m.test(await (await fetch(`${url}/metrics`)).text())) await new Promise((r) => setTimeout(r, 50));
+    const res = await fetch(`${url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'synthetic', prompt: 'hi', max_tokens: 5, temperature: 0 }),
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('x-saegate-applied')).toBe('none');
+    while ((await rowsReceived()) < 1) await new Promise((r) => setTimeout(r, 50));
+    // Prompt rows (BOS + the prompt's tokens) and generated rows all arrive.
+    expect(await rowsReceived()).toBeGreaterThanOrEqual(5);
+    proc.child.kill('SIGTERM');
+    expect(await proc.exited).toBe(0);
+  });
+});
