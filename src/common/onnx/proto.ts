@@ -85,16 +85,11 @@ export class ProtoWriter {
     this.length += sub.length;
   }
 
-  /** Packed repeated int64. */
+  /** Packed repeated int64: on the wire, a length-delimited run of varints, like a sub-message. */
   packedInts(field: number, values: readonly (number | bigint)[]): void {
     const sub = new ProtoWriter();
     for (const v of values) sub.varint(v);
-    this.tag(field, 2);
-    this.varint(sub.length);
-    this.flushScratch();
-    sub.flushScratch();
-    for (const c of sub.chunks) this.chunks.push(c);
-    this.length += sub.length;
+    this.message(field, sub);
   }
 
   finish(): Uint8Array {
