@@ -23,6 +23,12 @@ export interface LocalEngineOptions {
   /** Most padded prompt tokens prefilled in one step when several requests arrive at once. Default 2048. */
   prefillTokenBudget?: number;
   /**
+   * Ids at or above this are never sampled: a Hugging Face tokenizer may be smaller than the
+   * model's (padded) embedding, and ids it cannot decode must not be generated. Default: the
+   * model's vocabulary size.
+   */
+  samplableVocab?: number;
+  /**
    * Resolves the steering plan that saegate announced for a request (`planId`), waiting for it
    * to arrive. Without it, a request that names a plan is refused.
    */
@@ -96,6 +102,7 @@ export class LocalEngine implements Engine {
       device: options.device ?? 'cpu',
       intraOpThreads: options.intraOpThreads,
       prefillTokenBudget: options.prefillTokenBudget ?? 2048,
+      samplableVocab: options.samplableVocab ?? options.weights.config.vocabSize,
     };
     worker.postMessage(init, [model.buffer as ArrayBuffer]);
     try {
@@ -119,7 +126,7 @@ export class LocalEngine implements Engine {
         this.stats.runMs += msg.runMs;
         this.stats.generatedTokens += msg.tokens.tokenIds.length;
         const { requestIds, tokenIds, positions } = msg.tokens;
-        for (let i = 0; i < requestIds.length; i++) this.pending.get(requestIds[i])?.onToken(tokenIds[i], positions[i]);
+        for (let i = 0; i < requestIds.length; i++) this.deliverToken(requestIds[i], tokenIds[i], positions[i]);
         for (const listener of this.stepListeners) listener(msg);
         break;
       }
@@ -141,6 +148,23 @@ export class LocalEngine implements Engine {
       }
       default:
         break;
+    }
+  }
+
+  /**
+   * Hands a token to its request's callback. A callback that throws fails that request alone (it
+   * is cancelled and its promise rejects); it must not take the process down from a worker event.
+   */
+  private deliverToken(requestId: string, tokenId: number, position: number): void {
+    const p = this.pending.get(requestId);
+    if (!p) return;
+    try {
+      p.onToken(tokenId, position);
+    } catch (error) {
+      this.pending.delete(requestId);
+      this.post({ type: 'cancel', requestId });
+      p.cleanup();
+      p.reject(error instanceof Error ? error : new SaegateError('SAEGATE_ERR_RUNTIME', [String(error)]));
     }
   }
 

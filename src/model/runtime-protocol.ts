@@ -24,7 +24,17 @@ export interface TapSubscription {
 }
 
 export type ToWorker =
-  | { type: 'init'; model: Uint8Array; config: ModelConfig; maxSlots: number; device: Device; intraOpThreads?: number; prefillTokenBudget: number }
+  | {
+      type: 'init';
+      model: Uint8Array;
+      config: ModelConfig;
+      maxSlots: number;
+      device: Device;
+      intraOpThreads?: number;
+      prefillTokenBudget: number;
+      /** Only ids below this are sampled (a tokenizer smaller than a padded embedding). */
+      samplableVocab: number;
+    }
   | {
       type: 'submit';
       requestId: string;

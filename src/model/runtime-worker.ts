@@ -47,6 +47,7 @@ let session: InferenceSession;
 let config: ModelConfig;
 let maxSlots = 1;
 let prefillTokenBudget = 2048;
+let samplableVocab = 0;
 let headDim = 0;
 let cacheBlock = 0;
 let kCaches: Float32Array[] = [];
@@ -73,6 +74,7 @@ function init(msg: Extract<ToWorker, { type: 'init' }>): Promise<void> {
   config = msg.config;
   maxSlots = msg.maxSlots;
   prefillTokenBudget = msg.prefillTokenBudget;
+  samplableVocab = Math.min(msg.samplableVocab, msg.config.vocabSize);
   headDim = config.dim / config.nHeads;
   cacheBlock = config.nKvHeads * config.maxSeqLen * headDim;
   kCaches = Array.from({ length: config.nLayers }, () => new Float32Array(maxSlots * cacheBlock));
@@ -248,7 +250,8 @@ function advance(batch: Sequence[], logits: Float32Array, emitted: { ids: string
   const V = config.vocabSize;
   batch.forEach((seq, b) => {
     if (seq.finish) return;
-    const token = sampleToken(logits, b * V, V, seq.sampling, seq.rng, logitScratch);
+    // Rows are V wide; ids past the tokenizer's vocabulary (padded embeddings) are never sampled.
+    const token = sampleToken(logits, b * V, samplableVocab, seq.sampling, seq.rng, logitScratch);
     const position = seq.length;
     if (seq.stopTokenIds.has(token)) {
       seq.generated++;

@@ -61,6 +61,7 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
   const engine = await LocalEngine.create({
     weights: model.weights,
     maxBatch: options.maxBatch,
+    samplableVocab: model.tokenizer.vocabSize,
     intraOpThreads: options.threads,
     device: options.device,
     resolvePlan: options.tapUrl ? (requestId, planId, signal) => tap!.resolvePlan(requestId, planId, signal) : undefined,

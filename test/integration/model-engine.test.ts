@@ -170,3 +170,39 @@ describe('device selection', () => {
     expect((error as Error).message).toMatch(/^device cuda is not available: .*ONNXRUNTIME_NODE_INSTALL=cuda12/);
   });
 });
+
+describe('engine robustness', () => {
+  const weights = syntheticWeights({ dim: 32, hiddenDim: 64, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 300, maxSeqLen: 64, seed: 11 });
+
+  it('never samples ids past the tokenizer vocabulary when the embedding is padded', async () => {
+    const engine = await LocalEngine.create({ weights, maxBatch: 4, samplableVocab: 40 });
+    try {
+      const sampled = { temperature: 1.5, topP: 1, seed: 3 };
+      const { tokens } = await runAll(engine, [request('a', [1, 5], 40, { sampling: sampled }), request('b', [1, 7], 40)]);
+      for (const t of tokens.flat()) expect(t).toBeLessThan(40);
+      expect(tokens.flat().length).toBe(80);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('fails only the request whose token callback throws, and keeps serving the others', async () => {
+    const engine = await LocalEngine.create({ weights, maxBatch: 4 });
+    try {
+      let calls = 0;
+      const failing = engine.generate(request('boom', [1, 5], 20), () => {
+        if (++calls === 3) throw new Error('callback broke');
+      });
+      const healthy: number[] = [];
+      const ok = engine.generate(request('fine', [1, 6], 20), (t) => healthy.push(t));
+      await expect(failing).rejects.toThrow('callback broke');
+      expect(await ok).toMatchObject({ finishReason: 'length', completionTokens: 20 });
+      expect(healthy).toHaveLength(20);
+      expect(engine.isActive('boom')).toBe(false);
+      // The engine still takes new work.
+      expect((await runAll(engine, [request('after', [1, 9], 5)])).tokens[0]).toHaveLength(5);
+    } finally {
+      await engine.close();
+    }
+  });
+});
