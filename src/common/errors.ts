@@ -31,6 +31,7 @@ const specs = {
     type: 'server_error',
   },
   SAEGATE_ERR_SAFETENSORS: { message: "safetensors file '%s': %s", status: 500, type: 'server_error' },
+  SAEGATE_ERR_SAE_FILE: { message: "SAE '%s': %s", status: 500, type: 'server_error' },
   // Runtime
   SAEGATE_ERR_DEVICE_UNAVAILABLE: { message: 'device %s is not available: %s', status: 500, type: 'server_error' },
   SAEGATE_ERR_RUNTIME: { message: 'model runtime failed: %s', status: 500, type: 'server_error' },

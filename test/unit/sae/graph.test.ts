@@ -1,0 +1,278 @@
+import * as ort from 'onnxruntime-node';
+import { describe, expect, it } from 'vitest';
+import { isSaegateError } from '../../../src/common/errors.js';
+import { buildSaeEncoderGraph, SaeEncoderNames, saeEncoderOutputNames } from '../../../src/sae/graph.js';
+import type { SaeArchitecture, SaeNormalization, SaeWeights } from '../../../src/sae/types.js';
+
+const D_IN = 16;
+const D_SAE = 64;
+/** The `topk` architecture's own k; the report cap `topK` is tested below and above it. */
+const ARCH_K = 12;
+const SCALING_FACTOR = 0.37;
+/** Report caps: one truncates (L0 > 6 in every case here), one pads. */
+const TOP_KS = [6, 48] as const;
+const ROWS = 7;
+
+/** mulberry32: a tiny seeded PRNG so every case is reproducible. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function uniform(next: () => number, n: number, lo: number, hi: number): Float32Array {
+  return Float32Array.from({ length: n }, () => lo + (hi - lo) * next());
+}
+
+function makeSae(architecture: SaeArchitecture, normalization: SaeNormalization, applyBDecToInput: boolean, seed: number): SaeWeights {
+  const next = rng(seed);
+  const scale = 1 / Math.sqrt(D_IN);
+  return {
+    config: {
+      architecture,
+      format: 'saelens',
+      dIn: D_IN,
+      dSae: D_SAE,
+      hookName: 'blocks.0.hook_resid_post',
+      modelName: null,
+      applyBDecToInput,
+      normalizeActivations: normalization,
+      k: architecture === 'topk' ? ARCH_K : null,
+      scalingFactor: normalization === 'expected_average_only_in' ? SCALING_FACTOR : null,
+      dtype: 'f32',
+      source: `test-${architecture}-${normalization}`,
+    },
+    W_enc: uniform(next, D_IN * D_SAE, -2 * scale, 2 * scale),
+    b_enc: uniform(next, D_SAE, -0.3, 0.3),
+    W_dec: uniform(next, D_SAE * D_IN, -scale, scale),
+    b_dec: uniform(next, D_IN, -0.5, 0.5),
+    threshold: architecture === 'jumprelu' ? uniform(next, D_SAE, 0, 0.4) : null,
+    gated:
+      architecture === 'gated'
+        ? { b_gate: uniform(next, D_SAE, -0.3, 0.3), r_mag: uniform(next, D_SAE, -0.5, 0.5), b_mag: uniform(next, D_SAE, -0.3, 0.3) }
+        : null,
+  };
+}
+
+interface ReferenceRow {
+  /** All active features by value, descending. */
+  order: number[];
+  dense: Float64Array;
+  /** Smallest distance of any quantity to a decision boundary (0, threshold, k-th value, ties). */
+  margin: number;
+  xn: Float64Array;
+}
+
+/** Float64 reference of the SAELens encoder for one row, written from the equations with plain loops. */
+function referenceEncode(sae: SaeWeights, row: Float32Array): ReferenceRow {
+  const { dIn, dSae, normalizeActivations, applyBDecToInput, architecture } = sae.config;
+  const x = Float64Array.from(row);
+  let xn = x;
+  if (normalizeActivations === 'constant_norm_rescale') {
+    let ss = 0;
+    for (const v of x) ss += v * v;
+    const coeff = Math.sqrt(dIn) / Math.sqrt(ss);
+    xn = x.map((v) => v * coeff);
+  } else if (normalizeActivations === 'layer_norm') {
+    const mu = x.reduce((a, b) => a + b, 0) / dIn;
+    let ss = 0;
+    for (const v of x) ss += (v - mu) * (v - mu);
+    const std = Math.sqrt(ss / (dIn - 1)); // torch.std: unbiased
+    xn = x.map((v) => (v - mu) / (std + 1e-5));
+  } else if (normalizeActivations === 'expected_average_only_in' && sae.config.scalingFactor !== null) {
+    const s = sae.config.scalingFactor;
+    xn = x.map((v) => v * s);
+  }
+  const xc = xn.map((v, i) => (applyBDecToInput ? v - sae.b_dec[i] : v));
+  const matmul = (bias: (j: number) => number): Float64Array => {
+    const out = new Float64Array(dSae);
+    for (let j = 0; j < dSae; j++) {
+      let acc = bias(j);
+      for (let i = 0; i < dIn; i++) acc += xc[i] * sae.W_enc[i * dSae + j];
+      out[j] = acc;
+    }
+    return out;
+  };
+
+  const dense = new Float64Array(dSae);
+  const boundaryDistances: number[] = [];
+  if (architecture === 'gated' && sae.gated) {
+    const { b_gate, r_mag, b_mag } = sae.gated;
+    const gatePre = matmul((j) => b_gate[j]);
+    // Magnitude path exactly as SAELens writes it: x' · (W_enc ⊙ exp(r_mag)) + b_mag.
+    const magPre = new Float64Array(dSae);
+    for (let j = 0; j < dSae; j++) {
+      let acc = b_mag[j];
+      for (let i = 0; i < dIn; i++) acc += xc[i] * (sae.W_enc[i * dSae + j] * Math.exp(r_mag[j]));
+      magPre[j] = acc;
+      dense[j] = (gatePre[j] > 0 ? 1 : 0) * Math.max(0, acc);
+      boundaryDistances.push(Math.abs(gatePre[j]), Math.abs(acc));
+    }
+  } else {
+    const pre = matmul((j) => sae.b_enc[j]);
+    if (architecture === 'topk') {
+      const byPre = [...pre.keys()].sort((a, b) => pre[b] - pre[a]);
+      const k = sae.config.k ?? 0;
+      for (let r = 0; r < k; r++) dense[byPre[r]] = Math.max(0, pre[byPre[r]]);
+      boundaryDistances.push(pre[byPre[k - 1]] - pre[byPre[k]]);
+      for (let r = 0; r < k; r++) boundaryDistances.push(Math.abs(pre[byPre[r]]));
+    } else {
+      for (let j = 0; j < dSae; j++) {
+        const relu = Math.max(0, pre[j]);
+        boundaryDistances.push(Math.abs(pre[j]));
+        if (architecture === 'jumprelu' && sae.threshold) {
+          dense[j] = pre[j] > sae.threshold[j] ? relu : 0;
+          boundaryDistances.push(Math.abs(pre[j] - sae.threshold[j]));
+        } else {
+          dense[j] = relu;
+        }
+      }
+    }
+  }
+  const order = [...dense.keys()].filter((j) => dense[j] > 0).sort((a, b) => dense[b] - dense[a]);
+  for (let r = 1; r < order.length; r++) boundaryDistances.push(dense[order[r - 1]] - dense[order[r]]);
+  return { order, dense, margin: Math.min(...boundaryDistances), xn };
+}
+
+interface ExpectedRow {
+  indices: number[];
+  values: number[];
+  l0: number;
+  sqError: number;
+  fvu: number;
+}
+
+/** Reference outputs from the top-K features only, as the graph defines them. */
+function expectedOutputs(sae: SaeWeights, ref: ReferenceRow, topK: number): ExpectedRow {
+  const { dIn } = sae.config;
+  const kept = ref.order.slice(0, topK);
+  const recon = Float64Array.from(sae.b_dec);
+  for (const j of kept) for (let i = 0; i < dIn; i++) recon[i] += ref.dense[j] * sae.W_dec[j * dIn + i];
+  let sqError = 0;
+  for (let i = 0; i < dIn; i++) sqError += (ref.xn[i] - recon[i]) ** 2;
+  const mean = ref.xn.reduce((a, b) => a + b, 0) / dIn;
+  let energy = 0;
+  for (const v of ref.xn) energy += (v - mean) ** 2;
+  const pad = topK - kept.length;
+  return {
+    indices: [...kept, ...Array<number>(pad).fill(-1)],
+    values: [...kept.map((j) => ref.dense[j]), ...Array<number>(pad).fill(0)],
+    l0: ref.order.length,
+    sqError,
+    fvu: sqError / energy,
+  };
+}
+
+/**
+ * Seeded rows, skipping any whose outcome hangs on a float32 rounding: a pre-activation within
+ * 1e-3 of a ReLU/threshold/gate boundary, or two candidate features within 1e-3 of each other.
+ */
+function makeRows(sae: SaeWeights, seed: number): { x: Float32Array; refs: ReferenceRow[] } {
+  const next = rng(seed);
+  const x = new Float32Array(ROWS * D_IN);
+  const refs: ReferenceRow[] = [];
+  while (refs.length < ROWS) {
+    // Offset and scale far from 1 so that every normalisation mode changes the features.
+    const row = Float32Array.from({ length: D_IN }, () => 0.4 + 3 * (next() * 2 - 1));
+    const ref = referenceEncode(sae, row);
+    if (ref.margin < 1e-3) continue;
+    x.set(row, refs.length * D_IN);
+    refs.push(ref);
+  }
+  return { x, refs };
+}
+
+/** 1e-5 relative, with a 1e-6 absolute floor for quantities that are themselves near zero. */
+function expectClose(actual: number, expected: number, what: string): void {
+  const tolerance = 1e-5 * Math.abs(expected) + 1e-6;
+  expect(Math.abs(actual - expected), `${what}: got ${actual}, expected ${expected}`).toBeLessThanOrEqual(tolerance);
+}
+
+async function runGraph(bytes: Uint8Array, x: Float32Array, rows: number): Promise<ort.InferenceSession.OnnxValueMapType> {
+  const session = await ort.InferenceSession.create(bytes, { logSeverityLevel: 3 });
+  try {
+    expect(session.inputNames).toEqual([SaeEncoderNames.input]);
+    expect([...session.outputNames].sort()).toEqual([...saeEncoderOutputNames].sort());
+    return await session.run({ [SaeEncoderNames.input]: new ort.Tensor('float32', x, [rows, D_IN]) });
+  } finally {
+    await session.release();
+  }
+}
+
+const architectures: SaeArchitecture[] = ['standard', 'topk', 'jumprelu', 'gated'];
+const normalizations: SaeNormalization[] = ['none', 'constant_norm_rescale', 'layer_norm', 'expected_average_only_in'];
+const cases = architectures.flatMap((architecture, a) =>
+  normalizations.flatMap((normalization, n) =>
+    [true, false].map((applyBDecToInput, b) => ({ architecture, normalization, applyBDecToInput, seed: 1000 + 100 * a + 10 * n + b })),
+  ),
+);
+
+describe.each(cases)('SAE encoder graph: $architecture, normalize=$normalization, applyBDecToInput=$applyBDecToInput', ({ architecture, normalization, applyBDecToInput, seed }) => {
+  const sae = makeSae(architecture, normalization, applyBDecToInput, seed);
+  const { x, refs } = makeRows(sae, seed + 1);
+
+  it.each(TOP_KS)('matches the float64 reference with topK = %i: ordered features, L0 and the top-K sparse-decode error', async (topK) => {
+    const out = await runGraph(buildSaeEncoderGraph(sae, { topK }), x, ROWS);
+    const indices = out[SaeEncoderNames.indices].data as BigInt64Array;
+    const values = out[SaeEncoderNames.values].data as Float32Array;
+    const l0 = out[SaeEncoderNames.l0].data as BigInt64Array;
+    const sqError = out[SaeEncoderNames.sqError].data as Float32Array;
+    const fvu = out[SaeEncoderNames.fvu].data as Float32Array;
+    expect(out[SaeEncoderNames.indices].dims).toEqual([ROWS, topK]);
+    expect(out[SaeEncoderNames.values].dims).toEqual([ROWS, topK]);
+    expect(out[SaeEncoderNames.l0].dims).toEqual([ROWS]);
+
+    refs.forEach((ref, r) => {
+      const want = expectedOutputs(sae, ref, topK);
+      expect([...indices.subarray(r * topK, (r + 1) * topK)].map(Number), `row ${r} indices`).toEqual(want.indices);
+      want.values.forEach((v, s) => expectClose(values[r * topK + s], v, `row ${r} value ${s}`));
+      expect(Number(l0[r]), `row ${r} l0`).toBe(want.l0);
+      expectClose(sqError[r], want.sqError, `row ${r} sq_error`);
+      expectClose(fvu[r], want.fvu, `row ${r} fvu`);
+    });
+  });
+});
+
+describe('SAE encoder graph: shapes and limits', () => {
+  it('covers both truncation (L0 above topK) and padding (L0 below topK) in the seeded cases', () => {
+    const l0s = cases.flatMap(({ architecture, normalization, applyBDecToInput, seed }) =>
+      makeRows(makeSae(architecture, normalization, applyBDecToInput, seed), seed + 1).refs.map((ref) => ref.order.length),
+    );
+    expect(Math.min(...l0s)).toBeLessThan(TOP_KS[1]);
+    expect(Math.max(...l0s)).toBeGreaterThan(TOP_KS[0]);
+    expect(l0s.filter((l0) => l0 <= TOP_KS[0])).toEqual([]);
+  });
+
+  it('takes any number of rows with one session, and a row encodes the same alone as in a batch', async () => {
+    const sae = makeSae('jumprelu', 'layer_norm', true, 7);
+    const { x } = makeRows(sae, 8);
+    const session = await ort.InferenceSession.create(buildSaeEncoderGraph(sae, { topK: 10 }), { logSeverityLevel: 3 });
+    try {
+      const batch = await session.run({ x: new ort.Tensor('float32', x, [ROWS, D_IN]) });
+      const single = await session.run({ x: new ort.Tensor('float32', x.slice(3 * D_IN, 4 * D_IN), [1, D_IN]) });
+      expect([...(single.feature_indices.data as BigInt64Array)]).toEqual([...(batch.feature_indices.data as BigInt64Array).subarray(30, 40)]);
+      expectClose((single.sq_error.data as Float32Array)[0], (batch.sq_error.data as Float32Array)[3], 'sq_error');
+    } finally {
+      await session.release();
+    }
+  });
+
+  it('rejects a topK outside [1, dSae] and a topk SAE without k, with SAEGATE_ERR_CONFIG naming the source', () => {
+    const sae = makeSae('standard', 'none', true, 3);
+    for (const topK of [0, D_SAE + 1, 2.5]) {
+      expect(() => buildSaeEncoderGraph(sae, { topK })).toThrow(/test-standard-none/);
+      try {
+        buildSaeEncoderGraph(sae, { topK });
+      } catch (error) {
+        expect(isSaegateError(error, 'SAEGATE_ERR_CONFIG')).toBe(true);
+      }
+    }
+    const topk = makeSae('topk', 'none', true, 4);
+    expect(() => buildSaeEncoderGraph({ ...topk, config: { ...topk.config, k: null } }, { topK: 4 })).toThrow(/needs k/);
+  });
+});
