@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import { isSaegateError } from '../common/errors.js';
 import { demo } from './demo.js';
 import { modelServe } from './model-serve.js';
+import { saeInfo } from './sae.js';
 import { serve } from './serve.js';
 
 const usage = `Usage: saegate <command> [options]
@@ -12,6 +13,7 @@ Commands:
   serve                run the saegate proxy in front of an OpenAI-compatible model server
   demo                 run the reference model server on the embedded default model (npm start)
   model serve          serve a llama-family model over the OpenAI API, with taps and steering
+  sae info DIR         load an SAE (SAELens or sparsify) and print what was loaded
 
 Run 'saegate <command> --help' for a command's options.`;
 
@@ -52,6 +54,10 @@ async function main(argv: string[]): Promise<void> {
   }
   if (command === 'serve') {
     closeOnSignals(await serve(sub === undefined ? [] : [sub, ...rest]));
+    return;
+  }
+  if (command === 'sae' && sub === 'info') {
+    saeInfo(rest);
     return;
   }
   if (command === 'model' && sub === 'serve') {

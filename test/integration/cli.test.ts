@@ -1,6 +1,10 @@
 /** The `saegate` command as a user runs it: a real process, real signals. */
 import { describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { writeSafetensors } from '../../src/common/safetensors.js';
 import { runCli, waitForApiUrl } from '../helpers/cli.js';
+import { makeTempDir, removeTempDir } from '../helpers/fixtures.js';
 
 
 
@@ -51,5 +55,39 @@ describe('saegate demo (npm start)', () => {
     expect(await rowsReceived()).toBeGreaterThanOrEqual(5);
     proc.child.kill('SIGTERM');
     expect(await proc.exited).toBe(0);
+  });
+});
+
+describe('saegate sae info', () => {
+  it('prints what it loaded from a SAELens directory, and names the file when it is broken', async () => {
+    const dir = makeTempDir('saegate-sae-');
+    try {
+      const dIn = 8;
+      const dSae = 32;
+      const values = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i + 1) * 0.1);
+      fs.writeFileSync(
+        path.join(dir, 'cfg.json'),
+        JSON.stringify({ architecture: 'topk', activation_fn_kwargs: { k: 4 }, d_in: dIn, d_sae: dSae, dtype: 'float32', hook_name: 'blocks.2.hook_resid_post', model_name: 'stories260K', apply_b_dec_to_input: true, normalize_activations: 'none' }),
+      );
+      writeSafetensors(path.join(dir, 'sae_weights.safetensors'), {
+        W_enc: { dtype: 'F32', shape: [dIn, dSae], data: values(dIn * dSae) },
+        b_enc: { dtype: 'F32', shape: [dSae], data: values(dSae) },
+        W_dec: { dtype: 'F32', shape: [dSae, dIn], data: values(dSae * dIn) },
+        b_dec: { dtype: 'F32', shape: [dIn], data: values(dIn) },
+      });
+      const ok = runCli(['sae', 'info', dir]);
+      expect(await ok.exited).toBe(0);
+      expect(ok.out()).toMatch(/topk/);
+      expect(ok.out()).toContain('blocks.2.hook_resid_post');
+      expect(ok.out()).toMatch(/8\s*×\s*32/);
+
+      fs.writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'mystery', d_in: dIn, d_sae: dSae, hook_name: 'blocks.2.hook_resid_post' }));
+      const bad = runCli(['sae', 'info', dir]);
+      expect(await bad.exited).toBe(1);
+      expect(bad.err()).toContain('SAEGATE_ERR_SAE_FILE');
+      expect(bad.err()).toContain('mystery');
+    } finally {
+      removeTempDir(dir);
+    }
   });
 });
