@@ -30,6 +30,7 @@ const specs = {
     status: 500,
     type: 'server_error',
   },
+  SAEGATE_ERR_ROWS_FILE: { message: "activation rows file '%s': %s", status: 400, type: 'invalid_request_error' },
   SAEGATE_ERR_SAFETENSORS: { message: "safetensors file '%s': %s", status: 500, type: 'server_error' },
   SAEGATE_ERR_SAE_FILE: { message: "SAE '%s': %s", status: 500, type: 'server_error' },
   // Runtime
