@@ -1,0 +1,244 @@
+/**
+ * The SAE worker pool: the one owner of SAE onnxruntime sessions (ARCHITECTURE decisions 2–4). Each
+ * worker thread holds one session of the same encoder graph; `encode()` transfers a rows buffer to
+ * the least-busy worker and resolves with typed arrays.
+ *
+ * Crash recovery: a worker that errors or exits while the pool is open is replaced at once from the
+ * graph bytes the pool keeps. The batches it held reject with SAEGATE_ERR_WORKER_EXITED (their rows
+ * are gone with the thread's memory) and are counted in `stats.rowsLost`; batches sent to the
+ * replacement wait for its session to be ready.
+ */
+import type { Worker } from 'node:worker_threads';
+import { SaegateError } from '../common/errors.js';
+import type { Device } from '../common/ort.js';
+import { siblingModule, spawnWorker } from '../common/worker.js';
+import { buildSaeEncoderGraph } from './graph.js';
+import type { FromPoolWorker, ToPoolWorker } from './pool-protocol.js';
+import type { SaeWeights } from './types.js';
+
+export interface SaePoolOptions {
+  sae: SaeWeights;
+  /** Most active features reported per row (see `SaeEncoderGraphOptions.topK`). */
+  topK: number;
+  /** Worker threads, each with its own session. Default 1. */
+  workers?: number;
+  /** Default 'cpu'. */
+  device?: Device;
+  /** onnxruntime intra-op threads per worker; default onnxruntime's choice. */
+  intraOpThreads?: number;
+}
+
+/** Encoder outputs for `rowCount` rows, row-major. */
+export interface EncodeResult {
+  rowCount: number;
+  topK: number;
+  /** [rowCount · topK] feature indices by value, descending; −1 pads unused slots. */
+  indices: Int32Array;
+  /** [rowCount · topK] feature activations matching `indices`; 0 pads. */
+  values: Float32Array;
+  /** [rowCount] active features per row. */
+  l0: Int32Array;
+  /** [rowCount] squared error of the top-K reconstruction. */
+  sqError: Float32Array;
+  /** [rowCount] fraction of variance unexplained. */
+  fvu: Float32Array;
+  /** The (transferred) input buffer, handed back so the caller can reuse it. */
+  rows: Float32Array;
+  /** Time inside onnxruntime, milliseconds. */
+  runMs: number;
+}
+
+/** What the micro-batcher needs from a pool; the pool implements it, tests may fake it. */
+export interface SaeEncoder {
+  readonly workers: number;
+  readonly topK: number;
+  encode(rows: Float32Array, rowCount: number): Promise<EncodeResult>;
+}
+
+export interface SaePoolStats {
+  /** Batches that resolved. */
+  batches: number;
+  rowsEncoded: number;
+  /** Workers replaced after a crash or exit. */
+  workerRestarts: number;
+  /** Rows in batches that were in flight on a worker that exited. */
+  rowsLost: number;
+  /** Time inside onnxruntime, milliseconds, summed over workers. */
+  runMs: number;
+}
+
+interface InFlight {
+  rowCount: number;
+  resolve: (result: EncodeResult) => void;
+  reject: (error: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  ready: Promise<void>;
+  inFlight: Map<number, InFlight>;
+  /** Set once this worker's loss has been handled, so 'error' followed by 'exit' counts once. */
+  dead: boolean;
+}
+
+export class SaePool implements SaeEncoder {
+  readonly workers: number;
+  readonly topK: number;
+  readonly dIn: number;
+  readonly stats: SaePoolStats = { batches: 0, rowsEncoded: 0, workerRestarts: 0, rowsLost: 0, runMs: 0 };
+  private readonly slots: Slot[] = [];
+  private nextId = 1;
+  private closed = false;
+
+  private constructor(
+    /** Graph bytes kept for replacements; each worker gets a copy. */
+    private readonly model: Uint8Array,
+    private readonly options: SaePoolOptions,
+  ) {
+    this.workers = options.workers ?? 1;
+    this.topK = options.topK;
+    this.dIn = options.sae.config.dIn;
+  }
+
+  /** Builds the encoder graph once and starts `workers` workers, waiting until every session is ready. */
+  static async create(options: SaePoolOptions): Promise<SaePool> {
+    const workers = options.workers ?? 1;
+    if (!Number.isInteger(workers) || workers < 1) throw new SaegateError('SAEGATE_ERR_CONFIG', ['workers', `a positive integer, got ${workers}`]);
+    const model = buildSaeEncoderGraph(options.sae, { topK: options.topK });
+    const pool = new SaePool(model, options);
+    for (let i = 0; i < workers; i++) pool.slots.push(pool.startWorker());
+    try {
+      await Promise.all(pool.slots.map((s) => s.ready));
+    } catch (error) {
+      await pool.close();
+      throw error;
+    }
+    return pool;
+  }
+
+  private startWorker(): Slot {
+    const worker = spawnWorker(siblingModule(import.meta.url, 'pool-worker'));
+    const slot: Slot = { worker, ready: Promise.resolve(), inFlight: new Map(), dead: false };
+    slot.ready = new Promise<void>((resolve, reject) => {
+      const onMessage = (msg: FromPoolWorker): void => {
+        if (msg.type === 'ready') resolve();
+        else if (msg.type === 'init_error') reject(SaegateError.fromWire(msg));
+        else return;
+        worker.off('message', onMessage);
+      };
+      worker.on('message', onMessage);
+      worker.once('exit', (code) => reject(new SaegateError('SAEGATE_ERR_WORKER_EXITED', [`exit code ${code} before the SAE session was ready`])));
+    });
+    // A replacement whose session fails must not raise an unhandled rejection; encode() sees it.
+    slot.ready.catch(() => undefined);
+    worker.on('message', (msg: FromPoolWorker) => this.onMessage(slot, msg));
+    worker.on('error', (error) => this.onWorkerLost(slot, error.message));
+    worker.on('exit', (code) => this.onWorkerLost(slot, `exit code ${code}`));
+    const model = this.model.slice();
+    const init: ToPoolWorker = {
+      type: 'init',
+      model,
+      dIn: this.dIn,
+      topK: this.topK,
+      device: this.options.device ?? 'cpu',
+      intraOpThreads: this.options.intraOpThreads,
+    };
+    worker.postMessage(init, [model.buffer]);
+    return slot;
+  }
+
+  private onMessage(slot: Slot, msg: FromPoolWorker): void {
+    if (msg.type !== 'result' && msg.type !== 'encode_error') return;
+    const pending = slot.inFlight.get(msg.id);
+    if (!pending) return;
+    slot.inFlight.delete(msg.id);
+    if (msg.type === 'encode_error') {
+      pending.reject(SaegateError.fromWire(msg));
+      return;
+    }
+    this.stats.batches++;
+    this.stats.rowsEncoded += msg.rowCount;
+    this.stats.runMs += msg.runMs;
+    pending.resolve({
+      rowCount: msg.rowCount,
+      topK: this.topK,
+      indices: msg.indices,
+      values: msg.values,
+      l0: msg.l0,
+      sqError: msg.sqError,
+      fvu: msg.fvu,
+      rows: msg.rows,
+      runMs: msg.runMs,
+    });
+  }
+
+  /** Rejects the lost worker's batches, counts the loss and puts a fresh worker in its place. */
+  private onWorkerLost(slot: Slot, reason: string): void {
+    if (slot.dead) return;
+    slot.dead = true;
+    const error = new SaegateError('SAEGATE_ERR_WORKER_EXITED', [this.closed ? 'SAE pool closed' : `SAE worker: ${reason}`]);
+    for (const pending of slot.inFlight.values()) {
+      if (!this.closed) this.stats.rowsLost += pending.rowCount;
+      pending.reject(error);
+    }
+    slot.inFlight.clear();
+    if (this.closed) return;
+    void slot.worker.terminate();
+    const index = this.slots.indexOf(slot);
+    if (index >= 0) {
+      this.stats.workerRestarts++;
+      this.slots[index] = this.startWorker();
+    }
+  }
+
+  /** The worker with the fewest batches in flight (ties: the lowest index). */
+  private pickSlot(): Slot {
+    let best = this.slots[0];
+    for (const slot of this.slots) if (slot.inFlight.size < best.inFlight.size) best = slot;
+    return best;
+  }
+
+  /**
+   * Encodes `rowCount` rows of `dIn` values from the start of `rows`. The buffer is transferred to a
+   * worker (`rows` is detached when this returns) and comes back as `result.rows`.
+   */
+  encode(rows: Float32Array, rowCount: number): Promise<EncodeResult> {
+    if (this.closed) return Promise.reject(new SaegateError('SAEGATE_ERR_WORKER_EXITED', ['SAE pool closed']));
+    if (!Number.isInteger(rowCount) || rowCount < 1 || rows.length < rowCount * this.dIn) {
+      return Promise.reject(new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`encode: ${rowCount} rows of ${this.dIn} need ${rowCount * this.dIn} values, got ${rows.length}`]));
+    }
+    const slot = this.pickSlot();
+    const id = this.nextId++;
+    return new Promise<EncodeResult>((resolve, reject) => {
+      // Registered before the post so a worker that dies before answering rejects this batch.
+      slot.inFlight.set(id, { rowCount, resolve, reject });
+      // Posted at once even while a replacement is still starting: the worker runs encodes only
+      // after its session is ready, and answers encode_error if it never becomes ready.
+      const msg: ToPoolWorker = { type: 'encode', id, rows, rowCount };
+      slot.worker.postMessage(msg, [rows.buffer as ArrayBuffer]);
+    });
+  }
+
+  /**
+   * TEST ONLY: asks worker `index` to exit with code 1, to exercise crash recovery. Resolves when
+   * the replacement's session is ready.
+   */
+  async crashWorkerForTest(index: number): Promise<void> {
+    const slot = this.slots[index];
+    slot.worker.postMessage({ type: 'crash' } satisfies ToPoolWorker);
+    await new Promise<void>((resolve) => slot.worker.once('exit', () => resolve()));
+    await this.slots[index].ready;
+  }
+
+  /** Stops every worker; batches still in flight reject with SAEGATE_ERR_WORKER_EXITED. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all(
+      this.slots.map(async (slot) => {
+        await slot.worker.terminate();
+        this.onWorkerLost(slot, 'SAE pool closed');
+      }),
+    );
+  }
+}

@@ -1,0 +1,107 @@
+import * as ort from 'onnxruntime-node';
+import { afterEach, describe, expect, it } from 'vitest';
+import { isSaegateError } from '../../../src/common/errors.js';
+import { buildSaeEncoderGraph, SaeEncoderNames, saeEncoderOutputNames } from '../../../src/sae/graph.js';
+import { SaePool, type EncodeResult } from '../../../src/sae/pool.js';
+import { D_IN, makeSmallSae, rng, uniform } from './sae-fixture.js';
+
+const TOP_K = 8;
+
+/** Encodes `rows` with a session created here, straight from the same graph bytes. */
+async function directEncode(rows: Float32Array, rowCount: number): Promise<{ indices: number[]; values: Float32Array; l0: number[]; sqError: Float32Array; fvu: Float32Array }> {
+  const session = await ort.InferenceSession.create(buildSaeEncoderGraph(makeSmallSae(), { topK: TOP_K }));
+  try {
+    const out = await session.run({ [SaeEncoderNames.input]: new ort.Tensor('float32', rows, [rowCount, D_IN]) }, [...saeEncoderOutputNames]);
+    return {
+      indices: Array.from(out[SaeEncoderNames.indices].data as BigInt64Array, Number),
+      values: out[SaeEncoderNames.values].data as Float32Array,
+      l0: Array.from(out[SaeEncoderNames.l0].data as BigInt64Array, Number),
+      sqError: out[SaeEncoderNames.sqError].data as Float32Array,
+      fvu: out[SaeEncoderNames.fvu].data as Float32Array,
+    };
+  } finally {
+    await session.release();
+  }
+}
+
+function expectClose(actual: Float32Array, expected: Float32Array): void {
+  expect(actual.length).toBe(expected.length);
+  for (let i = 0; i < expected.length; i++) expect(Math.abs(actual[i] - expected[i])).toBeLessThanOrEqual(1e-5 * Math.max(1, Math.abs(expected[i])));
+}
+
+async function expectMatchesDirect(result: EncodeResult, rows: Float32Array, rowCount: number): Promise<void> {
+  const direct = await directEncode(rows, rowCount);
+  expect(result.rowCount).toBe(rowCount);
+  expect(result.topK).toBe(TOP_K);
+  expect(result.indices).toBeInstanceOf(Int32Array);
+  expect(Array.from(result.indices)).toEqual(direct.indices);
+  expect(Array.from(result.l0)).toEqual(direct.l0);
+  expectClose(result.values, direct.values);
+  expectClose(result.sqError, direct.sqError);
+  expectClose(result.fvu, direct.fvu);
+}
+
+describe('SaePool', () => {
+  let pool: SaePool | null = null;
+  afterEach(async () => {
+    await pool?.close();
+    pool = null;
+  });
+
+  it('encodes rows in a worker exactly as a direct onnxruntime session on the same graph does', async () => {
+    pool = await SaePool.create({ sae: makeSmallSae(), topK: TOP_K, workers: 2, intraOpThreads: 1 });
+    const rowCount = 13;
+    const rows = uniform(rng(99), rowCount * D_IN, -2, 2);
+    const copy = rows.slice();
+    const result = await pool.encode(rows, rowCount);
+    // The buffer was transferred to the worker, and comes back with the result.
+    expect(rows.length).toBe(0);
+    expect(Array.from(result.rows)).toEqual(Array.from(copy));
+    // Some features are active and the top-K list is ordered by value.
+    expect(result.l0.some((v) => v > 0)).toBe(true);
+    for (let r = 0; r < rowCount; r++) for (let k = 1; k < TOP_K; k++) expect(result.values[r * TOP_K + k]).toBeLessThanOrEqual(result.values[r * TOP_K + k - 1]);
+    await expectMatchesDirect(result, copy, rowCount);
+    expect(pool.stats).toMatchObject({ batches: 1, rowsEncoded: rowCount, workerRestarts: 0, rowsLost: 0 });
+  });
+
+  it('spreads concurrent batches over the workers and resolves each with its own rows', async () => {
+    pool = await SaePool.create({ sae: makeSmallSae(), topK: TOP_K, workers: 2, intraOpThreads: 1 });
+    const inputs = [3, 5, 1, 4].map((n, i) => ({ n, rows: uniform(rng(200 + i), n * D_IN, -2, 2) }));
+    const copies = inputs.map((x) => x.rows.slice());
+    const results = await Promise.all(inputs.map((x) => pool!.encode(x.rows, x.n)));
+    for (const [i, result] of results.entries()) await expectMatchesDirect(result, copies[i], inputs[i].n);
+    expect(pool.stats.batches).toBe(4);
+    expect(pool.stats.rowsEncoded).toBe(13);
+  });
+
+  it('replaces a crashed worker, rejects its in-flight batches with SAEGATE_ERR_WORKER_EXITED and counts the lost rows', async () => {
+    pool = await SaePool.create({ sae: makeSmallSae(), topK: TOP_K, workers: 1, intraOpThreads: 1 });
+    const crashed = pool.crashWorkerForTest(0);
+    // Posted after the crash message, so the worker exits with this batch in flight.
+    const lost = pool.encode(uniform(rng(5), 6 * D_IN, -2, 2), 6);
+    const error = await lost.then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(isSaegateError(error, 'SAEGATE_ERR_WORKER_EXITED')).toBe(true);
+    await crashed;
+    expect(pool.stats.workerRestarts).toBe(1);
+    expect(pool.stats.rowsLost).toBe(6);
+
+    const rows = uniform(rng(6), 4 * D_IN, -2, 2);
+    const copy = rows.slice();
+    const result = await pool.encode(rows, 4);
+    await expectMatchesDirect(result, copy, 4);
+    expect(pool.stats.rowsEncoded).toBe(4);
+  });
+
+  it('rejects encodes after close with SAEGATE_ERR_WORKER_EXITED', async () => {
+    pool = await SaePool.create({ sae: makeSmallSae(), topK: TOP_K });
+    await pool.close();
+    const error = await pool.encode(new Float32Array(D_IN), 1).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(isSaegateError(error, 'SAEGATE_ERR_WORKER_EXITED')).toBe(true);
+  });
+});
