@@ -4,7 +4,7 @@ import { createRequire } from 'node:module';
 import { isSaegateError } from '../common/errors.js';
 import { demo } from './demo.js';
 import { modelServe } from './model-serve.js';
-import { saeInfo } from './sae.js';
+import { saeEncode, saeInfo } from './sae.js';
 import { serve } from './serve.js';
 
 const usage = `Usage: saegate <command> [options]
@@ -14,6 +14,7 @@ Commands:
   demo                 run the reference model server on the embedded default model (npm start)
   model serve          serve a llama-family model over the OpenAI API, with taps and steering
   sae info DIR         load an SAE (SAELens or sparsify) and print what was loaded
+  sae encode           encode activation rows from a .npy/safetensors file to JSON
 
 Run 'saegate <command> --help' for a command's options.`;
 
@@ -58,6 +59,10 @@ async function main(argv: string[]): Promise<void> {
   }
   if (command === 'sae' && sub === 'info') {
     saeInfo(rest);
+    return;
+  }
+  if (command === 'sae' && sub === 'encode') {
+    await saeEncode(rest);
     return;
   }
   if (command === 'model' && sub === 'serve') {

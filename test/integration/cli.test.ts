@@ -58,8 +58,8 @@ describe('saegate demo (npm start)', () => {
   });
 });
 
-describe('saegate sae info', () => {
-  it('prints what it loaded from a SAELens directory, and names the file when it is broken', async () => {
+describe('saegate sae info and sae encode', () => {
+  it('encodes rows offline as the TopK equations say, prints what it loaded, and names the file when it is broken', async () => {
     const dir = makeTempDir('saegate-sae-');
     try {
       const dIn = 8;
@@ -75,6 +75,36 @@ describe('saegate sae info', () => {
         W_dec: { dtype: 'F32', shape: [dSae, dIn], data: values(dSae * dIn) },
         b_dec: { dtype: 'F32', shape: [dIn], data: values(dIn) },
       });
+      // Encode three rows offline and check them against the TopK equations computed here.
+      const x = Float32Array.from({ length: 3 * dIn }, (_, i) => Math.cos(i * 0.7));
+      let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (3, ${dIn}), }`;
+      header += ' '.repeat(64 - ((10 + header.length + 1) % 64)) + '\n';
+      const npyBytes = Buffer.concat([Buffer.from([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0, header.length & 0xff, header.length >> 8]), Buffer.from(header), Buffer.from(x.buffer)]);
+      fs.writeFileSync(path.join(dir, 'rows.npy'), npyBytes);
+      const enc = runCli(['sae', 'encode', '--sae', dir, '--input', path.join(dir, 'rows.npy'), '--output', path.join(dir, 'out.json')]);
+      expect(await enc.exited).toBe(0);
+      const out = JSON.parse(fs.readFileSync(path.join(dir, 'out.json'), 'utf8')) as { top_k: number; rows: { indices: number[]; values: number[]; l0: number }[] };
+      expect(out.top_k).toBe(4);
+      expect(out.rows).toHaveLength(3);
+      const w = values(dIn * dSae);
+      const bEnc = values(dSae);
+      const bDec = values(dIn);
+      out.rows.forEach((row, r) => {
+        const pre = Array.from({ length: dSae }, (_, j) => {
+          let acc = bEnc[j];
+          for (let i = 0; i < dIn; i++) acc += (x[r * dIn + i] - bDec[i]) * w[i * dSae + j];
+          return acc;
+        });
+        const expected = pre
+          .map((v, j) => [j, v] as const)
+          .sort((a, b) => b[1] - a[1])
+          .slice(0, 4)
+          .filter(([, v]) => v > 0);
+        expect(row.indices).toEqual(expected.map(([j]) => j));
+        row.values.forEach((v, k) => expect(v).toBeCloseTo(expected[k][1], 5));
+        expect(row.l0).toBe(expected.length);
+      });
+
       const ok = runCli(['sae', 'info', dir]);
       expect(await ok.exited).toBe(0);
       expect(ok.out()).toMatch(/topk/);
