@@ -2,23 +2,10 @@
  * Token sampling: greedy, temperature and nucleus (top-p), with a seeded per-request generator so a
  * request with a seed gives the same tokens every time, whatever else shares its batch.
  */
+import { SeededRandom } from '../common/random.js';
 import type { SamplingParams } from './engine-types.js';
 
-/** mulberry32: small, fast, and good enough for sampling; state is one uint32. */
-export class SeededRandom {
-  private state: number;
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  /** Uniform in [0, 1). */
-  next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-}
+export { SeededRandom };
 
 /** Index of the largest value; the lowest index wins ties, as in llama2.c's argmax. */
 export function argmax(logits: Float32Array, offset: number, length: number): number {

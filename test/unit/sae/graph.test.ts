@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { isSaegateError } from '../../../src/common/errors.js';
 import { buildSaeEncoderGraph, SaeEncoderNames, saeEncoderOutputNames } from '../../../src/sae/graph.js';
 import type { SaeArchitecture, SaeNormalization, SaeWeights } from '../../../src/sae/types.js';
+import { seededUniform as rng } from '../../../src/common/random.js';
 
 const D_IN = 16;
 const D_SAE = 64;
@@ -13,17 +14,6 @@ const SCALING_FACTOR = 0.37;
 const TOP_KS = [6, 48] as const;
 const ROWS = 7;
 
-/** mulberry32: a tiny seeded PRNG so every case is reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function uniform(next: () => number, n: number, lo: number, hi: number): Float32Array {
   return Float32Array.from({ length: n }, () => lo + (hi - lo) * next());

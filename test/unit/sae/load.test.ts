@@ -6,20 +6,15 @@ import { bindSaeToModel, describeSae, loadSae } from '../../../src/sae/load.js';
 import type { SaeArchitecture } from '../../../src/sae/types.js';
 import { expectSaegateError } from '../../helpers/errors.js';
 import { makeTempDir, removeTempDir } from '../../helpers/fixtures.js';
+import { seededUniform } from '../../../src/common/random.js';
 
 const D_IN = 6;
 const D_SAE = 10;
 
-/** mulberry32: deterministic weights so a failure reproduces. */
+/** Uniforms in [-0.5, 0.5) from a seed: deterministic weights so a failure reproduces. */
 function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const uniform = seededUniform(seed);
+  return () => uniform() - 0.5;
 }
 
 function randomArray(length: number, seed: number): Float32Array {

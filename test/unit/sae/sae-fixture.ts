@@ -1,20 +1,13 @@
 /** A seeded small SAE (d_in 16, d_sae 64) shared by the pool and batcher tests. */
+import { seededUniform } from '../../../src/common/random.js';
 import type { SaeWeights } from '../../../src/sae/types.js';
+
+/** Uniforms in [0, 1) from a seed. */
+export const rng = seededUniform;
 
 export const D_IN = 16;
 export const D_SAE = 64;
 
-/** mulberry32: a tiny seeded PRNG so every case is reproducible. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export function uniform(next: () => number, n: number, lo: number, hi: number): Float32Array {
   return Float32Array.from({ length: n }, () => lo + (hi - lo) * next());
