@@ -5,6 +5,8 @@
 import { z } from 'zod';
 import { envName, flagName, proxyConfigKeys, proxyOptions, resolveProxyConfig } from '../proxy/config.js';
 import { startProxy, type ProxyServer } from '../proxy/server.js';
+import { loadSae } from '../sae/load.js';
+import { SaeSink } from '../sae/sink.js';
 import { parseFlags, type FlagSpec } from './args.js';
 
 function defaultText(value: unknown): string {
@@ -20,6 +22,7 @@ function buildUsage(): string {
     return [`  --${flagName(key)}${value}`, `${spec.help} (${defaultText(spec.default)}; ${envName(key)})`];
   });
   rows.push(['  --config FILE', 'JSON config file with any of the options above, by camelCase name (SAEGATE_CONFIG)']);
+  rows.push(['  --sae DIR', 'run this SAE (SAELens or sparsify directory) over its hook point\'s tapped rows; repeatable']);
   const width = Math.max(...rows.map(([flag]) => flag.length)) + 2;
   return `Usage: saegate serve --upstream URL [options]
 
@@ -38,16 +41,47 @@ const serveFlags: FlagSpec = {
   ...Object.fromEntries(proxyConfigKeys.map((key) => [flagName(key), { type: proxyOptions[key].kind.type === 'bool' ? 'boolean' : 'string' } as const])),
 };
 
+/** Takes the repeatable `--sae DIR` flags out of argv (the option table holds single values only). */
+function takeSaeFlags(argv: string[]): { saeDirs: string[]; rest: string[] } {
+  const saeDirs: string[] = [];
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--sae' && i + 1 < argv.length) saeDirs.push(argv[++i]);
+    else if (arg.startsWith('--sae=')) saeDirs.push(arg.slice('--sae='.length));
+    else rest.push(arg);
+  }
+  return { saeDirs, rest };
+}
+
 export async function serve(argv: string[]): Promise<ProxyServer> {
-  const flags = parseFlags(argv, serveFlags, z.record(z.string(), z.union([z.string(), z.boolean()])), serveUsage);
+  const { saeDirs, rest } = takeSaeFlags(argv);
+  const flags = parseFlags(rest, serveFlags, z.record(z.string(), z.union([z.string(), z.boolean()])), serveUsage);
   const config = resolveProxyConfig({ flags, env: process.env });
-  const server = await startProxy(config);
+  // SAEs load (and their worker sessions start) before the proxy listens, so a bad file stops start-up.
+  const sink = saeDirs.length > 0 ? await SaeSink.create({ saes: saeDirs.map((dir) => loadSae(dir)) }) : undefined;
+  let server: ProxyServer;
+  try {
+    server = await startProxy({ ...config, sink });
+  } catch (error) {
+    await sink?.close();
+    throw error;
+  }
+  if (sink) {
+    server.tap.subscribeAll({ hooks: sink.hooks, dtype: 'f16', includePrompt: true });
+    const closeProxy = server.close.bind(server);
+    server.close = async (options) => {
+      await closeProxy(options);
+      await sink.close();
+    };
+  }
   process.stdout.write(
     `saegate proxy: forwarding to ${config.upstream}\n` +
       `  OpenAI API   ${server.url}/v1\n` +
       `  tap          ${server.tapUrl} (${config.tapToken === null ? 'no token: loopback only' : 'bearer token required'})\n` +
       `  metrics      ${server.url}/metrics   health ${server.url}/healthz, ${server.url}/readyz\n` +
-      `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n`,
+      `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
+      (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : ''),
   );
   return server;
 }

@@ -58,23 +58,29 @@ describe('saegate demo (npm start)', () => {
   });
 });
 
+const dIn = 8;
+const dSae = 32;
+const values = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i + 1) * 0.1);
+
+/** A TopK (k = 4) SAELens directory for blocks.2.hook_resid_post with d_in 8, d_sae 32. */
+function writeTinySae(dir: string): void {
+  fs.writeFileSync(
+    path.join(dir, 'cfg.json'),
+    JSON.stringify({ architecture: 'topk', activation_fn_kwargs: { k: 4 }, d_in: dIn, d_sae: dSae, dtype: 'float32', hook_name: 'blocks.2.hook_resid_post', model_name: 'stories260K', apply_b_dec_to_input: true, normalize_activations: 'none' }),
+  );
+  writeSafetensors(path.join(dir, 'sae_weights.safetensors'), {
+    W_enc: { dtype: 'F32', shape: [dIn, dSae], data: values(dIn * dSae) },
+    b_enc: { dtype: 'F32', shape: [dSae], data: values(dSae) },
+    W_dec: { dtype: 'F32', shape: [dSae, dIn], data: values(dSae * dIn) },
+    b_dec: { dtype: 'F32', shape: [dIn], data: values(dIn) },
+  });
+}
+
 describe('saegate sae info and sae encode', () => {
   it('encodes rows offline as the TopK equations say, prints what it loaded, and names the file when it is broken', async () => {
     const dir = makeTempDir('saegate-sae-');
     try {
-      const dIn = 8;
-      const dSae = 32;
-      const values = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i + 1) * 0.1);
-      fs.writeFileSync(
-        path.join(dir, 'cfg.json'),
-        JSON.stringify({ architecture: 'topk', activation_fn_kwargs: { k: 4 }, d_in: dIn, d_sae: dSae, dtype: 'float32', hook_name: 'blocks.2.hook_resid_post', model_name: 'stories260K', apply_b_dec_to_input: true, normalize_activations: 'none' }),
-      );
-      writeSafetensors(path.join(dir, 'sae_weights.safetensors'), {
-        W_enc: { dtype: 'F32', shape: [dIn, dSae], data: values(dIn * dSae) },
-        b_enc: { dtype: 'F32', shape: [dSae], data: values(dSae) },
-        W_dec: { dtype: 'F32', shape: [dSae, dIn], data: values(dSae * dIn) },
-        b_dec: { dtype: 'F32', shape: [dIn], data: values(dIn) },
-      });
+      writeTinySae(dir);
       // Encode three rows offline and check them against the TopK equations computed here.
       const x = Float32Array.from({ length: 3 * dIn }, (_, i) => Math.cos(i * 0.7));
       let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (3, ${dIn}), }`;
@@ -116,6 +122,27 @@ describe('saegate sae info and sae encode', () => {
       expect(await bad.exited).toBe(1);
       expect(bad.err()).toContain('SAEGATE_ERR_SAE_FILE');
       expect(bad.err()).toContain('mystery');
+    } finally {
+      removeTempDir(dir);
+    }
+  });
+});
+
+describe('saegate serve --sae', () => {
+  it('loads the SAE before listening, says which hook it runs on, and refuses a broken SAE at start', async () => {
+    const dir = makeTempDir('saegate-serve-sae-');
+    try {
+      writeTinySae(dir);
+      const proc = runCli(['serve', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--sae', dir]);
+      await waitForApiUrl(proc);
+      expect(proc.out()).toMatch(/SAEs\s+blocks\.2\.hook_resid_post/);
+      proc.child.kill('SIGTERM');
+      expect(await proc.exited).toBe(0);
+
+      fs.writeFileSync(path.join(dir, 'cfg.json'), '{"architecture": "topk"');
+      const bad = runCli(['serve', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--sae', dir]);
+      expect(await bad.exited).toBe(1);
+      expect(bad.err()).toContain('SAEGATE_ERR_SAE_FILE');
     } finally {
       removeTempDir(dir);
     }
