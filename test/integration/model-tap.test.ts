@@ -116,7 +116,9 @@ describe('model server on the tap', () => {
     }
     const tokens = seen.tokens.get('req-1')!;
     expect(tokens.map((t) => t.position)).toEqual(Array.from({ length: 10 }, (_, i) => end.promptTokens + i));
-    expect(tokens.map((t) => t.text).join('')).toBe(res.body.choices[0].text);
+    // A character is sent with the token that completes it; bytes that never complete one (the
+    // response shows them as U+FFFD at its very end) have no token to travel with.
+    expect(tokens.map((t) => t.text).join('')).toBe(res.body.choices[0].text.replace(/\uFFFD+$/u, ''));
   });
 
   it('sends f16 rows that match the f32 rows of the same greedy request to f16 precision', async () => {
