@@ -26,7 +26,7 @@
  * Outputs: `logits` `[N, vocab]`, `new_k.<l>`, `new_v.<l>` `[B, nKvHeads, T, headDim]`, taps.
  */
 import { DataType, GraphBuilder } from '../common/onnx/builder.js';
-import { allHookPoints, headDim, hookName, type ModelWeights } from './types.js';
+import { headDim, hookName, type ModelWeights } from './types.js';
 
 /** Transposes a row-major `[rows, cols]` matrix into a new `[cols, rows]` one. */
 function transpose(m: Float32Array, rows: number, cols: number): Float32Array {
@@ -194,9 +194,4 @@ export function buildDecoderGraph(weights: ModelWeights, options: DecoderGraphOp
   const logits = g.op('Gemm', [rows, classifier], { transB: 1 });
   g.output(GraphNames.logits, logits, F, ['rows', cfg.vocabSize]);
   return g.build(17);
-}
-
-/** Hook points the graph exposes, in forward order. */
-export function graphHookPoints(weights: ModelWeights): string[] {
-  return allHookPoints(weights.config);
 }
