@@ -100,7 +100,9 @@ export class TapBridge {
       engine.onStep((step) => {
         if (step.activations.length > 0) this.enqueue(step.activations);
         const { requestIds, positions, tokenIds } = step.tokens;
-        if (requestIds.length > 0 && this.client.connected) {
+        // Every token goes through its request's detokenizer, connected or not, so pieces stay
+        // right after a reconnect; TapClient queues (bounded) what it cannot send yet.
+        if (requestIds.length > 0) {
           const texts = requestIds.map((id, i) => this.piece(id, tokenIds[i]));
           this.client.sendTokens({ requestIds, positions, tokenIds, texts });
         }
@@ -136,7 +138,13 @@ export class TapBridge {
     }
     // Group by hook across steps; each step's hooks share their request ids and positions.
     const byHook = new Map<string, ActivationBatch[]>();
-    for (const step of steps) for (const b of step) byHook.set(b.hook, [...(byHook.get(b.hook) ?? []), b]);
+    for (const step of steps) {
+      for (const b of step) {
+        const parts = byHook.get(b.hook);
+        if (parts) parts.push(b);
+        else byHook.set(b.hook, [b]);
+      }
+    }
     for (const [hook, parts] of byHook) {
       const rows = parts.reduce((n, p) => n + p.requestIds.length, 0);
       const data = parts[0].data instanceof Uint16Array ? new Uint16Array(rows * parts[0].dModel) : new Float32Array(rows * parts[0].dModel);
