@@ -33,6 +33,11 @@ const specs = {
   SAEGATE_ERR_ROWS_FILE: { message: "activation rows file '%s': %s", status: 400, type: 'invalid_request_error' },
   SAEGATE_ERR_SAFETENSORS: { message: "safetensors file '%s': %s", status: 500, type: 'server_error' },
   SAEGATE_ERR_SAE_FILE: { message: "SAE '%s': %s", status: 500, type: 'server_error' },
+  SAEGATE_ERR_TRAIN_CHECKPOINT: { message: "training checkpoint '%s': %s", status: 500, type: 'server_error' },
+  SAEGATE_ERR_CORPUS_FILE: { message: "corpus file '%s': %s", status: 400, type: 'invalid_request_error' },
+  SAEGATE_ERR_FEATURE_REPORT: { message: "feature report '%s': %s", status: 400, type: 'invalid_request_error' },
+  SAEGATE_ERR_FEATURE_LABELS: { message: "feature labels '%s': %s", status: 400, type: 'invalid_request_error' },
+  SAEGATE_ERR_FEATURE_ARGUMENT: { message: 'invalid feature statistics argument: %s', status: 500, type: 'server_error' },
   // Runtime
   SAEGATE_ERR_DEVICE_UNAVAILABLE: { message: 'device %s is not available: %s', status: 500, type: 'server_error' },
   SAEGATE_ERR_RUNTIME: { message: 'model runtime failed: %s', status: 500, type: 'server_error' },
@@ -68,6 +73,11 @@ const specs = {
     status: 500,
     type: 'server_error',
   },
+  // Activation collection (src/sae/collect.ts)
+  SAEGATE_ERR_COLLECT_NO_SERVER: { message: 'no model server to collect from: %s', status: 503, type: 'server_error' },
+  SAEGATE_ERR_COLLECT_SERVER: { message: "model server '%s' cannot serve this collection: %s", status: 400, type: 'invalid_request_error' },
+  SAEGATE_ERR_COLLECT_UPSTREAM: { message: 'upstream %s failed for %s: %s', status: 502, type: 'server_error' },
+  SAEGATE_ERR_COLLECT_INCOMPLETE: { message: "document '%s' came back from the tap incomplete, twice: %s", status: 502, type: 'server_error' },
   // Proxy
   SAEGATE_ERR_UPSTREAM_UNAVAILABLE: { message: 'upstream %s is unavailable: %s', status: 502, type: 'server_error' },
   SAEGATE_ERR_UPSTREAM_TIMEOUT: { message: 'upstream %s timeout: %s (%s = %s ms)', status: 504, type: 'timeout_error' },

@@ -17,6 +17,7 @@ import type { FinishReason, SamplingParams } from './engine-types.js';
 import { GraphNames } from './graph.js';
 import type { ActivationBatch, FromWorker, TapSubscription, ToWorker, WorkerSteeringEntry } from './runtime-protocol.js';
 import { SeededRandom, sampleToken } from './sampling.js';
+import { ropeTables } from './rope.js';
 import { allHookPoints, type ModelConfig } from './types.js';
 
 const port = parentPort;
@@ -79,19 +80,7 @@ function init(msg: Extract<ToWorker, { type: 'init' }>): Promise<void> {
   cacheBlock = config.nKvHeads * config.maxSeqLen * headDim;
   kCaches = Array.from({ length: config.nLayers }, () => new Float32Array(maxSlots * cacheBlock));
   vCaches = Array.from({ length: config.nLayers }, () => new Float32Array(maxSlots * cacheBlock));
-  // RoPE table [maxSeqLen, headDim/2]: angle(p, i) = p · theta^(-2i/headDim), as llama2.c and HF
-  // compute it (in float32 there, so the inverse frequency is rounded to float32 first).
-  const half = headDim / 2;
-  ropeCos = new Float32Array(config.maxSeqLen * half);
-  ropeSin = new Float32Array(config.maxSeqLen * half);
-  for (let i = 0; i < half; i++) {
-    const freq = Math.fround(1 / Math.pow(config.ropeTheta, (2 * i) / headDim));
-    for (let p = 0; p < config.maxSeqLen; p++) {
-      const angle = Math.fround(p * freq);
-      ropeCos[p * half + i] = Math.cos(angle);
-      ropeSin[p * half + i] = Math.sin(angle);
-    }
-  }
+  ({ cos: ropeCos, sin: ropeSin } = ropeTables(config));
   logitScratch = new Float32Array(config.vocabSize);
   hookNames = allHookPoints(config);
   return loadOrt().then(async (m) => {

@@ -94,9 +94,11 @@ function numericGradients(x: Float64Array, params: Params, dead: Float64Array): 
 
 async function runStep(x: Float64Array, params: Params, dead: Float64Array, stepSize: number): Promise<ort.InferenceSession.OnnxValueMapType> {
   const session = await ort.InferenceSession.create(buildTrainStepGraph({ dIn: D_IN, dSae: D_SAE, k: K, kAux: K_AUX, gradients: true }), { intraOpNumThreads: 1 });
+  const deadList = [...dead.keys()].filter((j) => dead[j] === 1);
   const feeds: Record<string, ort.Tensor> = {
     [TrainNames.x]: new ort.Tensor('float32', Float32Array.from(x), [ROWS, D_IN]),
-    [TrainNames.dead]: new ort.Tensor('float32', Float32Array.from(dead), [D_SAE]),
+    [TrainNames.deadIndices]: new ort.Tensor('int64', BigInt64Array.from(deadList.map(BigInt)), [deadList.length]),
+    [TrainNames.auxK]: new ort.Tensor('int64', BigInt64Array.of(BigInt(Math.min(K_AUX, deadList.length))), [1]),
     [TrainNames.stepSize]: new ort.Tensor('float32', Float32Array.of(stepSize), [1]),
     [TrainNames.auxCoef]: new ort.Tensor('float32', Float32Array.of(AUX_COEF), [1]),
   };
