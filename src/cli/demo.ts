@@ -22,7 +22,11 @@ next to the repository, else a seeded synthetic model.`;
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-function defaultModel(): string {
+/**
+ * The embedded default model (also `saegate model sample`'s): $SAEGATE_DEMO_MODEL, else
+ * ../shared/models/stories260K/stories260K.bin beside the repository, else a seeded synthetic model.
+ */
+export function defaultModel(): string {
   if (process.env.SAEGATE_DEMO_MODEL) return process.env.SAEGATE_DEMO_MODEL;
   const shared = path.join(repoRoot, '..', 'shared', 'models', 'stories260K', 'stories260K.bin');
   if (fs.existsSync(shared)) return shared;

@@ -1,0 +1,170 @@
+/**
+ * `saegate model sample`: a prompt corpus sampled from the model itself, seeded and reproducible.
+ * Wires the model loader, a LocalEngine (its own worker thread), the sampler and the atomic writer;
+ * prints progress (TTY only) and a one-line summary on stderr, leaving stdout empty.
+ */
+import { z } from 'zod';
+import { SaegateError } from '../common/errors.js';
+import { sampleCorpus, type SampledDocument, type SampleProgress } from '../corpus/sample.js';
+import { AtomicFileWriter } from '../corpus/write.js';
+import { LocalEngine } from '../model/engine.js';
+import { loadModel } from '../model/load.js';
+import { parseFlags } from './args.js';
+import { defaultModel } from './demo.js';
+
+export const modelSampleUsage = `Usage: saegate model sample --out FILE [options]
+
+Generates a prompt corpus by sampling the model: --n documents, each from --prompt with its own
+seed derived from --seed and the document's index, written as JSONL in document order:
+  {"id": 0, "text": "...", "tokens": 57, "finish_reason": "stop"}
+The same flags give a byte-identical file whatever --concurrency is (docs/corpus.md).
+
+Options:
+  --out FILE              output .jsonl (required); written to a temporary file, then renamed
+  --model FILE|DIR        model (default: $SAEGATE_DEMO_MODEL, else ../shared/models/stories260K,
+                          else a seeded synthetic model, as for demo); synthetic:KEY=VALUE,... works
+  --tokenizer FILE        tokenizer (default: found beside the model)
+  --n N                   documents (default 2000)
+  --seed N                base seed, a non-negative integer (default 0)
+  --max-tokens N          most tokens generated per document (default 256)
+  --temperature T         sampling temperature (default 1.0; 0 = greedy: every document the same)
+  --top-p P               nucleus mass in (0, 1] (default 1.0 = off)
+  --prompt TEXT           text every document starts from (default '': BOS only)
+  --concurrency N         documents generated at once, batched on the engine (default 8)
+  --threads N             onnxruntime intra-op threads (default: one per core)`;
+
+const schema = z.object({
+  out: z.string({ error: 'is required' }).min(1),
+  model: z.string().min(1).optional(),
+  tokenizer: z.string().min(1).optional(),
+  n: z.coerce.number().int().min(1).max(100_000_000).default(2000),
+  seed: z.coerce.number().int().min(0).default(0),
+  'max-tokens': z.coerce.number().int().min(1).default(256),
+  temperature: z.coerce.number().min(0).max(100).default(1),
+  'top-p': z.coerce.number().gt(0).max(1).default(1),
+  prompt: z.string().default(''),
+  concurrency: z.coerce.number().int().min(1).max(1024).default(8),
+  threads: z.coerce.number().int().min(1).max(256).optional(),
+});
+
+export const modelSampleFlags = {
+  out: { type: 'string' },
+  model: { type: 'string' },
+  tokenizer: { type: 'string' },
+  n: { type: 'string' },
+  seed: { type: 'string' },
+  'max-tokens': { type: 'string' },
+  temperature: { type: 'string' },
+  'top-p': { type: 'string' },
+  prompt: { type: 'string' },
+  concurrency: { type: 'string' },
+  threads: { type: 'string' },
+} as const;
+
+/** One JSONL line; key order is fixed so equal documents give equal bytes. */
+function documentLine(document: SampledDocument): string {
+  return `${JSON.stringify({ id: document.id, text: document.text, tokens: document.tokens, finish_reason: document.finishReason })}\n`;
+}
+
+function usageError(message: string): SaegateError {
+  return new SaegateError('SAEGATE_ERR_CLI_USAGE', [`${message}\n\n${modelSampleUsage}`]);
+}
+
+/** Rewrites one stderr line in place, at most every 100 ms; only on a terminal. */
+class ProgressLine {
+  private lastDraw = 0;
+  private drawn = false;
+  constructor(private readonly enabled: boolean) {}
+
+  update(progress: SampleProgress): void {
+    const now = performance.now();
+    if (!this.enabled || (now - this.lastDraw < 100 && progress.documents < progress.total)) return;
+    this.lastDraw = now;
+    this.drawn = true;
+    const rate = progress.elapsedMs > 0 ? Math.round((progress.tokens * 1000) / progress.elapsedMs) : 0;
+    process.stderr.write(`\rsampling ${progress.documents}/${progress.total} documents, ${progress.tokens} tokens, ${rate} tokens/s\x1b[K`);
+  }
+
+  clear(): void {
+    if (this.drawn) process.stderr.write('\r\x1b[K');
+    this.drawn = false;
+  }
+}
+
+/**
+ * Stops sampling on SIGINT/SIGTERM (the temporary file is removed, any existing --out is left as
+ * it was); a second signal exits at once. Returns the uninstaller.
+ */
+function abortOnSignals(controller: AbortController, onSignal: (signal: NodeJS.Signals) => void): () => void {
+  const handler = (signal: NodeJS.Signals): void => {
+    if (controller.signal.aborted) process.exit(130);
+    onSignal(signal);
+    controller.abort();
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  return () => {
+    process.off('SIGINT', handler);
+    process.off('SIGTERM', handler);
+  };
+}
+
+export async function modelSample(argv: string[]): Promise<void> {
+  const flags = parseFlags(argv, modelSampleFlags, schema, modelSampleUsage);
+  // Before the model loads, so a bad --out fails in milliseconds.
+  const writer = await AtomicFileWriter.open(flags.out);
+  let engine: LocalEngine | null = null;
+  const controller = new AbortController();
+  let interruptedBy: NodeJS.Signals | null = null;
+  const uninstall = abortOnSignals(controller, (signal) => (interruptedBy = signal));
+  const progress = new ProgressLine(process.stderr.isTTY === true);
+  try {
+    const modelSource = flags.model ?? defaultModel();
+    const model = await loadModel({ model: modelSource, tokenizer: flags.tokenizer });
+    const tokenizer = model.tokenizer;
+    if (!tokenizer) throw new SaegateError('SAEGATE_ERR_TOKENIZER_FILE', [modelSource, 'no tokenizer found beside the model; pass --tokenizer']);
+    const promptTokens = tokenizer.encode(flags.prompt, { addBos: true });
+    if (promptTokens.length === 0) throw usageError(`--prompt: the tokenizer has no BOS token, so an empty prompt gives the model nothing to start from; pass --prompt TEXT`);
+    const context = model.weights.config.maxSeqLen;
+    if (promptTokens.length + flags['max-tokens'] > context) {
+      throw usageError(`--max-tokens: ${flags['max-tokens']} plus the prompt's ${promptTokens.length} tokens exceeds the model's context of ${context} tokens`);
+    }
+    engine = await LocalEngine.create({
+      weights: model.weights,
+      maxBatch: Math.min(flags.concurrency, flags.n),
+      samplableVocab: tokenizer.vocabSize,
+      intraOpThreads: flags.threads,
+    });
+    const summary = await sampleCorpus({
+      engine,
+      tokenizer,
+      promptTokens,
+      documents: flags.n,
+      seed: flags.seed,
+      maxTokens: flags['max-tokens'],
+      temperature: flags.temperature,
+      topP: flags['top-p'],
+      concurrency: flags.concurrency,
+      onDocument: (document) => writer.write(documentLine(document)),
+      onProgress: (p) => progress.update(p),
+      signal: controller.signal,
+    });
+    await writer.commit();
+    progress.clear();
+    const seconds = summary.elapsedMs / 1000;
+    const rate = seconds > 0 ? Math.round(summary.tokens / seconds) : 0;
+    process.stderr.write(
+      `saegate model sample: ${summary.documents} documents from ${model.name} (${summary.empty} empty; ${summary.stopped} ended with EOS or BOS, ${summary.truncated} at --max-tokens), ` +
+        `${summary.tokens} tokens in ${seconds.toFixed(1)} s (${rate} tokens/s) → ${writer.target}\n`,
+    );
+  } catch (error) {
+    progress.clear();
+    await writer.abort();
+    if (interruptedBy === null) throw error;
+    process.stderr.write(`${interruptedBy}: interrupted; ${flags.out} was not written\n`);
+    process.exitCode = 130;
+  } finally {
+    uninstall();
+    await engine?.close();
+  }
+}
