@@ -2,6 +2,7 @@
  * `saegate serve`: the proxy. Flags, `SAEGATE_*` variables and the config file all come from the
  * option table in src/proxy/config.ts; this file only turns argv into flags and prints where to look.
  */
+import { Registry } from 'prom-client';
 import { z } from 'zod';
 import { envName, flagName, proxyConfigKeys, proxyOptions, resolveProxyConfig } from '../proxy/config.js';
 import { startProxy, type ProxyServer } from '../proxy/server.js';
@@ -59,10 +60,12 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
   const flags = parseFlags(rest, serveFlags, z.record(z.string(), z.union([z.string(), z.boolean()])), serveUsage);
   const config = resolveProxyConfig({ flags, env: process.env });
   // SAEs load (and their worker sessions start) before the proxy listens, so a bad file stops start-up.
-  const sink = saeDirs.length > 0 ? await SaeSink.create({ saes: saeDirs.map((dir) => loadSae(dir)) }) : undefined;
+  // The proxy and the SAE pipeline export their metrics from one registry, served at /metrics.
+  const registry = new Registry();
+  const sink = saeDirs.length > 0 ? await SaeSink.create({ saes: saeDirs.map((dir) => loadSae(dir)), registry }) : undefined;
   let server: ProxyServer;
   try {
-    server = await startProxy({ ...config, sink });
+    server = await startProxy({ ...config, sink, registry });
   } catch (error) {
     await sink?.close();
     throw error;

@@ -4,20 +4,64 @@
  *
  * Rows are copied (f16 rows converted) into a preallocated batch buffer. A batch is sent when it
  * holds `maxBatchRows` rows or `maxDelayMs` after its first row arrived, whichever is first. At most
- * `maxInFlight` batches are with the pool; full batches beyond that wait in a queue. `push()` never
- * blocks and never throws on overload: when the queued rows (waiting batches plus the open one)
- * would exceed `maxQueuedRows`, the rows that do not fit are dropped whole and counted by reason, so
- * the tap and the request path never wait on the SAE.
+ * `maxInFlight` batches are with the pool; full batches beyond that wait in a queue.
+ *
+ * Overload: `push()` never blocks and never throws on overload, so the tap and the request path
+ * never wait on the SAE. The queue (waiting batches plus the open one, not the batches with the
+ * pool) is held in check in two stages. Below `sampleAboveRows` queued rows every row is taken.
+ * From there to `maxQueuedRows` rows are sampled: a row is admitted with probability
+ * `(maxQueuedRows − queued) / (maxQueuedRows − sampleAboveRows)`, 1 at the mark falling linearly to
+ * 0 at the limit, and the others are counted as `sampled`. At `maxQueuedRows` every row is dropped
+ * and counted as `queue_full`. Sampling thins the stream evenly across requests and time instead
+ * of cutting off whatever arrives once the queue is full, so monitoring keeps seeing every request.
+ * It is deterministic (error diffusion: each row adds its admission probability to a credit and is
+ * admitted when the credit reaches 1), so over any stretch of rows the admitted count is the sum of
+ * their probabilities within one row, and a test run is reproducible. Rows of one push are decided
+ * one by one; only admitted rows are copied, with their request ids and positions.
  *
  * Ordering: with several workers, batches may finish out of order; results are held back until
  * every earlier batch has been delivered (or failed), so each request sees its rows in push order.
+ * Token ids and texts are looked up when a batch is delivered, the latest moment, so a token that
+ * arrived while its row was being encoded is still attached.
  */
+import { performance } from 'node:perf_hooks';
 import { err } from '../common/errors.js';
 import { f16ToF32 } from '../common/f16.js';
 import type { SaeEncoder } from './pool.js';
 
 /** Why rows never reached a subscriber. */
-export type DropReason = 'queue_full' | 'worker_exited' | 'encode_failed';
+export type DropReason = 'queue_full' | 'sampled' | 'worker_exited' | 'encode_failed';
+
+/** Every drop reason, in a fixed order (metrics pre-create a series for each). */
+export const DROP_REASONS: readonly DropReason[] = ['queue_full', 'sampled', 'worker_exited', 'encode_failed'];
+
+/** Finds the token of result rows when a batch is delivered. */
+export interface TokenLookup {
+  /**
+   * Writes the token id and text piece of row `i` (request `requestIds[i]` at `positions[i]`) into
+   * `tokenIds[i]` and `tokenTexts[i]`; rows whose token is unknown get −1 and ''.
+   */
+  fill(requestIds: readonly string[], positions: Int32Array, tokenIds: Int32Array, tokenTexts: string[]): void;
+}
+
+/** How one batch ended, reported once per batch in push order. */
+export interface BatchReport {
+  rowCount: number;
+  /** True when the batch was encoded and its results delivered; false when it failed. */
+  ok: boolean;
+  /** From sending the batch to the pool until the pool answered, seconds. */
+  encodeSeconds: number;
+  /** From the batch's first row being pushed until its results were delivered (or its failure), seconds. */
+  latencySeconds: number;
+}
+
+/** Per-batch notifications (metrics, request bookkeeping). Called on the event loop; never per row. */
+export interface BatchObserver {
+  /** A batch of `rowCount` rows went to the pool. */
+  batchSent(rowCount: number): void;
+  /** A batch's turn came (in push order): its results were delivered, or it failed. */
+  batchSettled(report: BatchReport): void;
+}
 
 export interface MicroBatcherOptions {
   pool: SaeEncoder;
@@ -27,10 +71,20 @@ export interface MicroBatcherOptions {
   maxBatchRows?: number;
   /** Longest a row waits for its batch to fill, milliseconds. Default 2. */
   maxDelayMs?: number;
-  /** Most rows waiting for the pool (open batch plus full batches not yet sent). Default 8192. */
+  /** Most rows waiting for the pool (open batch plus full batches not yet sent); rows beyond are dropped as `queue_full`. Default 8192. */
   maxQueuedRows?: number;
+  /**
+   * Queued rows above which rows are sampled: admitted with a probability falling linearly from 1
+   * here to 0 at `maxQueuedRows`, the others dropped as `sampled`. Equal to `maxQueuedRows` turns
+   * sampling off. Default `floor(maxQueuedRows / 2)`.
+   */
+  sampleAboveRows?: number;
   /** Most batches with the pool at once. Default: the pool's worker count. */
   maxInFlight?: number;
+  /** Fills result rows' tokens at delivery. Default: every token unknown (−1, ''). */
+  tokens?: TokenLookup;
+  /** Told about every batch sent and settled. Default: nobody. */
+  observer?: BatchObserver;
 }
 
 export interface PushMeta {
@@ -49,6 +103,10 @@ export interface SaeResultBatch {
   topK: number;
   requestIds: string[];
   positions: Int32Array;
+  /** [rowCount] token id at each row's position; −1 when unknown. */
+  tokenIds: Int32Array;
+  /** [rowCount] text piece of that token; '' when unknown (or when the piece is empty). */
+  tokenTexts: string[];
   /** [rowCount · topK]; −1 pads unused slots. */
   indices: Int32Array;
   /** [rowCount · topK] */
@@ -64,6 +122,7 @@ export interface SaeResultBatch {
 export type SaeResultListener = (batch: SaeResultBatch) => void;
 
 export interface MicroBatcherStats {
+  /** Rows pushed. Once drained, `rowsIn` = `rowsEncoded` + the sum of `rowsDropped`. */
   rowsIn: number;
   rowsEncoded: number;
   rowsDropped: Record<DropReason, number>;
@@ -80,16 +139,38 @@ interface Batch {
   rowCount: number;
   requestIds: string[];
   positions: Int32Array;
+  /** performance.now() when the first row was pushed. */
+  openedAt: number;
+  /** performance.now() when the batch went to the pool. */
+  sentAt: number;
 }
 
-/** A settled batch waiting for its turn: a result, or null when it failed. */
-type Settled = SaeResultBatch | null;
+/** A batch back from the pool, waiting for its turn: its encoder output, or null when it failed. */
+interface Settled {
+  batch: Batch;
+  result: EncodeOutput | null;
+  encodeSeconds: number;
+}
+
+type EncodeOutput = Pick<SaeResultBatch, 'topK' | 'indices' | 'values' | 'l0' | 'sqError' | 'fvu'>;
+
+/** Marks every token unknown. */
+const NO_TOKENS: TokenLookup = {
+  fill(_requestIds, _positions, tokenIds) {
+    tokenIds.fill(-1);
+  },
+};
+
+const NO_OBSERVER: BatchObserver = {
+  batchSent() {},
+  batchSettled() {},
+};
 
 export class MicroBatcher {
   readonly stats: MicroBatcherStats = {
     rowsIn: 0,
     rowsEncoded: 0,
-    rowsDropped: { queue_full: 0, worker_exited: 0, encode_failed: 0 },
+    rowsDropped: { queue_full: 0, sampled: 0, worker_exited: 0, encode_failed: 0 },
     batches: 0,
     meanBatchRows: 0,
   };
@@ -98,7 +179,10 @@ export class MicroBatcher {
   private readonly maxBatchRows: number;
   private readonly maxDelayMs: number;
   private readonly maxQueuedRows: number;
+  private readonly sampleAboveRows: number;
   private readonly maxInFlight: number;
+  private readonly tokens: TokenLookup;
+  private readonly observer: BatchObserver;
   private readonly listeners = new Set<SaeResultListener>();
   /** Row buffers returned by the pool, reused for later batches. */
   private readonly freeBuffers: Float32Array[] = [];
@@ -112,6 +196,8 @@ export class MicroBatcher {
   private readonly settled = new Map<number, Settled>();
   private idleWaiters: (() => void)[] = [];
   private rowsSent = 0;
+  /** Error-diffusion credit of the sampler, in [0, 1) between rows. */
+  private admitCredit = 0;
   private closed = false;
 
   constructor(options: MicroBatcherOptions) {
@@ -120,9 +206,15 @@ export class MicroBatcher {
     this.maxBatchRows = options.maxBatchRows ?? 256;
     this.maxDelayMs = options.maxDelayMs ?? 2;
     this.maxQueuedRows = options.maxQueuedRows ?? 8192;
+    this.sampleAboveRows = options.sampleAboveRows ?? Math.floor(this.maxQueuedRows / 2);
     this.maxInFlight = options.maxInFlight ?? options.pool.workers;
+    this.tokens = options.tokens ?? NO_TOKENS;
+    this.observer = options.observer ?? NO_OBSERVER;
     for (const [name, value] of [['dIn', this.dIn], ['maxBatchRows', this.maxBatchRows], ['maxQueuedRows', this.maxQueuedRows], ['maxInFlight', this.maxInFlight]] as const) {
       if (!Number.isInteger(value) || value < 1) throw err('SAEGATE_ERR_CONFIG', name, `a positive integer, got ${value}`);
+    }
+    if (!Number.isInteger(this.sampleAboveRows) || this.sampleAboveRows < 0 || this.sampleAboveRows > this.maxQueuedRows) {
+      throw err('SAEGATE_ERR_CONFIG', 'sampleAboveRows', `an integer from 0 to maxQueuedRows (${this.maxQueuedRows}), got ${this.sampleAboveRows}`);
     }
     if (!(this.maxDelayMs >= 0)) throw err('SAEGATE_ERR_CONFIG', 'maxDelayMs', `a non-negative number, got ${this.maxDelayMs}`);
   }
@@ -133,9 +225,28 @@ export class MicroBatcher {
     return () => this.listeners.delete(listener);
   }
 
+  /** Rows waiting for the pool now: the open batch plus full batches not yet sent. */
+  get queuedRows(): number {
+    return this.waitingRows + (this.open?.rowCount ?? 0);
+  }
+
+  /**
+   * Batches that hold rows pushed so far (the open one included). Every row pushed up to now has
+   * been delivered or dropped once `settledBatches` reaches this number.
+   */
+  get pushedBatches(): number {
+    return this.nextSeq + (this.open !== null && this.open.rowCount > 0 ? 1 : 0);
+  }
+
+  /** Batches delivered or failed, in push order. */
+  get settledBatches(): number {
+    return this.nextDeliver;
+  }
+
   /**
    * Queues `rowCount` rows (`rowCount × dIn` values: f32, or f16 bits as a Uint16Array). The rows are
-   * copied; the caller keeps its buffers. Rows beyond `maxQueuedRows` are dropped and counted.
+   * copied; the caller keeps its buffers. Above `sampleAboveRows` queued rows, rows are sampled;
+   * at `maxQueuedRows` they are dropped (see the module comment); drops are counted by reason.
    * Throws only for malformed arguments (wrong lengths), never for overload.
    */
   push(rows: Float32Array | Uint16Array, rowCount: number, meta: PushMeta): void {
@@ -148,34 +259,77 @@ export class MicroBatcher {
       this.stats.rowsDropped.queue_full += rowCount;
       return;
     }
+    if (this.open !== null && this.open.hook !== meta.hook) this.flush();
+    const max = this.maxQueuedRows;
+    const mark = this.sampleAboveRows;
+    const span = max - mark;
+    const dropped = this.stats.rowsDropped;
+    // Admitted rows are gathered into runs of consecutive rows and copied a run at a time. A run
+    // ends at a rejected row or when it fills the open batch: the batch is flushed then, and may go
+    // to the pool at once, which shrinks the queue the next decisions see.
+    let queued = this.queuedRows;
+    let room = this.maxBatchRows - (this.open?.rowCount ?? 0);
+    let runStart = 0;
+    let runLength = 0;
+    const commit = (): void => {
+      if (runLength === 0) return;
+      this.append(rows, runStart, runLength, meta);
+      runLength = 0;
+      queued = this.queuedRows;
+      room = this.maxBatchRows - (this.open?.rowCount ?? 0);
+    };
     let r = 0;
     while (r < rowCount) {
-      if (this.open !== null && this.open.hook !== meta.hook) this.flush();
-      const queued = this.waitingRows + (this.open?.rowCount ?? 0);
-      const room = this.maxQueuedRows - queued;
-      if (room <= 0) {
-        this.stats.rowsDropped.queue_full += rowCount - r;
-        return;
+      if (queued >= max) {
+        dropped.queue_full += rowCount - r;
+        break;
       }
-      const batch = this.open ?? this.openBatch(meta.hook);
-      const take = Math.min(rowCount - r, this.maxBatchRows - batch.rowCount, room);
-      const dst = batch.rows.subarray(batch.rowCount * dIn, (batch.rowCount + take) * dIn);
-      const src = rows.subarray(r * dIn, (r + take) * dIn);
-      if (src instanceof Uint16Array) f16ToF32(src, dst);
-      else dst.set(src);
-      for (let i = 0; i < take; i++) {
-        batch.requestIds.push(meta.requestIds[r + i]);
-        batch.positions[batch.rowCount + i] = meta.positions[r + i];
+      let admitted: number;
+      if (queued < mark) {
+        // Below the mark: take every row that fits in the batch without crossing the mark.
+        admitted = Math.min(rowCount - r, room - runLength, mark - queued);
+      } else {
+        // Rejected rows leave the queue as it is, so the probability changes only with admissions.
+        this.admitCredit += (max - queued) / span;
+        if (this.admitCredit < 1) {
+          commit();
+          dropped.sampled++;
+          r++;
+          continue;
+        }
+        this.admitCredit -= 1;
+        admitted = 1;
       }
-      batch.rowCount += take;
-      r += take;
-      if (batch.rowCount === this.maxBatchRows) this.flush();
+      if (runLength === 0) runStart = r;
+      runLength += admitted;
+      queued += admitted;
+      r += admitted;
+      if (runLength === room) commit();
     }
+    commit();
+  }
+
+  /** Copies rows [start, start + count) into the open batch (opening one); `count` fits in it. */
+  private append(rows: Float32Array | Uint16Array, start: number, count: number, meta: PushMeta): void {
+    const dIn = this.dIn;
+    const batch = this.open ?? this.openBatch(meta.hook);
+    const dst = batch.rows.subarray(batch.rowCount * dIn, (batch.rowCount + count) * dIn);
+    const src = rows.subarray(start * dIn, (start + count) * dIn);
+    if (src instanceof Uint16Array) f16ToF32(src, dst);
+    else dst.set(src);
+    const ids = batch.requestIds;
+    const positions = batch.positions;
+    for (let i = 0; i < count; i++) {
+      ids.push(meta.requestIds[start + i]);
+      positions[batch.rowCount + i] = meta.positions[start + i];
+    }
+    batch.rowCount += count;
+    if (batch.rowCount === this.maxBatchRows) this.flush();
   }
 
   private openBatch(hook: string): Batch {
     const rows = this.freeBuffers.pop() ?? new Float32Array(this.maxBatchRows * this.dIn);
-    const batch: Batch = { seq: -1, hook, rows, rowCount: 0, requestIds: [], positions: new Int32Array(this.maxBatchRows) };
+    const batch: Batch = { seq: -1, hook, rows, rowCount: 0, requestIds: [], positions: new Int32Array(this.maxBatchRows), openedAt: performance.now(), sentAt: 0 };
     this.open = batch;
     // The deadline starts with the batch's first row; a full batch flushes before it fires.
     this.timer = setTimeout(() => {
@@ -213,42 +367,37 @@ export class MicroBatcher {
     this.stats.batches++;
     this.rowsSent += batch.rowCount;
     this.stats.meanBatchRows = this.rowsSent / this.stats.batches;
+    batch.sentAt = performance.now();
+    this.observer.batchSent(batch.rowCount);
     this.pool.encode(batch.rows, batch.rowCount).then(
       (result) => {
         if (result.rows.length === this.maxBatchRows * this.dIn) this.freeBuffers.push(result.rows);
         this.stats.rowsEncoded += batch.rowCount;
-        this.settle(batch.seq, {
-          hook: batch.hook,
-          rowCount: batch.rowCount,
-          topK: result.topK,
-          requestIds: batch.requestIds,
-          positions: batch.positions.subarray(0, batch.rowCount),
-          indices: result.indices,
-          values: result.values,
-          l0: result.l0,
-          sqError: result.sqError,
-          fvu: result.fvu,
-        });
+        this.settle({ batch, result, encodeSeconds: (performance.now() - batch.sentAt) / 1000 });
       },
       (error: unknown) => {
         const reason: DropReason = (error as { code?: unknown }).code === 'SAEGATE_ERR_WORKER_EXITED' ? 'worker_exited' : 'encode_failed';
         this.stats.rowsDropped[reason] += batch.rowCount;
-        this.settle(batch.seq, null);
+        this.settle({ batch, result: null, encodeSeconds: (performance.now() - batch.sentAt) / 1000 });
       },
     );
   }
 
   /** Records a finished batch and delivers every batch that is now next in order. */
-  private settle(seq: number, outcome: Settled): void {
+  private settle(outcome: Settled): void {
     this.inFlight--;
-    this.settled.set(seq, outcome);
+    this.settled.set(outcome.batch.seq, outcome);
     while (this.settled.has(this.nextDeliver)) {
       const ready = this.settled.get(this.nextDeliver)!;
       this.settled.delete(this.nextDeliver);
       this.nextDeliver++;
-      if (ready !== null) {
-        for (const listener of this.listeners) listener(ready);
-      }
+      if (ready.result !== null) this.deliver(ready.batch, ready.result);
+      this.observer.batchSettled({
+        rowCount: ready.batch.rowCount,
+        ok: ready.result !== null,
+        encodeSeconds: ready.encodeSeconds,
+        latencySeconds: (performance.now() - ready.batch.openedAt) / 1000,
+      });
     }
     this.pump();
     if (this.isIdle()) {
@@ -256,6 +405,30 @@ export class MicroBatcher {
       this.idleWaiters = [];
       for (const resolve of waiters) resolve();
     }
+  }
+
+  /** Attaches the rows' tokens (known by now, normally) and hands the batch to every listener. */
+  private deliver(batch: Batch, result: EncodeOutput): void {
+    const rowCount = batch.rowCount;
+    const positions = batch.positions.subarray(0, rowCount);
+    const tokenIds = new Int32Array(rowCount);
+    const tokenTexts = new Array<string>(rowCount).fill('');
+    this.tokens.fill(batch.requestIds, positions, tokenIds, tokenTexts);
+    const delivered: SaeResultBatch = {
+      hook: batch.hook,
+      rowCount,
+      topK: result.topK,
+      requestIds: batch.requestIds,
+      positions,
+      tokenIds,
+      tokenTexts,
+      indices: result.indices,
+      values: result.values,
+      l0: result.l0,
+      sqError: result.sqError,
+      fvu: result.fvu,
+    };
+    for (const listener of this.listeners) listener(delivered);
   }
 
   private isIdle(): boolean {

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { SaegateError } from '../../../src/common/errors.js';
 import { f16BitsToF32, f32ToF16 } from '../../../src/common/f16.js';
 import { MicroBatcher, type SaeResultBatch } from '../../../src/sae/batcher.js';
 import { SaePool, type EncodeResult, type SaeEncoder } from '../../../src/sae/pool.js';
@@ -41,6 +42,30 @@ class FakePool implements SaeEncoder {
     this.hold = false;
     for (const finish of this.held.splice(0)) finish();
   }
+}
+
+/** A held FakePool whose encode calls listed in `failures` (0-based call index) reject with that error. */
+class FlakyPool extends FakePool {
+  private n = 0;
+  constructor(
+    workers: number,
+    private readonly failures: ReadonlyMap<number, Error>,
+  ) {
+    super(workers, [0], true);
+  }
+
+  override encode(rows: Float32Array, rowCount: number): Promise<EncodeResult> {
+    const failure = this.failures.get(this.n++);
+    const encoded = super.encode(rows, rowCount);
+    return failure === undefined ? encoded : encoded.then(() => Promise.reject(failure));
+  }
+}
+
+/** The documented admission rule: 1 below the mark, falling linearly to 0 at the hard limit. */
+function admissionProbability(queued: number, mark: number, max: number): number {
+  if (queued < mark) return 1;
+  if (queued >= max) return 0;
+  return (max - queued) / (max - mark);
 }
 
 /** One row whose every value is `marker`. */
@@ -108,7 +133,8 @@ describe('MicroBatcher', () => {
 
   it('drops activation rows and counts them when the SAE queue is full, without throwing or blocking push', async () => {
     const pool = new FakePool(1, [0], true);
-    const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 4, maxDelayMs: 1000, maxQueuedRows: 8 });
+    // Sampling off: this test is about the hard limit alone.
+    const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 4, maxDelayMs: 1000, maxQueuedRows: 8, sampleAboveRows: 8 });
     const batches = collect(batcher);
     for (let i = 0; i < 100; i++) batcher.push(markerRows([i]), 1, { requestIds: ['r'], positions: Int32Array.of(i), hook: 'h' });
     // One batch (rows 0-3) went to the blocked pool; 8 more rows wait; the other 88 were dropped.
@@ -123,6 +149,138 @@ describe('MicroBatcher', () => {
     const delivered = batches.flatMap((b) => Array.from(b.positions));
     expect(delivered).toEqual(Array.from({ length: 12 }, (_, k) => k));
     expect(batcher.stats.rowsEncoded).toBe(12);
+  });
+
+  describe('under overload', () => {
+    const MARK = 100;
+    const MAX = 200;
+
+    /** Pushes `count` single-row pushes into a batcher whose pool never answers; records the queue before each. */
+    function overload(count: number): { batcher: MicroBatcher; pool: FakePool; queuedBefore: number[] } {
+      const pool = new FakePool(1, [0], true);
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 10, maxDelayMs: 60_000, maxQueuedRows: MAX, sampleAboveRows: MARK });
+      const queuedBefore: number[] = [];
+      for (let i = 0; i < count; i++) {
+        queuedBefore.push(batcher.queuedRows);
+        batcher.push(markerRows([i]), 1, { requestIds: ['r'], positions: Int32Array.of(i), hook: 'h' });
+      }
+      return { batcher, pool, queuedBefore };
+    }
+
+    it('admits rows above sampleAboveRows with a probability falling linearly from 1 at the mark to 0 at maxQueuedRows', async () => {
+      const { batcher, pool, queuedBefore } = overload(2000);
+      const { rowsIn, rowsDropped } = batcher.stats;
+      const admitted = rowsIn - rowsDropped.sampled - rowsDropped.queue_full;
+      // Over the whole run: admitted rows = Σ p(queue before the row), within one row.
+      const expected = queuedBefore.reduce((sum, q) => sum + admissionProbability(q, MARK, MAX), 0);
+      expect(Math.abs(admitted - expected)).toBeLessThan(1);
+      // In every tenth of the sampled range as well: while the queue was in [lo, lo + 10), the
+      // pushes made there, weighted by p, add up to the 10 rows admitted there (within one row), so
+      // the fraction admitted follows the line and not only its average.
+      for (let lo = MARK; lo < MAX; lo += 10) {
+        const weighted = queuedBefore.filter((q) => q >= lo && q < lo + 10).reduce((sum, q) => sum + admissionProbability(q, MARK, MAX), 0);
+        expect(Math.abs(weighted - 10)).toBeLessThan(1);
+      }
+      // At p = 1/2 about every other row got in; at p = 1/100 (one row from the limit) about one in a hundred.
+      const pushesAt = (level: number): number => queuedBefore.filter((q) => q === level).length;
+      expect(pushesAt(150)).toBeGreaterThanOrEqual(1);
+      expect(pushesAt(150)).toBeLessThanOrEqual(2);
+      expect(pushesAt(MAX - 1)).toBeGreaterThanOrEqual(99);
+      expect(pushesAt(MAX - 1)).toBeLessThanOrEqual(100);
+      // Below the mark nothing was sampled; at the limit everything was dropped as queue_full.
+      expect(rowsDropped.sampled).toBe(queuedBefore.filter((q) => q >= MARK && q < MAX).length - MAX + MARK);
+      expect(rowsDropped.queue_full).toBe(queuedBefore.filter((q) => q >= MAX).length);
+      expect(rowsDropped.queue_full).toBeGreaterThan(0);
+      expect(batcher.queuedRows).toBe(MAX);
+      pool.release();
+      await batcher.drain();
+      expect(batcher.stats.rowsEncoded).toBe(admitted);
+    });
+
+    it('samples deterministically: the same pushes admit the same rows', async () => {
+      const delivered: number[][] = [];
+      for (let run = 0; run < 2; run++) {
+        const { batcher, pool } = overload(1000);
+        const batches = collect(batcher);
+        pool.release();
+        await batcher.drain();
+        delivered.push(batches.flatMap((b) => Array.from(b.positions)));
+      }
+      expect(delivered[0].length).toBeGreaterThan(MARK);
+      expect(delivered[1]).toEqual(delivered[0]);
+    });
+
+    it('samples the rows of one push individually and keeps each admitted row with its own request id and position', async () => {
+      // One push of 400 rows alternating between two requests; marker = 1000 for b, plus the position.
+      const count = 400;
+      const requestIds = Array.from({ length: count }, (_, i) => (i % 2 === 0 ? 'a' : 'b'));
+      const positions = Int32Array.from({ length: count }, (_, i) => i);
+      const markers = markerRows(Array.from(positions, (p, i) => (requestIds[i] === 'b' ? 1000 : 0) + p));
+      const run = async (rowsPerPush: number): Promise<{ rows: { position: number; id: string; marker: number }[]; sampled: number }> => {
+        const pool = new FakePool(1, [0], true);
+        const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 10, maxDelayMs: 60_000, maxQueuedRows: MAX, sampleAboveRows: MARK });
+        const batches = collect(batcher);
+        for (let start = 0; start < count; start += rowsPerPush) {
+          batcher.push(markers.subarray(start * D_IN, (start + rowsPerPush) * D_IN), rowsPerPush, { requestIds: requestIds.slice(start, start + rowsPerPush), positions: positions.subarray(start, start + rowsPerPush), hook: 'h' });
+        }
+        const sampled = batcher.stats.rowsDropped.sampled;
+        expect(batcher.stats.rowsIn).toBe(count);
+        // The first batch is with the (blocked) pool; the rest queue up.
+        expect(batcher.queuedRows).toBe(count - sampled - batcher.stats.rowsDropped.queue_full - 10);
+        pool.release();
+        await batcher.drain();
+        return { rows: batches.flatMap((b) => Array.from(b.positions, (position, r) => ({ position, id: b.requestIds[r], marker: b.values[r * TOP_K] }))), sampled };
+      };
+      const whole = await run(count);
+      const oneByOne = await run(1);
+      expect(whole.sampled).toBeGreaterThan(0);
+      // Deciding row by row inside a push admits exactly the rows that one-row pushes would.
+      expect(whole.rows).toEqual(oneByOne.rows);
+      expect(whole.rows).toHaveLength(count - whole.sampled);
+      for (const row of whole.rows) {
+        expect(row.id).toBe(row.position % 2 === 0 ? 'a' : 'b');
+        expect(row.marker).toBe((row.id === 'b' ? 1000 : 0) + row.position);
+      }
+      // Everything up to the mark got in, in order; after it, a strictly increasing subset.
+      expect(whole.rows.slice(0, 10 + MARK).map((r) => r.position)).toEqual(Array.from({ length: 10 + MARK }, (_, i) => i));
+      const later = whole.rows.slice(10 + MARK).map((r) => r.position);
+      expect(later.every((p, i) => i === 0 || p > later[i - 1])).toBe(true);
+      expect(later[0]).toBeGreaterThanOrEqual(10 + MARK);
+    });
+
+    it('counts every row once: rowsIn equals rows encoded plus every drop reason, and push returns at once however full the queue', async () => {
+      const failures = new Map<number, Error>([
+        [1, new SaegateError('SAEGATE_ERR_WORKER_EXITED', ['SAE worker: exit code 1'])],
+        [2, new Error('onnxruntime: bad input')],
+        [3, new SaegateError('SAEGATE_ERR_WORKER_EXITED', ['SAE worker: exit code 1'])],
+      ]);
+      const pool = new FlakyPool(1, failures);
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 8, maxDelayMs: 60_000, maxQueuedRows: 64, sampleAboveRows: 32 });
+      const batches = collect(batcher);
+      const { stats } = batcher;
+      const dropped = (): number => stats.rowsDropped.queue_full + stats.rowsDropped.sampled + stats.rowsDropped.worker_exited + stats.rowsDropped.encode_failed;
+      for (let i = 0; i < 3000; i++) {
+        batcher.push(markerRows([i, i, i]), 3, { requestIds: ['r', 'r', 'r'], positions: Int32Array.of(3 * i, 3 * i + 1, 3 * i + 2), hook: 'h' });
+        // Accounted before push returns: every row is queued, with the pool (the one batch of 8
+        // sent so far, which never comes back while the pool is held) or dropped.
+        expect(stats.rowsIn).toBe(3 * (i + 1));
+        expect(stats.rowsIn).toBe(dropped() + batcher.queuedRows + 8 * stats.batches);
+      }
+      expect(batcher.queuedRows).toBe(64);
+      pool.release();
+      await batcher.drain();
+      expect(stats.rowsDropped.queue_full).toBeGreaterThan(0);
+      expect(stats.rowsDropped.sampled).toBeGreaterThan(0);
+      expect(stats.rowsDropped.worker_exited).toBe(16);
+      expect(stats.rowsDropped.encode_failed).toBe(8);
+      expect(stats.rowsIn).toBe(stats.rowsEncoded + dropped());
+      expect(stats.rowsEncoded).toBe(8 + 64 - 24);
+      expect(batches.reduce((n, b) => n + b.rowCount, 0)).toBe(stats.rowsEncoded);
+    });
+
+    it('refuses a sampling mark above maxQueuedRows with SAEGATE_ERR_CONFIG naming the option', () => {
+      expect(() => new MicroBatcher({ pool: new FakePool(1), dIn: D_IN, maxQueuedRows: 10, sampleAboveRows: 11 })).toThrow(/sampleAboveRows/);
+    });
   });
 
   describe('with a real SAE pool', () => {
