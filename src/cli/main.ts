@@ -3,8 +3,10 @@
 import { createRequire } from 'node:module';
 import { isSaegateError } from '../common/errors.js';
 import { demo } from './demo.js';
+import { modelSample } from './model-sample.js';
 import { modelServe } from './model-serve.js';
 import { saeEncode, saeInfo } from './sae.js';
+import { saeTrain } from './sae-train.js';
 import { serve } from './serve.js';
 
 const usage = `Usage: saegate <command> [options]
@@ -13,8 +15,10 @@ Commands:
   serve                run the saegate proxy in front of an OpenAI-compatible model server
   demo                 run the reference model server on the embedded default model (npm start)
   model serve          serve a llama-family model over the OpenAI API, with taps and steering
+  model sample         sample a seeded, reproducible prompt corpus (JSONL) from a model
   sae info DIR         load an SAE (SAELens or sparsify) and print what was loaded
   sae encode           encode activation rows from a .npy/safetensors file to JSON
+  sae train            train TopK SAEs on a hook's activations over a corpus (SAELens output + report)
 
 Run 'saegate <command> --help' for a command's options.`;
 
@@ -61,12 +65,20 @@ async function main(argv: string[]): Promise<void> {
     saeInfo(rest);
     return;
   }
+  if (command === 'sae' && sub === 'train') {
+    await saeTrain(rest);
+    return;
+  }
   if (command === 'sae' && sub === 'encode') {
     await saeEncode(rest);
     return;
   }
   if (command === 'model' && sub === 'serve') {
     closeOnSignals(await modelServe(rest));
+    return;
+  }
+  if (command === 'model' && sub === 'sample') {
+    await modelSample(rest);
     return;
   }
   process.stderr.write(`unknown command '${[command, sub].filter(Boolean).join(' ')}'\n\n${usage}\n`);

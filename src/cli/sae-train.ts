@@ -1,0 +1,363 @@
+/** `saegate sae train`: collect activations over a corpus (or read them), train TopK SAEs, report. */
+import fs from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { SaegateError } from '../common/errors.js';
+import { readCorpus, type CorpusDocument } from '../corpus/read.js';
+import { splitCorpus } from '../corpus/split.js';
+import type { ModelWeights } from '../model/types.js';
+import { readRowsFile } from '../sae/rows-file.js';
+import type { TrainConfig } from '../sae/train/protocol.js';
+import { frontierMarkdown, trainReportMarkdown, writeReport, type FrontierReport, type TrainReport } from '../sae/train/report.js';
+import { spliceEvaluation, type SpliceEvaluation } from '../sae/train/splice.js';
+import { defaultTrainConfig, evaluateSae, toSaeWeights, trainTopKSae, writeSaeLensDirectory } from '../sae/train/trainer.js';
+import { parseFlags, portFlag } from './args.js';
+import { openModelRun } from './model-run.js';
+import { StatusLine } from './status-line.js';
+
+export const saeTrainUsage = `Usage: saegate sae train --out DIR (--corpus FILE | --activations FILE) [options]
+
+Trains TopK sparse autoencoders (Gao et al. 2024: TopK, unit-norm decoder rows, encoder initialised
+as the decoder's transpose, b_dec at the geometric median, AuxK for dead latents, Adam) and writes
+each as a SAELens directory (cfg.json + sae_weights.safetensors) that 'saegate serve --sae' loads,
+with report.json / report.md (held-out FVU, L0, dead latents, CE loss recovered).
+
+Data:
+  --corpus FILE             text or JSONL corpus (docs/corpus.md); documents run through the model
+                            and the hook's activations at every prompt position are the rows
+  --activations FILE        .npy or safetensors rows (rows × d_in) instead of a corpus
+  --tensor NAME             tensor of a safetensors --activations file holding several
+  --model FILE|DIR          model run in-process for --corpus (default: $SAEGATE_DEMO_MODEL, else
+                            ../shared/models/stories260K, else a seeded synthetic model)
+  --tokenizer FILE          tokenizer (default: found beside the model)
+  --upstream URL            an external tap-speaking model server instead; start it with
+                            --tap <the URL this prints> (CE loss recovered is then not measured)
+  --tap-port N              port the collector's tap listens on with --upstream (default: any)
+  --hook NAME               hook point (default blocks.2.hook_resid_post)
+  --held-out F              fraction of documents (or rows) held out for evaluation (default 0.1)
+  --max-rows N              most training rows collected (default 2000000)
+  --max-tokens-per-document N   positions kept per document (default: all)
+  --splice-documents N      held-out documents for the CE-loss-recovered check (default 200)
+
+SAE and optimiser:
+  --d-sae N                 latents (default 16 × d_in)
+  --k K[,K…]                active latents per row; several values train one SAE each into
+                            DIR/k<K>/ and write the FVU–L0 frontier to DIR/report.md (default 8)
+  --aux-k N                 AuxK latents per row (default d_in / 2)
+  --aux-coef X              AuxK loss weight (default 1/32)
+  --lr X                    Adam learning rate (default 2e-4 · √(16384 / d_sae))
+  --batch N                 rows per step (default 4096)
+  --steps N                 optimiser steps (default 3000)
+  --warmup N                warm-up steps (default 50)
+  --decay F                 fraction of steps at the end with linear decay to 0 (default 0.2)
+  --dead-after-rows N       a latent silent for this many rows is dead and feeds AuxK (default 5 × batch)
+  --seed N                  seed for initialisation, batch order and the split (default 0)
+
+Run:
+  --out DIR                 output directory (created)
+  --checkpoint-every N      steps between checkpoints (DIR/checkpoint.safetensors; default 500, 0 = off)
+  --resume                  continue from DIR's checkpoint (same data and settings)
+  --device cpu|cuda         execution provider (default cpu)
+  --threads N               onnxruntime threads (default: one per core)`;
+
+const number = z.coerce.number();
+const int = (min: number): z.ZodType<number> => z.coerce.number().int().min(min);
+
+const flagsSpec = {
+  corpus: { type: 'string' },
+  activations: { type: 'string' },
+  tensor: { type: 'string' },
+  model: { type: 'string' },
+  tokenizer: { type: 'string' },
+  upstream: { type: 'string' },
+  'tap-port': { type: 'string' },
+  hook: { type: 'string' },
+  'held-out': { type: 'string' },
+  'max-rows': { type: 'string' },
+  'max-tokens-per-document': { type: 'string' },
+  'splice-documents': { type: 'string' },
+  'd-sae': { type: 'string' },
+  k: { type: 'string' },
+  'aux-k': { type: 'string' },
+  'aux-coef': { type: 'string' },
+  lr: { type: 'string' },
+  batch: { type: 'string' },
+  steps: { type: 'string' },
+  warmup: { type: 'string' },
+  decay: { type: 'string' },
+  'dead-after-rows': { type: 'string' },
+  seed: { type: 'string' },
+  out: { type: 'string' },
+  'checkpoint-every': { type: 'string' },
+  resume: { type: 'boolean' },
+  device: { type: 'string' },
+  threads: { type: 'string' },
+} as const;
+
+const schema = z
+  .object({
+    corpus: z.string().min(1).optional(),
+    activations: z.string().min(1).optional(),
+    tensor: z.string().min(1).optional(),
+    model: z.string().min(1).optional(),
+    tokenizer: z.string().min(1).optional(),
+    upstream: z.url().optional(),
+    'tap-port': portFlag.optional(),
+    hook: z.string().min(1).default('blocks.2.hook_resid_post'),
+    'held-out': number.min(0).max(0.9).default(0.1),
+    'max-rows': int(1).default(2_000_000),
+    'max-tokens-per-document': int(1).optional(),
+    'splice-documents': int(0).default(200),
+    'd-sae': int(1).optional(),
+    k: z
+      .string()
+      .regex(/^\d+(,\d+)*$/, 'a positive integer or a comma-separated list, e.g. 4,8,16,32')
+      .transform((s) => [...new Set(s.split(',').map(Number))])
+      .refine((ks) => ks.every((k) => k >= 1), 'each k must be at least 1')
+      .default([8]),
+    'aux-k': int(0).optional(),
+    'aux-coef': number.min(0).optional(),
+    lr: number.positive().optional(),
+    batch: int(2).default(4096),
+    steps: int(1).default(3000),
+    warmup: int(0).optional(),
+    decay: number.min(0).max(1).optional(),
+    'dead-after-rows': int(1).optional(),
+    seed: int(0).default(0),
+    out: z.string({ error: 'is required' }).min(1),
+    'checkpoint-every': int(0).default(500),
+    resume: z.boolean().default(false),
+    device: z.enum(['cpu', 'cuda']).default('cpu'),
+    threads: int(1).optional(),
+  })
+  .refine((f) => (f.corpus === undefined) !== (f.activations === undefined), { message: 'give exactly one of --corpus and --activations', path: ['corpus'] })
+  .refine((f) => f.activations === undefined || (f.model === undefined && f.upstream === undefined), { message: '--model/--upstream run a --corpus; --activations needs neither', path: ['activations'] })
+  .refine((f) => f.model === undefined || f.upstream === undefined, { message: 'give --model or --upstream, not both', path: ['upstream'] });
+
+type Flags = z.infer<typeof schema>;
+
+/** Rows gathered in chunks and joined once: collection never reallocates a growing array. */
+class RowSink {
+  private readonly chunks: Float32Array[] = [];
+  rows = 0;
+  constructor(readonly dIn: number) {}
+  add(rows: Float32Array, count: number): void {
+    this.chunks.push(rows.subarray(0, count * this.dIn));
+    this.rows += count;
+  }
+  join(): Float32Array {
+    const out = new Float32Array(this.rows * this.dIn);
+    let offset = 0;
+    for (const c of this.chunks) {
+      out.set(c, offset);
+      offset += c.length;
+    }
+    return out;
+  }
+}
+
+interface Dataset {
+  dIn: number;
+  train: Float32Array;
+  trainRows: number;
+  heldOut: Float32Array;
+  heldOutRows: number;
+  trainDocuments: number | null;
+  heldOutDocuments: number | null;
+  /** Token ids of held-out documents, for the splice check (corpus + in-process model only). */
+  heldOutTokens: number[][];
+  source: string;
+  modelName: string | null;
+  spliceSkipped: string | null;
+}
+
+function activationsDataset(flags: Flags, file: string): Dataset {
+  const block = readRowsFile(file, flags.tensor === undefined ? {} : { tensor: flags.tensor });
+  const { rowCount, width } = block;
+  // A seeded row split (documents are unknown here): every 1/F-th row of a seeded order is held out.
+  const heldOutRows = Math.floor(rowCount * flags['held-out']);
+  const order = Array.from({ length: rowCount }, (_, i) => i);
+  let state = (flags.seed ^ 0x5bd1e995) >>> 0;
+  for (let i = rowCount - 1; i > 0; i--) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    const j = state % (i + 1);
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  const pick = (from: number, to: number): Float32Array => {
+    const out = new Float32Array((to - from) * width);
+    for (let r = from; r < to; r++) out.set(block.rows.subarray(order[r] * width, (order[r] + 1) * width), (r - from) * width);
+    return out;
+  };
+  const trainRows = Math.min(rowCount - heldOutRows, flags['max-rows']);
+  return {
+    dIn: width,
+    heldOut: pick(0, heldOutRows),
+    heldOutRows,
+    train: pick(heldOutRows, heldOutRows + trainRows),
+    trainRows,
+    trainDocuments: null,
+    heldOutDocuments: null,
+    heldOutTokens: [],
+    source: `activations ${file}`,
+    modelName: null,
+    spliceSkipped: 'rows came from an activations file, not a model',
+  };
+}
+
+async function corpusDataset(flags: Flags, file: string, status: StatusLine): Promise<Dataset & { model: ModelWeights | null }> {
+  const documents = await readCorpus(file);
+  const { train, heldOut } = splitCorpus(documents, { heldOutFraction: flags['held-out'], seed: flags.seed });
+  if (train.length === 0) throw new SaegateError('SAEGATE_ERR_CONFIG', ['corpus', `${file}: no training documents after holding out ${flags['held-out']}`]);
+  const run = await openModelRun({ hook: flags.hook, model: flags.model, tokenizer: flags.tokenizer, upstream: flags.upstream, tapPort: flags['tap-port'], device: flags.device, threads: flags.threads, log: (line) => status.log(line) });
+  try {
+    const dIn = run.server.dModel;
+    const collect = async (docs: CorpusDocument[], sink: RowSink, limit: number, label: string, tokens: number[][] | null): Promise<number> => {
+      let used = 0;
+      const controller = new AbortController();
+      try {
+        for await (const doc of run.collector.collect(docs, { upstream: run.upstream, maxTokensPerDocument: flags['max-tokens-per-document'], signal: controller.signal })) {
+          const take = Math.min(doc.tokenCount, limit - sink.rows);
+          sink.add(doc.rows, take);
+          if (tokens && doc.tokenIds.length > 0) tokens.push([...doc.tokenIds]);
+          used++;
+          status.draw(`collecting ${label}: ${used}/${docs.length} documents, ${sink.rows} rows`);
+          if (sink.rows >= limit) {
+            controller.abort();
+            break;
+          }
+        }
+      } catch (error) {
+        if (!controller.signal.aborted) throw error;
+      }
+      return used;
+    };
+    const trainSink = new RowSink(dIn);
+    const trainDocuments = await collect(train, trainSink, flags['max-rows'], 'training rows', null);
+    const heldOutSink = new RowSink(dIn);
+    const heldOutTokens: number[][] = [];
+    const heldOutDocuments = await collect(heldOut, heldOutSink, Number.MAX_SAFE_INTEGER, 'held-out rows', heldOutTokens);
+    status.log(`collected ${trainSink.rows} training rows from ${trainDocuments} documents and ${heldOutSink.rows} held-out rows from ${heldOutDocuments} documents at ${flags.hook}`);
+    return {
+      dIn,
+      train: trainSink.join(),
+      trainRows: trainSink.rows,
+      heldOut: heldOutSink.join(),
+      heldOutRows: heldOutSink.rows,
+      trainDocuments,
+      heldOutDocuments,
+      heldOutTokens,
+      source: `corpus ${file} through ${run.describe}`,
+      modelName: run.loaded?.name ?? run.server.modelId,
+      spliceSkipped: run.loaded ? null : 'the model ran in an external server (--upstream); the splice needs it in-process (--model)',
+      model: run.loaded?.weights ?? null,
+    };
+  } finally {
+    await run.close();
+  }
+}
+
+function progressText(p: { step: number; steps: number; fvu: number; l0: number; deadFraction: number; auxFvu: number; rowsPerSecond: number }, k: number): string {
+  const width = 24;
+  const filled = Math.round((width * p.step) / p.steps);
+  return `k=${k} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.step}/${p.steps}  FVU ${p.fvu.toFixed(4)}  L0 ${p.l0.toFixed(2)}  dead ${(100 * p.deadFraction).toFixed(1)}%  auxK ${p.auxFvu.toFixed(3)}  ${Math.round(p.rowsPerSecond)} rows/s`;
+}
+
+export async function saeTrain(argv: string[]): Promise<void> {
+  const flags = parseFlags(argv, flagsSpec, schema, saeTrainUsage);
+  const status = new StatusLine(process.stderr);
+  const outDir = path.resolve(flags.out);
+  fs.mkdirSync(outDir, { recursive: true });
+
+  const data = flags.activations !== undefined ? { ...activationsDataset(flags, flags.activations), model: null } : await corpusDataset(flags, flags.corpus!, status);
+  if (data.trainRows < flags.batch) status.log(`note: ${data.trainRows} training rows is fewer than one batch of ${flags.batch}; rows repeat within a step`);
+  const dSae = flags['d-sae'] ?? 16 * data.dIn;
+  const multi = flags.k.length > 1;
+  const frontier: FrontierReport = { version: 1, createdAt: new Date().toISOString(), hookName: flags.hook, model: data.modelName, dSae, points: [] };
+
+  for (const k of flags.k) {
+    const dir = multi ? path.join(outDir, `k${k}`) : outDir;
+    fs.mkdirSync(dir, { recursive: true });
+    const config: TrainConfig = defaultTrainConfig({
+      dIn: data.dIn,
+      dSae,
+      k,
+      batchRows: flags.batch,
+      steps: flags.steps,
+      seed: flags.seed,
+      ...(flags['aux-k'] !== undefined && { kAux: flags['aux-k'] }),
+      ...(flags['aux-coef'] !== undefined && { auxCoef: flags['aux-coef'] }),
+      ...(flags.lr !== undefined && { lr: flags.lr }),
+      ...(flags.warmup !== undefined && { warmupSteps: flags.warmup }),
+      ...(flags.decay !== undefined && { decayFraction: flags.decay }),
+      ...(flags['dead-after-rows'] !== undefined && { deadAfterRows: flags['dead-after-rows'] }),
+    });
+    const checkpointPath = path.join(dir, 'checkpoint.safetensors');
+    if (flags.resume && !fs.existsSync(checkpointPath)) throw new SaegateError('SAEGATE_ERR_TRAIN_CHECKPOINT', [checkpointPath, 'no checkpoint to resume from']);
+    const result = await trainTopKSae({
+      rows: data.train,
+      count: data.trainRows,
+      config,
+      run: {
+        device: flags.device,
+        intraOpThreads: flags.threads,
+        progressEvery: Math.max(1, Math.min(100, Math.floor(config.steps / 30))),
+        checkpointEvery: flags['checkpoint-every'],
+        checkpointPath: flags['checkpoint-every'] > 0 ? checkpointPath : null,
+        resumeFrom: flags.resume ? checkpointPath : null,
+      },
+      onProgress: (p) => {
+        status.draw(progressText(p, k));
+        if (!status.interactive && (p.step % (config.steps >= 10 ? Math.floor(config.steps / 10) : 1) === 0 || p.step === p.steps)) status.log(progressText(p, k));
+      },
+    });
+    const sae = toSaeWeights(result.params, config, { hookName: flags.hook, modelName: data.modelName, source: dir });
+    writeSaeLensDirectory(dir, sae, { saegate_train: { seed: config.seed, steps: config.steps, batch_rows: config.batchRows, lr: config.lr, k_aux: config.kAux } });
+    status.draw(`k=${k}: evaluating on ${data.heldOutRows} held-out rows`);
+    const evaluation = data.heldOutRows > 0 ? await evaluateSae(sae, data.heldOut, data.heldOutRows, { device: flags.device }) : null;
+    let splice: SpliceEvaluation | null = null;
+    let spliceSkipped = data.spliceSkipped;
+    if (data.model && data.heldOutTokens.length > 0 && flags['splice-documents'] > 0) {
+      splice = await spliceEvaluation({
+        model: data.model,
+        sae,
+        documents: data.heldOutTokens.slice(0, flags['splice-documents']),
+        device: flags.device,
+        intraOpThreads: flags.threads,
+        onProgress: (done, total) => status.draw(`k=${k}: CE loss recovered, document ${done}/${total}`),
+      });
+    } else if (spliceSkipped === null) {
+      spliceSkipped = flags['splice-documents'] === 0 ? '--splice-documents 0' : 'no held-out documents';
+    }
+    const dense = evaluation ? [...evaluation.firing].filter((f) => f > 0.1 * evaluation.rows).length / dSae : 0;
+    const final = result.history[result.history.length - 1];
+    const report: TrainReport = {
+      version: 1,
+      createdAt: new Date().toISOString(),
+      sae: { directory: dir, hookName: flags.hook, model: data.modelName, dIn: data.dIn, dSae, k },
+      data: { source: data.source, trainRows: data.trainRows, heldOutRows: data.heldOutRows, trainDocuments: data.trainDocuments, heldOutDocuments: data.heldOutDocuments },
+      config,
+      training: {
+        seconds: result.trainSeconds,
+        rowsPerSecond: ((config.steps - result.resumedAtStep) * config.batchRows) / Math.max(result.trainSeconds, 1e-9),
+        resumedAtStep: result.resumedAtStep,
+        final,
+        history: result.history,
+      },
+      heldOut: evaluation ? { rows: evaluation.rows, fvu: evaluation.fvu, l0: evaluation.l0, deadFraction: evaluation.deadFraction, denseFraction: dense } : { rows: 0, fvu: NaN, l0: NaN, deadFraction: NaN, denseFraction: NaN },
+      splice,
+      spliceSkipped: splice ? null : spliceSkipped,
+    };
+    writeReport(dir, report, trainReportMarkdown(report));
+    frontier.points.push({ k, directory: dir, heldOutFvu: report.heldOut.fvu, l0: report.heldOut.l0, deadFraction: report.heldOut.deadFraction, ceIncrease: splice?.ceIncrease ?? null, ceRecovered: splice?.ceRecovered ?? null, seconds: result.trainSeconds });
+    status.log(
+      `k=${k}: held-out FVU ${report.heldOut.fvu.toFixed(4)}, L0 ${report.heldOut.l0.toFixed(2)}, dead ${(100 * report.heldOut.deadFraction).toFixed(2)}%` +
+        (splice ? `, CE +${splice.ceIncrease.toFixed(4)} nats (${(100 * splice.ceRecovered).toFixed(1)}% recovered)` : '') +
+        ` → ${dir}`,
+    );
+  }
+  if (multi) {
+    writeReport(outDir, frontier, frontierMarkdown(frontier));
+    status.log(`frontier → ${path.join(outDir, 'report.md')}`);
+  }
+  status.clear();
+}
