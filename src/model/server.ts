@@ -9,7 +9,7 @@ import type { Device } from '../common/ort.js';
 import { LocalEngine } from './engine.js';
 import { buildModelApp } from './http/app.js';
 import { loadModel } from './load.js';
-import { TapBridge } from './tap-bridge.js';
+import { engineWithPromptTokens, TapBridge } from './tap-bridge.js';
 import type { LoadedModel } from './types.js';
 
 export interface ModelServerOptions {
@@ -67,7 +67,8 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
     resolvePlan: options.tapUrl ? (requestId, planId, signal) => tap!.resolvePlan(requestId, planId, signal) : undefined,
   });
   const app = buildModelApp({
-    engine,
+    // With a tap, requests pass their prompt to the bridge on the way in (prompt tokens on the tap).
+    engine: options.tapUrl ? engineWithPromptTokens(engine, () => tap) : engine,
     tokenizer: model.tokenizer,
     modelName: model.name,
     maxConcurrentRequests: options.maxConcurrentRequests,

@@ -12,13 +12,20 @@
  * of the socket than the rows themselves. Pending rows are flushed when they reach `flushRows`,
  * `flushMs` after the first one, and always before a request's `end`, so a request's rows precede
  * its end on the wire.
+ *
+ * Prompt tokens: the engine's steps carry only generated tokens, so the HTTP side hands each
+ * request's prompt to the bridge (`engineWithPromptTokens`). At the request's prefill step, when the
+ * subscription has `includePrompt`, the prompt goes up as one `tokens` message (positions
+ * 0..P−1) together with the first generated token, and before that step's rows are queued: a
+ * receiver has a request's prompt tokens before any of its rows.
  */
 import { SaegateError } from '../common/errors.js';
 import { TapClient, type TapClientStats } from '../tap/client.js';
 import type { TapLogger } from '../tap/logger.js';
 import type { LocalEngine } from './engine.js';
-import { StopSequenceDetokenizer } from './http/detokenizer.js';
-import type { ActivationBatch, WorkerSteeringEntry } from './runtime-protocol.js';
+import type { Engine } from './engine-types.js';
+import { TokenPieceDecoder } from './http/detokenizer.js';
+import type { ActivationBatch, StepTokens, WorkerSteeringEntry } from './runtime-protocol.js';
 import type { Tokenizer } from './types.js';
 
 export interface TapBridgeOptions {
@@ -47,7 +54,10 @@ export class TapBridge {
   private readonly engine: LocalEngine;
   private readonly tokenizer: Tokenizer | null;
   private readonly planWaitTimeoutMs: number;
-  private readonly detokenizers = new Map<string, StopSequenceDetokenizer>();
+  /** Per request: turns its tokens, prompt then generated, into text pieces. */
+  private readonly detokenizers = new Map<string, TokenPieceDecoder>();
+  /** Prompts of requests handed to the engine and not yet prefilled. */
+  private readonly prompts = new Map<string, readonly number[]>();
   private readonly unsubscribe: (() => void)[] = [];
   private readonly flushRows: number;
   private readonly flushMs: number;
@@ -98,18 +108,15 @@ export class TapBridge {
 
     this.unsubscribe.push(
       engine.onStep((step) => {
+        // Tokens before rows: a prefill step's tokens message carries the prompt, which must reach
+        // saegate before any row of the request (enqueue may flush at once).
+        if (step.tokens.requestIds.length > 0) this.sendStepTokens(step.tokens, step.phase === 'prefill');
         if (step.activations.length > 0) this.enqueue(step.activations);
-        const { requestIds, positions, tokenIds } = step.tokens;
-        // Every token goes through its request's detokenizer, connected or not, so pieces stay
-        // right after a reconnect; TapClient queues (bounded) what it cannot send yet.
-        if (requestIds.length > 0) {
-          const texts = requestIds.map((id, i) => this.piece(id, tokenIds[i]));
-          this.client.sendTokens({ requestIds, positions, tokenIds, texts });
-        }
       }),
       engine.onEnd((requestId, result) => {
         this.flush();
         this.detokenizers.delete(requestId);
+        this.prompts.delete(requestId);
         this.client.sendEnd({ requestId, promptTokens: result.promptTokens, completionTokens: result.completionTokens, finishReason: result.finishReason });
       }),
     );
@@ -161,12 +168,77 @@ export class TapBridge {
     }
   }
 
+  /**
+   * Records a request's prompt until its prefill step; returns the function that forgets it (for
+   * a request that fails before prefill). See `engineWithPromptTokens`.
+   */
+  trackPrompt(requestId: string, promptTokens: readonly number[]): () => void {
+    // A second request with an id already in flight is refused by the engine; keep the first one's prompt.
+    if (this.prompts.has(requestId) || this.detokenizers.has(requestId)) return () => {};
+    this.prompts.set(requestId, promptTokens);
+    return () => {
+      if (this.prompts.get(requestId) === promptTokens) this.prompts.delete(requestId);
+    };
+  }
+
+  /**
+   * Sends a step's generated tokens with their text pieces; at a prefill step, first each new
+   * request's prompt tokens when the subscription asks for prompts. Every token goes through its
+   * request's decoder, connected or not, so pieces stay right after a reconnect; TapClient queues
+   * (bounded) what it cannot send yet.
+   */
+  private sendStepTokens(tokens: StepTokens, prefill: boolean): void {
+    const sendPrompt = prefill && this.client.subscription?.includePrompt === true;
+    let requestIds = tokens.requestIds;
+    let positions = tokens.positions;
+    let tokenIds = tokens.tokenIds;
+    let promptEntries = 0;
+    if (prefill) {
+      const promptOf = tokens.requestIds.map((id) => this.startRequest(id));
+      promptEntries = sendPrompt ? promptOf.reduce((n, p) => n + p.length, 0) : 0;
+      if (promptEntries > 0) {
+        const count = promptEntries + tokens.requestIds.length;
+        requestIds = [];
+        positions = new Int32Array(count);
+        tokenIds = new Int32Array(count);
+        let entry = 0;
+        promptOf.forEach((prompt, r) => {
+          for (let p = 0; p < prompt.length; p++, entry++) {
+            requestIds.push(tokens.requestIds[r]);
+            positions[entry] = p;
+            tokenIds[entry] = prompt[p];
+          }
+        });
+        requestIds.push(...tokens.requestIds);
+        positions.set(tokens.positions, promptEntries);
+        tokenIds.set(tokens.tokenIds, promptEntries);
+      }
+    }
+    // Pieces in entry order: per request, its prompt tokens come before its generated one.
+    const texts = requestIds.map((id, i) => this.piece(id, tokenIds[i]));
+    this.client.sendTokens({ requestIds, positions, tokenIds, texts });
+  }
+
+  /**
+   * A request reached prefill: creates its piece decoder and returns the prompt to send ([] when
+   * the bridge never saw it). When the prompt is not pushed through the decoder, its last tokens
+   * become the decoder's context, so the first generated piece is the same either way.
+   */
+  private startRequest(requestId: string): readonly number[] {
+    const prompt = this.prompts.get(requestId) ?? [];
+    this.prompts.delete(requestId);
+    if (!this.tokenizer) return prompt;
+    const sendPrompt = this.client.subscription?.includePrompt === true;
+    this.detokenizers.set(requestId, new TokenPieceDecoder(this.tokenizer, sendPrompt ? [] : prompt));
+    return prompt;
+  }
+
   /** Text a token completes for its request (a character split over tokens goes with the last one). */
   private piece(requestId: string, tokenId: number): string {
     if (!this.tokenizer) return '';
     let detok = this.detokenizers.get(requestId);
     if (!detok) {
-      detok = new StopSequenceDetokenizer({ tokenizer: this.tokenizer, stop: [], silentTokenIds: [] });
+      detok = new TokenPieceDecoder(this.tokenizer);
       this.detokenizers.set(requestId, detok);
     }
     return detok.push(tokenId);
@@ -194,4 +266,25 @@ export class TapBridge {
     this.flush();
     await this.client.close();
   }
+}
+
+/**
+ * `engine` as the HTTP API should see it when a tap is attached: each request's prompt token ids
+ * are handed to the bridge before the engine runs the request, so the bridge can send them as the
+ * request's prompt tokens at prefill (the engine's steps carry only generated tokens). `bridge`
+ * is read per request: the bridge is created after the app that serves the engine.
+ */
+export function engineWithPromptTokens(engine: Engine, bridge: () => TapBridge | null): Engine {
+  return {
+    config: engine.config,
+    async generate(request, onToken) {
+      const forget = bridge()?.trackPrompt(request.requestId, request.promptTokens);
+      try {
+        return await engine.generate(request, onToken);
+      } finally {
+        forget?.();
+      }
+    },
+    close: () => engine.close(),
+  };
 }

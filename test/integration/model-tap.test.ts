@@ -20,11 +20,17 @@ interface Collected {
   rows: Map<string, Map<string, Map<number, Float32Array>>>;
   tokens: Map<string, { position: number; tokenId: number; text: string }[]>;
   ends: Map<string, RequestEnd>;
+  /** Per request, the kind of each message that mentioned it, in arrival order. */
+  arrivals: Map<string, ('rows' | 'tokens' | 'end')[]>;
 }
 
 function collect(conn: TapConnection): Collected {
-  const c: Collected = { rows: new Map(), tokens: new Map(), ends: new Map() };
+  const c: Collected = { rows: new Map(), tokens: new Map(), ends: new Map(), arrivals: new Map() };
+  const arrived = (ids: Iterable<string>, kind: 'rows' | 'tokens' | 'end'): void => {
+    for (const id of new Set(ids)) c.arrivals.set(id, [...(c.arrivals.get(id) ?? []), kind]);
+  };
   conn.on('activations', (frame: ActivationsFrame) => {
+    arrived(Array.from(frame.rowRequestIndexes, (i) => frame.requestIds[i]), 'rows');
     for (let r = 0; r < frame.rowCount; r++) {
       const id = frame.requestIds[frame.rowRequestIndexes[r]];
       const byHook = c.rows.get(id) ?? new Map<string, Map<number, Float32Array>>();
@@ -39,12 +45,16 @@ function collect(conn: TapConnection): Collected {
     }
   });
   conn.on('tokens', (msg: TokensMessage) => {
+    arrived(Array.from(msg.rowRequestIndexes, (i) => msg.requestIds[i]), 'tokens');
     msg.tokenIds.forEach((tokenId, i) => {
       const id = msg.requestIds[msg.rowRequestIndexes[i]];
       c.tokens.set(id, [...(c.tokens.get(id) ?? []), { position: msg.positions[i], tokenId, text: msg.texts[i] }]);
     });
   });
-  conn.on('end', (end) => c.ends.set(end.requestId, end));
+  conn.on('end', (end) => {
+    arrived([end.requestId], 'end');
+    c.ends.set(end.requestId, end);
+  });
   return c;
 }
 
@@ -114,11 +124,54 @@ describe('model server on the tap', () => {
       const positions = [...seen.rows.get('req-1')!.get(hook)!.keys()].sort((a, b) => a - b);
       expect(positions).toEqual(Array.from({ length: fedPositions }, (_, i) => i));
     }
-    const tokens = seen.tokens.get('req-1')!;
+    const tokens = seen.tokens.get('req-1')!.filter((t) => t.position >= end.promptTokens);
     expect(tokens.map((t) => t.position)).toEqual(Array.from({ length: 10 }, (_, i) => end.promptTokens + i));
     // A character is sent with the token that completes it; bytes that never complete one (the
     // response shows them as U+FFFD at its very end) have no token to travel with.
     expect(tokens.map((t) => t.text).join('')).toBe(res.body.choices[0].text.replace(/\uFFFD+$/u, ''));
+  });
+
+  it('sends the prompt tokens, ids and pieces as the tokenizer gives them, before any row of the request when the subscription includes the prompt', async () => {
+    // Every hook and a long prompt: the prefill step alone has more rows than a flush holds, so its
+    // rows leave at once, and the prompt tokens must still be ahead of them.
+    conn.subscribe({ hooks: conn.hello.hookPoints, dtype: 'f32', includePrompt: true });
+    await waitFor(() => server.tap!.client.subscription?.hooks.length === conn.hello.hookPoints.length);
+    // Non-ASCII characters fall back to byte tokens in both vocabularies: pieces of split characters.
+    const prompt = 'Once upon a time, a naïve café — fin. The little dog ran to the park and saw a big red ball under the tree. She was happy and they played all day in the sun.';
+    const res = await complete(server, 'req-prompt', { prompt, max_tokens: 3 });
+    expect(res.status).toBe(200);
+    await waitFor(() => seen.ends.has('req-prompt'));
+    const tokenizer = server.model.tokenizer!;
+    const ids = tokenizer.encode(prompt, { addBos: true });
+    const end = seen.ends.get('req-prompt')!;
+    expect(end.promptTokens).toBe(ids.length);
+    expect(ids.length * conn.hello.hookPoints.length).toBeGreaterThan(512);
+    const promptEntries = seen.tokens.get('req-prompt')!.filter((t) => t.position < end.promptTokens);
+    expect(promptEntries.map((t) => t.position)).toEqual(ids.map((_, i) => i));
+    expect(promptEntries.map((t) => t.tokenId)).toEqual(ids);
+    // Piece i is what token i adds to the decode of the prompt up to it ('' while a character is unfinished).
+    const expected: string[] = [];
+    let released = 0;
+    for (let i = 0; i < ids.length; i++) {
+      const text = tokenizer.decode(ids.slice(0, i + 1));
+      if (text.endsWith('\uFFFD')) {
+        expected.push('');
+      } else {
+        expected.push(text.slice(released));
+        released = text.length;
+      }
+    }
+    expect(expected.filter((p) => p === '').length).toBeGreaterThan(0);
+    expect(promptEntries.map((t) => t.text)).toEqual(expected);
+    expect(promptEntries.map((t) => t.text).join('')).toBe(tokenizer.decode(ids));
+    // The generated tokens follow, and their text is still the answer's.
+    const generated = seen.tokens.get('req-prompt')!.filter((t) => t.position >= end.promptTokens);
+    expect(generated.map((t) => t.position)).toEqual([0, 1, 2].map((i) => end.promptTokens + i));
+    expect(generated.map((t) => t.text).join('')).toBe(res.body.choices[0].text.replace(/\uFFFD+$/u, ''));
+    const arrivals = seen.arrivals.get('req-prompt')!;
+    expect(arrivals[0]).toBe('tokens');
+    expect(arrivals).toContain('rows');
+    expect(arrivals.at(-1)).toBe('end');
   });
 
   it('sends f16 rows that match the f32 rows of the same greedy request to f16 precision', async () => {
@@ -195,5 +248,7 @@ describe('model server on the tap', () => {
     // Without prompt rows, only generated positions are streamed.
     const end = seen.ends.get('req-6')!;
     expect([...seen.rows.get('req-6')!.get(HOOK)!.keys()].sort((a, b) => a - b)).toEqual([end.promptTokens, end.promptTokens + 1, end.promptTokens + 2]);
+    // ... and only generated tokens.
+    expect(seen.tokens.get('req-6')!.map((t) => t.position)).toEqual([0, 1, 2, 3].map((i) => end.promptTokens + i));
   });
 });

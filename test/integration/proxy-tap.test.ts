@@ -121,7 +121,8 @@ describe('saegate tap endpoint', () => {
     const fed = end.promptTokens + end.completionTokens - 1;
     expect(counts.rowsByHook.get(HOOK)).toBe(fed);
     expect([...sink.rowsOf.get('tap-req-1')!.keys()].sort((a, b) => a - b)).toEqual(Array.from({ length: fed }, (_, i) => i));
-    expect(counts.tokens).toBe(6);
+    // With includePrompt the reference server sends the prompt tokens too, then the 6 generated ones.
+    expect(counts.tokens).toBe(end.promptTokens + 6);
     expect(counts.sessionId).toBe(proxy.tap.connections[0].sessionId);
     expect(proxy.tap.connectionFor('tap-req-1')).toBeUndefined(); // released at its end
     expect(await metric('saegate_tap_rows_total')).toBeGreaterThanOrEqual(fed);

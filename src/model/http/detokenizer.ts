@@ -138,3 +138,51 @@ export class StopSequenceDetokenizer {
     return delta;
   }
 }
+
+/** Tokens of context a {@link TokenPieceDecoder} keeps in front of the next token. */
+const PIECE_CONTEXT_TOKENS = 4;
+/** Context tokens a {@link TokenPieceDecoder} reads from `contextIds`: room for an unfinished character. */
+const PIECE_CONTEXT_READ = 8;
+
+/**
+ * Token ids → one text piece per token, for the tap's `tokens` messages: the text a token
+ * completes, given everything before it. A character split over several tokens (byte fallback)
+ * travels with the token that completes it; the earlier ones get ''. Pieces joined give the
+ * decoded text (minus bytes that never complete a character).
+ *
+ * Unlike StopSequenceDetokenizer this never decodes from the start: it keeps a few tokens of
+ * context plus the tokens of an unfinished character, and cuts the context's text off the decode.
+ * Context is enough for the decoders in use (a leading space dropped after BOS or at the start of
+ * a sequence depends on the token before, never further back), and it keeps the cost per token
+ * constant, which matters once whole prompts (thousands of tokens) go through it.
+ */
+export class TokenPieceDecoder {
+  private readonly tokenizer: Tokenizer;
+  /** Context tokens, then the tokens of a character not yet complete. */
+  private window: number[] = [];
+  private contextLength = 0;
+  private contextText = '';
+
+  /**
+   * `contextIds`: tokens that precede the first pushed one (the prompt, when only generated
+   * tokens are pushed). They are read as if pushed, pieces discarded, so a character the context
+   * leaves unfinished goes, whole, with the pushed token that completes it. Only the last 8 count.
+   */
+  constructor(tokenizer: Tokenizer, contextIds: readonly number[] = []) {
+    this.tokenizer = tokenizer;
+    for (const id of contextIds.slice(-PIECE_CONTEXT_READ)) this.push(id);
+  }
+
+  /** The text `tokenId` completes: '' while it ends an unfinished character (or carries no text). */
+  push(tokenId: number): string {
+    this.window.push(tokenId);
+    const full = this.tokenizer.decode(this.window);
+    if (full.endsWith(REPLACEMENT_CHARACTER)) return '';
+    const piece = full.startsWith(this.contextText) ? full.slice(this.contextText.length) : this.tokenizer.decode(this.window.slice(this.contextLength));
+    // Everything is released: the last few tokens become the context of the next one.
+    this.window = this.window.slice(-PIECE_CONTEXT_TOKENS);
+    this.contextLength = this.window.length;
+    this.contextText = this.tokenizer.decode(this.window);
+    return piece;
+  }
+}

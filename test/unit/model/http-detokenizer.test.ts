@@ -1,7 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { StopSequenceDetokenizer } from '../../../src/model/http/detokenizer.js';
-import { ByteTokenizer, EOS_ID, byteTokens } from '../../helpers/fake-engine.js';
+import { StopSequenceDetokenizer, TokenPieceDecoder } from '../../../src/model/http/detokenizer.js';
+import type { Tokenizer } from '../../../src/model/types.js';
+import { BOS_ID, BYTE_OFFSET, ByteTokenizer, EOS_ID, byteTokens } from '../../helpers/fake-engine.js';
 
 const tokenizer = new ByteTokenizer();
 
@@ -91,6 +92,71 @@ describe('StopSequenceDetokenizer', () => {
         expect(detok.text).toBe(expected);
         expect(detok.stopped).toBe(cuts.length > 0);
       }),
+    );
+  });
+});
+
+/**
+ * Bytes like ByteTokenizer, but the decode drops one leading space, as Hugging Face's Metaspace /
+ * Strip decoders do at the start of a sequence: a token's text depends on what precedes it.
+ */
+class LeadingSpaceTokenizer extends ByteTokenizer implements Tokenizer {
+  override decode(ids: readonly number[]): string {
+    const text = super.decode(ids);
+    return text.startsWith(' ') ? text.slice(1) : text;
+  }
+}
+
+/** The obviously right pieces: decode from the start on every token, release when no character is unfinished. */
+function referencePieces(tok: Tokenizer, ids: readonly number[]): string[] {
+  const pieces: string[] = [];
+  let released = 0;
+  for (let i = 0; i < ids.length; i++) {
+    const text = tok.decode(ids.slice(0, i + 1));
+    if (text.endsWith('\uFFFD')) {
+      pieces.push('');
+    } else {
+      pieces.push(text.slice(released));
+      released = text.length;
+    }
+  }
+  return pieces;
+}
+
+describe('TokenPieceDecoder', () => {
+  it('gives the token that completes a split character the whole character and the others nothing', () => {
+    const decoder = new TokenPieceDecoder(tokenizer);
+    expect(byteTokens('a€b').map((id) => decoder.push(id))).toEqual(['a', '', '', '€', 'b']);
+  });
+
+  it('keeps the leading space a decoder drops at the start of a sequence when the token has context', () => {
+    const tok = new LeadingSpaceTokenizer();
+    const ids = byteTokens(' world');
+    // Alone, the first space is the sequence's start and disappears; after the prompt it is text.
+    const alone = new TokenPieceDecoder(tok);
+    expect(ids.map((id) => alone.push(id)).join('')).toBe('world');
+    const afterPrompt = new TokenPieceDecoder(tok, byteTokens(' hello'));
+    expect(ids.map((id) => afterPrompt.push(id)).join('')).toBe(' world');
+  });
+
+  it('gives a character the context left unfinished, whole, to the pushed token that completes it', () => {
+    const [first, ...rest] = byteTokens('→x');
+    const decoder = new TokenPieceDecoder(tokenizer, [BOS_ID, ...byteTokens('ab'), first]);
+    expect(rest.map((id) => decoder.push(id))).toEqual(['', '→', 'x']);
+  });
+
+  it('agrees with decoding the whole sequence from the start on every token, for any bytes and context', () => {
+    const tok = new LeadingSpaceTokenizer();
+    const bytes = fc.oneof(fc.integer({ min: 0, max: 255 }), fc.constantFrom(0x20, 0x61, 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xf0, 0x9f));
+    const ids = (maxLength: number) => fc.array(bytes.map((b) => b + BYTE_OFFSET), { maxLength });
+    fc.assert(
+      // Context up to the 8 tokens the decoder reads; pushed long enough to cross many rebasings.
+      fc.property(ids(7), ids(60), fc.boolean(), (context, pushed, bos) => {
+        const contextIds = bos ? [BOS_ID, ...context] : context;
+        const decoder = new TokenPieceDecoder(tok, contextIds);
+        expect(pushed.map((id) => decoder.push(id))).toEqual(referencePieces(tok, [...contextIds, ...pushed]).slice(contextIds.length));
+      }),
+      { numRuns: 1000 },
     );
   });
 });
