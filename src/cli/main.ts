@@ -6,6 +6,7 @@ import { demo } from './demo.js';
 import { modelSample } from './model-sample.js';
 import { modelServe } from './model-serve.js';
 import { saeEncode, saeInfo } from './sae.js';
+import { saeFeatures } from './sae-features.js';
 import { saeTrain } from './sae-train.js';
 import { serve } from './serve.js';
 
@@ -19,6 +20,7 @@ Commands:
   sae info DIR         load an SAE (SAELens or sparsify) and print what was loaded
   sae encode           encode activation rows from a .npy/safetensors file to JSON
   sae train            train TopK SAEs on a hook's activations over a corpus (SAELens output + report)
+  sae features         what each SAE feature responds to over a corpus (JSON + HTML page)
 
 Run 'saegate <command> --help' for a command's options.`;
 
@@ -63,6 +65,10 @@ async function main(argv: string[]): Promise<void> {
   }
   if (command === 'sae' && sub === 'info') {
     saeInfo(rest);
+    return;
+  }
+  if (command === 'sae' && sub === 'features') {
+    await saeFeatures(rest);
     return;
   }
   if (command === 'sae' && sub === 'train') {
