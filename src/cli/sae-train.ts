@@ -256,10 +256,10 @@ async function corpusDataset(flags: Flags, file: string, status: StatusLine): Pr
   }
 }
 
-function progressText(p: { step: number; steps: number; fvu: number; l0: number; deadFraction: number; auxFvu: number; rowsPerSecond: number }, k: number): string {
+function progressText(p: { step: number; steps: number; loss: number; fvu: number; l0: number; deadFraction: number; auxFvu: number; rowsPerSecond: number }, k: number): string {
   const width = 24;
   const filled = Math.round((width * p.step) / p.steps);
-  return `k=${k} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.step}/${p.steps}  FVU ${p.fvu.toFixed(4)}  L0 ${p.l0.toFixed(2)}  dead ${(100 * p.deadFraction).toFixed(1)}%  auxK ${p.auxFvu.toFixed(3)}  ${Math.round(p.rowsPerSecond)} rows/s`;
+  return `k=${k} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.step}/${p.steps}  loss ${p.loss.toFixed(4)}  FVU ${p.fvu.toFixed(4)}  L0 ${p.l0.toFixed(2)}  dead ${(100 * p.deadFraction).toFixed(1)}%  auxK ${p.auxFvu.toFixed(3)}  ${Math.round(p.rowsPerSecond)} rows/s`;
 }
 
 export async function saeTrain(argv: string[]): Promise<void> {

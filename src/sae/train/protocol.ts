@@ -50,6 +50,8 @@ export interface TrainProgress {
   steps: number;
   /** FVU over the batches since the previous progress message. */
   fvu: number;
+  /** The loss minimised: FVU plus auxCoef × the AuxK term, over the same batches. */
+  loss: number;
   /** The AuxK term's ‖e − ê‖² / ‖e‖² over the same batches (1 = dead latents explain nothing). */
   auxFvu: number;
   /** Mean active latents per row (≤ k: ReLU can zero a selected latent). */

@@ -89,9 +89,9 @@ export function trainReportMarkdown(r: TrainReport): string {
     '',
     `Adam lr ${r.config.lr} (warm-up ${r.config.warmupSteps} steps, linear decay over the last ${pct(r.config.decayFraction)}), AuxK k_aux = ${r.config.kAux} × ${num(r.config.auxCoef)}, dead after ${r.config.deadAfterRows} rows without firing, seed ${r.config.seed}.`,
     '',
-    '| step | FVU (train batches) | L0 | dead | AuxK ‖e − ê‖²/‖e‖² | lr | rows/s |',
-    '|---|---|---|---|---|---|---|',
-    ...r.training.history.map((p) => `| ${p.step} | ${num(p.fvu)} | ${num(p.l0, 2)} | ${pct(p.deadFraction)} | ${num(p.auxFvu, 3)} | ${p.lr.toExponential(2)} | ${Math.round(p.rowsPerSecond)} |`),
+    '| step | loss | FVU (train batches) | L0 | dead | AuxK ‖e − ê‖²/‖e‖² | lr | rows/s |',
+    '|---|---|---|---|---|---|---|---|',
+    ...r.training.history.map((p) => `| ${p.step} | ${num(p.loss)} | ${num(p.fvu)} | ${num(p.l0, 2)} | ${pct(p.deadFraction)} | ${num(p.auxFvu, 3)} | ${p.lr.toExponential(2)} | ${Math.round(p.rowsPerSecond)} |`),
     '',
   );
   return lines.join('\n');

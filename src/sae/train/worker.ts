@@ -136,7 +136,7 @@ async function train(msg: ToTrainWorker): Promise<void> {
   const beta1 = 0.9;
   const beta2 = 0.999;
   const history: TrainProgress[] = [];
-  let window = { sq: 0, variance: 0, auxSq: 0, active: 0, rows: 0, started: performance.now() };
+  let window = { sq: 0, variance: 0, auxSq: 0, auxTerm: 0, active: 0, rows: 0, started: performance.now() };
   const trainStarted = performance.now();
 
   for (let step = state.step; step < config.steps; step++) {
@@ -169,7 +169,9 @@ async function train(msg: ToTrainWorker): Promise<void> {
     const sq = (out[TrainNames.sqError].data as Float32Array)[0];
     window.sq += sq;
     window.variance += (out[TrainNames.variance].data as Float32Array)[0];
-    window.auxSq += deadCount > 0 ? (out[TrainNames.auxSqError].data as Float32Array)[0] / Math.max(sq, 1e-30) : 1;
+    const auxSq = deadCount > 0 ? (out[TrainNames.auxSqError].data as Float32Array)[0] : 0;
+    window.auxSq += deadCount > 0 ? auxSq / Math.max(sq, 1e-30) : 1;
+    window.auxTerm += config.auxCoef * auxSq;
     window.active += active;
     window.rows += batchRows;
     state.step = t;
@@ -182,6 +184,7 @@ async function train(msg: ToTrainWorker): Promise<void> {
         step: t,
         steps: config.steps,
         fvu: window.sq / Math.max(window.variance, 1e-30),
+        loss: (window.sq + window.auxTerm) / Math.max(window.variance, 1e-30),
         auxFvu: window.auxSq / stepsInWindow,
         l0: window.active / window.rows,
         deadFraction: deadCount / dSae,
@@ -190,7 +193,7 @@ async function train(msg: ToTrainWorker): Promise<void> {
       };
       history.push(progress);
       post({ type: 'progress', progress });
-      window = { sq: 0, variance: 0, auxSq: 0, active: 0, rows: 0, started: performance.now() };
+      window = { sq: 0, variance: 0, auxSq: 0, auxTerm: 0, active: 0, rows: 0, started: performance.now() };
     }
     if (run.checkpointPath !== null && run.checkpointEvery > 0 && (t % run.checkpointEvery === 0 || last)) {
       writeCheckpoint(run.checkpointPath, config, state);
