@@ -21,6 +21,7 @@
  */
 import { err } from '../common/errors.js';
 import { DataType, GraphBuilder } from '../common/onnx/builder.js';
+import { float32ToFloat16 } from '../common/safetensors.js';
 import type { SaeWeights } from './types.js';
 
 /** Tensor names of the encoder graph's input and outputs. */
@@ -54,6 +55,24 @@ export interface SaeEncoderGraphOptions {
    * from. An integer in `[1, dSae]`; it fixes the width of the `indices` / `values` outputs.
    */
   topK: number;
+  /**
+   * Storage and matmul precision of `W_enc` and `W_dec`. `f16` halves their memory and runs the
+   * encoder product in half precision (what the CUDA provider's tensor cores want); everything
+   * after it (TopK, activation, errors) stays float32. Default `f32`.
+   */
+  weights?: 'f32' | 'f16';
+}
+
+/**
+ * Whether the SAE's encoder and decoder weights fit float16 without overflowing (|w| ≤ 65504);
+ * an SAE whose weights do not is kept in float32 even where f16 is asked for.
+ */
+export function fitsFloat16(sae: SaeWeights): boolean {
+  const ok = (a: Float32Array): boolean => {
+    for (let i = 0; i < a.length; i++) if (!(Math.abs(a[i]) <= 65504)) return false;
+    return true;
+  };
+  return ok(sae.W_enc) && ok(sae.W_dec);
 }
 
 /** SAELens' `layer_norm` normalisation adds this to the (unbiased) standard deviation. */
@@ -136,7 +155,12 @@ export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOp
 
   const bDec = g.weightF32('b_dec', sae.b_dec, [dIn]);
   const xc = cfg.applyBDecToInput ? g.op('Sub', [xn, bDec]) : xn;
-  const wEnc = g.weightF32('W_enc', sae.W_enc, [dIn, dSae]);
+  const half = options.weights === 'f16';
+  // x_c · W_enc, always float32 out: in f16 mode the product runs in half precision and is cast
+  // back at once, so the activation and TopK see float32 like in f32 mode.
+  const wEnc = half ? g.weightF16('W_enc', float32ToFloat16(sae.W_enc), [dIn, dSae]) : g.weightF32('W_enc', sae.W_enc, [dIn, dSae]);
+  const encode = (input: string): string =>
+    half ? g.op('Cast', [g.op('MatMul', [g.op('Cast', [input], { to: DataType.FLOAT16 }), wEnc])], { to: F }) : g.op('MatMul', [input, wEnc]);
 
   // --- Activation: `acts` holds, per row, candidates sorted by value with inactive ones at 0.
   let values: string;
@@ -150,7 +174,7 @@ export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOp
     // report of topK features: take max(k, topK) candidates and zero the ones past k.
     const k = cfg.k ?? 0;
     const candidates = Math.max(k, topK);
-    const pre = g.op('Add', [g.op('MatMul', [xc, wEnc]), g.weightF32('b_enc', sae.b_enc, [dSae])]);
+    const pre = g.op('Add', [encode(xc), g.weightF32('b_enc', sae.b_enc, [dSae])]);
     const [preTop, preIdx] = g.opMulti('TopK', [pre, g.constI64([candidates])], 2, { axis: -1, largest: 1, sorted: 1 });
     let acts = g.op('Relu', [preTop]);
     if (candidates > k) {
@@ -167,13 +191,13 @@ export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOp
     if (cfg.architecture === 'gated' && sae.gated) {
       // W_enc ⊙ exp(r_mag) scales column j by exp(r_mag[j]), so the magnitude path is the gate
       // path's product scaled per latent: one MatMul serves both.
-      const h = g.op('MatMul', [xc, wEnc]);
+      const h = encode(xc);
       const gate = g.op('Greater', [g.op('Add', [h, g.weightF32('b_gate', sae.gated.b_gate, [dSae])]), zero]);
       const magScale = Float32Array.from(sae.gated.r_mag, (r) => Math.exp(r));
       const magnitude = g.op('Relu', [g.op('Add', [g.op('Mul', [h, g.weightF32('exp_r_mag', magScale, [dSae])]), g.weightF32('b_mag', sae.gated.b_mag, [dSae])])]);
       dense = g.op('Mul', [magnitude, g.op('Cast', [gate], { to: F })]);
     } else {
-      const pre = g.op('Add', [g.op('MatMul', [xc, wEnc]), g.weightF32('b_enc', sae.b_enc, [dSae])]);
+      const pre = g.op('Add', [encode(xc), g.weightF32('b_enc', sae.b_enc, [dSae])]);
       dense = g.op('Relu', [pre]);
       if (cfg.architecture === 'jumprelu' && sae.threshold) {
         const open = g.op('Greater', [pre, g.weightF32('threshold', sae.threshold, [dSae])]);
@@ -192,8 +216,9 @@ export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOp
   g.output(SaeEncoderNames.l0, g.op('Cast', [l0Float], { to: DataType.INT64 }), DataType.INT64, ['rows']);
 
   // Sparse decode: [rows, 1, K] · [rows, K, dIn] → [rows, 1, dIn], never touching the other rows of W_dec.
-  const wDec = g.weightF32('W_dec', sae.W_dec, [dSae, dIn]);
-  const decoderRows = g.op('Gather', [wDec, slotIndices], { axis: 0 });
+  const wDec = half ? g.weightF16('W_dec', float32ToFloat16(sae.W_dec), [dSae, dIn]) : g.weightF32('W_dec', sae.W_dec, [dSae, dIn]);
+  const gathered = g.op('Gather', [wDec, slotIndices], { axis: 0 });
+  const decoderRows = half ? g.op('Cast', [gathered], { to: F }) : gathered;
   const weighted = g.op('MatMul', [g.op('Unsqueeze', [values, g.constI64([1])]), decoderRows]);
   const reconstruction = g.op('Add', [g.op('Squeeze', [weighted, g.constI64([1])]), bDec]);
   const sqError = g.op('ReduceSumSquare', [g.op('Sub', [xn, reconstruction])], { axes: [-1], keepdims: 0 });

@@ -12,7 +12,7 @@ import type { Worker } from 'node:worker_threads';
 import { SaegateError } from '../common/errors.js';
 import type { Device } from '../common/ort.js';
 import { siblingModule, spawnWorker } from '../common/worker.js';
-import { buildSaeEncoderGraph } from './graph.js';
+import { buildSaeEncoderGraph, fitsFloat16 } from './graph.js';
 import type { FromPoolWorker, ToPoolWorker } from './pool-protocol.js';
 import type { SaeWeights } from './types.js';
 
@@ -26,9 +26,14 @@ export interface SaePoolOptions {
   device?: Device;
   /** onnxruntime intra-op threads per worker; default onnxruntime's choice. */
   intraOpThreads?: number;
+  /**
+   * Weight precision (`SaeEncoderGraphOptions.weights`). Default: `f16` on CUDA when the weights fit
+   * float16, else `f32`. The choice is in `SaePool.weights`.
+   */
+  weights?: 'f32' | 'f16';
 }
 
-/** Encoder outputs for `rowCount` rows, row-major. */
+/** Encoder outputs for `rowCount` rows, row-major. Each array is the whole of its own ArrayBuffer. */
 export interface EncodeResult {
   rowCount: number;
   topK: number;
@@ -85,6 +90,8 @@ export class SaePool implements SaeEncoder {
   readonly workers: number;
   readonly topK: number;
   readonly dIn: number;
+  /** Precision the encoder graph holds its weights in. */
+  weights: 'f32' | 'f16' = 'f32';
   readonly stats: SaePoolStats = { batches: 0, rowsEncoded: 0, workerRestarts: 0, rowsLost: 0, runMs: 0 };
   private readonly slots: Slot[] = [];
   private nextId = 1;
@@ -104,8 +111,10 @@ export class SaePool implements SaeEncoder {
   static async create(options: SaePoolOptions): Promise<SaePool> {
     const workers = options.workers ?? 1;
     if (!Number.isInteger(workers) || workers < 1) throw new SaegateError('SAEGATE_ERR_CONFIG', ['workers', `a positive integer, got ${workers}`]);
-    const model = buildSaeEncoderGraph(options.sae, { topK: options.topK });
+    const weights = options.weights ?? (options.device === 'cuda' && fitsFloat16(options.sae) ? 'f16' : 'f32');
+    const model = buildSaeEncoderGraph(options.sae, { topK: options.topK, weights });
     const pool = new SaePool(model, options);
+    pool.weights = weights;
     for (let i = 0; i < workers; i++) pool.slots.push(pool.startWorker());
     try {
       await Promise.all(pool.slots.map((s) => s.ready));

@@ -1,7 +1,7 @@
 import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import { isSaegateError } from '../../../src/common/errors.js';
-import { buildSaeEncoderGraph, SaeEncoderNames, saeEncoderOutputNames } from '../../../src/sae/graph.js';
+import { buildSaeEncoderGraph, fitsFloat16, SaeEncoderNames, saeEncoderOutputNames } from '../../../src/sae/graph.js';
 import type { SaeArchitecture, SaeNormalization, SaeWeights } from '../../../src/sae/types.js';
 import { seededUniform as rng } from '../../../src/common/random.js';
 
@@ -264,5 +264,33 @@ describe('SAE encoder graph: shapes and limits', () => {
     }
     const topk = makeSae('topk', 'none', true, 4);
     expect(() => buildSaeEncoderGraph({ ...topk, config: { ...topk.config, k: null } }, { topK: 4 })).toThrow(/needs k/);
+  });
+});
+
+describe('SAE encoder graph with float16 weights (the CUDA default)', () => {
+  it.each(architectures)('%s: float16 weights give the float32 graph’s features and errors to half-precision accuracy', async (architecture) => {
+    const sae = makeSae(architecture, 'none', true, 21);
+    const { x } = makeRows(sae, 22);
+    const f32 = await runGraph(buildSaeEncoderGraph(sae, { topK: 6 }), x, ROWS);
+    const f16 = await runGraph(buildSaeEncoderGraph(sae, { topK: 6, weights: 'f16' }), x, ROWS);
+    const v32 = f32.feature_values.data as Float32Array;
+    const v16 = f16.feature_values.data as Float32Array;
+    const scale = Math.max(...v32.map(Math.abs));
+    for (let i = 0; i < v32.length; i++) expect(Math.abs(v16[i] - v32[i])).toBeLessThan(2e-2 * scale);
+    // The same features, allowing a swap between near-equal neighbours.
+    const i32 = [...(f32.feature_indices.data as BigInt64Array)];
+    const i16 = [...(f16.feature_indices.data as BigInt64Array)];
+    const same = i32.filter((v, i) => v === i16[i]).length;
+    expect(same / i32.length).toBeGreaterThan(0.85);
+    const fvu32 = f32.fvu.data as Float32Array;
+    const fvu16 = f16.fvu.data as Float32Array;
+    for (let r = 0; r < ROWS; r++) expect(Math.abs(fvu16[r] - fvu32[r])).toBeLessThan(0.05 * Math.max(fvu32[r], 0.1));
+  });
+
+  it('keeps float32 where the weights do not fit float16', () => {
+    const sae = makeSae('standard', 'none', true, 3);
+    expect(fitsFloat16(sae)).toBe(true);
+    sae.W_dec[5] = 1e6;
+    expect(fitsFloat16(sae)).toBe(false);
   });
 });
