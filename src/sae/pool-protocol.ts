@@ -2,7 +2,8 @@
  * Messages between the SAE pool (main thread) and its encoder workers. Bulk data (ONNX bytes, input
  * rows, results) travels as transferred ArrayBuffers, never as per-row objects: an `encode` hands the
  * rows buffer to the worker, and the `result` hands it back (with the outputs) so the caller can
- * reuse it for the next batch.
+ * reuse it for the next batch. Each output array is the whole of its own buffer: onnxruntime's own
+ * output buffers, transferred as they are (int64 outputs narrowed to int32 first).
  */
 import type { Device } from '../common/ort.js';
 
