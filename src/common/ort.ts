@@ -27,6 +27,13 @@ export interface SessionOptions {
   device: Device;
   /** Threads for one operator; default: onnxruntime's choice (all cores). */
   intraOpThreads?: number;
+  /**
+   * Let onnxruntime's intra-op threads spin-wait between runs. Default true (onnxruntime's own
+   * default). Sessions that run in short bursts beside other work (the SAE pool next to the proxy
+   * and the tap) do better without: a spinning thread holds a core that the event loop, the other
+   * workers or the model server need.
+   */
+  spinning?: boolean;
 }
 
 /**
@@ -41,6 +48,7 @@ export async function createSession(model: Uint8Array, options: SessionOptions):
     executionProviders: options.device === 'cuda' ? ['cuda'] : ['cpu'],
   };
   if (options.intraOpThreads !== undefined) sessionOptions.intraOpNumThreads = options.intraOpThreads;
+  if (options.spinning === false) sessionOptions.extra = { session: { intra_op: { allow_spinning: '0' } } };
   try {
     return await ort.InferenceSession.create(model, sessionOptions);
   } catch (cause) {

@@ -90,7 +90,7 @@ port.on('message', (msg: ToPoolWorker) => {
       queue = loadOrt()
         .then(async (m) => {
           ort = m;
-          session = await createSession(msg.model, { device: msg.device, intraOpThreads: msg.intraOpThreads });
+          session = await createSession(msg.model, { device: msg.device, intraOpThreads: msg.intraOpThreads, spinning: false });
         })
         .then(
           () => post({ type: 'ready' }),

@@ -79,7 +79,7 @@ function rawWorkerMain(): void {
   port.on('message', (msg: ToRawWorker) => {
     void (async () => {
       if (msg.type === 'init') {
-        session = await createSession(msg.model, { device: 'cpu', intraOpThreads: msg.intraOpThreads });
+        session = await createSession(msg.model, { device: 'cpu', intraOpThreads: msg.intraOpThreads, spinning: false });
         port.postMessage({ type: 'ready' } satisfies FromRawWorker);
         return;
       }
