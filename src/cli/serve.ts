@@ -62,7 +62,15 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
   // SAEs load (and their worker sessions start) before the proxy listens, so a bad file stops start-up.
   // The proxy and the SAE pipeline export their metrics from one registry, served at /metrics.
   const registry = new Registry();
-  const sink = saeDirs.length > 0 ? await SaeSink.create({ saes: saeDirs.map((dir) => loadSae(dir)), registry }) : undefined;
+  const sink = saeDirs.length > 0 ? await SaeSink.create({
+          saes: saeDirs.map((dir) => loadSae(dir)),
+          registry,
+          maxBatchRows: config.saeBatchRows,
+          maxDelayMs: config.saeMaxDelayMs,
+          maxQueuedRows: config.saeMaxQueuedRows,
+          workers: config.saeWorkers,
+          ...(config.saeTopK > 0 && { topK: config.saeTopK }),
+        }) : undefined;
   let server: ProxyServer;
   try {
     server = await startProxy({ ...config, sink, registry });

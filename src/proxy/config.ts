@@ -63,6 +63,16 @@ export interface ProxyConfig {
   drainDelayMs: number;
   /** Largest tap frame accepted, bytes. Default 256 MiB. */
   tapMaxFrameBytes: number;
+  /** SAE micro-batch size, rows (with `--sae`). Default 256. */
+  saeBatchRows: number;
+  /** Longest a row waits for its SAE batch to fill, ms. Default 2. */
+  saeMaxDelayMs: number;
+  /** Rows queued per SAE before the hard drop; sampling starts at half. Default 8192. */
+  saeMaxQueuedRows: number;
+  /** Worker threads (onnxruntime sessions) per SAE. Default 1. */
+  saeWorkers: number;
+  /** Active features reported per row; 0 = k for TopK SAEs, else 64. Default 0. */
+  saeTopK: number;
   /** Log requests as JSON lines on stdout. Default false. */
   log: boolean;
 }
@@ -116,6 +126,11 @@ export const proxyOptions = {
   shutdownTimeoutMs: { kind: int(0, DAY_MS), default: 25_000, help: 'on SIGTERM, time in-flight requests get before being cut' },
   drainDelayMs: { kind: int(0, DAY_MS), default: 0, help: 'on SIGTERM, time to keep accepting with /readyz at 503' },
   tapMaxFrameBytes: { kind: int(64, 2048 * MiB), default: 256 * MiB, help: 'largest tap frame accepted' },
+  saeBatchRows: { kind: int(1, 65536), default: 256, help: 'SAE micro-batch size in rows' },
+  saeMaxDelayMs: { kind: int(0, 60_000), default: 2, help: 'longest a row waits for its SAE batch to fill' },
+  saeMaxQueuedRows: { kind: int(1, 16 * MiB), default: 8192, help: 'rows queued per SAE before drops (sampling from half)' },
+  saeWorkers: { kind: int(1, 64), default: 1, help: 'worker threads per SAE' },
+  saeTopK: { kind: int(0, 1 << 20), default: 0, help: 'features reported per row (0: k for TopK SAEs, else 64)' },
   log: { kind: { type: 'bool' }, default: false, help: 'log requests (JSON lines on stdout)' },
 } as const satisfies Record<ProxyConfigKey, OptionSpec>;
 
