@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { SaegateError } from '../common/errors.js';
+import { SeededRandom } from '../common/random.js';
 import { readCorpus, type CorpusDocument } from '../corpus/read.js';
 import { splitCorpus } from '../corpus/split.js';
 import type { ModelWeights } from '../model/types.js';
@@ -174,13 +175,12 @@ interface Dataset {
 function activationsDataset(flags: Flags, file: string): Dataset {
   const block = readRowsFile(file, flags.tensor === undefined ? {} : { tensor: flags.tensor });
   const { rowCount, width } = block;
-  // A seeded row split (documents are unknown here): every 1/F-th row of a seeded order is held out.
+  // A seeded row split (documents are unknown here): the first F of a seeded order is held out.
   const heldOutRows = Math.floor(rowCount * flags['held-out']);
   const order = Array.from({ length: rowCount }, (_, i) => i);
-  let state = (flags.seed ^ 0x5bd1e995) >>> 0;
+  const random = new SeededRandom(flags.seed);
   for (let i = rowCount - 1; i > 0; i--) {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    const j = state % (i + 1);
+    const j = Math.floor(random.next() * (i + 1));
     [order[i], order[j]] = [order[j], order[i]];
   }
   const pick = (from: number, to: number): Float32Array => {

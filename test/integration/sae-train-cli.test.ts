@@ -8,6 +8,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SeededRandom } from '../../src/common/random.js';
+import { writeSafetensors } from '../../src/common/safetensors.js';
 import { loadSae } from '../../src/sae/load.js';
 import { readFeatureReport, type FeatureReport } from '../../src/sae/features/index.js';
 import type { TrainReport } from '../../src/sae/train/report.js';
@@ -109,4 +111,46 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate sae train / sae fea
       await browser.close();
     }
   });
+});
+
+describe('saegate sae train from an activations file', () => {
+  it('trains one SAE per k with a frontier report, splits rows, and says why CE loss recovered was not measured', async () => {
+    const dir = makeTempDir('sae-train-rows-');
+    try {
+      const random = new SeededRandom(5);
+      const dirs = Array.from({ length: 24 }, () => Float32Array.from({ length: 16 }, () => random.next() - 0.5));
+      const rows = new Float32Array(3000 * 16);
+      for (let r = 0; r < 3000; r++) for (let a = 0; a < 2; a++) {
+        const d = dirs[Math.floor(random.next() * dirs.length)];
+        const w = 1 + random.next();
+        for (let i = 0; i < 16; i++) rows[r * 16 + i] += w * d[i];
+      }
+      writeSafetensors(path.join(dir, 'rows.safetensors'), { acts: { dtype: 'F32', shape: [3000, 16], data: rows } });
+      const out = path.join(dir, 'sae');
+      const train = await run(['sae', 'train', '--activations', path.join(dir, 'rows.safetensors'), '--out', out, '--hook', 'blocks.1.hook_resid_post', '--k', '2,4', '--d-sae', '48', '--steps', '60', '--batch', '256', '--lr', '1e-2']);
+      expect(train.code, train.stderr).toBe(0);
+      for (const k of [2, 4]) {
+        const sae = loadSae(path.join(out, `k${k}`));
+        expect(sae.config).toMatchObject({ k, dIn: 16, dSae: 48, hookName: 'blocks.1.hook_resid_post' });
+        const report = JSON.parse(fs.readFileSync(path.join(out, `k${k}`, 'report.json'), 'utf8')) as TrainReport;
+        expect(report.data).toMatchObject({ trainRows: 2700, heldOutRows: 300, trainDocuments: null });
+        expect(report.splice).toBeNull();
+        expect(report.spliceSkipped).toContain('activations file');
+        expect(report.heldOut.fvu).toBeLessThan(0.5);
+      }
+      const frontier = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
+      expect(frontier).toContain('FVU–L0 frontier');
+      expect(frontier).toMatch(/\| 2 \| 0\.\d{4} \|/);
+      expect(frontier).toMatch(/\| 4 \| 0\.\d{4} \|/);
+
+      const both = await run(['sae', 'train', '--activations', path.join(dir, 'rows.safetensors'), '--corpus', 'x.jsonl', '--out', out]);
+      expect(both.code).toBe(2);
+      expect(both.stderr).toContain('exactly one of --corpus and --activations');
+      const resume = await run(['sae', 'train', '--activations', path.join(dir, 'rows.safetensors'), '--out', path.join(dir, 'fresh'), '--resume', '--checkpoint-every', '10']);
+      expect(resume.code).toBe(1);
+      expect(resume.stderr).toMatch(/SAEGATE_ERR_TRAIN_CHECKPOINT.*no checkpoint to resume from/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 180_000);
 });
