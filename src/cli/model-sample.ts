@@ -5,10 +5,11 @@
  */
 import { z } from 'zod';
 import { SaegateError } from '../common/errors.js';
-import { sampleCorpus, type SampledDocument, type SampleProgress } from '../corpus/sample.js';
+import { sampleCorpus, type SampledDocument } from '../corpus/sample.js';
 import { AtomicFileWriter } from '../corpus/write.js';
 import { LocalEngine } from '../model/engine.js';
 import { loadModel } from '../model/load.js';
+import { StatusLine } from './status-line.js';
 import { parseFlags } from './args.js';
 import { defaultModel } from './demo.js';
 
@@ -70,27 +71,6 @@ function usageError(message: string): SaegateError {
   return new SaegateError('SAEGATE_ERR_CLI_USAGE', [`${message}\n\n${modelSampleUsage}`]);
 }
 
-/** Rewrites one stderr line in place, at most every 100 ms; only on a terminal. */
-class ProgressLine {
-  private lastDraw = 0;
-  private drawn = false;
-  constructor(private readonly enabled: boolean) {}
-
-  update(progress: SampleProgress): void {
-    const now = performance.now();
-    if (!this.enabled || (now - this.lastDraw < 100 && progress.documents < progress.total)) return;
-    this.lastDraw = now;
-    this.drawn = true;
-    const rate = progress.elapsedMs > 0 ? Math.round((progress.tokens * 1000) / progress.elapsedMs) : 0;
-    process.stderr.write(`\rsampling ${progress.documents}/${progress.total} documents, ${progress.tokens} tokens, ${rate} tokens/s\x1b[K`);
-  }
-
-  clear(): void {
-    if (this.drawn) process.stderr.write('\r\x1b[K');
-    this.drawn = false;
-  }
-}
-
 /**
  * Stops sampling on SIGINT/SIGTERM (the temporary file is removed, any existing --out is left as
  * it was); a second signal exits at once. Returns the uninstaller.
@@ -117,7 +97,7 @@ export async function modelSample(argv: string[]): Promise<void> {
   const controller = new AbortController();
   let interruptedBy: NodeJS.Signals | null = null;
   const uninstall = abortOnSignals(controller, (signal) => (interruptedBy = signal));
-  const progress = new ProgressLine(process.stderr.isTTY === true);
+  const progress = new StatusLine(process.stderr);
   try {
     const modelSource = flags.model ?? defaultModel();
     const model = await loadModel({ model: modelSource, tokenizer: flags.tokenizer });
@@ -146,7 +126,7 @@ export async function modelSample(argv: string[]): Promise<void> {
       topP: flags['top-p'],
       concurrency: flags.concurrency,
       onDocument: (document) => writer.write(documentLine(document)),
-      onProgress: (p) => progress.update(p),
+      onProgress: (p) => progress.draw(`sampling ${p.documents}/${p.total} documents, ${p.tokens} tokens, ${p.elapsedMs > 0 ? Math.round((p.tokens * 1000) / p.elapsedMs) : 0} tokens/s`),
       signal: controller.signal,
     });
     await writer.commit();

@@ -101,11 +101,14 @@ export async function saeFeatures(argv: string[]): Promise<void> {
   fs.mkdirSync(outDir, { recursive: true });
 
   const accumulator = new FeatureAccumulator({ dSae, contextsPerFeature: flags.contexts, windowBefore: flags['window-before'], windowAfter: flags['window-after'], denseThreshold: flags['dense-threshold'] });
-  const pool = await SaePool.create({ sae, topK, device: flags.device });
   const run = await openModelRun({ hook: sae.config.hookName, model: flags.model, tokenizer: flags.tokenizer, upstream: flags.upstream, tapPort: flags['tap-port'], threads: flags.threads, log: (line) => status.log(line) });
+  let pool: SaePool | null = null;
   let rows = 0;
   let done = 0;
+  /** Rows with more active features than --top-k: their weaker features are not counted. */
+  let truncatedRows = 0;
   try {
+    pool = await SaePool.create({ sae, topK, device: flags.device });
     if (run.server.dModel !== sae.config.dIn) {
       throw new SaegateError('SAEGATE_ERR_SAE_FILE', [sae.config.source, `d_in ${sae.config.dIn} does not match the model's d_model ${run.server.dModel}`]);
     }
@@ -119,6 +122,7 @@ export async function saeFeatures(argv: string[]): Promise<void> {
         const result = await pool.encode(doc.rows.slice(start * sae.config.dIn, (start + n) * sae.config.dIn), n);
         indices.set(result.indices, start * topK);
         values.set(result.values, start * topK);
+        for (let r = 0; r < n; r++) if (result.l0[r] > topK) truncatedRows++;
       }
       accumulator.addDocument({ id: doc.id, tokens: Array.from({ length: T }, (_, p) => ({ id: doc.tokenIds[p], text: doc.tokenTexts[p] })), indices, values, k: topK });
       rows += T;
@@ -127,7 +131,7 @@ export async function saeFeatures(argv: string[]): Promise<void> {
     }
   } finally {
     await run.close();
-    await pool.close();
+    await pool?.close();
   }
   let report = accumulator.finish({
     sae: { path: path.resolve(flags.sae), hookName: sae.config.hookName, dIn: sae.config.dIn, dSae, architecture: sae.config.architecture, ...(sae.config.k !== null && { k: sae.config.k }) },
@@ -140,6 +144,9 @@ export async function saeFeatures(argv: string[]): Promise<void> {
   writeFeatureReport(jsonFile, report);
   fs.writeFileSync(htmlFile, renderFeaturePage(report));
   status.clear();
+  if (truncatedRows > 0) {
+    process.stderr.write(`warning: ${truncatedRows} of ${rows} tokens had more than --top-k ${topK} active features; only their ${topK} strongest are counted (frequencies of weak features are undercounted; raise --top-k)\n`);
+  }
   process.stderr.write(
     `saegate sae features: ${done} documents, ${rows} tokens; ${report.summary.dead} dead and ${report.summary.dense} dense of ${dSae} features, mean L0 ${report.summary.meanL0.toFixed(2)}\n` +
       `  ${jsonFile}\n  ${htmlFile}\n`,

@@ -218,7 +218,7 @@ async function corpusDataset(flags: Flags, file: string, status: StatusLine): Pr
         for await (const doc of run.collector.collect(docs, { upstream: run.upstream, maxTokensPerDocument: flags['max-tokens-per-document'], signal: controller.signal })) {
           const take = Math.min(doc.tokenCount, limit - sink.rows);
           sink.add(doc.rows, take);
-          if (tokens && doc.tokenIds.length > 0) tokens.push([...doc.tokenIds]);
+          if (tokens && doc.tokenIds.length > 0 && tokens.length < flags['splice-documents']) tokens.push([...doc.tokenIds]);
           used++;
           status.draw(`collecting ${label}: ${used}/${docs.length} documents, ${sink.rows} rows`);
           if (sink.rows >= limit) {
@@ -235,7 +235,9 @@ async function corpusDataset(flags: Flags, file: string, status: StatusLine): Pr
     const trainDocuments = await collect(train, trainSink, flags['max-rows'], 'training rows', null);
     const heldOutSink = new RowSink(dIn);
     const heldOutTokens: number[][] = [];
-    const heldOutDocuments = await collect(heldOut, heldOutSink, Number.MAX_SAFE_INTEGER, 'held-out rows', heldOutTokens);
+    // Held-out rows in proportion to the training rows, so --max-rows bounds both.
+    const heldOutLimit = Math.ceil((flags['max-rows'] * flags['held-out']) / (1 - flags['held-out']));
+    const heldOutDocuments = await collect(heldOut, heldOutSink, heldOutLimit, 'held-out rows', heldOutTokens);
     status.log(`collected ${trainSink.rows} training rows from ${trainDocuments} documents and ${heldOutSink.rows} held-out rows from ${heldOutDocuments} documents at ${flags.hook}`);
     return {
       dIn,
@@ -293,6 +295,8 @@ export async function saeTrain(argv: string[]): Promise<void> {
     });
     const checkpointPath = path.join(dir, 'checkpoint.safetensors');
     if (flags.resume && !fs.existsSync(checkpointPath)) throw new SaegateError('SAEGATE_ERR_TRAIN_CHECKPOINT', [checkpointPath, 'no checkpoint to resume from']);
+    // Without a terminal, one line per tenth of the run (the first progress message at or past each mark).
+    let nextLogStep = Math.max(1, Math.floor(config.steps / 10));
     const result = await trainTopKSae({
       rows: data.train,
       count: data.trainRows,
@@ -307,7 +311,10 @@ export async function saeTrain(argv: string[]): Promise<void> {
       },
       onProgress: (p) => {
         status.draw(progressText(p, k));
-        if (!status.interactive && (p.step % (config.steps >= 10 ? Math.floor(config.steps / 10) : 1) === 0 || p.step === p.steps)) status.log(progressText(p, k));
+        if (!status.interactive && (p.step >= nextLogStep || p.step === p.steps)) {
+          status.log(progressText(p, k));
+          while (nextLogStep <= p.step) nextLogStep += Math.max(1, Math.floor(config.steps / 10));
+        }
       },
     });
     const sae = toSaeWeights(result.params, config, { hookName: flags.hook, modelName: data.modelName, source: dir });

@@ -21,6 +21,7 @@
  */
 import { err } from '../common/errors.js';
 import { DataType, GraphBuilder } from '../common/onnx/builder.js';
+import { F16_MAX } from '../common/f16.js';
 import { float32ToFloat16 } from '../common/safetensors.js';
 import type { SaeWeights } from './types.js';
 
@@ -69,7 +70,7 @@ export interface SaeEncoderGraphOptions {
  */
 export function fitsFloat16(sae: SaeWeights): boolean {
   const ok = (a: Float32Array): boolean => {
-    for (let i = 0; i < a.length; i++) if (!(Math.abs(a[i]) <= 65504)) return false;
+    for (let i = 0; i < a.length; i++) if (!(Math.abs(a[i]) <= F16_MAX)) return false;
     return true;
   };
   return ok(sae.W_enc) && ok(sae.W_dec);

@@ -111,7 +111,7 @@ export class SaePool implements SaeEncoder {
   readonly topK: number;
   readonly dIn: number;
   /** Precision the encoder graph holds its weights in. */
-  weights: 'f32' | 'f16' = 'f32';
+  readonly weights: 'f32' | 'f16';
   /** onnxruntime intra-op threads per worker; 0: onnxruntime's choice. */
   readonly intraOpThreads: number;
   readonly stats: SaePoolStats = { batches: 0, rowsEncoded: 0, workerRestarts: 0, rowsLost: 0, runMs: 0 };
@@ -123,7 +123,9 @@ export class SaePool implements SaeEncoder {
     /** Graph bytes kept for replacements; each worker gets a copy. */
     private readonly model: Uint8Array,
     private readonly options: SaePoolOptions,
+    weights: 'f32' | 'f16',
   ) {
+    this.weights = weights;
     this.workers = options.workers ?? 1;
     this.topK = options.topK;
     this.dIn = options.sae.config.dIn;
@@ -140,8 +142,7 @@ export class SaePool implements SaeEncoder {
     }
     const weights = options.weights ?? (options.device === 'cuda' && fitsFloat16(options.sae) ? 'f16' : 'f32');
     const model = buildSaeEncoderGraph(options.sae, { topK: options.topK, weights });
-    const pool = new SaePool(model, options);
-    pool.weights = weights;
+    const pool = new SaePool(model, options, weights);
     for (let i = 0; i < workers; i++) pool.slots.push(pool.startWorker());
     try {
       await Promise.all(pool.slots.map((s) => s.ready));

@@ -88,6 +88,7 @@ describe('TopK SAE training', () => {
     const checkpoint = path.join(dir, 'checkpoint.safetensors');
     await trainTopKSae({ rows: ROWS, count: 6000, config: config({ steps: 10 }), run: { checkpointEvery: 10, checkpointPath: checkpoint } });
     await expectSaegateRejection(() => trainTopKSae({ rows: ROWS, count: 6000, config: config({ steps: 10, k: 5 }), run: { resumeFrom: checkpoint } }), 'SAEGATE_ERR_TRAIN_CHECKPOINT', 'k: checkpoint 4, now 5');
+    await expectSaegateRejection(() => trainTopKSae({ rows: ROWS, count: 5000, config: config({ steps: 10 }), run: { resumeFrom: checkpoint } }), 'SAEGATE_ERR_TRAIN_CHECKPOINT', 'written for 6000 training rows, now 5000');
     fs.writeFileSync(path.join(dir, 'junk.safetensors'), 'not a checkpoint');
     await expectSaegateRejection(() => trainTopKSae({ rows: ROWS, count: 6000, config: config({ steps: 10 }), run: { resumeFrom: path.join(dir, 'junk.safetensors') } }), 'SAEGATE_ERR_TRAIN_CHECKPOINT', 'junk.safetensors');
   });

@@ -22,7 +22,8 @@ export interface CheckpointState {
   rowsSinceFired: Float32Array;
 }
 
-export function writeCheckpoint(path: string, config: TrainConfig, state: CheckpointState): void {
+/** `trainRows`: the training row count, which the batch order depends on; resuming checks it. */
+export function writeCheckpoint(path: string, config: TrainConfig, trainRows: number, state: CheckpointState): void {
   const tensors: Record<string, SafetensorsWriteTensor> = {};
   for (const p of PARAM_NAMES) {
     const shape = paramShape(p, config.dIn, config.dSae);
@@ -32,12 +33,20 @@ export function writeCheckpoint(path: string, config: TrainConfig, state: Checkp
   }
   tensors.rows_since_fired = { dtype: 'F32', shape: [config.dSae], data: state.rowsSinceFired };
   const temp = `${path}.tmp-${process.pid}`;
-  writeSafetensors(temp, tensors, { format: FORMAT, step: String(state.step), config: JSON.stringify(config) });
-  fs.renameSync(temp, path);
+  try {
+    writeSafetensors(temp, tensors, { format: FORMAT, step: String(state.step), train_rows: String(trainRows), config: JSON.stringify(config) });
+    fs.renameSync(temp, path);
+  } catch (error) {
+    fs.rmSync(temp, { force: true });
+    throw error;
+  }
 }
 
-/** Reads a checkpoint written for `config`; any other configuration is refused, naming what differs. */
-export function readCheckpoint(path: string, config: TrainConfig): CheckpointState {
+/**
+ * Reads a checkpoint written for `config` and `trainRows` training rows; any other configuration or
+ * row count is refused, naming what differs (the batch order depends on both).
+ */
+export function readCheckpoint(path: string, config: TrainConfig, trainRows: number): CheckpointState {
   let file: SafetensorsFile;
   try {
     file = SafetensorsFile.open(path);
@@ -55,6 +64,9 @@ export function readCheckpoint(path: string, config: TrainConfig): CheckpointSta
     }
     for (const [key, value] of Object.entries(config)) {
       if (saved[key] !== value) throw err('SAEGATE_ERR_TRAIN_CHECKPOINT', path, `written for a different configuration (${key}: checkpoint ${JSON.stringify(saved[key])}, now ${JSON.stringify(value)})`);
+    }
+    if (meta.train_rows !== String(trainRows)) {
+      throw err('SAEGATE_ERR_TRAIN_CHECKPOINT', path, `written for ${meta.train_rows ?? 'an unknown number of'} training rows, now ${trainRows}; resume with the same data`);
     }
     const step = Number(meta.step);
     if (!Number.isInteger(step) || step < 0 || step > config.steps) throw err('SAEGATE_ERR_TRAIN_CHECKPOINT', path, `bad step ${JSON.stringify(meta.step)}`);

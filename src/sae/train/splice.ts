@@ -48,7 +48,11 @@ export async function spliceEvaluation(options: SpliceEvaluationOptions): Promis
   const hookPoints = allHookPoints(config);
   if (!hookPoints.includes(hook)) throw new SaegateError('SAEGATE_ERR_SAE_FILE', [sae.config.source, `hook '${hook}' is not a hook point of the model (${hookPoints.join(', ')})`]);
   if (sae.config.dIn !== config.dim) throw new SaegateError('SAEGATE_ERR_SAE_FILE', [sae.config.source, `d_in ${sae.config.dIn} does not match the model's d_model ${config.dim}`]);
-  if (sae.config.architecture !== 'topk' || sae.config.k === null) throw new SaegateError('SAEGATE_ERR_SAE_FILE', [sae.config.source, 'the splice evaluation supports TopK SAEs']);
+  const { architecture, k, applyBDecToInput, normalizeActivations } = sae.config;
+  // The worker's reconstruction implements exactly what `saegate sae train` writes.
+  if (architecture !== 'topk' || k === null || !applyBDecToInput || normalizeActivations !== 'none') {
+    throw new SaegateError('SAEGATE_ERR_SAE_FILE', [sae.config.source, 'the splice evaluation supports TopK SAEs with apply_b_dec_to_input and no input normalisation (what saegate sae train writes)']);
+  }
   const documents = options.documents.map((d) => d.slice(0, config.maxSeqLen)).filter((d) => d.length >= 2);
   if (documents.length === 0) throw new SaegateError('SAEGATE_ERR_CONFIG', ['documents', 'no document has two or more tokens to score']);
 
@@ -77,6 +81,11 @@ export async function spliceEvaluation(options: SpliceEvaluationOptions): Promis
       reject(e);
       fail(e);
     });
+    worker.on('exit', (code) => {
+      const e = new SaegateError('SAEGATE_ERR_WORKER_EXITED', [`splice worker exited with code ${code}`]);
+      reject(e);
+      fail(e);
+    });
   });
   const send = (msg: ToSpliceWorker): void => worker.postMessage(msg);
   try {
@@ -87,7 +96,7 @@ export async function spliceEvaluation(options: SpliceEvaluationOptions): Promis
         config,
         hookPoints,
         hook,
-        sae: { W_enc: sae.W_enc, b_enc: sae.b_enc, W_dec: sae.W_dec, b_dec: sae.b_dec, dIn: sae.config.dIn, dSae: sae.config.dSae, k: sae.config.k },
+        sae: { W_enc: sae.W_enc, b_enc: sae.b_enc, W_dec: sae.W_dec, b_dec: sae.b_dec, dIn: sae.config.dIn, dSae: sae.config.dSae, k },
         device: options.device ?? 'cpu',
         intraOpThreads: options.intraOpThreads,
       },

@@ -87,7 +87,7 @@ async function train(msg: ToTrainWorker): Promise<void> {
 
   let state: CheckpointState;
   if (run.resumeFrom !== null) {
-    state = readCheckpoint(run.resumeFrom, config);
+    state = readCheckpoint(run.resumeFrom, config, msg.train.rows);
   } else {
     const params = initialParams(rows, msg.train.rows, dIn, dSae, config.seed);
     const zeros = (p: ParamName): Float32Array => new Float32Array(params[p].length);
@@ -169,8 +169,10 @@ async function train(msg: ToTrainWorker): Promise<void> {
     const sq = (out[TrainNames.sqError].data as Float32Array)[0];
     window.sq += sq;
     window.variance += (out[TrainNames.variance].data as Float32Array)[0];
-    const auxSq = deadCount > 0 ? (out[TrainNames.auxSqError].data as Float32Array)[0] : 0;
-    window.auxSq += deadCount > 0 ? auxSq / Math.max(sq, 1e-30) : 1;
+    const ranAux = withAux !== null && deadCount > 0;
+    const auxSq = ranAux ? (out[TrainNames.auxSqError].data as Float32Array)[0] : 0;
+    // 1 = the dead latents explain nothing of the residual (also when AuxK did not run).
+    window.auxSq += ranAux ? auxSq / Math.max(sq, 1e-30) : 1;
     window.auxTerm += config.auxCoef * auxSq;
     window.active += active;
     window.rows += batchRows;
@@ -196,7 +198,7 @@ async function train(msg: ToTrainWorker): Promise<void> {
       window = { sq: 0, variance: 0, auxSq: 0, auxTerm: 0, active: 0, rows: 0, started: performance.now() };
     }
     if (run.checkpointPath !== null && run.checkpointEvery > 0 && (t % run.checkpointEvery === 0 || last)) {
-      writeCheckpoint(run.checkpointPath, config, state);
+      writeCheckpoint(run.checkpointPath, config, msg.train.rows, state);
       post({ type: 'checkpoint', step: t, path: run.checkpointPath });
     }
   }
