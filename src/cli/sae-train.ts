@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { SaegateError } from '../common/errors.js';
-import { SeededRandom } from '../common/random.js';
+import { SeededRandom, shuffledIndices } from '../common/random.js';
 import { readCorpus, type CorpusDocument } from '../corpus/read.js';
 import { splitCorpus } from '../corpus/split.js';
 import type { ModelWeights } from '../model/types.js';
@@ -177,12 +177,7 @@ function activationsDataset(flags: Flags, file: string): Dataset {
   const { rowCount, width } = block;
   // A seeded row split (documents are unknown here): the first F of a seeded order is held out.
   const heldOutRows = Math.floor(rowCount * flags['held-out']);
-  const order = Array.from({ length: rowCount }, (_, i) => i);
-  const random = new SeededRandom(flags.seed);
-  for (let i = rowCount - 1; i > 0; i--) {
-    const j = Math.floor(random.next() * (i + 1));
-    [order[i], order[j]] = [order[j], order[i]];
-  }
+  const order = shuffledIndices(rowCount, new SeededRandom(flags.seed));
   const pick = (from: number, to: number): Float32Array => {
     const out = new Float32Array((to - from) * width);
     for (let r = from; r < to; r++) out.set(block.rows.subarray(order[r] * width, (order[r] + 1) * width), (r - from) * width);

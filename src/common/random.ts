@@ -21,3 +21,19 @@ export function seededUniform(seed: number): () => number {
   const random = new SeededRandom(seed);
   return () => random.next();
 }
+
+/**
+ * A uniformly random permutation of `[0, n)` (Fisher–Yates from the end, `j = ⌊u · (i + 1)⌋`),
+ * drawn from `random`. The same generator state gives the same permutation.
+ */
+export function shuffledIndices(n: number, random: SeededRandom): Uint32Array {
+  const perm = new Uint32Array(n);
+  for (let i = 0; i < n; i++) perm[i] = i;
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(random.next() * (i + 1));
+    const t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
+  }
+  return perm;
+}

@@ -12,7 +12,7 @@ import { parentPort } from 'node:worker_threads';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { isSaegateError } from '../../common/errors.js';
 import { createSession, loadOrt, type Ort } from '../../common/ort.js';
-import { SeededRandom } from '../../common/random.js';
+import { SeededRandom, shuffledIndices } from '../../common/random.js';
 import { readCheckpoint, writeCheckpoint, type CheckpointState } from './checkpoint.js';
 import { buildTrainStepGraph, PARAM_NAMES, paramShape, TrainNames, type ParamName } from './graph.js';
 import { initialParams } from './init.js';
@@ -36,16 +36,7 @@ function learningRate(config: TrainConfig, step: number): number {
 
 /** Seeded permutation of `[0, n)` for one epoch. */
 function permutation(n: number, seed: number, epoch: number): Uint32Array {
-  const random = new SeededRandom((Math.imul(seed, 0x9e3779b1) ^ Math.imul(epoch + 1, 0x85ebca6b)) >>> 0);
-  const perm = new Uint32Array(n);
-  for (let i = 0; i < n; i++) perm[i] = i;
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(random.next() * (i + 1));
-    const t = perm[i];
-    perm[i] = perm[j];
-    perm[j] = t;
-  }
-  return perm;
+  return shuffledIndices(n, new SeededRandom((Math.imul(seed, 0x9e3779b1) ^ Math.imul(epoch + 1, 0x85ebca6b)) >>> 0));
 }
 
 class BatchSource {
