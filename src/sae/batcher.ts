@@ -2,8 +2,11 @@
  * The SAE micro-batcher: gathers activation rows from many requests into batches for the worker
  * pool, and hands the encoded results to subscribers in push order.
  *
- * Rows are copied (f16 rows converted) into a preallocated batch buffer. A batch is sent when it
- * holds `maxBatchRows` rows or `maxDelayMs` after its first row arrived, whichever is first. At most
+ * Rows are copied as they come (f32 values, or f16 bits) into a preallocated batch buffer; f16
+ * rows are widened to f32 by the worker, not here, so the event loop only copies bytes. A batch
+ * holds rows of one hook and one element type; a push of another closes the open batch. A batch is
+ * sent when it holds `maxBatchRows` rows or `maxDelayMs` after its first row arrived, whichever is
+ * first. At most
  * `maxInFlight` batches are with the pool; full batches beyond that wait in a queue.
  *
  * Overload: `push()` never blocks and never throws on overload, so the tap and the request path
@@ -26,7 +29,6 @@
  */
 import { performance } from 'node:perf_hooks';
 import { err } from '../common/errors.js';
-import { f16ToF32 } from '../common/f16.js';
 import type { SaeEncoder } from './pool.js';
 
 /** Why rows never reached a subscriber. */
@@ -135,7 +137,8 @@ export interface MicroBatcherStats {
 interface Batch {
   seq: number;
   hook: string;
-  rows: Float32Array;
+  /** f32 values, or f16 bits; a view over a buffer of `maxBatchRows × dIn × 4` bytes either way. */
+  rows: Float32Array | Uint16Array;
   rowCount: number;
   requestIds: string[];
   positions: Int32Array;
@@ -184,8 +187,8 @@ export class MicroBatcher {
   private readonly tokens: TokenLookup;
   private readonly observer: BatchObserver;
   private readonly listeners = new Set<SaeResultListener>();
-  /** Row buffers returned by the pool, reused for later batches. */
-  private readonly freeBuffers: Float32Array[] = [];
+  /** Row buffers (`maxBatchRows × dIn × 4` bytes) returned by the pool, reused for later batches. */
+  private readonly freeBuffers: ArrayBuffer[] = [];
   private open: Batch | null = null;
   private timer: NodeJS.Timeout | null = null;
   private readonly waiting: Batch[] = [];
@@ -259,7 +262,7 @@ export class MicroBatcher {
       this.stats.rowsDropped.queue_full += rowCount;
       return;
     }
-    if (this.open !== null && this.open.hook !== meta.hook) this.flush();
+    if (this.open !== null && (this.open.hook !== meta.hook || this.open.rows instanceof Uint16Array !== rows instanceof Uint16Array)) this.flush();
     const max = this.maxQueuedRows;
     const mark = this.sampleAboveRows;
     const span = max - mark;
@@ -312,11 +315,9 @@ export class MicroBatcher {
   /** Copies rows [start, start + count) into the open batch (opening one); `count` fits in it. */
   private append(rows: Float32Array | Uint16Array, start: number, count: number, meta: PushMeta): void {
     const dIn = this.dIn;
-    const batch = this.open ?? this.openBatch(meta.hook);
-    const dst = batch.rows.subarray(batch.rowCount * dIn, (batch.rowCount + count) * dIn);
-    const src = rows.subarray(start * dIn, (start + count) * dIn);
-    if (src instanceof Uint16Array) f16ToF32(src, dst);
-    else dst.set(src);
+    const batch = this.open ?? this.openBatch(meta.hook, rows instanceof Uint16Array);
+    // Same element type on both sides (push() closes a batch of the other type): a byte copy.
+    batch.rows.set(rows.subarray(start * dIn, (start + count) * dIn), batch.rowCount * dIn);
     const ids = batch.requestIds;
     const positions = batch.positions;
     for (let i = 0; i < count; i++) {
@@ -327,8 +328,9 @@ export class MicroBatcher {
     if (batch.rowCount === this.maxBatchRows) this.flush();
   }
 
-  private openBatch(hook: string): Batch {
-    const rows = this.freeBuffers.pop() ?? new Float32Array(this.maxBatchRows * this.dIn);
+  private openBatch(hook: string, f16: boolean): Batch {
+    const buffer = this.freeBuffers.pop() ?? new ArrayBuffer(this.maxBatchRows * this.dIn * 4);
+    const rows = f16 ? new Uint16Array(buffer) : new Float32Array(buffer);
     const batch: Batch = { seq: -1, hook, rows, rowCount: 0, requestIds: [], positions: new Int32Array(this.maxBatchRows), openedAt: performance.now(), sentAt: 0 };
     this.open = batch;
     // The deadline starts with the batch's first row; a full batch flushes before it fires.
@@ -371,7 +373,8 @@ export class MicroBatcher {
     this.observer.batchSent(batch.rowCount);
     this.pool.encode(batch.rows, batch.rowCount).then(
       (result) => {
-        if (result.rows.length === this.maxBatchRows * this.dIn) this.freeBuffers.push(result.rows);
+        const returned = result.rows.buffer;
+        if (returned instanceof ArrayBuffer && returned.byteLength === this.maxBatchRows * this.dIn * 4) this.freeBuffers.push(returned);
         this.stats.rowsEncoded += batch.rowCount;
         this.settle({ batch, result, encodeSeconds: (performance.now() - batch.sentAt) / 1000 });
       },

@@ -21,8 +21,11 @@ export type ToPoolWorker =
       type: 'encode';
       /** Pool-unique batch id, echoed in the reply. */
       id: number;
-      /** `rowCount × dIn` float32 values (the buffer may be longer; only the prefix is read). */
-      rows: Float32Array;
+      /**
+       * `rowCount × dIn` values (the buffer may be longer; only the prefix is read): float32, or
+       * float16 bits, which the worker widens to float32 itself, off the main thread.
+       */
+      rows: Float32Array | Uint16Array;
       rowCount: number;
     }
   /**
@@ -40,7 +43,7 @@ export type FromPoolWorker =
       id: number;
       rowCount: number;
       /** The input buffer, returned for reuse. */
-      rows: Float32Array;
+      rows: Float32Array | Uint16Array;
       /** [rowCount · topK]; −1 pads unused slots. */
       indices: Int32Array;
       /** [rowCount · topK]; 0 pads unused slots. */
@@ -54,4 +57,4 @@ export type FromPoolWorker =
       /** Time inside onnxruntime, milliseconds. */
       runMs: number;
     }
-  | { type: 'encode_error'; id: number; rows: Float32Array; code: string; message: string };
+  | { type: 'encode_error'; id: number; rows: Float32Array | Uint16Array; code: string; message: string };

@@ -6,6 +6,7 @@
 import { parentPort } from 'node:worker_threads';
 import type { InferenceSession } from 'onnxruntime-node';
 import { isSaegateError } from '../common/errors.js';
+import { f16ToF32 } from '../common/f16.js';
 import { createSession, loadOrt, type Ort } from '../common/ort.js';
 import { SaeEncoderNames, saeEncoderOutputNames } from './graph.js';
 import type { FromPoolWorker, ToPoolWorker } from './pool-protocol.js';
@@ -52,6 +53,18 @@ function owned(data: Float32Array): Float32Array {
 
 const outputNames = [...saeEncoderOutputNames];
 
+/** Where float16 batches are widened; grown to the largest batch seen, reused after that. */
+let widened = new Float32Array(0);
+
+/** The batch's first `n` values as float32: the input itself, or float16 bits widened into `widened`. */
+function float32Rows(rows: Float32Array | Uint16Array, n: number): Float32Array {
+  if (rows instanceof Float32Array) return rows.length === n ? rows : rows.subarray(0, n);
+  if (widened.length < n) widened = new Float32Array(n);
+  const out = widened.subarray(0, n);
+  f16ToF32(rows.subarray(0, n), out);
+  return out;
+}
+
 async function encode(msg: Extract<ToPoolWorker, { type: 'encode' }>): Promise<void> {
   const { id, rows, rowCount } = msg;
   if (initError) {
@@ -59,7 +72,7 @@ async function encode(msg: Extract<ToPoolWorker, { type: 'encode' }>): Promise<v
     return;
   }
   try {
-    const input = rows.length === rowCount * dIn ? rows : rows.subarray(0, rowCount * dIn);
+    const input = float32Rows(rows, rowCount * dIn);
     const t0 = performance.now();
     const out = await session.run({ [SaeEncoderNames.input]: new ort.Tensor('float32', input, [rowCount, dIn]) }, outputNames);
     const runMs = performance.now() - t0;

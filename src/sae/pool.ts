@@ -68,7 +68,7 @@ export interface EncodeResult {
   /** [rowCount] fraction of variance unexplained. */
   fvu: Float32Array;
   /** The (transferred) input buffer, handed back so the caller can reuse it. */
-  rows: Float32Array;
+  rows: Float32Array | Uint16Array;
   /** Time inside onnxruntime, milliseconds. */
   runMs: number;
 }
@@ -77,7 +77,8 @@ export interface EncodeResult {
 export interface SaeEncoder {
   readonly workers: number;
   readonly topK: number;
-  encode(rows: Float32Array, rowCount: number): Promise<EncodeResult>;
+  /** `rows`: float32 values, or float16 bits (a Uint16Array) that the worker widens. */
+  encode(rows: Float32Array | Uint16Array, rowCount: number): Promise<EncodeResult>;
 }
 
 export interface SaePoolStats {
@@ -236,10 +237,11 @@ export class SaePool implements SaeEncoder {
   }
 
   /**
-   * Encodes `rowCount` rows of `dIn` values from the start of `rows`. The buffer is transferred to a
-   * worker (`rows` is detached when this returns) and comes back as `result.rows`.
+   * Encodes `rowCount` rows of `dIn` values from the start of `rows`: float32, or float16 bits as a
+   * Uint16Array, widened to float32 in the worker. The buffer is transferred to a worker (`rows` is
+   * detached when this returns) and comes back as `result.rows`.
    */
-  encode(rows: Float32Array, rowCount: number): Promise<EncodeResult> {
+  encode(rows: Float32Array | Uint16Array, rowCount: number): Promise<EncodeResult> {
     if (this.closed) return Promise.reject(new SaegateError('SAEGATE_ERR_WORKER_EXITED', ['SAE pool closed']));
     if (!Number.isInteger(rowCount) || rowCount < 1 || rows.length < rowCount * this.dIn) {
       return Promise.reject(new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`encode: ${rowCount} rows of ${this.dIn} need ${rowCount * this.dIn} values, got ${rows.length}`]));

@@ -30,8 +30,8 @@
  * the same intra-op thread count), the same batch of rows (the frame's f16 values widened to f32)
  * and the same five outputs. A worker rather than the main thread because that is where the pool
  * runs its session: the same kind of thread, started the same way (`spawnWorker`), so the ratio
- * holds only what the pipeline adds (frame decode and f16 widening, the batcher's copy, a message
- * each way, output conversion, and the main thread's share of the cores), not a difference between
+ * holds only what the pipeline adds (frame decode, the batcher's copy, f16 widening in the worker,
+ * a message each way, output conversion, and the main thread's share of the cores), not a difference between
  * two threads' scheduling.
  *
  * Threads. Both sessions get `--threads` intra-op threads: 1 by default, 0 for onnxruntime's choice,

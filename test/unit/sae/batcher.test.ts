@@ -22,7 +22,7 @@ class FakePool implements SaeEncoder {
     private hold = false,
   ) {}
 
-  encode(rows: Float32Array, rowCount: number): Promise<EncodeResult> {
+  encode(rows: Float32Array | Uint16Array, rowCount: number): Promise<EncodeResult> {
     const delay = this.delays[this.calls++ % this.delays.length];
     const values = new Float32Array(rowCount * TOP_K);
     const l0 = new Int32Array(rowCount);
@@ -54,7 +54,7 @@ class FlakyPool extends FakePool {
     super(workers, [0], true);
   }
 
-  override encode(rows: Float32Array, rowCount: number): Promise<EncodeResult> {
+  override encode(rows: Float32Array | Uint16Array, rowCount: number): Promise<EncodeResult> {
     const failure = this.failures.get(this.n++);
     const encoded = super.encode(rows, rowCount);
     return failure === undefined ? encoded : encoded.then(() => Promise.reject(failure));
@@ -316,6 +316,31 @@ describe('MicroBatcher', () => {
       expect(fromF16.l0.some((v) => v > 0)).toBe(true);
       for (let i = 0; i < fromF32.values.length; i++) expect(Math.abs(fromF16.values[i] - fromF32.values[i])).toBeLessThan(2e-2);
       expect(batcher.stats.rowsEncoded).toBe(3 * rowCount);
+    });
+
+    it('keeps f16 and f32 rows of one hook in separate batches when they arrive interleaved, each encoded right', async () => {
+      pool = await SaePool.create({ sae: makeSmallSae(), topK: TOP_K, intraOpThreads: 1 });
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 64, maxDelayMs: 50 });
+      const batches = collect(batcher);
+      const rowCount = 6;
+      const f32 = uniform(rng(12), rowCount * D_IN, -2, 2);
+      const f16 = new Uint16Array(f32.length);
+      f32ToF16(f32, f16);
+      const rounded = Float32Array.from(f16, f16BitsToF32);
+      const meta = (id: string): { requestIds: string[]; positions: Int32Array; hook: string } => ({ requestIds: Array(rowCount).fill(id) as string[], positions: Int32Array.from({ length: rowCount }, (_, k) => k), hook: 'h' });
+      // No drain in between: without the type switch closing the batch these would share one.
+      batcher.push(f16, rowCount, meta('a'));
+      batcher.push(f16, rowCount, meta('a'));
+      batcher.push(rounded, rowCount, meta('b'));
+      batcher.push(f16, rowCount, meta('c'));
+      await batcher.drain();
+      expect(batches.map((b) => [b.requestIds[0], b.rowCount])).toEqual([['a', 2 * rowCount], ['b', rowCount], ['c', rowCount]]);
+      const first = (b: SaeResultBatch): number[] => Array.from(b.values.subarray(0, rowCount * TOP_K));
+      // Every batch holds the same rows (f16 bits or their exact f32 values): identical results.
+      expect(first(batches[0])).toEqual(first(batches[1]));
+      expect(first(batches[2])).toEqual(first(batches[1]));
+      expect(Array.from(batches[0].values.subarray(rowCount * TOP_K))).toEqual(first(batches[1]));
+      expect(batches[1].l0.some((v) => v > 0)).toBe(true);
     });
   });
 });
