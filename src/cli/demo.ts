@@ -1,24 +1,37 @@
 /**
  * `saegate demo` (what `npm start` runs): the main job on an embedded default. The saegate proxy
  * in front of the reference model server, which connects to saegate's tap and streams residual
- * rows of one hook point for every request; today the rows go to the counting sink (the SAE engine
- * and policies come in later issues). The model is stories260K from ../shared/models, or a seeded
- * synthetic model when that folder is absent.
+ * rows of one hook point for every request; an SAE runs over those rows (the SAE engine), trained
+ * on the first start and cached (src/cli/demo-sae.ts). The model is stories260K from
+ * ../shared/models, or a seeded synthetic model when that folder is absent.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { isSaegateError } from '../common/errors.js';
 import { startModelServer } from '../model/server.js';
-import { startProxy } from '../proxy/server.js';
+import { loadModel } from '../model/load.js';
+import { allHookPoints } from '../model/types.js';
+import { bindSaeToModel, loadSae } from '../sae/load.js';
+import type { SaeWeights } from '../sae/types.js';
 import { parseFlags, portFlag } from './args.js';
+import { ensureDemoSae } from './demo-sae.js';
+import { startProxyWithSaes } from './serve.js';
 
-const usage = `Usage: saegate demo [--port N] [--model-port N] [--host HOST]
+const usage = `Usage: saegate demo [--port N] [--model-port N] [--host HOST] [--sae DIR | --no-sae]
 
 Starts the saegate proxy (default port 9000) in front of the reference model server (default port
-8000) on an embedded default model, with the model server connected to saegate's tap, and prints
-what to try. The model is $SAEGATE_DEMO_MODEL, else ../shared/models/stories260K/stories260K.bin
-next to the repository, else a seeded synthetic model.`;
+8000) on an embedded default model, with the model server connected to saegate's tap and an SAE
+running over the tapped hook point, and prints what to try. The model is $SAEGATE_DEMO_MODEL, else
+../shared/models/stories260K/stories260K.bin next to the repository, else a seeded synthetic model.
+
+  --sae DIR     run this SAE (SAELens or sparsify directory) instead of the demo SAE
+  --no-sae      run no SAE: saegate counts the tapped rows only
+
+Without --sae, the first start trains a small demo SAE for the model (model sample → sae train →
+sae features, about a minute) and caches it in $SAEGATE_CACHE_DIR, else $XDG_CACHE_HOME/saegate,
+else ~/.cache/saegate; later starts load it at once.`;
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -39,40 +52,87 @@ export interface Demo {
   close(): Promise<void>;
 }
 
+/** One line: hook, shape, architecture and where it came from. */
+function saeSummary(sae: SaeWeights): string {
+  const c = sae.config;
+  return `${c.hookName}: ${c.dIn} → ${c.dSae} ${c.architecture}${c.k === null ? '' : ` k = ${c.k}`} (${c.source})`;
+}
+
+/** The SAE the demo runs: --sae DIR, the cached demo SAE (trained when missing), or none. */
+async function demoSae(flags: { sae?: string; 'no-sae': boolean }, model: string, hook: string, contextLength: number): Promise<{ sae: SaeWeights; featuresPage: string | null } | null> {
+  if (flags['no-sae']) return null;
+  if (flags.sae !== undefined) {
+    const dir = flags.sae;
+    const page = path.join(dir, 'features.html');
+    return { sae: loadSae(dir), featuresPage: fs.existsSync(page) ? page : null };
+  }
+  try {
+    const cached = await ensureDemoSae({ model, hook, contextLength, log: (line) => process.stderr.write(line) });
+    return { sae: loadSae(cached.dir), featuresPage: cached.featuresPage };
+  } catch (error) {
+    // The demo still runs without it; the reason is said, not swallowed.
+    const reason = isSaegateError(error) ? `${error.code}: ${error.message}` : String(error);
+    process.stderr.write(`saegate demo: could not train the demo SAE, so running without one (${reason})\n`);
+    return null;
+  }
+}
+
 export async function demo(argv: string[]): Promise<Demo> {
   const flags = parseFlags(
     argv,
-    { port: { type: 'string' }, 'model-port': { type: 'string' }, host: { type: 'string' } },
+    { port: { type: 'string' }, 'model-port': { type: 'string' }, host: { type: 'string' }, sae: { type: 'string' }, 'no-sae': { type: 'boolean' } },
     // The model server is told saegate's tap URL before saegate listens (it retries until then),
     // so the proxy's port must be known up front.
-    z.object({ port: portFlag.min(1).default(9000), 'model-port': portFlag.default(8000), host: z.string().default('127.0.0.1') }),
+    z
+      .object({
+        port: portFlag.min(1).default(9000),
+        'model-port': portFlag.default(8000),
+        host: z.string().default('127.0.0.1'),
+        sae: z.string().min(1).optional(),
+        'no-sae': z.boolean().default(false),
+      })
+      .refine((f) => !(f.sae !== undefined && f['no-sae']), { message: '--sae and --no-sae exclude each other', path: ['no-sae'] }),
     usage,
   );
   const model = defaultModel();
   const tapHost = flags.host === '0.0.0.0' || flags.host === '::' ? '127.0.0.1' : flags.host;
-  const server = await startModelServer({ model, host: '127.0.0.1', port: flags['model-port'], tapUrl: `ws://${tapHost}:${flags.port}/v1/tap` });
+  const loaded = await loadModel({ model });
+  const cfg = loaded.weights.config;
+  // The middle block's residual stream: blocks.2 of stories260K's five.
+  const defaultHook = `blocks.${Math.floor(cfg.nLayers / 2)}.hook_resid_post`;
+  // The SAE is ready (trained on a first start) before anything listens, so the model server's
+  // tap finds saegate up and the first request already has its rows encoded.
+  const chosen = await demoSae(flags, model, defaultHook, cfg.maxSeqLen);
+  const server = await startModelServer({ model, loaded, host: '127.0.0.1', port: flags['model-port'], tapUrl: `ws://${tapHost}:${flags.port}/v1/tap` });
   let proxy;
   try {
-    proxy = await startProxy({ upstream: server.url, host: flags.host, port: flags.port });
+    // An SAE for another model or hook is refused here, naming its file and what did not match.
+    if (chosen) bindSaeToModel(chosen.sae, { dModel: cfg.dim, hookPoints: allHookPoints(cfg) });
+    ({ server: proxy } = await startProxyWithSaes({ upstream: server.url, host: flags.host, port: flags.port }, chosen ? [chosen.sae] : []));
   } catch (error) {
     await server.close();
     throw error;
   }
-  const cfg = server.model.weights.config;
-  const hook = `blocks.${Math.floor(cfg.nLayers / 2)}.hook_resid_post`;
-  proxy.tap.subscribeAll({ hooks: [hook], dtype: 'f16', includePrompt: true });
+  const hook = chosen?.sae.config.hookName ?? defaultHook;
+  if (!chosen) proxy.tap.subscribeAll({ hooks: [hook], dtype: 'f16', includePrompt: true });
   const name = server.model.name;
+  const saeLines = chosen
+    ? `  SAE                           ${saeSummary(chosen.sae)}\n` +
+      (chosen.featuresPage ? `  feature page                  file://${path.resolve(chosen.featuresPage)}  (what each feature responds to)\n` : '')
+    : `  SAE                           none (--no-sae, or see above)\n`;
+  const metricsHint = chosen ? 'saegate_sae_rows_encoded_total grows with every token' : 'saegate_tap_rows_total grows with every request';
   process.stdout.write(
     `saegate demo: proxy → reference model server with ${name} (${model})\n\n` +
       `  OpenAI API (through saegate)  ${proxy.url}/v1\n` +
       `  model server (direct)         ${server.url}/v1\n` +
-      `  metrics                       ${proxy.url}/metrics   (saegate_tap_rows_total grows with every request)\n` +
-      `  tap                           ${proxy.tapUrl}  (the model server connects here and streams ${hook} as f16)\n\n` +
-      `Try:\n` +
+      `  metrics                       ${proxy.url}/metrics   (${metricsHint})\n` +
+      `  tap                           ${proxy.tapUrl}  (the model server connects here and streams ${hook} as f16)\n` +
+      saeLines +
+      `\nTry:\n` +
       `  curl -s ${proxy.url}/v1/completions -H 'content-type: application/json' \\\n` +
       `    -d '{"model":"${name}","prompt":"Once upon a time","max_tokens":40,"temperature":0}'\n` +
-      `  curl -s ${proxy.url}/metrics | grep saegate_tap_rows\n\n` +
-      `  Steer it directly on the model server: add "steering":[{"hook":"blocks.2.hook_resid_post","vector":[…${cfg.dim} numbers…],"scale":4}]\n` +
+      `  curl -s ${proxy.url}/metrics | grep ${chosen ? 'saegate_sae_rows' : 'saegate_tap_rows'}\n\n` +
+      `  Steer it directly on the model server: add "steering":[{"hook":"${hook}","vector":[…${cfg.dim} numbers…],"scale":4}]\n` +
       `  (docs/model-server.md). Ctrl-C stops.\n`,
   );
   return {

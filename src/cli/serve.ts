@@ -5,9 +5,10 @@
 import { Registry } from 'prom-client';
 import { z } from 'zod';
 import { envName, flagName, proxyConfigKeys, proxyOptions, resolveProxyConfig } from '../proxy/config.js';
-import { startProxy, type ProxyServer } from '../proxy/server.js';
+import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
+import type { SaeWeights } from '../sae/types.js';
 import { parseFlags, type FlagSpec } from './args.js';
 
 function defaultText(value: unknown): string {
@@ -55,25 +56,27 @@ function takeSaeFlags(argv: string[]): { saeDirs: string[]; rest: string[] } {
   return { saeDirs, rest };
 }
 
-export async function serve(argv: string[]): Promise<ProxyServer> {
-  const { saeDirs, rest } = takeSaeFlags(argv);
-  const flags = parseFlags(rest, serveFlags, z.record(z.string(), z.union([z.string(), z.boolean()])), serveUsage);
-  const config = resolveProxyConfig({ flags, env: process.env });
-  // SAEs load (and their worker sessions start) before the proxy listens, so a bad file stops start-up.
-  // The proxy and the SAE pipeline export their metrics from one registry, served at /metrics.
+/**
+ * Starts the proxy with an SAE pipeline over `saes` as its activation sink (none when `saes` is
+ * empty): the SAEs load and their worker sessions start before the proxy listens, so a bad file
+ * stops start-up; the proxy and the pipeline export their metrics from one registry, served at
+ * /metrics; every tap client is asked for the SAEs' hooks (f16, prompt rows too); closing the
+ * proxy closes the pipeline.
+ */
+export async function startProxyWithSaes(options: StartProxyOptions, saes: SaeWeights[]): Promise<{ server: ProxyServer; sink: SaeSink | undefined }> {
   const registry = new Registry();
-  const sink = saeDirs.length > 0 ? await SaeSink.create({
-          saes: saeDirs.map((dir) => loadSae(dir)),
+  const sink = saes.length > 0 ? await SaeSink.create({
+          saes,
           registry,
-          maxBatchRows: config.saeBatchRows,
-          maxDelayMs: config.saeMaxDelayMs,
-          maxQueuedRows: config.saeMaxQueuedRows,
-          workers: config.saeWorkers,
-          ...(config.saeTopK > 0 && { topK: config.saeTopK }),
+          maxBatchRows: options.saeBatchRows,
+          maxDelayMs: options.saeMaxDelayMs,
+          maxQueuedRows: options.saeMaxQueuedRows,
+          workers: options.saeWorkers,
+          ...(options.saeTopK !== undefined && options.saeTopK > 0 && { topK: options.saeTopK }),
         }) : undefined;
   let server: ProxyServer;
   try {
-    server = await startProxy({ ...config, sink, registry });
+    server = await startProxy({ ...options, sink, registry });
   } catch (error) {
     await sink?.close();
     throw error;
@@ -81,11 +84,19 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
   if (sink) {
     server.tap.subscribeAll({ hooks: sink.hooks, dtype: 'f16', includePrompt: true });
     const closeProxy = server.close.bind(server);
-    server.close = async (options) => {
-      await closeProxy(options);
+    server.close = async (closeOptions) => {
+      await closeProxy(closeOptions);
       await sink.close();
     };
   }
+  return { server, sink };
+}
+
+export async function serve(argv: string[]): Promise<ProxyServer> {
+  const { saeDirs, rest } = takeSaeFlags(argv);
+  const flags = parseFlags(rest, serveFlags, z.record(z.string(), z.union([z.string(), z.boolean()])), serveUsage);
+  const config = resolveProxyConfig({ flags, env: process.env });
+  const { server, sink } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)));
   process.stdout.write(
     `saegate proxy: forwarding to ${config.upstream}\n` +
       `  OpenAI API   ${server.url}/v1\n` +

@@ -35,7 +35,7 @@ describe('saegate CLI', () => {
 describe('saegate demo (npm start)', () => {
   it('serves the model through the proxy with the tap connected, and rows reach saegate', async () => {
     const port = 20000 + Math.floor(Math.random() * 20000);
-    const proc = runCli(['demo', '--port', String(port), '--model-port', '0'], {
+    const proc = runCli(['demo', '--port', String(port), '--model-port', '0', '--no-sae'], {
       SAEGATE_DEMO_MODEL: 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=1',
     });
     const url = await waitForApiUrl(proc);
@@ -53,8 +53,89 @@ describe('saegate demo (npm start)', () => {
     while ((await rowsReceived()) < 1) await new Promise((r) => setTimeout(r, 50));
     // Prompt rows (BOS + the prompt's tokens) and generated rows all arrive.
     expect(await rowsReceived()).toBeGreaterThanOrEqual(5);
+    expect(proc.out()).toMatch(/SAE\s+none/);
     proc.child.kill('SIGTERM');
     expect(await proc.exited).toBe(0);
+  });
+
+  const DEMO_MODEL = 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=1';
+  const HOOK = 'blocks.1.hook_resid_post';
+
+  /** A completion through the demo, then the SAE's and the tap's row counters once they agree. */
+  async function completeAndCount(url: string): Promise<{ tapRows: number; saeEncoded: number; saeDropped: number }> {
+    const metrics = async (): Promise<string> => (await fetch(`${url}/metrics`)).text();
+    const value = (text: string, series: string): number => Number(text.split('\n').find((line) => line.startsWith(`${series} `))?.slice(series.length + 1) ?? 'NaN');
+    while (!/^saegate_tap_connections 1$/m.test(await metrics())) await new Promise((r) => setTimeout(r, 50));
+    const res = await fetch(`${url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'synthetic', prompt: 'hi', max_tokens: 6, temperature: 0 }),
+    });
+    expect(res.status).toBe(200);
+    for (;;) {
+      const text = await metrics();
+      const tapRows = value(text, 'saegate_tap_rows_total');
+      const saeEncoded = value(text, `saegate_sae_rows_encoded_total{hook="${HOOK}"}`);
+      const saeDropped = ['queue_full', 'sampled', 'worker_exited', 'encode_failed', 'bad_width'].reduce((sum, reason) => sum + value(text, `saegate_sae_rows_dropped_total{hook="${HOOK}",reason="${reason}"}`), 0);
+      if (tapRows >= 8 && saeEncoded + saeDropped === tapRows) return { tapRows, saeEncoded, saeDropped };
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  it('trains the demo SAE on its first start, caches it, encodes every tapped row with it, and loads it from the cache next time', async () => {
+    const cache = makeTempDir('demo-cache');
+    try {
+      const env = { SAEGATE_DEMO_MODEL: DEMO_MODEL, SAEGATE_CACHE_DIR: cache };
+      const first = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0'], env);
+      const url = await waitForApiUrl(first);
+      expect(first.err()).toContain(`training a demo SAE for ${HOOK}`);
+      expect(first.out()).toMatch(new RegExp(`SAE\\s+${HOOK.replace(/\./g, '\\.')}: 32 → 512 topk k = 8`));
+      // BOS + 'h' + 'i' prompt rows and the generated tokens' rows: every one encoded, none dropped.
+      const counts = await completeAndCount(url);
+      expect(counts.saeDropped).toBe(0);
+      expect(counts.saeEncoded).toBe(counts.tapRows);
+      first.child.kill('SIGTERM');
+      expect(await first.exited).toBe(0);
+      // One complete SAE directory in the cache, nothing half-written beside it.
+      const entries = fs.readdirSync(path.join(cache, 'demo-sae'));
+      expect(entries).toHaveLength(1);
+      const dir = path.join(cache, 'demo-sae', entries[0]);
+      for (const file of ['cfg.json', 'sae_weights.safetensors', 'report.json', 'features.html', 'features.json']) expect(fs.existsSync(path.join(dir, file))).toBe(true);
+      expect(first.out()).toContain(`file://${path.join(dir, 'features.html')}`);
+      const report = JSON.parse(fs.readFileSync(path.join(dir, 'report.json'), 'utf8')) as { heldOut: { fvu: number } };
+      expect(report.heldOut.fvu).toBeLessThan(0.5);
+
+      const second = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0'], env);
+      const url2 = await waitForApiUrl(second);
+      expect(second.err()).not.toContain('training');
+      expect(second.out()).toContain(`(${dir})`);
+      const again = await completeAndCount(url2);
+      expect(again.saeEncoded).toBe(again.tapRows);
+      second.child.kill('SIGTERM');
+      expect(await second.exited).toBe(0);
+    } finally {
+      removeTempDir(cache);
+    }
+  }, 240_000);
+
+  it('refuses an --sae for another model with a typed error naming the file and both widths, and a missing one naming the path', async () => {
+    const dir = makeTempDir('demo-sae');
+    try {
+      writeTinySae(dir);
+      const wrong = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0', '--sae', dir], { SAEGATE_DEMO_MODEL: DEMO_MODEL });
+      expect(await wrong.exited).toBe(1);
+      expect(wrong.err()).toMatch(/SAEGATE_ERR_SAE_FILE/);
+      expect(wrong.err()).toContain(dir);
+      expect(wrong.err()).toContain('d_in 8 does not match the model\'s d_model 32');
+      const missing = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0', '--sae', '/nonexistent/sae'], { SAEGATE_DEMO_MODEL: DEMO_MODEL });
+      expect(await missing.exited).toBe(1);
+      expect(missing.err()).toMatch(/SAEGATE_ERR_SAE_FILE.*\/nonexistent\/sae/);
+      const both = runCli(['demo', '--sae', dir, '--no-sae'], { SAEGATE_DEMO_MODEL: DEMO_MODEL });
+      expect(await both.exited).toBe(2);
+      expect(both.err()).toContain('--sae and --no-sae exclude each other');
+    } finally {
+      removeTempDir(dir);
+    }
   });
 });
 

@@ -1,0 +1,124 @@
+/**
+ * The demo's SAE. `saegate demo` runs an SAE over the hook point it taps, so `npm start` shows the
+ * SAE engine at work. No SAE is published for the embedded default model (stories260K, or the
+ * synthetic fallback) and model files are never committed, so the first start trains one with the
+ * project's own tools — `model sample` → `sae train` → `sae features`, exactly as a user would run
+ * them — and caches it; later starts load it at once.
+ *
+ * The cache key is the model (its resolved path, size and modification time, or the synthetic
+ * spec), the hook and the recipe version, so a changed model or recipe trains afresh. Training
+ * writes into a temporary directory beside the target and renames it into place when complete: an
+ * interrupted first start leaves no half-written SAE behind.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { modelSample } from './model-sample.js';
+import { saeFeatures } from './sae-features.js';
+import { saeTrain } from './sae-train.js';
+
+/** Bump when the recipe changes, so caches of the old recipe are not reused. */
+const RECIPE_VERSION = 1;
+
+/** What the first start trains: small and quick (about a minute on two cores), still meaningful. */
+export const DEMO_SAE_RECIPE = {
+  documents: 200,
+  /** Tokens per sampled document (fewer when the model's context is shorter). */
+  maxTokens: 256,
+  k: 8,
+  steps: 400,
+  lr: 8e-3,
+  spliceDocuments: 20,
+  seed: 0,
+} as const;
+
+/** Where saegate caches what it builds: $SAEGATE_CACHE_DIR, else $XDG_CACHE_HOME/saegate, else ~/.cache/saegate. */
+export function cacheRoot(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.SAEGATE_CACHE_DIR) return path.resolve(env.SAEGATE_CACHE_DIR);
+  if (env.XDG_CACHE_HOME) return path.join(path.resolve(env.XDG_CACHE_HOME), 'saegate');
+  return path.join(os.homedir(), '.cache', 'saegate');
+}
+
+/** The model's identity for the cache: the synthetic spec, or the resolved path with size and mtime. */
+function modelIdentity(model: string): string {
+  if (model.startsWith('synthetic:')) return model;
+  try {
+    const real = fs.realpathSync(model);
+    const stat = fs.statSync(real);
+    return `${real}\0${stat.size}\0${Math.round(stat.mtimeMs)}`;
+  } catch {
+    // Loading the model will name the problem; the key only has to be stable.
+    return path.resolve(model);
+  }
+}
+
+/** The cache directory of the demo SAE for this model and hook. */
+export function demoSaeDir(model: string, hook: string, env: NodeJS.ProcessEnv = process.env): string {
+  const key = createHash('sha256').update(`${RECIPE_VERSION}\0${hook}\0${modelIdentity(model)}`).digest('hex').slice(0, 16);
+  return path.join(cacheRoot(env), 'demo-sae', key);
+}
+
+export interface DemoSae {
+  /** The SAELens directory to load. */
+  dir: string;
+  /** features.html of the SAE, when it exists. */
+  featuresPage: string | null;
+  /** True when this call trained it, false when it came from the cache. */
+  trained: boolean;
+}
+
+function featuresPage(dir: string): string | null {
+  const page = path.join(dir, 'features.html');
+  return fs.existsSync(page) ? page : null;
+}
+
+/**
+ * The cached demo SAE for `model` at `hook`, trained first when there is none. Progress goes to
+ * stderr. Throws what the tools throw (typed errors) when training fails; the cache is then left
+ * as it was.
+ */
+export async function ensureDemoSae(options: { model: string; hook: string; contextLength: number; log: (line: string) => void }): Promise<DemoSae> {
+  const { model, hook, log } = options;
+  const dir = demoSaeDir(model, hook);
+  if (fs.existsSync(path.join(dir, 'cfg.json'))) return { dir, featuresPage: featuresPage(dir), trained: false };
+  const r = DEMO_SAE_RECIPE;
+  log(
+    `saegate demo: first start for this model, so training a demo SAE for ${hook} ` +
+      `(${r.documents} sampled documents, TopK k = ${r.k}, ${r.steps} steps; about a minute). ` +
+      `It is cached in ${dir}; later starts load it at once. --no-sae skips it.\n`,
+  );
+  fs.mkdirSync(path.dirname(dir), { recursive: true });
+  const work = fs.mkdtempSync(`${dir}.partial-`);
+  try {
+    const corpus = path.join(work, 'corpus.jsonl');
+    const sae = path.join(work, 'sae');
+    // The prompt is BOS alone: a document fills the rest of the context at most.
+    const maxTokens = Math.max(1, Math.min(r.maxTokens, options.contextLength - 1));
+    await modelSample(['--model', model, '--n', String(r.documents), '--max-tokens', String(maxTokens), '--seed', String(r.seed), '--out', corpus]);
+    await saeTrain([
+      '--corpus', corpus,
+      '--model', model,
+      '--hook', hook,
+      '--k', String(r.k),
+      '--steps', String(r.steps),
+      '--lr', String(r.lr),
+      '--seed', String(r.seed),
+      '--splice-documents', String(r.spliceDocuments),
+      '--checkpoint-every', '0',
+      '--out', sae,
+    ]);
+    await saeFeatures(['--sae', sae, '--corpus', corpus, '--model', model]);
+    fs.renameSync(corpus, path.join(sae, 'corpus.jsonl'));
+    try {
+      fs.renameSync(sae, dir);
+    } catch (error) {
+      // Another demo finished first: use its SAE.
+      if (!fs.existsSync(path.join(dir, 'cfg.json'))) throw error;
+    }
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+  log(`saegate demo: demo SAE ready in ${dir} (report.md, features.html)\n`);
+  return { dir, featuresPage: featuresPage(dir), trained: true };
+}
