@@ -73,6 +73,30 @@ function featuresPage(dir: string): string | null {
   return fs.existsSync(page) ? page : null;
 }
 
+/** True when process `pid` exists (signal 0 checks without sending anything). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the work directories of first starts that were killed mid-training (Ctrl-C during the
+ * minute it takes): those whose process is gone. A live one belongs to a demo training right now.
+ */
+function removeAbandoned(dir: string): void {
+  const prefix = `${path.basename(dir)}.partial-`;
+  for (const name of fs.readdirSync(path.dirname(dir))) {
+    if (!name.startsWith(prefix)) continue;
+    const pid = Number(name.slice(prefix.length).split('-')[0]);
+    if (Number.isInteger(pid) && pid > 0 && alive(pid)) continue;
+    fs.rmSync(path.join(path.dirname(dir), name), { recursive: true, force: true });
+  }
+}
+
 /**
  * The cached demo SAE for `model` at `hook`, trained first when there is none. Progress goes to
  * stderr. Throws what the tools throw (typed errors) when training fails; the cache is then left
@@ -89,7 +113,8 @@ export async function ensureDemoSae(options: { model: string; hook: string; cont
       `It is cached in ${dir}; later starts load it at once. --no-sae skips it.\n`,
   );
   fs.mkdirSync(path.dirname(dir), { recursive: true });
-  const work = fs.mkdtempSync(`${dir}.partial-`);
+  removeAbandoned(dir);
+  const work = fs.mkdtempSync(`${dir}.partial-${process.pid}-`);
   try {
     const corpus = path.join(work, 'corpus.jsonl');
     const sae = path.join(work, 'sae');

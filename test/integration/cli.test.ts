@@ -1,7 +1,9 @@
 /** The `saegate` command as a user runs it: a real process, real signals. */
 import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { demoSaeDir } from '../../src/cli/demo-sae.js';
 import { writeSafetensors } from '../../src/common/safetensors.js';
 import { runCli, waitForApiUrl } from '../helpers/cli.js';
 import { makeTempDir, removeTempDir } from '../helpers/fixtures.js';
@@ -86,6 +88,13 @@ describe('saegate demo (npm start)', () => {
     const cache = makeTempDir('demo-cache');
     try {
       const env = { SAEGATE_DEMO_MODEL: DEMO_MODEL, SAEGATE_CACHE_DIR: cache };
+      // Work directories of earlier first starts: one whose process is gone (killed mid-training)
+      // is removed, one whose process lives (a demo training now: this test's runner) is kept.
+      const target = demoSaeDir(DEMO_MODEL, HOOK, env);
+      const deadPid = spawnSync('true').pid;
+      const abandoned = `${target}.partial-${deadPid}-abc123`;
+      const live = `${target}.partial-${process.pid}-def456`;
+      for (const d of [abandoned, live]) fs.mkdirSync(path.join(d, 'sae'), { recursive: true });
       const first = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0'], env);
       const url = await waitForApiUrl(first);
       expect(first.err()).toContain(`training a demo SAE for ${HOOK}`);
@@ -96,10 +105,10 @@ describe('saegate demo (npm start)', () => {
       expect(counts.saeEncoded).toBe(counts.tapRows);
       first.child.kill('SIGTERM');
       expect(await first.exited).toBe(0);
-      // One complete SAE directory in the cache, nothing half-written beside it.
-      const entries = fs.readdirSync(path.join(cache, 'demo-sae'));
-      expect(entries).toHaveLength(1);
-      const dir = path.join(cache, 'demo-sae', entries[0]);
+      // One complete SAE directory in the cache; of the work directories only the live one is left.
+      const entries = fs.readdirSync(path.join(cache, 'demo-sae')).sort();
+      expect(entries).toEqual([path.basename(target), path.basename(live)]);
+      const dir = target;
       for (const file of ['cfg.json', 'sae_weights.safetensors', 'report.json', 'features.html', 'features.json']) expect(fs.existsSync(path.join(dir, file))).toBe(true);
       expect(first.out()).toContain(`file://${path.join(dir, 'features.html')}`);
       const report = JSON.parse(fs.readFileSync(path.join(dir, 'report.json'), 'utf8')) as { heldOut: { fvu: number } };
