@@ -64,11 +64,17 @@ export interface DemoSae {
   dir: string;
   /** features.html of the SAE, when it exists. */
   featuresPage: string | null;
-  /** True when this call trained it, false when it came from the cache. */
-  trained: boolean;
 }
 
-function featuresPage(dir: string): string | null {
+/** Thrown when a signal stopped the first start's training; nothing was cached. */
+export class DemoSaeInterrupted extends Error {
+  constructor() {
+    super('interrupted while training the demo SAE; nothing was cached');
+  }
+}
+
+/** DIR/features.html when the SAE directory has one. */
+export function featuresPage(dir: string): string | null {
   const page = path.join(dir, 'features.html');
   return fs.existsSync(page) ? page : null;
 }
@@ -86,6 +92,8 @@ function alive(pid: number): boolean {
 /**
  * Removes the work directories of first starts that were killed mid-training (Ctrl-C during the
  * minute it takes): those whose process is gone. A live one belongs to a demo training right now.
+ * Liveness is by pid on this host: a cache directory shared between hosts or pid namespaces could
+ * see another host's live work as abandoned (that demo then fails at its rename and says so).
  */
 function removeAbandoned(dir: string): void {
   const prefix = `${path.basename(dir)}.partial-`;
@@ -105,7 +113,7 @@ function removeAbandoned(dir: string): void {
 export async function ensureDemoSae(options: { model: string; hook: string; contextLength: number; log: (line: string) => void }): Promise<DemoSae> {
   const { model, hook, log } = options;
   const dir = demoSaeDir(model, hook);
-  if (fs.existsSync(path.join(dir, 'cfg.json'))) return { dir, featuresPage: featuresPage(dir), trained: false };
+  if (fs.existsSync(path.join(dir, 'cfg.json'))) return { dir, featuresPage: featuresPage(dir) };
   const r = DEMO_SAE_RECIPE;
   log(
     `saegate demo: first start for this model, so training a demo SAE for ${hook} ` +
@@ -115,12 +123,19 @@ export async function ensureDemoSae(options: { model: string; hook: string; cont
   fs.mkdirSync(path.dirname(dir), { recursive: true });
   removeAbandoned(dir);
   const work = fs.mkdtempSync(`${dir}.partial-${process.pid}-`);
+  let step = 'setup';
   try {
     const corpus = path.join(work, 'corpus.jsonl');
     const sae = path.join(work, 'sae');
     // The prompt is BOS alone: a document fills the rest of the context at most.
     const maxTokens = Math.max(1, Math.min(r.maxTokens, options.contextLength - 1));
-    await modelSample(['--model', model, '--n', String(r.documents), '--max-tokens', String(maxTokens), '--seed', String(r.seed), '--out', corpus]);
+    step = 'model sample';
+    // model sample stops cleanly on Ctrl-C (SIGINT/SIGTERM); the later steps install no handler,
+    // so a signal ends the process there and the next start removes the work directory.
+    if (!(await modelSample(['--model', model, '--n', String(r.documents), '--max-tokens', String(maxTokens), '--seed', String(r.seed), '--out', corpus]))) {
+      throw new DemoSaeInterrupted();
+    }
+    step = 'sae train';
     await saeTrain([
       '--corpus', corpus,
       '--model', model,
@@ -133,7 +148,9 @@ export async function ensureDemoSae(options: { model: string; hook: string; cont
       '--checkpoint-every', '0',
       '--out', sae,
     ]);
+    step = 'sae features';
     await saeFeatures(['--sae', sae, '--corpus', corpus, '--model', model]);
+    step = 'caching';
     fs.renameSync(corpus, path.join(sae, 'corpus.jsonl'));
     try {
       fs.renameSync(sae, dir);
@@ -141,9 +158,13 @@ export async function ensureDemoSae(options: { model: string; hook: string; cont
       // Another demo finished first: use its SAE.
       if (!fs.existsSync(path.join(dir, 'cfg.json'))) throw error;
     }
+  } catch (error) {
+    // The tools' messages speak of their own flags; say which step of the demo's recipe it was.
+    if (!(error instanceof DemoSaeInterrupted)) log(`saegate demo: the demo SAE's '${step}' step failed (${work} is removed; the paths above were temporary)\n`);
+    throw error;
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
   log(`saegate demo: demo SAE ready in ${dir} (report.md, features.html)\n`);
-  return { dir, featuresPage: featuresPage(dir), trained: true };
+  return { dir, featuresPage: featuresPage(dir) };
 }

@@ -5,18 +5,18 @@
  * on the first start and cached (src/cli/demo-sae.ts). The model is stories260K from
  * ../shared/models, or a seeded synthetic model when that folder is absent.
  */
-import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { isSaegateError } from '../common/errors.js';
+import { isSaegateError, SaegateError } from '../common/errors.js';
 import { startModelServer } from '../model/server.js';
 import { loadModel } from '../model/load.js';
 import { allHookPoints } from '../model/types.js';
 import { bindSaeToModel, loadSae } from '../sae/load.js';
 import type { SaeWeights } from '../sae/types.js';
 import { parseFlags, portFlag } from './args.js';
-import { ensureDemoSae } from './demo-sae.js';
+import { defaultModel } from './default-model.js';
+import { DemoSaeInterrupted, ensureDemoSae, featuresPage } from './demo-sae.js';
 import { startProxyWithSaes } from './serve.js';
 
 const usage = `Usage: saegate demo [--port N] [--model-port N] [--host HOST] [--sae DIR | --no-sae]
@@ -33,23 +33,26 @@ Without --sae, the first start trains a small demo SAE for the model (model samp
 sae features, about a minute) and caches it in $SAEGATE_CACHE_DIR, else $XDG_CACHE_HOME/saegate,
 else ~/.cache/saegate; later starts load it at once.`;
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-
-/**
- * The embedded default model (also `saegate model sample`'s): $SAEGATE_DEMO_MODEL, else
- * ../shared/models/stories260K/stories260K.bin beside the repository, else a seeded synthetic model.
- */
-export function defaultModel(): string {
-  if (process.env.SAEGATE_DEMO_MODEL) return process.env.SAEGATE_DEMO_MODEL;
-  const shared = path.join(repoRoot, '..', 'shared', 'models', 'stories260K', 'stories260K.bin');
-  if (fs.existsSync(shared)) return shared;
-  return 'synthetic:dim=64,layers=4,heads=4,kv=2,hidden=172,vocab=512,ctx=512,seed=1';
-}
-
 export interface Demo {
   proxyUrl: string;
   modelUrl: string;
   close(): Promise<void>;
+}
+
+/** Throws SAEGATE_ERR_CONFIG naming the flag when `host:port` cannot be listened on (taken, or not ours). */
+async function assertPortFree(host: string, port: number, flag: string): Promise<void> {
+  const probe = net.createServer();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      probe.once('error', reject);
+      probe.listen({ host, port, exclusive: true }, resolve);
+    });
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? String(error);
+    throw new SaegateError('SAEGATE_ERR_CONFIG', [flag, `cannot listen on ${host}:${port} (${code}); pass --${flag} N for another port`]);
+  } finally {
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+  }
 }
 
 /** One line: hook, shape, architecture and where it came from. */
@@ -61,15 +64,15 @@ function saeSummary(sae: SaeWeights): string {
 /** The SAE the demo runs: --sae DIR, the cached demo SAE (trained when missing), or none. */
 async function demoSae(flags: { sae?: string; 'no-sae': boolean }, model: string, hook: string, contextLength: number): Promise<{ sae: SaeWeights; featuresPage: string | null } | null> {
   if (flags['no-sae']) return null;
-  if (flags.sae !== undefined) {
-    const dir = flags.sae;
-    const page = path.join(dir, 'features.html');
-    return { sae: loadSae(dir), featuresPage: fs.existsSync(page) ? page : null };
-  }
+  if (flags.sae !== undefined) return { sae: loadSae(flags.sae), featuresPage: featuresPage(flags.sae) };
   try {
     const cached = await ensureDemoSae({ model, hook, contextLength, log: (line) => process.stderr.write(line) });
     return { sae: loadSae(cached.dir), featuresPage: cached.featuresPage };
   } catch (error) {
+    if (error instanceof DemoSaeInterrupted) {
+      process.stderr.write(`saegate demo: ${error.message}\n`);
+      process.exit(130);
+    }
     // The demo still runs without it; the reason is said, not swallowed.
     const reason = isSaegateError(error) ? `${error.code}: ${error.message}` : String(error);
     process.stderr.write(`saegate demo: could not train the demo SAE, so running without one (${reason})\n`);
@@ -100,14 +103,17 @@ export async function demo(argv: string[]): Promise<Demo> {
   const cfg = loaded.weights.config;
   // The middle block's residual stream: blocks.2 of stories260K's five.
   const defaultHook = `blocks.${Math.floor(cfg.nLayers / 2)}.hook_resid_post`;
+  // A taken port fails now, not after a first start's minute of training.
+  await assertPortFree(flags.host, flags.port, 'port');
+  if (flags['model-port'] !== 0) await assertPortFree('127.0.0.1', flags['model-port'], 'model-port');
   // The SAE is ready (trained on a first start) before anything listens, so the model server's
   // tap finds saegate up and the first request already has its rows encoded.
   const chosen = await demoSae(flags, model, defaultHook, cfg.maxSeqLen);
+  // An SAE for another model or hook is refused here, naming its file and what did not match.
+  if (chosen) bindSaeToModel(chosen.sae, { dModel: cfg.dim, hookPoints: allHookPoints(cfg) });
   const server = await startModelServer({ model, loaded, host: '127.0.0.1', port: flags['model-port'], tapUrl: `ws://${tapHost}:${flags.port}/v1/tap` });
   let proxy;
   try {
-    // An SAE for another model or hook is refused here, naming its file and what did not match.
-    if (chosen) bindSaeToModel(chosen.sae, { dModel: cfg.dim, hookPoints: allHookPoints(cfg) });
     ({ server: proxy } = await startProxyWithSaes({ upstream: server.url, host: flags.host, port: flags.port }, chosen ? [chosen.sae] : []));
   } catch (error) {
     await server.close();

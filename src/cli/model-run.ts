@@ -9,7 +9,7 @@ import { loadModel } from '../model/load.js';
 import { startModelServer, type ModelServer } from '../model/server.js';
 import type { LoadedModel } from '../model/types.js';
 import { ActivationCollector, type CollectServerInfo } from '../sae/collect.js';
-import { defaultModel } from './demo.js';
+import { defaultModel } from './default-model.js';
 
 export interface ModelRunOptions {
   hook: string;

@@ -11,7 +11,7 @@ import { LocalEngine } from '../model/engine.js';
 import { loadModel } from '../model/load.js';
 import { StatusLine } from './status-line.js';
 import { parseFlags } from './args.js';
-import { defaultModel } from './demo.js';
+import { defaultModel } from './default-model.js';
 
 export const modelSampleUsage = `Usage: saegate model sample --out FILE [options]
 
@@ -89,7 +89,8 @@ function abortOnSignals(controller: AbortController, onSignal: (signal: NodeJS.S
   };
 }
 
-export async function modelSample(argv: string[]): Promise<void> {
+/** Writes the corpus; resolves false when a signal interrupted it (nothing written, exit code 130 set). */
+export async function modelSample(argv: string[]): Promise<boolean> {
   const flags = parseFlags(argv, modelSampleFlags, schema, modelSampleUsage);
   // Before the model loads, so a bad --out fails in milliseconds.
   const writer = await AtomicFileWriter.open(flags.out);
@@ -137,12 +138,14 @@ export async function modelSample(argv: string[]): Promise<void> {
       `saegate model sample: ${summary.documents} documents from ${model.name} (${summary.empty} empty; ${summary.stopped} ended with EOS or BOS, ${summary.truncated} at --max-tokens), ` +
         `${summary.tokens} tokens in ${seconds.toFixed(1)} s (${rate} tokens/s) → ${writer.target}\n`,
     );
+    return true;
   } catch (error) {
     progress.clear();
     await writer.abort();
     if (interruptedBy === null) throw error;
     process.stderr.write(`${interruptedBy}: interrupted; ${flags.out} was not written\n`);
     process.exitCode = 130;
+    return false;
   } finally {
     uninstall();
     await engine?.close();

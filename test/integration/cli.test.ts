@@ -2,10 +2,11 @@
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { demoSaeDir } from '../../src/cli/demo-sae.js';
 import { writeSafetensors } from '../../src/common/safetensors.js';
-import { runCli, waitForApiUrl } from '../helpers/cli.js';
+import { runCli, waitForApiUrl, type CliProcess } from '../helpers/cli.js';
 import { makeTempDir, removeTempDir } from '../helpers/fixtures.js';
 
 
@@ -86,6 +87,7 @@ describe('saegate demo (npm start)', () => {
 
   it('trains the demo SAE on its first start, caches it, encodes every tapped row with it, and loads it from the cache next time', async () => {
     const cache = makeTempDir('demo-cache');
+    const started: CliProcess[] = [];
     try {
       const env = { SAEGATE_DEMO_MODEL: DEMO_MODEL, SAEGATE_CACHE_DIR: cache };
       // Work directories of earlier first starts: one whose process is gone (killed mid-training)
@@ -96,6 +98,7 @@ describe('saegate demo (npm start)', () => {
       const live = `${target}.partial-${process.pid}-def456`;
       for (const d of [abandoned, live]) fs.mkdirSync(path.join(d, 'sae'), { recursive: true });
       const first = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0'], env);
+      started.push(first);
       const url = await waitForApiUrl(first);
       expect(first.err()).toContain(`training a demo SAE for ${HOOK}`);
       expect(first.out()).toMatch(new RegExp(`SAE\\s+${HOOK.replace(/\./g, '\\.')}: 32 → 512 topk k = 8`));
@@ -115,6 +118,7 @@ describe('saegate demo (npm start)', () => {
       expect(report.heldOut.fvu).toBeLessThan(0.5);
 
       const second = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0'], env);
+      started.push(second);
       const url2 = await waitForApiUrl(second);
       expect(second.err()).not.toContain('training');
       expect(second.out()).toContain(`(${dir})`);
@@ -123,6 +127,8 @@ describe('saegate demo (npm start)', () => {
       second.child.kill('SIGTERM');
       expect(await second.exited).toBe(0);
     } finally {
+      // A failed assertion must not leave a demo running.
+      for (const proc of started) if (proc.child.exitCode === null && proc.child.signalCode === null) proc.child.kill('SIGKILL');
       removeTempDir(cache);
     }
   }, 240_000);
@@ -142,6 +148,19 @@ describe('saegate demo (npm start)', () => {
       const both = runCli(['demo', '--sae', dir, '--no-sae'], { SAEGATE_DEMO_MODEL: DEMO_MODEL });
       expect(await both.exited).toBe(2);
       expect(both.err()).toContain('--sae and --no-sae exclude each other');
+      // A taken port is refused before any training, naming the flag.
+      const taken = net.createServer();
+      await new Promise<void>((resolve) => taken.listen({ host: '127.0.0.1', port: 0 }, resolve));
+      const port = (taken.address() as net.AddressInfo).port;
+      try {
+        const busy = runCli(['demo', '--port', String(port), '--model-port', '0'], { SAEGATE_DEMO_MODEL: DEMO_MODEL, SAEGATE_CACHE_DIR: dir });
+        expect(await busy.exited).toBe(1);
+        expect(busy.err()).toContain(`SAEGATE_ERR_CONFIG`);
+        expect(busy.err()).toContain(`cannot listen on 127.0.0.1:${port} (EADDRINUSE); pass --port N`);
+        expect(busy.err()).not.toContain('training');
+      } finally {
+        await new Promise<void>((resolve) => taken.close(() => resolve()));
+      }
     } finally {
       removeTempDir(dir);
     }
