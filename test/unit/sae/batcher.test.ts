@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { SaegateError } from '../../../src/common/errors.js';
 import { f16BitsToF32, f32ToF16 } from '../../../src/common/f16.js';
-import { MicroBatcher, type SaeResultBatch } from '../../../src/sae/batcher.js';
+import { MicroBatcher, type PushMeta, type SaeResultBatch } from '../../../src/sae/batcher.js';
 import { SaePool, type EncodeResult, type SaeEncoder } from '../../../src/sae/pool.js';
 import { D_IN, makeSmallSae, rng, uniform } from './sae-fixture.js';
 
@@ -284,6 +284,19 @@ describe('MicroBatcher', () => {
   });
 
   describe('with a real SAE pool', () => {
+    /**
+     * `rowCount` seeded rows as f32, as f16 bits, and as the exact f32 value of each half (what
+     * the f16 path must encode identically), with a `meta(id)` tagging every row with one request.
+     */
+    function halfRows(seed: number, rowCount: number): { f32: Float32Array; f16: Uint16Array; rounded: Float32Array; meta: (id: string) => PushMeta } {
+      const f32 = uniform(rng(seed), rowCount * D_IN, -2, 2);
+      const f16 = new Uint16Array(f32.length);
+      f32ToF16(f32, f16);
+      const rounded = Float32Array.from(f16, f16BitsToF32);
+      const meta = (id: string): PushMeta => ({ requestIds: Array(rowCount).fill(id) as string[], positions: Int32Array.from({ length: rowCount }, (_, k) => k), hook: 'h' });
+      return { f32, f16, rounded, meta };
+    }
+
     let pool: SaePool | null = null;
     afterEach(async () => {
       await pool?.close();
@@ -295,12 +308,7 @@ describe('MicroBatcher', () => {
       const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 16, maxDelayMs: 1 });
       const batches = collect(batcher);
       const rowCount = 10;
-      const f32 = uniform(rng(11), rowCount * D_IN, -2, 2);
-      const f16 = new Uint16Array(f32.length);
-      f32ToF16(f32, f16);
-      // The exact f32 value of each half: the f16 path must equal encoding these exactly.
-      const rounded = Float32Array.from(f16, f16BitsToF32);
-      const meta = (id: string): { requestIds: string[]; positions: Int32Array; hook: string } => ({ requestIds: Array(rowCount).fill(id) as string[], positions: Int32Array.from({ length: rowCount }, (_, k) => k), hook: 'h' });
+      const { f32, f16, rounded, meta } = halfRows(11, rowCount);
       batcher.push(f16, rowCount, meta('f16'));
       await batcher.drain();
       batcher.push(rounded, rowCount, meta('rounded'));
@@ -323,11 +331,7 @@ describe('MicroBatcher', () => {
       const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 64, maxDelayMs: 50 });
       const batches = collect(batcher);
       const rowCount = 6;
-      const f32 = uniform(rng(12), rowCount * D_IN, -2, 2);
-      const f16 = new Uint16Array(f32.length);
-      f32ToF16(f32, f16);
-      const rounded = Float32Array.from(f16, f16BitsToF32);
-      const meta = (id: string): { requestIds: string[]; positions: Int32Array; hook: string } => ({ requestIds: Array(rowCount).fill(id) as string[], positions: Int32Array.from({ length: rowCount }, (_, k) => k), hook: 'h' });
+      const { f16, rounded, meta } = halfRows(12, rowCount);
       // No drain in between: without the type switch closing the batch these would share one.
       batcher.push(f16, rowCount, meta('a'));
       batcher.push(f16, rowCount, meta('a'));
