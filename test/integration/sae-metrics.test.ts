@@ -14,6 +14,7 @@ import { SaeSink } from '../../src/sae/sink.js';
 import type { SaeWeights } from '../../src/sae/types.js';
 import { TapClient } from '../../src/tap/client.js';
 import type { HelloInfo } from '../../src/tap/messages.js';
+import { seededStandardSae } from '../helpers/sae.js';
 
 const HOOK = 'blocks.0.hook_resid_post';
 const D_IN = 16;
@@ -21,17 +22,7 @@ const D_SAE = 64;
 const BATCH_ROWS = 4;
 
 function syntheticSae(): SaeWeights {
-  const u = seededUniform(5);
-  const arr = (n: number, scale: number): Float32Array => Float32Array.from({ length: n }, () => (u() - 0.5) * scale);
-  return {
-    config: { architecture: 'standard', format: 'saelens', dIn: D_IN, dSae: D_SAE, hookName: HOOK, modelName: null, applyBDecToInput: true, normalizeActivations: 'none', k: null, scalingFactor: null, dtype: 'f32', source: 'test' },
-    W_enc: arr(D_IN * D_SAE, 1),
-    b_enc: arr(D_SAE, 0.2),
-    W_dec: arr(D_SAE * D_IN, 0.5),
-    b_dec: arr(D_IN, 0.1),
-    threshold: null,
-    gated: null,
-  };
+  return seededStandardSae({ dIn: D_IN, dSae: D_SAE, hook: HOOK, seed: 5, scales: { W_enc: 1, b_enc: 0.2, W_dec: 0.5, b_dec: 0.1 } });
 }
 
 async function waitFor(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {

@@ -7,27 +7,17 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startModelServer, type ModelServer } from '../../src/model/server.js';
 import { startProxy, type ProxyServer } from '../../src/proxy/server.js';
-import { seededUniform } from '../../src/common/random.js';
 import type { SaeResultBatch } from '../../src/sae/batcher.js';
 import { SaeSink } from '../../src/sae/sink.js';
 import type { SaeWeights } from '../../src/sae/types.js';
+import { seededStandardSae } from '../helpers/sae.js';
 
 const HOOK = 'blocks.1.hook_resid_post';
 const D_MODEL = 64;
 const D_SAE = 256;
 
 function syntheticSae(): SaeWeights {
-  const u = seededUniform(42);
-  const arr = (n: number, scale: number) => Float32Array.from({ length: n }, () => (u() - 0.5) * scale);
-  return {
-    config: { architecture: 'standard', format: 'saelens', dIn: D_MODEL, dSae: D_SAE, hookName: HOOK, modelName: null, applyBDecToInput: true, normalizeActivations: 'none', k: null, scalingFactor: null, dtype: 'f32', source: 'test' },
-    W_enc: arr(D_MODEL * D_SAE, 0.5),
-    b_enc: arr(D_SAE, 0.1),
-    W_dec: arr(D_SAE * D_MODEL, 0.5),
-    b_dec: arr(D_MODEL, 0.1),
-    threshold: null,
-    gated: null,
-  };
+  return seededStandardSae({ dIn: D_MODEL, dSae: D_SAE, hook: HOOK, seed: 42, scales: { W_enc: 0.5, b_enc: 0.1, W_dec: 0.5, b_dec: 0.1 } });
 }
 
 async function freePort(): Promise<number> {
