@@ -8,7 +8,7 @@ import type { Device } from '../common/ort.js';
 import { loadModel } from '../model/load.js';
 import { startModelServer, type ModelServer } from '../model/server.js';
 import type { LoadedModel } from '../model/types.js';
-import { ActivationCollector, type CollectServerInfo } from '../sae/collect.js';
+import { ActivationCollector, type CollectServerInfo } from '../lab/collect.js';
 import { defaultModel } from './default-model.js';
 
 export interface ModelRunOptions {

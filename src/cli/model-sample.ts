@@ -5,8 +5,8 @@
  */
 import { z } from 'zod';
 import { SaegateError } from '../common/errors.js';
-import { sampleCorpus, type SampledDocument } from '../corpus/sample.js';
-import { AtomicFileWriter } from '../corpus/write.js';
+import { sampleCorpus, type SampledDocument } from '../lab/corpus/sample.js';
+import { AtomicFileWriter } from '../lab/corpus/write.js';
 import { LocalEngine } from '../model/engine.js';
 import { loadModel } from '../model/load.js';
 import { StatusLine } from './status-line.js';

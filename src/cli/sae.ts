@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { SaegateError } from '../common/errors.js';
 import { describeSae, loadSae } from '../sae/load.js';
 import { SaePool } from '../sae/pool.js';
-import { readRowsFile } from '../sae/rows-file.js';
+import { readRowsFile } from '../lab/rows-file.js';
 import { parseFlags } from './args.js';
 
 const infoUsage = `Usage: saegate sae info DIR [--hook NAME]

@@ -73,7 +73,7 @@ const specs = {
     status: 500,
     type: 'server_error',
   },
-  // Activation collection (src/sae/collect.ts)
+  // Activation collection (src/lab/collect.ts)
   SAEGATE_ERR_COLLECT_NO_SERVER: { message: 'no model server to collect from: %s', status: 503, type: 'server_error' },
   SAEGATE_ERR_COLLECT_SERVER: { message: "model server '%s' cannot serve this collection: %s", status: 400, type: 'invalid_request_error' },
   SAEGATE_ERR_COLLECT_UPSTREAM: { message: 'upstream %s failed for %s: %s', status: 502, type: 'server_error' },

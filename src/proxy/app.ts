@@ -23,7 +23,7 @@ import { Readiness } from './readiness.js';
 import { registerAdminRoutes } from './routes-admin.js';
 import { registerOpenAIRoutes, type ProxyState } from './routes-openai.js';
 import { registerOpsRoutes } from './routes-ops.js';
-import { CountingSink, type ActivationSink } from './sink.js';
+import { CountingSink, type ActivationSink } from '../tap/sink.js';
 import { TapHub } from './tap-hub.js';
 import { UpstreamClient } from './upstream.js';
 

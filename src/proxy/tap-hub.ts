@@ -16,7 +16,7 @@ import type { TapLogger } from '../tap/logger.js';
 import type { PlanEntry, Subscription } from '../tap/messages.js';
 import { TapServer, type TapConnection, type TapServerStats } from '../tap/server.js';
 import type { SteeringTerm } from './plan.js';
-import type { ActivationSink, TapSource } from './sink.js';
+import type { ActivationSink, TapSource } from '../tap/sink.js';
 
 export interface TapHubOptions {
   /** Where rows go. */

@@ -14,7 +14,7 @@
 import type { Registry } from 'prom-client';
 import { SaegateError } from '../common/errors.js';
 import type { Device } from '../common/ort.js';
-import type { ActivationSink, TapSource } from '../proxy/sink.js';
+import type { ActivationSink, TapSource } from '../tap/sink.js';
 import type { RequestEnd, TokensMessage } from '../tap/messages.js';
 import type { ActivationsFrame } from '../tap/server.js';
 import { MicroBatcher, type BatchObserver, type SaeResultBatch } from './batcher.js';

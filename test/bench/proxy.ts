@@ -21,7 +21,7 @@ import { Agent, request } from 'undici';
 import { WebSocket, WebSocketServer } from 'ws';
 import { encodeActivationFrame } from '../../src/tap/builders.js';
 import { encodeMessage } from '../../src/tap/codec.js';
-import { CountingSink } from '../../src/proxy/sink.js';
+import { CountingSink } from '../../src/tap/sink.js';
 import { startProxy } from '../../src/proxy/server.js';
 
 const { values } = parseArgs({ options: { duration: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' } } });

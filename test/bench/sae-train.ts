@@ -18,7 +18,7 @@
 import * as ort from 'onnxruntime-node';
 import { DataType, GraphBuilder } from '../../src/common/onnx/builder.js';
 import { SeededRandom } from '../../src/common/random.js';
-import { defaultTrainConfig, trainTopKSae } from '../../src/sae/train/trainer.js';
+import { defaultTrainConfig, trainTopKSae } from '../../src/lab/train/trainer.js';
 
 interface Shape {
   dIn: number;

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startModelServer, type ModelServer } from '../../src/model/server.js';
 import { EMPTY_PLAN, type PlanResolver, type RequestPlan } from '../../src/proxy/plan.js';
 import { startProxy, type ProxyServer } from '../../src/proxy/server.js';
-import { CountingSink, type TapSource } from '../../src/proxy/sink.js';
+import { CountingSink, type TapSource } from '../../src/tap/sink.js';
 import { encodeMessage } from '../../src/tap/codec.js';
 import type { ActivationsFrame } from '../../src/tap/server.js';
 

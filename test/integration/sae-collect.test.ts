@@ -8,7 +8,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startModelServer, type ModelServer } from '../../src/model/server.js';
-import { ActivationCollector, type CollectedDocument, type CollectInputDocument, type CollectOptions, type CollectProgress } from '../../src/sae/collect.js';
+import { ActivationCollector, type CollectedDocument, type CollectInputDocument, type CollectOptions, type CollectProgress } from '../../src/lab/collect.js';
 import { TapClient } from '../../src/tap/client.js';
 import { expectSaegateRejection } from '../helpers/errors.js';
 import { hasSharedModels, needsSharedModels, stories260K } from '../helpers/fixtures.js';

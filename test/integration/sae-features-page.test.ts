@@ -8,10 +8,10 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FeatureAccumulator, type FeatureDocument } from '../../src/sae/features/accumulator.js';
-import { renderFeaturePage } from '../../src/sae/features/html.js';
-import { applyLabels, readFeatureLabels } from '../../src/sae/features/labels.js';
-import { readFeatureReport, writeFeatureReport, type FeatureReport } from '../../src/sae/features/report.js';
+import { FeatureAccumulator, type FeatureDocument } from '../../src/lab/features/accumulator.js';
+import { renderFeaturePage } from '../../src/lab/features/html.js';
+import { applyLabels, readFeatureLabels } from '../../src/lab/features/labels.js';
+import { readFeatureReport, writeFeatureReport, type FeatureReport } from '../../src/lab/features/report.js';
 import { launchChromium, needsChromium, skipBrowserTests } from '../helpers/chromium.js';
 import { makeTempDir, removeTempDir } from '../helpers/fixtures.js';
 

@@ -11,8 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SeededRandom } from '../../src/common/random.js';
 import { writeSafetensors } from '../../src/common/safetensors.js';
 import { loadSae } from '../../src/sae/load.js';
-import { readFeatureReport, type FeatureReport } from '../../src/sae/features/index.js';
-import type { TrainReport } from '../../src/sae/train/report.js';
+import { readFeatureReport, type FeatureReport } from '../../src/lab/features/report.js';
+import type { TrainReport } from '../../src/lab/train/report.js';
 import { launchChromium, needsChromium, skipBrowserTests } from '../helpers/chromium.js';
 import { runCli } from '../helpers/cli.js';
 

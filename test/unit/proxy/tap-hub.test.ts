@@ -6,7 +6,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CountingSink, type ActivationSink } from '../../../src/proxy/sink.js';
+import { CountingSink, type ActivationSink } from '../../../src/tap/sink.js';
 import { TapHub } from '../../../src/proxy/tap-hub.js';
 import { TapClient } from '../../../src/tap/client.js';
 import { vectorId } from '../../../src/tap/codec.js';

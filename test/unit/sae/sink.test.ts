@@ -4,7 +4,7 @@
  * the drops reported back to the tap.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import type { TapSource } from '../../../src/proxy/sink.js';
+import type { TapSource } from '../../../src/tap/sink.js';
 import type { SaeResultBatch } from '../../../src/sae/batcher.js';
 import { SaeSink, type SaeSinkOptions } from '../../../src/sae/sink.js';
 import { encodeActivationFrame, encodeTokensFrame } from '../../../src/tap/builders.js';
