@@ -39,6 +39,7 @@ const specs = {
   SAEGATE_ERR_FEATURE_LABELS: { message: "feature labels '%s': %s", status: 400, type: 'invalid_request_error' },
   SAEGATE_ERR_VECTOR_FILE: { message: "steering vector '%s': %s", status: 400, type: 'invalid_request_error' },
   SAEGATE_ERR_VECTOR_REFERENCE: { message: "steering vector reference '%s': %s", status: 400, type: 'invalid_request_error' },
+  SAEGATE_ERR_DOWNLOAD: { message: "download '%s' failed: %s", status: 502, type: 'server_error' },
   SAEGATE_ERR_FEATURE_ARGUMENT: { message: 'invalid feature statistics argument: %s', status: 500, type: 'server_error' },
   // Runtime
   SAEGATE_ERR_DEVICE_UNAVAILABLE: { message: 'device %s is not available: %s', status: 500, type: 'server_error' },
