@@ -41,6 +41,10 @@ const specs = {
   SAEGATE_ERR_VECTOR_REFERENCE: { message: "steering vector reference '%s': %s", status: 400, type: 'invalid_request_error' },
   SAEGATE_ERR_DOWNLOAD: { message: "download '%s' failed: %s", status: 502, type: 'server_error' },
   SAEGATE_ERR_FEATURE_ARGUMENT: { message: 'invalid feature statistics argument: %s', status: 500, type: 'server_error' },
+  // Drift monitoring (src/monitor)
+  SAEGATE_ERR_BASELINE_FILE: { message: "baseline file '%s': %s", status: 500, type: 'server_error' },
+  SAEGATE_ERR_BASELINE_MISMATCH: { message: "baseline '%s' does not match the monitored SAE: %s", status: 500, type: 'server_error' },
+  SAEGATE_ERR_MONITOR_ARGUMENT: { message: 'invalid monitor argument: %s', status: 500, type: 'server_error' },
   // Runtime
   SAEGATE_ERR_DEVICE_UNAVAILABLE: { message: 'device %s is not available: %s', status: 500, type: 'server_error' },
   SAEGATE_ERR_RUNTIME: { message: 'model runtime failed: %s', status: 500, type: 'server_error' },
