@@ -75,12 +75,13 @@ const specs = {
   SAEGATE_ERR_TAP_AUTH: { message: 'tap authentication failed: %s', status: 401, type: 'invalid_request_error' },
   SAEGATE_ERR_TAP_ARGUMENT: { message: 'invalid tap argument: %s', status: 500, type: 'server_error' },
   SAEGATE_ERR_TAP_CLOSED: { message: 'tap connection closed: %s', status: 503, type: 'server_error' },
+  SAEGATE_ERR_TAP_UNROUTED: { message: "no tap connection is known to serve request '%s': %s", status: 503, type: 'server_error' },
   SAEGATE_ERR_TAP_PLAN_REJECTED: {
     message: "steering plan '%s' for request '%s' was rejected on the tap: %s",
     status: 500,
     type: 'server_error',
   },
-  // Activation collection (src/lab/collect.ts)
+  // Activation collection (src/lab/collect/)
   SAEGATE_ERR_COLLECT_NO_SERVER: { message: 'no model server to collect from: %s', status: 503, type: 'server_error' },
   SAEGATE_ERR_COLLECT_SERVER: { message: "model server '%s' cannot serve this collection: %s", status: 400, type: 'invalid_request_error' },
   SAEGATE_ERR_COLLECT_UPSTREAM: { message: 'upstream %s failed for %s: %s', status: 502, type: 'server_error' },

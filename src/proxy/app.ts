@@ -4,7 +4,7 @@
  *
  * Wiring only: each concern lives in its own file (routes-*.ts for the endpoints, forward.ts for
  * the response path, upstream.ts with timeouts.ts, retry.ts and upstream-metrics.ts for the
- * upstream path, tap-hub.ts for the tap). Every error a client can see leaves through the handlers
+ * upstream path; the tap is a TapHost from src/tap/host.ts). Every error a client can see leaves through the handlers
  * below as an OpenAI-shaped body with a SAEGATE_ERR_* code.
  */
 import type { Socket } from 'node:net';
@@ -23,8 +23,8 @@ import { Readiness } from './readiness.js';
 import { registerAdminRoutes } from './routes-admin.js';
 import { registerOpenAIRoutes, type ProxyState } from './routes-openai.js';
 import { registerOpsRoutes } from './routes-ops.js';
+import { TapHost } from '../tap/host.js';
 import { CountingSink, type ActivationSink } from '../tap/sink.js';
-import { TapHub } from './tap-hub.js';
 import { UpstreamClient } from './upstream.js';
 
 declare module 'fastify' {
@@ -56,7 +56,7 @@ export interface ProxyAppOptions {
 export interface ProxyApp {
   app: FastifyInstance;
   config: ProxyConfig;
-  tap: TapHub;
+  tap: TapHost;
   sink: ActivationSink;
   upstream: UpstreamClient;
   metrics: ProxyMetrics;
@@ -104,7 +104,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
     clientErrorHandler: clientErrorHandler(config.maxHeaderBytes),
   });
 
-  const tap = new TapHub({ sink, token: config.tapToken, maxFrameBytes: config.tapMaxFrameBytes, logger: app.log });
+  const tap = new TapHost({ sink, token: config.tapToken, maxFrameBytes: config.tapMaxFrameBytes, logger: app.log });
   const metrics = new ProxyMetrics({ registry: options.registry, tapStats: () => tap.stats, sinkDroppedRows: () => tap.sinkDroppedRows });
   const upstream = new UpstreamClient({ ...config, connections: config.upstreamConnections, metrics });
   const state: ProxyState = { phase: 'serving' };

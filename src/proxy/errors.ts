@@ -66,7 +66,12 @@ function codeOf(error: unknown): string | null {
   return e.cause !== undefined ? codeOf(e.cause) : null;
 }
 
-function messageOf(error: unknown): string {
+/**
+ * A dependency error as one line: its message, plus its code (found on it or on its causes) when
+ * the message does not already say it, e.g. `connect ECONNREFUSED 127.0.0.1:9 (ECONNREFUSED)`.
+ * Shared with the activation collector's upstream client (src/lab/collect/upstream.ts).
+ */
+export function describeUpstreamError(error: unknown): string {
   if (error instanceof Error) {
     const code = codeOf(error);
     return code !== null && !error.message.includes(code) ? `${error.message} (${code})` : error.message;
@@ -95,11 +100,11 @@ export function toUpstreamError(error: unknown, context: UpstreamErrorContext): 
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return timeoutError('connect', context.connectTimeoutMs);
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return timeoutError('headers', context.headersTimeoutMs);
   if (context.responseStarted) {
-    const failure = new SaegateError('SAEGATE_ERR_UPSTREAM_STREAM', [messageOf(error)], { cause: error });
+    const failure = new SaegateError('SAEGATE_ERR_UPSTREAM_STREAM', [describeUpstreamError(error)], { cause: error });
     streamFailures.add(failure);
     return failure;
   }
-  return new SaegateError('SAEGATE_ERR_UPSTREAM_UNAVAILABLE', [context.upstream, messageOf(error)], { cause: error });
+  return new SaegateError('SAEGATE_ERR_UPSTREAM_UNAVAILABLE', [context.upstream, describeUpstreamError(error)], { cause: error });
 }
 
 interface FastifyLikeError {

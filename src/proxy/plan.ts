@@ -4,23 +4,10 @@
  * empty plan, so requests pass through untouched and `x-saegate-applied` says `none`.
  */
 import type { IncomingHttpHeaders } from 'node:http';
+import type { SteeringTerm } from '../tap/host.js';
 
-/** One additive steering term for a request (docs/tap-protocol.md §4.7), with the vector itself. */
-export interface SteeringTerm {
-  /** TransformerLens hook name, e.g. `blocks.6.hook_resid_post`. */
-  hook: string;
-  /**
-   * d_model values; sent to a model server once per connection, then referred to by content hash.
-   * Treat it as immutable and reuse the same array across requests: its hash is computed once
-   * per array and cached.
-   */
-  vector: Float32Array;
-  scale: number;
-  /** First steered position (0 = first prompt token). */
-  fromPosition: number;
-  /** First position no longer steered; null = to the end. */
-  untilPosition: number | null;
-}
+/** A steering term is the tap host's (src/tap/host.ts): the proxy hands them to it as they are. */
+export type { SteeringTerm };
 
 /** What the proxy knows about a request when it asks for its plan. */
 export interface PlanRequest {

@@ -14,11 +14,11 @@ import { subscribeSchema } from '../tap/messages.js';
 import { redactConfig, type ProxyConfig } from './config.js';
 import type { InFlightExchanges, StreamSlots } from './limits.js';
 import type { ProxyState } from './routes-openai.js';
-import type { TapHub } from './tap-hub.js';
+import type { TapHost } from '../tap/host.js';
 
 export interface AdminRoutesOptions {
   config: ProxyConfig;
-  tap: TapHub;
+  tap: TapHost;
   streams: StreamSlots;
   inFlight: InFlightExchanges;
   state: ProxyState;

@@ -14,7 +14,7 @@ import type { StreamSlots } from './limits.js';
 import type { ProxyMetrics } from './metrics.js';
 import { appliedValue, type PlanResolver, type RequestPlan } from './plan.js';
 import { readRequestFields, type RequestFields } from './request-fields.js';
-import type { TapHub } from './tap-hub.js';
+import type { TapHost } from '../tap/host.js';
 
 /** Where the proxy is in its life: serving, draining (readyz 503, still serving) or closing (refusing). */
 export interface ProxyState {
@@ -25,7 +25,7 @@ export interface OpenAIRoutesOptions {
   forwarder: Forwarder;
   streams: StreamSlots;
   planResolver: PlanResolver;
-  tap: TapHub;
+  tap: TapHost;
   metrics: ProxyMetrics;
   state: ProxyState;
 }

@@ -70,7 +70,7 @@ export async function startProxy(options: StartProxyOptions): Promise<ProxyServe
     await app.close();
     throw error;
   }
-  tap.server.attach(app.server, '/v1/tap');
+  tap.attach(app.server, '/v1/tap');
   const address = app.server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
 

@@ -8,7 +8,7 @@
  * many it dropped instead of waiting (ARCHITECTURE decision 4). Dropped rows are counted in
  * `saegate_tap_rows_dropped_total{reason="sink"}`.
  */
-import type { RequestEnd, TokensMessage } from './messages.js';
+import type { Hello, RequestEnd, StreamDtype, TokensMessage } from './messages.js';
 import type { ActivationsFrame } from './server.js';
 
 /** The connection a frame came from. */
@@ -33,6 +33,31 @@ export interface ActivationSink {
   tokens?(message: TokensMessage, source: TapSource): void;
   /** A request finished on the model server; its per-request state can go. */
   end?(end: RequestEnd, source: TapSource): void;
+  /**
+   * A model server finished its handshake. Return null to use it, or why not: a refused
+   * connection stays open but gets no subscription and no plans, and none of its traffic reaches
+   * the sink. Called before the host subscribes it. Omitted: every connection is used.
+   */
+  admit?(hello: Hello, source: TapSource): string | null;
+  /**
+   * An admitted connection was subscribed (`subscription` says to what, and why not when its
+   * `error` is set), or is waiting for a subscription (null: the host has none yet).
+   */
+  connected?(source: TapSource, subscription: SubscribeResult | null): void;
+  /** An admitted connection closed; requests it served get no more traffic. */
+  disconnected?(source: TapSource): void;
+}
+
+/** What the host's subscription became on one connection (TapHost.subscribeAll). */
+export interface SubscribeResult {
+  sessionId: string;
+  modelId: string;
+  /** Hooks subscribed on this connection (those of the subscription it offers). */
+  hooks: string[];
+  /** The dtype subscribed, when it was. */
+  dtype?: StreamDtype;
+  /** Why the connection was not subscribed, when it was not. */
+  error?: string;
 }
 
 /** Rows one request sent on one hook. */
