@@ -3,7 +3,7 @@ import { isSaegateError } from '../../../src/common/errors.js';
 import { PlanBook, type ResolvedPlan } from '../../../src/tap/plan-book.js';
 
 function plan(planId: string, requestId: string, scale = 1): ResolvedPlan {
-  return { planId, requestId, entries: [{ hook: 'layer.0', vectorId: 'v'.repeat(64), scale, vector: new Float32Array([scale, -scale]) }] };
+  return { planId, requestId, entries: [{ hook: 'layer.0', vectorId: 'v'.repeat(64), scale, fromPosition: 0, untilPosition: null, vector: new Float32Array([scale, -scale]) }] };
 }
 
 /** The rejection of `promise`, or a marker when it resolved. */
