@@ -55,6 +55,7 @@ export class ClientConnection {
   private closing = false;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private handshakeTimer: NodeJS.Timeout | null = null;
+  private closeGraceTimer: NodeJS.Timeout | null = null;
   private closed: Promise<void> | null = null;
   private resolveClosed: (() => void) | null = null;
   private connectsCount = 0;
@@ -116,7 +117,8 @@ export class ClientConnection {
     } else {
       ws.close(TapCloseCode.normal, 'client closing');
       // A peer that never answers the close frame must not keep close() pending for ws's 30 s.
-      setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref();
+      this.closeGraceTimer = setTimeout(() => ws.terminate(), CLOSE_GRACE_MS);
+      this.closeGraceTimer.unref();
     }
     return this.closed;
   }
@@ -187,6 +189,8 @@ export class ClientConnection {
   }
 
   private finishClose(): void {
+    if (this.closeGraceTimer !== null) clearTimeout(this.closeGraceTimer);
+    this.closeGraceTimer = null;
     const resolve = this.resolveClosed;
     this.resolveClosed = null;
     resolve?.();
