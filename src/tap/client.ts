@@ -120,7 +120,6 @@ export interface TapClientEvents {
   planUpdate: [update: ResolvedPlan];
 }
 
-
 const MiB = 1024 * 1024;
 
 function positiveNumber(value: number | undefined, fallback: number, name: string): number {
