@@ -14,6 +14,7 @@ import type { Server as HttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
 import { err, SaegateError } from '../common/errors.js';
+import { KeyedWaiters } from '../common/keyed-waiters.js';
 import { decodeMessage, encodeMessage, vectorId } from './codec.js';
 import { assertLittleEndianHost } from './layout.js';
 import { silentLogger, type TapLogger } from './logger.js';
@@ -100,11 +101,6 @@ interface ServerContext {
   onClosed(connection: TapConnection): void;
 }
 
-interface AckWaiter {
-  resolve: (ack: PlanAck) => void;
-  reject: (e: Error) => void;
-}
-
 /** Acks kept for `waitForPlanAck` calls that come after the ack. */
 const RECENT_ACKS = 1024;
 /** Plans remembered (planId -> requestId) for error messages. */
@@ -135,7 +131,7 @@ export class TapConnection extends EventEmitter<TapConnectionEvents> {
   private readonly heldVectors = new Set<string>();
   private readonly recentAcks = new Map<string, PlanAck>();
   private readonly sentPlans = new Map<string, string>();
-  private readonly ackWaiters = new Map<string, AckWaiter[]>();
+  private readonly ackWaiters = new KeyedWaiters<string, PlanAck>();
   private sub: Subscription | null = null;
   private isOpen = true;
   private readonly counters: TapConnectionStats = { framesReceived: 0, rowsReceived: 0, bytesReceived: 0, rowsDroppedReported: 0 };
@@ -231,32 +227,9 @@ export class TapConnection extends EventEmitter<TapConnectionEvents> {
     const known = this.recentAcks.get(planId);
     if (known !== undefined) return Promise.resolve(known);
     if (!this.isOpen) return Promise.reject(err('SAEGATE_ERR_TAP_CLOSED', `connection ${this.sessionId} is closed`));
-    return new Promise<PlanAck>((resolve, reject) => {
-      const remove = (): void => {
-        clearTimeout(timer);
-        const list = this.ackWaiters.get(planId);
-        if (list === undefined) return;
-        const i = list.indexOf(waiter);
-        if (i >= 0) list.splice(i, 1);
-        if (list.length === 0) this.ackWaiters.delete(planId);
-      };
-      const waiter: AckWaiter = {
-        resolve: (ack) => {
-          remove();
-          resolve(ack);
-        },
-        reject: (e) => {
-          remove();
-          reject(e);
-        },
-      };
-      const timer = setTimeout(
-        () => waiter.reject(new SaegateError('SAEGATE_ERR_PLAN_TIMEOUT', [planId, this.sentPlans.get(planId) ?? '?', timeoutMs])),
-        timeoutMs,
-      );
-      const list = this.ackWaiters.get(planId);
-      if (list === undefined) this.ackWaiters.set(planId, [waiter]);
-      else list.push(waiter);
+    return this.ackWaiters.wait(planId, {
+      timeoutMs,
+      timeoutError: () => new SaegateError('SAEGATE_ERR_PLAN_TIMEOUT', [planId, this.sentPlans.get(planId) ?? '?', timeoutMs]),
     });
   }
 
@@ -342,8 +315,7 @@ export class TapConnection extends EventEmitter<TapConnectionEvents> {
       case 'plan_ack': {
         const { type: _type, ...ack } = msg;
         remember(this.recentAcks, ack.planId, ack, RECENT_ACKS);
-        const waiters = this.ackWaiters.get(ack.planId);
-        if (waiters !== undefined) for (const w of [...waiters]) w.resolve(ack);
+        this.ackWaiters.resolve(ack.planId, ack);
         this.emitSafely('planAck', ack);
         return;
       }
@@ -371,8 +343,7 @@ export class TapConnection extends EventEmitter<TapConnectionEvents> {
   private onClose(code: number, reason: string): void {
     this.isOpen = false;
     const closed = err('SAEGATE_ERR_TAP_CLOSED', `connection ${this.sessionId} closed (${code})`);
-    for (const waiters of [...this.ackWaiters.values()]) for (const w of [...waiters]) w.reject(closed);
-    this.ackWaiters.clear();
+    this.ackWaiters.close(closed);
     this.context.onClosed(this);
     this.emitSafely('close', { code, reason });
   }
