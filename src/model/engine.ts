@@ -83,6 +83,7 @@ export class LocalEngine implements Engine {
     engine.host = await WorkerHost.start<RuntimeWorkerProtocol>({
       entry: siblingModule(import.meta.url, 'runtime-worker'),
       name: 'model runtime worker',
+      // Called once (restart 'never'), so the graph bytes can be transferred rather than copied.
       init: () => ({
         init: {
           model,
