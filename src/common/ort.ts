@@ -6,7 +6,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import type * as OrtModule from 'onnxruntime-node';
-import { SaegateError } from './errors.js';
+import { isSaegateError, SaegateError } from './errors.js';
 
 export type Ort = typeof OrtModule;
 export type Device = 'cpu' | 'cuda';
@@ -60,5 +60,24 @@ export async function createSession(model: Uint8Array, options: SessionOptions):
       );
     }
     throw new SaegateError('SAEGATE_ERR_RUNTIME', [(cause as Error).message], { cause });
+  }
+}
+
+/**
+ * Runs `session` on `feeds`, returning the outputs named in `fetches`. The one place an
+ * onnxruntime run error (a shape mismatch, an out-of-memory on the device, a kernel failure) becomes
+ * SAEGATE_ERR_RUNTIME, with onnxruntime's error as its cause; workers call this instead of
+ * `session.run` and translate nothing themselves.
+ */
+export async function runSession(
+  session: OrtModule.InferenceSession,
+  feeds: OrtModule.InferenceSession.FeedsType,
+  fetches: readonly string[],
+): Promise<OrtModule.InferenceSession.ReturnType> {
+  try {
+    return await session.run(feeds, fetches);
+  } catch (cause) {
+    if (isSaegateError(cause)) throw cause;
+    throw new SaegateError('SAEGATE_ERR_RUNTIME', [cause instanceof Error ? cause.message : String(cause)], { cause });
   }
 }

@@ -1,15 +1,17 @@
 /**
  * The generation engine's main-thread half: validates requests, hands them to the runtime worker,
  * and fans the worker's per-step results out to token callbacks and step listeners (the tap).
- * onnxruntime never runs here; the worker owns the session and the KV cache.
+ * onnxruntime never runs here; the worker owns the session and the KV cache. The thread is a
+ * `WorkerHost` with restart policy `'never'`: the KV cache and every running sequence die with it,
+ * so after a loss every request fails with SAEGATE_ERR_WORKER_EXITED until the server restarts.
  */
-import type { Worker } from 'node:worker_threads';
 import { SaegateError } from '../common/errors.js';
 import type { Device } from '../common/ort.js';
-import { siblingModule, spawnWorker } from '../common/worker.js';
+import { siblingModule } from '../common/worker.js';
+import { WorkerHost } from '../common/worker-host.js';
 import type { Engine, GenerateRequest, GenerateResult, TokenCallback } from './engine-types.js';
 import { buildDecoderGraph } from './graph.js';
-import type { FromWorker, TapSubscription, ToWorker, WorkerSteeringEntry } from './runtime-protocol.js';
+import type { RuntimeNotice, RuntimeStep, RuntimeWorkerProtocol, TapSubscription, WorkerSteeringEntry } from './runtime-protocol.js';
 import { allHookPoints, type ModelConfig, type ModelWeights } from './types.js';
 
 export interface LocalEngineOptions {
@@ -36,12 +38,11 @@ export interface LocalEngineOptions {
 }
 
 /** One decode or prefill step, as seen by the tap. */
-export type StepListener = (step: Extract<FromWorker, { type: 'step' }>) => void;
+export type StepListener = (step: RuntimeStep) => void;
 export type EndListener = (requestId: string, result: GenerateResult) => void;
 
 interface Pending {
   onToken: TokenCallback;
-  resolve: (result: GenerateResult) => void;
   reject: (error: Error) => void;
   cleanup: () => void;
 }
@@ -62,20 +63,15 @@ export class LocalEngine implements Engine {
   private readonly stepListeners = new Set<StepListener>();
   private readonly endListeners = new Set<EndListener>();
   private closed = false;
-  private workerError: SaegateError | null = null;
+  /** Set once `create` has the host; worker events arrive only after that. */
+  private host!: WorkerHost<RuntimeWorkerProtocol>;
 
   private constructor(
-    private readonly worker: Worker,
     config: ModelConfig,
     private readonly resolvePlan: LocalEngineOptions['resolvePlan'],
   ) {
     this.config = config;
     this.hookPoints = allHookPoints(config);
-    worker.on('message', (msg: FromWorker) => this.onMessage(msg));
-    worker.on('error', (error) => this.failWorker(error.message));
-    worker.on('exit', (code) => {
-      if (!this.closed) this.failWorker(`exit code ${code}`);
-    });
   }
 
   /** Builds the graph (on this thread, once), starts the worker and waits until its session is ready. */
@@ -83,72 +79,41 @@ export class LocalEngine implements Engine {
     const maxSlots = options.maxBatch ?? 8;
     if (!Number.isInteger(maxSlots) || maxSlots < 1) throw new SaegateError('SAEGATE_ERR_CONFIG', ['maxBatch', `a positive integer, got ${maxSlots}`]);
     const model = buildDecoderGraph(options.weights, { maxSlots });
-    const worker = spawnWorker(siblingModule(import.meta.url, 'runtime-worker'));
-    const ready = new Promise<void>((resolve, reject) => {
-      const onMessage = (msg: FromWorker): void => {
-        if (msg.type === 'ready') resolve();
-        else if (msg.type === 'init_error') reject(SaegateError.fromWire(msg));
-        else return;
-        worker.off('message', onMessage);
-      };
-      worker.on('message', onMessage);
-      worker.once('error', reject);
+    const engine = new LocalEngine(options.weights.config, options.resolvePlan);
+    engine.host = await WorkerHost.start<RuntimeWorkerProtocol>({
+      entry: siblingModule(import.meta.url, 'runtime-worker'),
+      name: 'model runtime worker',
+      // Called once (restart 'never'), so the graph bytes can be transferred rather than copied.
+      init: () => ({
+        init: {
+          model,
+          config: options.weights.config,
+          maxSlots,
+          device: options.device ?? 'cpu',
+          intraOpThreads: options.intraOpThreads,
+          prefillTokenBudget: options.prefillTokenBudget ?? 2048,
+          samplableVocab: options.samplableVocab ?? options.weights.config.vocabSize,
+        },
+        transfer: [model.buffer as ArrayBuffer],
+      }),
+      onEvent: (step) => engine.onStepEvent(step),
+      restart: 'never',
     });
-    const init: ToWorker = {
-      type: 'init',
-      model,
-      config: options.weights.config,
-      maxSlots,
-      device: options.device ?? 'cpu',
-      intraOpThreads: options.intraOpThreads,
-      prefillTokenBudget: options.prefillTokenBudget ?? 2048,
-      samplableVocab: options.samplableVocab ?? options.weights.config.vocabSize,
-    };
-    worker.postMessage(init, [model.buffer as ArrayBuffer]);
-    try {
-      await ready;
-    } catch (error) {
-      await worker.terminate();
-      throw error;
-    }
-    return new LocalEngine(worker, options.weights.config, options.resolvePlan);
+    return engine;
   }
 
-  private post(msg: ToWorker, transfer: ArrayBuffer[] = []): void {
-    this.worker.postMessage(msg, transfer);
+  private post(msg: RuntimeNotice): void {
+    this.host.notify(msg);
   }
 
-  private onMessage(msg: FromWorker): void {
-    switch (msg.type) {
-      case 'step': {
-        if (msg.phase === 'prefill') this.stats.prefillSteps++;
-        else this.stats.decodeSteps++;
-        this.stats.runMs += msg.runMs;
-        this.stats.generatedTokens += msg.tokens.tokenIds.length;
-        const { requestIds, tokenIds, positions } = msg.tokens;
-        for (let i = 0; i < requestIds.length; i++) this.deliverToken(requestIds[i], tokenIds[i], positions[i]);
-        for (const listener of this.stepListeners) listener(msg);
-        break;
-      }
-      case 'done': {
-        const result: GenerateResult = { finishReason: msg.finishReason, promptTokens: msg.promptTokens, completionTokens: msg.completionTokens };
-        const p = this.pending.get(msg.requestId);
-        this.pending.delete(msg.requestId);
-        for (const listener of this.endListeners) listener(msg.requestId, result);
-        p?.cleanup();
-        p?.resolve(result);
-        break;
-      }
-      case 'request_error': {
-        const p = this.pending.get(msg.requestId);
-        this.pending.delete(msg.requestId);
-        p?.cleanup();
-        p?.reject(SaegateError.fromWire(msg));
-        break;
-      }
-      default:
-        break;
-    }
+  private onStepEvent(step: RuntimeStep): void {
+    if (step.phase === 'prefill') this.stats.prefillSteps++;
+    else this.stats.decodeSteps++;
+    this.stats.runMs += step.runMs;
+    this.stats.generatedTokens += step.tokens.tokenIds.length;
+    const { requestIds, tokenIds, positions } = step.tokens;
+    for (let i = 0; i < requestIds.length; i++) this.deliverToken(requestIds[i], tokenIds[i], positions[i]);
+    for (const listener of this.stepListeners) listener(step);
   }
 
   /**
@@ -165,15 +130,6 @@ export class LocalEngine implements Engine {
       this.post({ type: 'cancel', requestId });
       p.cleanup();
       p.reject(error instanceof Error ? error : new SaegateError('SAEGATE_ERR_RUNTIME', [String(error)]));
-    }
-  }
-
-  private failWorker(reason: string): void {
-    this.workerError = new SaegateError('SAEGATE_ERR_WORKER_EXITED', [reason]);
-    for (const [id, p] of this.pending) {
-      this.pending.delete(id);
-      p.cleanup();
-      p.reject(this.workerError);
     }
   }
 
@@ -212,7 +168,8 @@ export class LocalEngine implements Engine {
 
   async generate(request: GenerateRequest, onToken: TokenCallback): Promise<GenerateResult> {
     if (this.closed) throw new SaegateError('SAEGATE_ERR_SHUTTING_DOWN');
-    if (this.workerError) throw this.workerError;
+    const lost = this.host.exitError;
+    if (lost) throw lost;
     this.validate(request);
     if (request.signal?.aborted) return { finishReason: 'abort', promptTokens: request.promptTokens.length, completionTokens: 0 };
 
@@ -226,22 +183,35 @@ export class LocalEngine implements Engine {
     return new Promise<GenerateResult>((resolve, reject) => {
       const onAbort = (): void => this.post({ type: 'cancel', requestId: request.requestId });
       request.signal?.addEventListener('abort', onAbort, { once: true });
-      this.pending.set(request.requestId, {
-        onToken,
-        resolve,
-        reject,
-        cleanup: () => request.signal?.removeEventListener('abort', onAbort),
-      });
-      this.post({
-        type: 'submit',
-        requestId: request.requestId,
-        promptTokens: request.promptTokens,
-        maxTokens: request.maxTokens,
-        sampling: request.sampling,
-        stopTokenIds: [...request.stopTokenIds],
-        steering: request.steering,
-        planSteering: planEntries,
-      });
+      const cleanup = (): void => request.signal?.removeEventListener('abort', onAbort);
+      this.pending.set(request.requestId, { onToken, reject, cleanup });
+      // Settles after every step event of this request (the worker answers after its last step).
+      // A request already failed here (its token callback threw, or close()) stays failed: the
+      // pending entry is gone and settling the promise again does nothing.
+      this.host
+        .request({
+          requestId: request.requestId,
+          promptTokens: request.promptTokens,
+          maxTokens: request.maxTokens,
+          sampling: request.sampling,
+          stopTokenIds: [...request.stopTokenIds],
+          steering: request.steering,
+          planSteering: planEntries,
+        })
+        .then(
+          (done) => {
+            const result: GenerateResult = { finishReason: done.finishReason, promptTokens: done.promptTokens, completionTokens: done.completionTokens };
+            if (this.pending.get(request.requestId)?.reject === reject) this.pending.delete(request.requestId);
+            for (const listener of this.endListeners) listener(request.requestId, result);
+            cleanup();
+            resolve(result);
+          },
+          (error: Error) => {
+            if (this.pending.get(request.requestId)?.reject === reject) this.pending.delete(request.requestId);
+            cleanup();
+            reject(error);
+          },
+        );
     });
   }
 
@@ -284,7 +254,6 @@ export class LocalEngine implements Engine {
       p.cleanup();
       p.reject(new SaegateError('SAEGATE_ERR_SHUTTING_DOWN'));
     }
-    this.post({ type: 'close' });
-    await this.worker.terminate();
+    await this.host.close();
   }
 }

@@ -1,5 +1,7 @@
 /**
- * Messages between the engine (main thread) and the runtime worker. Bulk data (ONNX bytes,
+ * Payloads between the engine (main thread) and the runtime worker, inside the `WorkerHost`
+ * envelope: a generation is one request (submit → done), cancellations, plan updates and tap
+ * changes are notices, and every forward pass is a `step` event. Bulk data (ONNX bytes,
  * activation rows) travels as transferred ArrayBuffers, never as per-row objects.
  */
 import type { Device } from '../common/ort.js';
@@ -23,34 +25,41 @@ export interface TapSubscription {
   includePrompt: boolean;
 }
 
-export type ToWorker =
-  | {
-      type: 'init';
-      model: Uint8Array;
-      config: ModelConfig;
-      maxSlots: number;
-      device: Device;
-      intraOpThreads?: number;
-      prefillTokenBudget: number;
-      /** Only ids below this are sampled (a tokenizer smaller than a padded embedding). */
-      samplableVocab: number;
-    }
-  | {
-      type: 'submit';
-      requestId: string;
-      promptTokens: number[];
-      maxTokens: number;
-      sampling: SamplingParams;
-      stopTokenIds: number[];
-      steering: WorkerSteeringEntry[];
-      /** Steering from saegate's plan; part of the submit so it is in place before prefill. */
-      planSteering: WorkerSteeringEntry[];
-    }
+export interface RuntimeInit {
+  model: Uint8Array;
+  config: ModelConfig;
+  maxSlots: number;
+  device: Device;
+  intraOpThreads?: number;
+  prefillTokenBudget: number;
+  /** Only ids below this are sampled (a tokenizer smaller than a padded embedding). */
+  samplableVocab: number;
+}
+
+/** One generation; the worker answers when it finishes (or with an error). */
+export interface SubmitRequest {
+  requestId: string;
+  promptTokens: number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  stopTokenIds: number[];
+  steering: WorkerSteeringEntry[];
+  /** Steering from saegate's plan; part of the submit so it is in place before prefill. */
+  planSteering: WorkerSteeringEntry[];
+}
+
+/** The answer to a submit. */
+export interface RequestDone {
+  finishReason: FinishReason;
+  promptTokens: number;
+  completionTokens: number;
+}
+
+export type RuntimeNotice =
   | { type: 'cancel'; requestId: string }
   /** Replaces the plan-derived steering of a request from the next step on. */
   | { type: 'plan'; requestId: string; entries: WorkerSteeringEntry[] }
-  | { type: 'tap'; subscription: TapSubscription | null }
-  | { type: 'close' };
+  | { type: 'tap'; subscription: TapSubscription | null };
 
 /** Rows of one hook from one forward pass. */
 export interface ActivationBatch {
@@ -71,9 +80,20 @@ export interface StepTokens {
   tokenIds: Int32Array;
 }
 
-export type FromWorker =
-  | { type: 'ready' }
-  | { type: 'init_error'; code: string; message: string }
-  | { type: 'step'; tokens: StepTokens; activations: ActivationBatch[]; batchSize: number; phase: 'prefill' | 'decode'; runMs: number }
-  | { type: 'done'; requestId: string; finishReason: FinishReason; promptTokens: number; completionTokens: number }
-  | { type: 'request_error'; requestId: string; code: string; message: string };
+/** One prefill or decode forward pass: the tokens it emitted and the tapped rows. */
+export interface RuntimeStep {
+  tokens: StepTokens;
+  activations: ActivationBatch[];
+  batchSize: number;
+  phase: 'prefill' | 'decode';
+  /** Time inside onnxruntime, milliseconds. */
+  runMs: number;
+}
+
+export interface RuntimeWorkerProtocol {
+  init: RuntimeInit;
+  request: SubmitRequest;
+  response: RequestDone;
+  notice: RuntimeNotice;
+  event: RuntimeStep;
+}

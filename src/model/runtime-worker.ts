@@ -9,19 +9,15 @@
  * Running sequences occupy KV-cache slots 0..n-1 densely; a finished sequence's slot is refilled
  * by moving the last sequence's cache into it, so a decode step reads one contiguous slice.
  */
-import { parentPort } from 'node:worker_threads';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
-import { isSaegateError } from '../common/errors.js';
-import { createSession, loadOrt, type Ort } from '../common/ort.js';
+import { createSession, loadOrt, runSession, type Ort } from '../common/ort.js';
+import { serveWorker } from '../common/worker-port.js';
 import type { FinishReason, SamplingParams } from './engine-types.js';
 import { GraphNames } from './graph.js';
-import type { ActivationBatch, FromWorker, TapSubscription, ToWorker, WorkerSteeringEntry } from './runtime-protocol.js';
+import type { ActivationBatch, RequestDone, RuntimeInit, RuntimeWorkerProtocol, SubmitRequest, TapSubscription, WorkerSteeringEntry } from './runtime-protocol.js';
 import { SeededRandom, sampleToken } from './sampling.js';
 import { ropeTables } from './rope.js';
 import { allHookPoints, type ModelConfig } from './types.js';
-
-const port = parentPort;
-if (!port) throw new Error('runtime-worker must run in a worker thread');
 
 const NEG = -1e9;
 
@@ -41,6 +37,9 @@ interface Sequence {
   generated: number;
   cancelled: boolean;
   finish: FinishReason | null;
+  /** Answers the submit request. */
+  resolve: (done: RequestDone) => void;
+  reject: (error: unknown) => void;
 }
 
 let ort: Ort;
@@ -65,13 +64,8 @@ const running: Sequence[] = [];
 const waiting: Sequence[] = [];
 const byId = new Map<string, Sequence>();
 let looping = false;
-let closing = false;
 
-function post(message: FromWorker, transfer: ArrayBuffer[] = []): void {
-  port!.postMessage(message, transfer);
-}
-
-function init(msg: Extract<ToWorker, { type: 'init' }>): Promise<void> {
+function init(msg: RuntimeInit): Promise<void> {
   config = msg.config;
   maxSlots = msg.maxSlots;
   prefillTokenBudget = msg.prefillTokenBudget;
@@ -183,7 +177,7 @@ async function forward(batch: Sequence[], firstSlot: number, tokens: number[][],
   if (tapping) for (const h of tapping.hooks) fetches.push(tapping.dtype === 'f16' ? GraphNames.tap16(h) : GraphNames.tap(h));
 
   const t0 = performance.now();
-  const out = await session.run(feeds, fetches);
+  const out = await runSession(session, feeds, fetches);
   const runMs = performance.now() - t0;
 
   // Write new keys/values: output [B, KV, T, hd] → cache [slot, KV, maxSeqLen, hd] at each sequence's position.
@@ -259,7 +253,7 @@ function advance(batch: Sequence[], logits: Float32Array, emitted: { ids: string
 
 function finishSequence(seq: Sequence, reason: FinishReason): void {
   byId.delete(seq.requestId);
-  post({ type: 'done', requestId: seq.requestId, finishReason: reason, promptTokens: seq.prompt.length, completionTokens: seq.generated });
+  seq.resolve({ finishReason: reason, promptTokens: seq.prompt.length, completionTokens: seq.generated });
 }
 
 /** Removes finished or cancelled sequences, keeping running slots dense. */
@@ -292,9 +286,8 @@ function postStep(phase: 'prefill' | 'decode', batchSize: number, emitted: { ids
       }
     }
   }
-  post(
+  worker.emit(
     {
-      type: 'step',
       phase,
       batchSize,
       runMs: result.runMs,
@@ -345,11 +338,9 @@ async function iterate(): Promise<void> {
 }
 
 function failAll(error: unknown): void {
-  const code = isSaegateError(error) ? error.code : 'SAEGATE_ERR_RUNTIME';
-  const message = (error as Error).message;
   for (const seq of [...running, ...waiting]) {
     byId.delete(seq.requestId);
-    post({ type: 'request_error', requestId: seq.requestId, code, message });
+    seq.reject(error);
   }
   running.length = 0;
   waiting.length = 0;
@@ -359,7 +350,7 @@ async function loop(): Promise<void> {
   if (looping) return;
   looping = true;
   try {
-    while (!closing && (running.length > 0 || waiting.length > 0)) {
+    while (running.length > 0 || waiting.length > 0) {
       try {
         await iterate();
       } catch (error) {
@@ -373,51 +364,50 @@ async function loop(): Promise<void> {
   }
 }
 
-port.on('message', (msg: ToWorker) => {
-  switch (msg.type) {
-    case 'init':
-      init(msg).then(
-        () => post({ type: 'ready' }),
-        (error: unknown) => post({ type: 'init_error', code: isSaegateError(error) ? error.code : 'SAEGATE_ERR_RUNTIME', message: (error as Error).message }),
-      );
-      break;
-    case 'submit': {
-      const seq: Sequence = {
-        requestId: msg.requestId,
-        prompt: msg.promptTokens,
-        maxTokens: msg.maxTokens,
-        sampling: msg.sampling,
-        stopTokenIds: new Set(msg.stopTokenIds),
-        bodySteering: msg.steering,
-        planSteering: msg.planSteering,
-        rng: new SeededRandom(msg.sampling.seed ?? Math.floor(Math.random() * 2 ** 32)),
-        length: 0,
-        pending: 0,
-        generated: 0,
-        cancelled: false,
-        finish: null,
-      };
-      byId.set(seq.requestId, seq);
-      waiting.push(seq);
-      void loop();
-      break;
+function submit(msg: SubmitRequest): Promise<{ body: RequestDone }> {
+  return new Promise<RequestDone>((resolve, reject) => {
+    const seq: Sequence = {
+      requestId: msg.requestId,
+      prompt: msg.promptTokens,
+      maxTokens: msg.maxTokens,
+      sampling: msg.sampling,
+      stopTokenIds: new Set(msg.stopTokenIds),
+      bodySteering: msg.steering,
+      planSteering: msg.planSteering,
+      rng: new SeededRandom(msg.sampling.seed ?? Math.floor(Math.random() * 2 ** 32)),
+      length: 0,
+      pending: 0,
+      generated: 0,
+      cancelled: false,
+      finish: null,
+      resolve,
+      reject,
+    };
+    byId.set(seq.requestId, seq);
+    waiting.push(seq);
+    void loop();
+  }).then((body) => ({ body }));
+}
+
+// Requests overlap: every submit joins the continuous batch, and is answered when it finishes.
+const worker = serveWorker<RuntimeWorkerProtocol>({
+  init,
+  request: submit,
+  notice(msg) {
+    switch (msg.type) {
+      case 'cancel': {
+        const seq = byId.get(msg.requestId);
+        if (seq) seq.cancelled = true;
+        break;
+      }
+      case 'plan': {
+        const seq = byId.get(msg.requestId);
+        if (seq) seq.planSteering = msg.entries;
+        break;
+      }
+      case 'tap':
+        tap = msg.subscription;
+        break;
     }
-    case 'cancel': {
-      const seq = byId.get(msg.requestId);
-      if (seq) seq.cancelled = true;
-      break;
-    }
-    case 'plan': {
-      const seq = byId.get(msg.requestId);
-      if (seq) seq.planSteering = msg.entries;
-      break;
-    }
-    case 'tap':
-      tap = msg.subscription;
-      break;
-    case 'close':
-      closing = true;
-      port.close();
-      break;
-  }
+  },
 });

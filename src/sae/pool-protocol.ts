@@ -1,60 +1,53 @@
 /**
- * Messages between the SAE pool (main thread) and its encoder workers. Bulk data (ONNX bytes, input
- * rows, results) travels as transferred ArrayBuffers, never as per-row objects: an `encode` hands the
- * rows buffer to the worker, and the `result` hands it back (with the outputs) so the caller can
- * reuse it for the next batch. Each output array is the whole of its own buffer: onnxruntime's own
- * output buffers, transferred as they are (int64 outputs narrowed to int32 first).
+ * Payloads between the SAE pool (main thread) and its encoder workers, inside the `WorkerHost`
+ * envelope. Bulk data (ONNX bytes, input rows, results) travels as transferred ArrayBuffers, never
+ * as per-row objects: an encode request hands the rows buffer to the worker, and the result hands
+ * it back (with the outputs) so the caller can reuse it for the next batch. Each output array is the
+ * whole of its own buffer: onnxruntime's own output buffers, transferred as they are (int64 outputs
+ * narrowed to int32 first).
  */
 import type { Device } from '../common/ort.js';
 
-export type ToPoolWorker =
-  | {
-      type: 'init';
-      /** Encoder graph bytes from `buildSaeEncoderGraph`. */
-      model: Uint8Array;
-      dIn: number;
-      topK: number;
-      device: Device;
-      intraOpThreads?: number;
-    }
-  | {
-      type: 'encode';
-      /** Pool-unique batch id, echoed in the reply. */
-      id: number;
-      /**
-       * `rowCount × dIn` values (the buffer may be longer; only the prefix is read): float32, or
-       * float16 bits, which the worker widens to float32 itself, off the main thread.
-       */
-      rows: Float32Array | Uint16Array;
-      rowCount: number;
-    }
-  /**
-   * TEST ONLY: makes the worker call `process.exit(1)` at once, so tests can exercise crash
-   * recovery (replacement, rejection of in-flight batches, loss accounting). Never sent in production.
-   */
-  | { type: 'crash' }
-  | { type: 'close' };
+export interface PoolWorkerInit {
+  /** Encoder graph bytes from `buildSaeEncoderGraph`. */
+  model: Uint8Array;
+  dIn: number;
+  topK: number;
+  device: Device;
+  intraOpThreads?: number;
+}
 
-export type FromPoolWorker =
-  | { type: 'ready' }
-  | { type: 'init_error'; code: string; message: string }
-  | {
-      type: 'result';
-      id: number;
-      rowCount: number;
-      /** The input buffer, returned for reuse. */
-      rows: Float32Array | Uint16Array;
-      /** [rowCount · topK]; −1 pads unused slots. */
-      indices: Int32Array;
-      /** [rowCount · topK]; 0 pads unused slots. */
-      values: Float32Array;
-      /** [rowCount] */
-      l0: Int32Array;
-      /** [rowCount] */
-      sqError: Float32Array;
-      /** [rowCount] */
-      fvu: Float32Array;
-      /** Time inside onnxruntime, milliseconds. */
-      runMs: number;
-    }
-  | { type: 'encode_error'; id: number; rows: Float32Array | Uint16Array; code: string; message: string };
+export interface EncodeRequest {
+  /**
+   * `rowCount × dIn` values (the buffer may be longer; only the prefix is read): float32, or
+   * float16 bits, which the worker widens to float32 itself, off the main thread.
+   */
+  rows: Float32Array | Uint16Array;
+  rowCount: number;
+}
+
+export interface EncodeResponse {
+  rowCount: number;
+  /** The input buffer, returned for reuse. */
+  rows: Float32Array | Uint16Array;
+  /** [rowCount · topK]; −1 pads unused slots. */
+  indices: Int32Array;
+  /** [rowCount · topK]; 0 pads unused slots. */
+  values: Float32Array;
+  /** [rowCount] */
+  l0: Int32Array;
+  /** [rowCount] */
+  sqError: Float32Array;
+  /** [rowCount] */
+  fvu: Float32Array;
+  /** Time inside onnxruntime, milliseconds. */
+  runMs: number;
+}
+
+export interface PoolWorkerProtocol {
+  init: PoolWorkerInit;
+  request: EncodeRequest;
+  response: EncodeResponse;
+  notice: never;
+  event: never;
+}

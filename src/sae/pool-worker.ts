@@ -3,31 +3,17 @@
  * pool sends it, one at a time in arrival order (a session run blocks onnxruntime's intra-op threads;
  * running two at once on one session only makes them contend).
  */
-import { parentPort } from 'node:worker_threads';
 import type { InferenceSession } from 'onnxruntime-node';
-import { isSaegateError } from '../common/errors.js';
 import { f16ToF32 } from '../common/f16.js';
-import { createSession, loadOrt, type Ort } from '../common/ort.js';
+import { createSession, loadOrt, runSession, type Ort } from '../common/ort.js';
+import { serveWorker, type WorkerReply } from '../common/worker-port.js';
 import { SaeEncoderNames, saeEncoderOutputNames } from './graph.js';
-import type { FromPoolWorker, ToPoolWorker } from './pool-protocol.js';
-
-const port = parentPort;
-if (!port) throw new Error('pool-worker must run in a worker thread');
+import type { EncodeRequest, EncodeResponse, PoolWorkerProtocol } from './pool-protocol.js';
 
 let ort: Ort;
 let session: InferenceSession;
 let dIn = 0;
 let topK = 0;
-/**
- * Serialises runs: each encode chains onto the previous one, and the chain starts at session
- * creation, so encodes posted before the session is ready wait for it.
- */
-let queue: Promise<void> = Promise.resolve();
-let initError: { code: string; message: string } | null = null;
-
-function post(message: FromPoolWorker, transfer: ArrayBuffer[] = []): void {
-  port!.postMessage(message, transfer);
-}
 
 /**
  * int64 → int32 by taking the low word of each value (little-endian, as on every platform
@@ -65,62 +51,30 @@ function float32Rows(rows: Float32Array | Uint16Array, n: number): Float32Array 
   return out;
 }
 
-async function encode(msg: Extract<ToPoolWorker, { type: 'encode' }>): Promise<void> {
-  const { id, rows, rowCount } = msg;
-  if (initError) {
-    post({ type: 'encode_error', id, rows, ...initError }, [rows.buffer as ArrayBuffer]);
-    return;
-  }
-  try {
-    const input = float32Rows(rows, rowCount * dIn);
-    const t0 = performance.now();
-    const out = await session.run({ [SaeEncoderNames.input]: new ort.Tensor('float32', input, [rowCount, dIn]) }, outputNames);
-    const runMs = performance.now() - t0;
-    const indices = lowWords(out[SaeEncoderNames.indices].data as BigInt64Array, rowCount * topK);
-    const l0 = lowWords(out[SaeEncoderNames.l0].data as BigInt64Array, rowCount);
-    const values = owned(out[SaeEncoderNames.values].data as Float32Array);
-    const sqError = owned(out[SaeEncoderNames.sqError].data as Float32Array);
-    const fvu = owned(out[SaeEncoderNames.fvu].data as Float32Array);
-    post({ type: 'result', id, rowCount, rows, indices, values, l0, sqError, fvu, runMs }, [
-      rows.buffer as ArrayBuffer,
-      indices.buffer as ArrayBuffer,
-      values.buffer as ArrayBuffer,
-      l0.buffer as ArrayBuffer,
-      sqError.buffer as ArrayBuffer,
-      fvu.buffer as ArrayBuffer,
-    ]);
-  } catch (error) {
-    const code = isSaegateError(error) ? error.code : 'SAEGATE_ERR_RUNTIME';
-    post({ type: 'encode_error', id, rows, code, message: (error as Error).message }, [rows.buffer as ArrayBuffer]);
-  }
+async function encode({ rows, rowCount }: EncodeRequest): Promise<WorkerReply<EncodeResponse>> {
+  const input = float32Rows(rows, rowCount * dIn);
+  const t0 = performance.now();
+  const out = await runSession(session, { [SaeEncoderNames.input]: new ort.Tensor('float32', input, [rowCount, dIn]) }, outputNames);
+  const runMs = performance.now() - t0;
+  const indices = lowWords(out[SaeEncoderNames.indices].data as BigInt64Array, rowCount * topK);
+  const l0 = lowWords(out[SaeEncoderNames.l0].data as BigInt64Array, rowCount);
+  const values = owned(out[SaeEncoderNames.values].data as Float32Array);
+  const sqError = owned(out[SaeEncoderNames.sqError].data as Float32Array);
+  const fvu = owned(out[SaeEncoderNames.fvu].data as Float32Array);
+  return {
+    body: { rowCount, rows, indices, values, l0, sqError, fvu, runMs },
+    transfer: [rows.buffer, indices.buffer, values.buffer, l0.buffer, sqError.buffer, fvu.buffer] as ArrayBuffer[],
+  };
 }
 
-port.on('message', (msg: ToPoolWorker) => {
-  switch (msg.type) {
-    case 'init':
-      dIn = msg.dIn;
-      topK = msg.topK;
-      queue = loadOrt()
-        .then(async (m) => {
-          ort = m;
-          session = await createSession(msg.model, { device: msg.device, intraOpThreads: msg.intraOpThreads, spinning: false });
-        })
-        .then(
-          () => post({ type: 'ready' }),
-          (error: unknown) => {
-            initError = { code: isSaegateError(error) ? error.code : 'SAEGATE_ERR_RUNTIME', message: (error as Error).message };
-            post({ type: 'init_error', ...initError });
-          },
-        );
-      break;
-    case 'encode':
-      queue = queue.then(() => encode(msg));
-      break;
-    case 'crash':
-      process.exit(1);
-      break;
-    case 'close':
-      port.close();
-      break;
-  }
+serveWorker<PoolWorkerProtocol>({
+  async init(init) {
+    dIn = init.dIn;
+    topK = init.topK;
+    ort = await loadOrt();
+    session = await createSession(init.model, { device: init.device, intraOpThreads: init.intraOpThreads, spinning: false });
+  },
+  request: encode,
+  // One run at a time, in arrival order (see the file comment).
+  serial: true,
 });

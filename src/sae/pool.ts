@@ -3,17 +3,18 @@
  * worker thread holds one session of the same encoder graph; `encode()` transfers a rows buffer to
  * the least-busy worker and resolves with typed arrays.
  *
- * Crash recovery: a worker that errors or exits while the pool is open is replaced at once from the
- * graph bytes the pool keeps. The batches it held reject with SAEGATE_ERR_WORKER_EXITED (their rows
- * are gone with the thread's memory) and are counted in `stats.rowsLost`; batches sent to the
- * replacement wait for its session to be ready.
+ * Crash recovery: each worker is a `WorkerHost` with restart policy `'always'`. A worker that errors
+ * or exits while the pool is open is replaced at once from the graph bytes the pool keeps. The
+ * batches it held reject with SAEGATE_ERR_WORKER_EXITED (their rows are gone with the thread's
+ * memory) and are counted in `stats.rowsLost`; batches sent to the replacement wait for its session
+ * to be ready.
  */
-import type { Worker } from 'node:worker_threads';
-import { SaegateError } from '../common/errors.js';
+import { isSaegateError, SaegateError } from '../common/errors.js';
 import type { Device } from '../common/ort.js';
-import { siblingModule, spawnWorker } from '../common/worker.js';
+import { siblingModule } from '../common/worker.js';
+import { WorkerHost } from '../common/worker-host.js';
 import { buildSaeEncoderGraph, fitsFloat16 } from './graph.js';
-import type { FromPoolWorker, ToPoolWorker } from './pool-protocol.js';
+import type { PoolWorkerProtocol } from './pool-protocol.js';
 import type { SaeWeights } from './types.js';
 
 export interface SaePoolOptions {
@@ -93,20 +94,6 @@ export interface SaePoolStats {
   runMs: number;
 }
 
-interface InFlight {
-  rowCount: number;
-  resolve: (result: EncodeResult) => void;
-  reject: (error: Error) => void;
-}
-
-interface Slot {
-  worker: Worker;
-  ready: Promise<void>;
-  inFlight: Map<number, InFlight>;
-  /** Set once this worker's loss has been handled, so 'error' followed by 'exit' counts once. */
-  dead: boolean;
-}
-
 export class SaePool implements SaeEncoder {
   readonly workers: number;
   readonly topK: number;
@@ -116,8 +103,11 @@ export class SaePool implements SaeEncoder {
   /** onnxruntime intra-op threads per worker; 0: onnxruntime's choice. */
   readonly intraOpThreads: number;
   readonly stats: SaePoolStats = { batches: 0, rowsEncoded: 0, workerRestarts: 0, rowsLost: 0, runMs: 0 };
-  private readonly slots: Slot[] = [];
-  private nextId = 1;
+  /**
+   * One host per worker; a host keeps its place when its thread is replaced. Exposed so tests can
+   * end a worker unexpectedly (`hosts[i].terminate()`) and watch the pool recover.
+   */
+  readonly hosts: WorkerHost<PoolWorkerProtocol>[] = [];
   private closed = false;
 
   private constructor(
@@ -144,95 +134,45 @@ export class SaePool implements SaeEncoder {
     const weights = options.weights ?? (options.device === 'cuda' && fitsFloat16(options.sae) ? 'f16' : 'f32');
     const model = buildSaeEncoderGraph(options.sae, { topK: options.topK, weights });
     const pool = new SaePool(model, options, weights);
-    for (let i = 0; i < workers; i++) pool.slots.push(pool.startWorker());
-    try {
-      await Promise.all(pool.slots.map((s) => s.ready));
-    } catch (error) {
+    const started = await Promise.allSettled(Array.from({ length: workers }, () => pool.startWorker()));
+    for (const result of started) if (result.status === 'fulfilled') pool.hosts.push(result.value);
+    const failed = started.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+    if (failed) {
       await pool.close();
-      throw error;
+      throw failed.reason;
     }
     return pool;
   }
 
-  private startWorker(): Slot {
-    const worker = spawnWorker(siblingModule(import.meta.url, 'pool-worker'));
-    const slot: Slot = { worker, ready: Promise.resolve(), inFlight: new Map(), dead: false };
-    slot.ready = new Promise<void>((resolve, reject) => {
-      const onMessage = (msg: FromPoolWorker): void => {
-        if (msg.type === 'ready') resolve();
-        else if (msg.type === 'init_error') reject(SaegateError.fromWire(msg));
-        else return;
-        worker.off('message', onMessage);
-      };
-      worker.on('message', onMessage);
-      worker.once('exit', (code) => reject(new SaegateError('SAEGATE_ERR_WORKER_EXITED', [`exit code ${code} before the SAE session was ready`])));
+  private startWorker(): Promise<WorkerHost<PoolWorkerProtocol>> {
+    return WorkerHost.start<PoolWorkerProtocol>({
+      entry: siblingModule(import.meta.url, 'pool-worker'),
+      name: 'SAE worker',
+      init: () => {
+        // Each worker (and each replacement) gets its own copy of the graph bytes to take over.
+        const model = this.model.slice();
+        return {
+          init: {
+            model,
+            dIn: this.dIn,
+            topK: this.topK,
+            device: this.options.device ?? 'cpu',
+            intraOpThreads: this.intraOpThreads === 0 ? undefined : this.intraOpThreads,
+          },
+          transfer: [model.buffer],
+        };
+      },
+      restart: 'always',
+      onRestart: () => {
+        this.stats.workerRestarts++;
+      },
     });
-    // A replacement whose session fails must not raise an unhandled rejection; encode() sees it.
-    slot.ready.catch(() => undefined);
-    worker.on('message', (msg: FromPoolWorker) => this.onMessage(slot, msg));
-    worker.on('error', (error) => this.onWorkerLost(slot, error.message));
-    worker.on('exit', (code) => this.onWorkerLost(slot, `exit code ${code}`));
-    const model = this.model.slice();
-    const init: ToPoolWorker = {
-      type: 'init',
-      model,
-      dIn: this.dIn,
-      topK: this.topK,
-      device: this.options.device ?? 'cpu',
-      intraOpThreads: this.intraOpThreads === 0 ? undefined : this.intraOpThreads,
-    };
-    worker.postMessage(init, [model.buffer]);
-    return slot;
-  }
-
-  private onMessage(slot: Slot, msg: FromPoolWorker): void {
-    if (msg.type !== 'result' && msg.type !== 'encode_error') return;
-    const pending = slot.inFlight.get(msg.id);
-    if (!pending) return;
-    slot.inFlight.delete(msg.id);
-    if (msg.type === 'encode_error') {
-      pending.reject(SaegateError.fromWire(msg));
-      return;
-    }
-    this.stats.batches++;
-    this.stats.rowsEncoded += msg.rowCount;
-    this.stats.runMs += msg.runMs;
-    pending.resolve({
-      rowCount: msg.rowCount,
-      topK: this.topK,
-      indices: msg.indices,
-      values: msg.values,
-      l0: msg.l0,
-      sqError: msg.sqError,
-      fvu: msg.fvu,
-      rows: msg.rows,
-      runMs: msg.runMs,
-    });
-  }
-
-  /** Rejects the lost worker's batches, counts the loss and puts a fresh worker in its place. */
-  private onWorkerLost(slot: Slot, reason: string): void {
-    if (slot.dead) return;
-    slot.dead = true;
-    const error = new SaegateError('SAEGATE_ERR_WORKER_EXITED', [this.closed ? 'SAE pool closed' : `SAE worker: ${reason}`]);
-    for (const pending of slot.inFlight.values()) {
-      if (!this.closed) this.stats.rowsLost += pending.rowCount;
-      pending.reject(error);
-    }
-    slot.inFlight.clear();
-    if (this.closed) return;
-    void slot.worker.terminate();
-    const index = this.slots.indexOf(slot);
-    if (index >= 0) {
-      this.stats.workerRestarts++;
-      this.slots[index] = this.startWorker();
-    }
   }
 
   /** The worker with the fewest batches in flight (ties: the lowest index). */
-  private pickSlot(): Slot {
-    let best = this.slots[0];
-    for (const slot of this.slots) if (slot.inFlight.size < best.inFlight.size) best = slot;
+  private pickHost(): WorkerHost<PoolWorkerProtocol> {
+    let best = this.hosts[0];
+    for (const host of this.hosts) if (host.inFlight < best.inFlight) best = host;
     return best;
   }
 
@@ -246,38 +186,29 @@ export class SaePool implements SaeEncoder {
     if (!Number.isInteger(rowCount) || rowCount < 1 || rows.length < rowCount * this.dIn) {
       return Promise.reject(new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`encode: ${rowCount} rows of ${this.dIn} need ${rowCount * this.dIn} values, got ${rows.length}`]));
     }
-    const slot = this.pickSlot();
-    const id = this.nextId++;
-    return new Promise<EncodeResult>((resolve, reject) => {
-      // Registered before the post so a worker that dies before answering rejects this batch.
-      slot.inFlight.set(id, { rowCount, resolve, reject });
-      // Posted at once even while a replacement is still starting: the worker runs encodes only
-      // after its session is ready, and answers encode_error if it never becomes ready.
-      const msg: ToPoolWorker = { type: 'encode', id, rows, rowCount };
-      slot.worker.postMessage(msg, [rows.buffer as ArrayBuffer]);
-    });
-  }
-
-  /**
-   * TEST ONLY: asks worker `index` to exit with code 1, to exercise crash recovery. Resolves when
-   * the replacement's session is ready.
-   */
-  async crashWorkerForTest(index: number): Promise<void> {
-    const slot = this.slots[index];
-    slot.worker.postMessage({ type: 'crash' } satisfies ToPoolWorker);
-    await new Promise<void>((resolve) => slot.worker.once('exit', () => resolve()));
-    await this.slots[index].ready;
+    // Sent at once even while a replacement is still starting: the worker runs encodes only after
+    // its session is ready, and answers with its init error if it never becomes ready.
+    return this.pickHost()
+      .request({ rows, rowCount }, [rows.buffer as ArrayBuffer])
+      .then(
+        (msg) => {
+          this.stats.batches++;
+          this.stats.rowsEncoded += msg.rowCount;
+          this.stats.runMs += msg.runMs;
+          return { ...msg, topK: this.topK };
+        },
+        (error: unknown) => {
+          // The rows went with a thread that died; closing the pool loses nothing worth counting.
+          if (!this.closed && isSaegateError(error, 'SAEGATE_ERR_WORKER_EXITED')) this.stats.rowsLost += rowCount;
+          throw error;
+        },
+      );
   }
 
   /** Stops every worker; batches still in flight reject with SAEGATE_ERR_WORKER_EXITED. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all(
-      this.slots.map(async (slot) => {
-        await slot.worker.terminate();
-        this.onWorkerLost(slot, 'SAE pool closed');
-      }),
-    );
+    await Promise.all(this.hosts.map((host) => host.close()));
   }
 }

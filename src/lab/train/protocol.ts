@@ -1,4 +1,8 @@
-/** Messages between `trainTopKSae` (main thread) and the training worker. */
+/**
+ * Payloads between `trainTopKSae` (main thread) and the training worker, inside the `WorkerHost`
+ * envelope: one `train` request answered when the last step is done, progress and checkpoints as
+ * events.
+ */
 import type { Device } from '../../common/ort.js';
 
 /** Everything that decides the trained weights. Two runs with equal configs and data give equal weights. */
@@ -71,15 +75,26 @@ export interface TrainedParams {
   b_dec: Float32Array;
 }
 
-export type ToTrainWorker = {
-  type: 'train';
+export interface TrainRequest {
   config: TrainConfig;
   run: RunOptions;
   train: SharedRows;
-};
+}
 
-export type FromTrainWorker =
-  | { type: 'progress'; progress: TrainProgress }
-  | { type: 'checkpoint'; step: number; path: string }
-  | { type: 'done'; params: TrainedParams; history: TrainProgress[]; resumedAtStep: number; trainSeconds: number }
-  | { type: 'error'; code: string; message: string };
+export interface TrainDone {
+  params: TrainedParams;
+  history: TrainProgress[];
+  resumedAtStep: number;
+  trainSeconds: number;
+}
+
+export type TrainEvent = { type: 'progress'; progress: TrainProgress } | { type: 'checkpoint'; step: number; path: string };
+
+export interface TrainWorkerProtocol {
+  /** Nothing to send: the worker only loads onnxruntime before it is ready. */
+  init: null;
+  request: TrainRequest;
+  response: TrainDone;
+  notice: never;
+  event: TrainEvent;
+}

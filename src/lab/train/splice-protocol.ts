@@ -1,4 +1,7 @@
-/** Messages between `spliceEvaluation` (main thread) and the splice-evaluation worker. */
+/**
+ * Payloads between `spliceEvaluation` (main thread) and the splice-evaluation worker, inside the
+ * `WorkerHost` envelope: the init builds the session, each request scores one document.
+ */
 import type { Device } from '../../common/ort.js';
 import type { ModelConfig } from '../../model/types.js';
 
@@ -28,9 +31,15 @@ export interface SpliceScores {
   activations: Float32Array;
 }
 
-export type ToSpliceWorker = { type: 'init'; init: SpliceInit } | { type: 'score'; id: number; tokens: number[] };
+export interface ScoreRequest {
+  /** One document's token ids (≥ 2). */
+  tokens: number[];
+}
 
-export type FromSpliceWorker =
-  | { type: 'ready' }
-  | { type: 'scores'; id: number; scores: SpliceScores }
-  | { type: 'error'; id: number | null; code: string; message: string };
+export interface SpliceWorkerProtocol {
+  init: SpliceInit;
+  request: ScoreRequest;
+  response: SpliceScores;
+  notice: never;
+  event: never;
+}

@@ -12,27 +12,18 @@
  * The SAE reconstruction is computed here in JavaScript from the TopK equations (64 × 1024 per row
  * is a few hundred thousand multiply-adds), which keeps the decoder graph untouched.
  */
-import { parentPort } from 'node:worker_threads';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
-import { isSaegateError } from '../../common/errors.js';
-import { createSession, loadOrt, type Ort } from '../../common/ort.js';
+import { createSession, loadOrt, runSession, type Ort } from '../../common/ort.js';
+import { serveWorker, type WorkerReply } from '../../common/worker-port.js';
 import { GraphNames } from '../../model/graph.js';
 import { ropeTables } from '../../model/rope.js';
-import type { FromSpliceWorker, SpliceInit, SpliceScores, ToSpliceWorker } from './splice-protocol.js';
-
-const port = parentPort;
-if (!port) throw new Error('splice-worker must run in a worker thread');
+import type { ScoreRequest, SpliceInit, SpliceScores, SpliceWorkerProtocol } from './splice-protocol.js';
 
 let ort: Ort;
 let session: InferenceSession;
 let init: SpliceInit;
 let cos: Float32Array;
 let sin: Float32Array;
-let queue: Promise<void> = Promise.resolve();
-
-function post(message: FromSpliceWorker): void {
-  port!.postMessage(message);
-}
 
 async function start(msg: SpliceInit): Promise<void> {
   init = msg;
@@ -83,7 +74,7 @@ function crossEntropy(logits: Float32Array, tokens: readonly number[], vocab: nu
   return sum / (tokens.length - 1);
 }
 
-async function score(id: number, tokens: number[]): Promise<void> {
+async function score({ tokens }: ScoreRequest): Promise<WorkerReply<SpliceScores>> {
   const { config, hook } = init;
   const T = tokens.length;
   const D = config.dim;
@@ -112,7 +103,7 @@ async function score(id: number, tokens: number[]): Promise<void> {
   for (const h of init.hookPoints) base[GraphNames.steer(h)] = zeroSteer;
   const run = async (steer: Float32Array | null): Promise<{ logits: Float32Array; tap: Float32Array }> => {
     const feeds = steer ? { ...base, [GraphNames.steer(hook)]: f32(steer, [1, T, D]) } : base;
-    const out = await session.run(feeds, [GraphNames.logits, GraphNames.tap(hook)]);
+    const out = await runSession(session, feeds, [GraphNames.logits, GraphNames.tap(hook)]);
     return { logits: out[GraphNames.logits].data as Float32Array, tap: out[GraphNames.tap(hook)].data as Float32Array };
   };
 
@@ -142,20 +133,11 @@ async function score(id: number, tokens: number[]): Promise<void> {
     sqError,
     activations: clean.tap.slice(),
   };
-  post({ type: 'scores', id, scores });
+  return { body: scores, transfer: [scores.activations.buffer as ArrayBuffer] };
 }
 
-port.on('message', (msg: ToSpliceWorker) => {
-  if (msg.type === 'init') {
-    queue = start(msg.init).then(
-      () => post({ type: 'ready' }),
-      (error: unknown) => post({ type: 'error', id: null, code: isSaegateError(error) ? error.code : 'SAEGATE_ERR_RUNTIME', message: (error as Error).message }),
-    );
-  } else if (msg.type === 'score') {
-    queue = queue.then(() =>
-      score(msg.id, msg.tokens).catch((error: unknown) => {
-        post({ type: 'error', id: msg.id, code: isSaegateError(error) ? error.code : 'SAEGATE_ERR_RUNTIME', message: (error as Error).message });
-      }),
-    );
-  }
+serveWorker<SpliceWorkerProtocol>({
+  init: start,
+  request: score,
+  serial: true,
 });

@@ -9,11 +9,12 @@
  */
 import { SaegateError } from '../../common/errors.js';
 import type { Device } from '../../common/ort.js';
-import { siblingModule, spawnWorker } from '../../common/worker.js';
+import { siblingModule } from '../../common/worker.js';
+import { WorkerHost } from '../../common/worker-host.js';
 import { buildDecoderGraph } from '../../model/graph.js';
 import { allHookPoints, type ModelWeights } from '../../model/types.js';
 import type { SaeWeights } from '../../sae/types.js';
-import type { FromSpliceWorker, SpliceScores, ToSpliceWorker } from './splice-protocol.js';
+import type { SpliceWorkerProtocol } from './splice-protocol.js';
 
 export interface SpliceEvaluationOptions {
   model: ModelWeights;
@@ -56,52 +57,26 @@ export async function spliceEvaluation(options: SpliceEvaluationOptions): Promis
   const documents = options.documents.map((d) => d.slice(0, config.maxSeqLen)).filter((d) => d.length >= 2);
   if (documents.length === 0) throw new SaegateError('SAEGATE_ERR_CONFIG', ['documents', 'no document has two or more tokens to score']);
 
-  const worker = spawnWorker(siblingModule(import.meta.url, 'splice-worker'));
-  const pending = new Map<number, { resolve: (s: SpliceScores) => void; reject: (e: Error) => void }>();
-  let failure: Error | null = null;
-  const fail = (error: Error): void => {
-    failure ??= error;
-    for (const p of pending.values()) p.reject(error);
-    pending.clear();
-  };
-  const ready = new Promise<void>((resolve, reject) => {
-    worker.on('message', (msg: FromSpliceWorker) => {
-      if (msg.type === 'ready') resolve();
-      else if (msg.type === 'scores') {
-        pending.get(msg.id)?.resolve(msg.scores);
-        pending.delete(msg.id);
-      } else if (msg.id === null) reject(SaegateError.fromWire(msg));
-      else {
-        pending.get(msg.id)?.reject(SaegateError.fromWire(msg));
-        pending.delete(msg.id);
-      }
-    });
-    worker.on('error', (error) => {
-      const e = new SaegateError('SAEGATE_ERR_WORKER_EXITED', [`splice worker: ${error.message}`], { cause: error });
-      reject(e);
-      fail(e);
-    });
-    worker.on('exit', (code) => {
-      const e = new SaegateError('SAEGATE_ERR_WORKER_EXITED', [`splice worker exited with code ${code}`]);
-      reject(e);
-      fail(e);
-    });
+  const host = await WorkerHost.start<SpliceWorkerProtocol>({
+    entry: siblingModule(import.meta.url, 'splice-worker'),
+    name: 'splice worker',
+    init: () => {
+      const graph = buildDecoderGraph(model, { maxSlots: 1 });
+      return {
+        init: {
+          model: graph,
+          config,
+          hookPoints,
+          hook,
+          sae: { W_enc: sae.W_enc, b_enc: sae.b_enc, W_dec: sae.W_dec, b_dec: sae.b_dec, dIn: sae.config.dIn, dSae: sae.config.dSae, k },
+          device: options.device ?? 'cpu',
+          intraOpThreads: options.intraOpThreads,
+        },
+        transfer: [graph.buffer as ArrayBuffer],
+      };
+    },
   });
-  const send = (msg: ToSpliceWorker): void => worker.postMessage(msg);
   try {
-    send({
-      type: 'init',
-      init: {
-        model: buildDecoderGraph(model, { maxSlots: 1 }),
-        config,
-        hookPoints,
-        hook,
-        sae: { W_enc: sae.W_enc, b_enc: sae.b_enc, W_dec: sae.W_dec, b_dec: sae.b_dec, dIn: sae.config.dIn, dSae: sae.config.dSae, k },
-        device: options.device ?? 'cpu',
-        intraOpThreads: options.intraOpThreads,
-      },
-    });
-    await ready;
     const D = config.dim;
     let targets = 0;
     const ce = { clean: 0, spliced: 0, ablated: 0 };
@@ -111,11 +86,7 @@ export async function spliceEvaluation(options: SpliceEvaluationOptions): Promis
     let sumSq = 0;
     // Documents go one at a time: the worker runs them serially anyway, and this bounds memory.
     for (let id = 0; id < documents.length; id++) {
-      if (failure) throw failure;
-      const scores = await new Promise<SpliceScores>((resolve, reject) => {
-        pending.set(id, { resolve, reject });
-        send({ type: 'score', id, tokens: documents[id] });
-      });
+      const scores = await host.request({ tokens: documents[id] });
       targets += scores.targets;
       ce.clean += scores.clean * scores.targets;
       ce.spliced += scores.spliced * scores.targets;
@@ -149,6 +120,6 @@ export async function spliceEvaluation(options: SpliceEvaluationOptions): Promis
       fvu: sqError / Math.max(variance, 1e-30),
     };
   } finally {
-    await worker.terminate();
+    await host.close();
   }
 }

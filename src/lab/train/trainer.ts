@@ -10,10 +10,11 @@ import path from 'node:path';
 import { SaegateError } from '../../common/errors.js';
 import type { Device } from '../../common/ort.js';
 import { writeSafetensors } from '../../common/safetensors.js';
-import { siblingModule, spawnWorker } from '../../common/worker.js';
+import { siblingModule } from '../../common/worker.js';
+import { WorkerHost } from '../../common/worker-host.js';
 import { SaePool } from '../../sae/pool.js';
 import type { SaeWeights } from '../../sae/types.js';
-import type { FromTrainWorker, RunOptions, ToTrainWorker, TrainConfig, TrainedParams, TrainProgress } from './protocol.js';
+import type { RunOptions, TrainConfig, TrainedParams, TrainProgress, TrainWorkerProtocol } from './protocol.js';
 
 export interface TrainTopKOptions {
   /** Training rows, `count × config.dIn`. */
@@ -83,32 +84,20 @@ export async function trainTopKSae(options: TrainTopKOptions): Promise<TrainTopK
   };
   const buffer = new SharedArrayBuffer(count * config.dIn * 4);
   new Float32Array(buffer).set(options.rows.subarray(0, count * config.dIn));
-  const worker = spawnWorker(siblingModule(import.meta.url, 'worker'));
+  const host = await WorkerHost.start<TrainWorkerProtocol>({
+    entry: siblingModule(import.meta.url, 'worker'),
+    name: 'training worker',
+    init: () => ({ init: null }),
+    onEvent: (event) => {
+      if (event.type === 'progress') options.onProgress?.(event.progress);
+      else options.onCheckpoint?.(event.step, event.path);
+    },
+  });
   try {
-    return await new Promise<TrainTopKResult>((resolve, reject) => {
-      worker.on('message', (msg: FromTrainWorker) => {
-        switch (msg.type) {
-          case 'progress':
-            options.onProgress?.(msg.progress);
-            break;
-          case 'checkpoint':
-            options.onCheckpoint?.(msg.step, msg.path);
-            break;
-          case 'done':
-            resolve({ params: msg.params, history: msg.history, resumedAtStep: msg.resumedAtStep, trainSeconds: msg.trainSeconds });
-            break;
-          case 'error':
-            reject(SaegateError.fromWire(msg));
-            break;
-        }
-      });
-      worker.on('error', (error) => reject(new SaegateError('SAEGATE_ERR_WORKER_EXITED', [`training worker: ${error.message}`], { cause: error })));
-      worker.on('exit', (code) => reject(new SaegateError('SAEGATE_ERR_WORKER_EXITED', [`training worker exited with code ${code}`])));
-      const message: ToTrainWorker = { type: 'train', config, run, train: { buffer, rows: count } };
-      worker.postMessage(message);
-    });
+    const done = await host.request({ config, run, train: { buffer, rows: count } });
+    return { params: done.params, history: done.history, resumedAtStep: done.resumedAtStep, trainSeconds: done.trainSeconds };
   } finally {
-    await worker.terminate();
+    await host.close();
   }
 }
 

@@ -8,22 +8,14 @@
  * `(seed, epoch)` only. The batch of step s is therefore a function of the seed and s, which makes a
  * resumed run take exactly the batches the uninterrupted one would have.
  */
-import { parentPort } from 'node:worker_threads';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
-import { isSaegateError } from '../../common/errors.js';
-import { createSession, loadOrt, type Ort } from '../../common/ort.js';
+import { createSession, loadOrt, runSession, type Ort } from '../../common/ort.js';
 import { SeededRandom, shuffledIndices } from '../../common/random.js';
+import { serveWorker, type WorkerReply } from '../../common/worker-port.js';
 import { readCheckpoint, writeCheckpoint, type CheckpointState } from './checkpoint.js';
 import { buildTrainStepGraph, PARAM_NAMES, paramShape, TrainNames, type ParamName } from './graph.js';
 import { initialParams } from './init.js';
-import type { FromTrainWorker, ToTrainWorker, TrainConfig, TrainedParams, TrainProgress } from './protocol.js';
-
-const port = parentPort;
-if (!port) throw new Error('train worker must run in a worker thread');
-
-function post(message: FromTrainWorker, transfer: ArrayBuffer[] = []): void {
-  port!.postMessage(message, transfer);
-}
+import type { TrainConfig, TrainDone, TrainedParams, TrainProgress, TrainRequest, TrainWorkerProtocol } from './protocol.js';
 
 /** Learning rate at `step` (0-based): linear warm-up, constant, then linear decay to 0. */
 function learningRate(config: TrainConfig, step: number): number {
@@ -66,11 +58,10 @@ class BatchSource {
   }
 }
 
-async function train(msg: ToTrainWorker): Promise<void> {
+async function train(msg: TrainRequest): Promise<WorkerReply<TrainDone>> {
   const { config, run } = msg;
   const { dIn, dSae, k, batchRows } = config;
   const rows = new Float32Array(msg.train.buffer, 0, msg.train.rows * dIn);
-  const ort: Ort = await loadOrt();
   const sessionOptions = { device: run.device, intraOpThreads: run.intraOpThreads };
   // Two graphs: a step without AuxK for when no latent is dead (most steps), one with it otherwise.
   const plain: InferenceSession = await createSession(buildTrainStepGraph({ dIn, dSae, k, kAux: 0 }), sessionOptions);
@@ -139,7 +130,7 @@ async function train(msg: ToTrainWorker): Promise<void> {
     const lr = learningRate(config, step);
     stepSize[0] = (lr * Math.sqrt(1 - beta2 ** t)) / (1 - beta1 ** t);
     bind();
-    const out = withAux !== null && deadCount > 0 ? await withAux.run(auxFeeds(deadCount), fetches) : await plain.run(feeds, fetches);
+    const out = withAux !== null && deadCount > 0 ? await runSession(withAux, auxFeeds(deadCount), fetches) : await runSession(plain, feeds, fetches);
     for (const p of PARAM_NAMES) {
       state.params[p] = out[TrainNames.newParam(p)].data as Float32Array;
       state.m[p] = out[TrainNames.newM(p)].data as Float32Array;
@@ -185,12 +176,12 @@ async function train(msg: ToTrainWorker): Promise<void> {
         rowsPerSecond: window.rows / Math.max(seconds, 1e-9),
       };
       history.push(progress);
-      post({ type: 'progress', progress });
+      worker.emit({ type: 'progress', progress });
       window = { sq: 0, variance: 0, auxSq: 0, auxTerm: 0, active: 0, rows: 0, started: performance.now() };
     }
     if (run.checkpointPath !== null && run.checkpointEvery > 0 && (t % run.checkpointEvery === 0 || last)) {
       writeCheckpoint(run.checkpointPath, config, msg.train.rows, state);
-      post({ type: 'checkpoint', step: t, path: run.checkpointPath });
+      worker.emit({ type: 'checkpoint', step: t, path: run.checkpointPath });
     }
   }
   await plain.release();
@@ -201,12 +192,17 @@ async function train(msg: ToTrainWorker): Promise<void> {
     w_dec: Float32Array.from(state.params.w_dec),
     b_dec: Float32Array.from(state.params.b_dec),
   };
-  post({ type: 'done', params, history, resumedAtStep, trainSeconds: (performance.now() - trainStarted) / 1000 }, PARAM_NAMES.map((p) => params[p].buffer as ArrayBuffer));
+  return {
+    body: { params, history, resumedAtStep, trainSeconds: (performance.now() - trainStarted) / 1000 },
+    transfer: PARAM_NAMES.map((p) => params[p].buffer as ArrayBuffer),
+  };
 }
 
-port.on('message', (msg: ToTrainWorker) => {
-  if (msg.type !== 'train') return;
-  train(msg).catch((error: unknown) => {
-    post({ type: 'error', code: isSaegateError(error) ? error.code : 'SAEGATE_ERR_RUNTIME', message: (error as Error).message });
-  });
+let ort: Ort;
+
+const worker = serveWorker<TrainWorkerProtocol>({
+  async init() {
+    ort = await loadOrt();
+  },
+  request: train,
 });

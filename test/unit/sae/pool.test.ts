@@ -97,8 +97,8 @@ describe('SaePool', () => {
 
   it('replaces a crashed worker, rejects its in-flight batches with SAEGATE_ERR_WORKER_EXITED and counts the lost rows', async () => {
     pool = await SaePool.create({ sae: makeSmallSae(), topK: TOP_K, workers: 1, intraOpThreads: 1 });
-    const crashed = pool.crashWorkerForTest(0);
-    // Posted after the crash message, so the worker exits with this batch in flight.
+    const crashed = pool.hosts[0].terminate();
+    // Posted after the thread was told to die, so it is lost with this batch in flight.
     const lost = pool.encode(uniform(rng(5), 6 * D_IN, -2, 2), 6);
     const error = await lost.then(
       () => null,
