@@ -1,7 +1,9 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import diagnostics from 'node:diagnostics_channel';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { SAE_BATCH_SENT_CHANNEL, SAE_BATCH_SETTLED_CHANNEL } from '../../../src/common/diagnostics.js';
 import { SaegateError } from '../../../src/common/errors.js';
 import { f16BitsToF32, f32ToF16 } from '../../../src/common/f16.js';
-import { MicroBatcher, type PushMeta, type SaeResultBatch } from '../../../src/sae/batcher.js';
+import { MicroBatcher, type PushMeta, type SaeBatchSentEvent, type SaeBatchSettledEvent, type SaeResultBatch } from '../../../src/sae/batcher.js';
 import { SaePool, type EncodeResult, type SaeEncoder } from '../../../src/sae/pool.js';
 import { D_IN, makeSmallSae, rng, uniform } from './sae-fixture.js';
 
@@ -192,6 +194,61 @@ describe('MicroBatcher', () => {
     const delivered = batches.flatMap((b) => Array.from(b.positions));
     expect(delivered).toEqual(Array.from({ length: 12 }, (_, k) => k));
     expect(batcher.stats.rowsEncoded).toBe(12);
+  });
+
+  it('publishes each settled batch on saegate:sae:batch-settled in push order, with why a failed batch lost its rows', async () => {
+    const failures = new Map<number, Error>([
+      [1, new SaegateError('SAEGATE_ERR_WORKER_EXITED', ['SAE worker: exit code 1'])],
+      [2, new Error('onnxruntime: bad input')],
+    ]);
+    const pool = new FlakyPool(3, failures);
+    const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 2, maxDelayMs: 60_000 });
+    const sent: SaeBatchSentEvent[] = [];
+    const settled: SaeBatchSettledEvent[] = [];
+    const onSent = (message: unknown): void => void sent.push(message as SaeBatchSentEvent);
+    const onSettled = (message: unknown): void => void settled.push(message as SaeBatchSettledEvent);
+    diagnostics.subscribe(SAE_BATCH_SENT_CHANNEL, onSent);
+    diagnostics.subscribe(SAE_BATCH_SETTLED_CHANNEL, onSettled);
+    try {
+      // Four batches of two rows: three go to the pool at once, the fourth waits for a free slot.
+      batcher.push(markerRows([0, 1, 2, 3, 4, 5, 6, 7]), 8, meta(['a', 'b', 'a', 'a', 'c', 'c', 'a', 'b'], Int32Array.of(0, 0, 1, 2, 0, 1, 3, 1), 'blocks.3.hook_resid_post'));
+      expect(sent.map((e) => [e.batchSeq, e.rowCount, e.requestCount, e.inFlight, e.queuedRows])).toEqual([
+        [0, 2, 2, 1, 0],
+        [1, 2, 1, 2, 0],
+        [2, 2, 1, 3, 0],
+      ]);
+      pool.release();
+      await batcher.drain();
+    } finally {
+      diagnostics.unsubscribe(SAE_BATCH_SENT_CHANNEL, onSent);
+      diagnostics.unsubscribe(SAE_BATCH_SETTLED_CHANNEL, onSettled);
+    }
+    expect(sent.map((e) => e.batchSeq)).toEqual([0, 1, 2, 3]);
+    expect(sent.every((e) => e.hook === 'blocks.3.hook_resid_post')).toBe(true);
+    expect(settled.map((e) => [e.batchSeq, e.rowCount, e.requestCount, e.ok, e.dropReason])).toEqual([
+      [0, 2, 2, true, null],
+      [1, 2, 1, false, 'worker_exited'],
+      [2, 2, 1, false, 'encode_failed'],
+      [3, 2, 2, true, null],
+    ]);
+    for (const e of settled) {
+      expect(e.encodeSeconds).toBeGreaterThanOrEqual(0);
+      expect(e.latencySeconds).toBeGreaterThanOrEqual(e.encodeSeconds);
+    }
+  });
+
+  it('builds no diagnostics event and calls no publish while the batch channels have no subscriber', async () => {
+    const spies = [SAE_BATCH_SENT_CHANNEL, SAE_BATCH_SETTLED_CHANNEL].map((name) => vi.spyOn(diagnostics.channel(name), 'publish'));
+    try {
+      const batcher = new MicroBatcher({ pool: new FakePool(1), dIn: D_IN, maxBatchRows: 2, maxDelayMs: 60_000 });
+      const batches = collect(batcher);
+      batcher.push(markerRows([0, 1, 2, 3]), 4, meta(['a', 'a', 'b', 'b'], Int32Array.of(0, 1, 0, 1)));
+      await batcher.drain();
+      expect(batches).toHaveLength(2);
+      expect(spies.map((spy) => spy.mock.calls.length)).toEqual([0, 0]);
+    } finally {
+      for (const spy of spies) spy.mockRestore();
+    }
   });
 
   describe('under overload', () => {
