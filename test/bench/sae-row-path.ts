@@ -3,13 +3,15 @@
  * handed to the micro-batcher the way `SaeSink.write` hands it, batched, "encoded" by an encoder
  * that answers at once (fresh output arrays per batch, as a worker's transferred outputs are),
  * tokens attached from a `RequestTokens` table at delivery, and a listener that reads every row's
- * request id, position and token (what a monitor does). What is left is the event loop's own work
+ * request id, position and token (what a monitor does). `--d-in 8 --top-k 1` leaves little but the
+ * per-row bookkeeping. What is left is the event loop's own work
  * per row: the part the compact activation path (request table + index column) is about.
  *
- *   npx tsx test/bench/sae-row-path.ts [--d-in 64,2304] [--rows 256] [--requests 8] [--frames 4000] [--runs 5]
+ *   npx tsx test/bench/sae-row-path.ts [--d-in 64,2304] [--rows 256] [--requests 8] [--frames 4000] [--runs 5] [--top-k 32]
  *
- * Prints ns per row (median of `--runs` runs, after one warm-up run) and the GC pauses seen during
- * the measured runs. Asserts nothing about time.
+ * Prints, per row (medians of `--runs` runs, after one warm-up run), the process CPU time of the
+ * whole path and the wall time spent inside the sink's write calls alone (decoded frame → batcher),
+ * plus the GC pauses seen during the measured runs. Asserts nothing about time.
  */
 import { PerformanceObserver } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
@@ -20,7 +22,8 @@ import { encodeActivationFrame, encodeTokensFrame } from '../../src/tap/builders
 import { decodeMessage } from '../../src/tap/codec.js';
 import type { ActivationsFrame } from '../../src/tap/server.js';
 
-const TOP_K = 32;
+/** Feature slots per row of the stand-in encoder's outputs (`--top-k`). */
+let TOP_K = 32;
 const HOOK = 'blocks.0.hook_resid_post';
 
 /** Answers every encode on the next microtask with zeroed outputs and the rows buffer handed back. */
@@ -73,7 +76,13 @@ function consume(batch: SaeResultBatch, seen: Map<string, number>): void {
   }
 }
 
-async function run(dIn: number, rows: number, requests: number, frames: number): Promise<number> {
+/** Per row, ns: process CPU time of the whole run, and wall time inside the write calls alone. */
+interface RowCost {
+  cpuNs: number;
+  writeNs: number;
+}
+
+async function run(dIn: number, rows: number, requests: number, frames: number): Promise<RowCost> {
   const tokens = new RequestTokens();
   const positionsPerRequest = Math.ceil(rows / requests);
   for (let k = 0; k < requests; k++) {
@@ -86,16 +95,19 @@ async function run(dIn: number, rows: number, requests: number, frames: number):
   const seen = new Map<string, number>();
   batcher.onResult((batch) => consume(batch, seen));
   const frame = decodedFrame(dIn, rows, requests);
-  const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
+  let writeMs = 0;
   for (let f = 0; f < frames; f++) {
+    const w0 = performance.now();
     write(batcher, frame);
+    writeMs += performance.now() - w0;
     // Each frame fills one batch exactly; draining every 8 frames keeps the queue short.
     if (f % 8 === 7) await batcher.drain();
   }
   await batcher.drain();
-  const ms = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
   if (batcher.stats.rowsEncoded !== frames * rows) throw new Error(`encoded ${batcher.stats.rowsEncoded} of ${frames * rows} rows`);
-  return (ms * 1e6) / (frames * rows);
+  return { cpuNs: ((cpu.user + cpu.system) * 1e3) / (frames * rows), writeNs: (writeMs * 1e6) / (frames * rows) };
 }
 
 async function main(): Promise<void> {
@@ -106,8 +118,10 @@ async function main(): Promise<void> {
       requests: { type: 'string', default: '8' },
       frames: { type: 'string', default: '4000' },
       runs: { type: 'string', default: '5' },
+      'top-k': { type: 'string', default: '32' },
     },
   });
+  TOP_K = Number(values['top-k']);
   const rows = Number(values.rows);
   const requests = Number(values.requests);
   const frames = Number(values.frames);
@@ -123,14 +137,15 @@ async function main(): Promise<void> {
       }
     });
     observer.observe({ entryTypes: ['gc'] });
-    const samples: number[] = [];
+    const samples: RowCost[] = [];
     for (let i = 0; i < runs; i++) samples.push(await run(dIn, rows, requests, frames));
     await new Promise((resolve) => setTimeout(resolve, 100));
     observer.disconnect();
-    samples.sort((a, b) => a - b);
-    const median = samples[Math.floor(samples.length / 2)];
+    const median = (values: number[]): number => values.sort((a, b) => a - b)[Math.floor(values.length / 2)];
+    const cpuNs = median(samples.map((s) => s.cpuNs));
+    const writeNs = median(samples.map((s) => s.writeNs));
     process.stdout.write(
-      `d_in ${dIn}, ${rows} rows/frame over ${requests} requests: ${median.toFixed(1)} ns/row (runs ${samples.map((s) => s.toFixed(1)).join(', ')}); GC ${gcCount} pauses, ${gcMs.toFixed(1)} ms over ${runs * frames * rows} rows\n`,
+      `d_in ${dIn}, ${rows} rows/frame over ${requests} requests: CPU ${cpuNs.toFixed(1)} ns/row, in write() ${writeNs.toFixed(1)} ns/row (medians of ${runs}); GC ${gcCount} pauses, ${gcMs.toFixed(1)} ms over ${runs * frames * rows} rows\n`,
     );
   }
 }
