@@ -413,12 +413,14 @@ export class MicroBatcher {
     const at = batch.rowCount;
     // Same element type on both sides (push() closes a batch of the other type): a byte copy.
     batch.rows.set(rows.subarray(start * dIn, (start + count) * dIn), at * dIn);
-    batch.positions.set(meta.positions.subarray(start, start + count), at);
     // Translate each row's request index from the push's table to the batch's. The map is valid
     // for this push and this batch (openBatch moves the epoch on too), so the Map lookup and the
-    // table insert happen once per request, and the loop is typed-array reads and writes.
+    // table insert happen once per request, and the loop is typed-array reads and writes (no
+    // subarray views: under sampling a run is often one row).
     const from = meta.rowRequestIndexes;
+    const fromPositions = meta.positions;
     const to = batch.rowRequestIndexes;
+    const toPositions = batch.positions;
     const remap = this.remap;
     const remapEpoch = this.remapEpoch;
     const epoch = this.epoch;
@@ -429,6 +431,7 @@ export class MicroBatcher {
         remapEpoch[k] = epoch;
       }
       to[at + i] = remap[k];
+      toPositions[at + i] = fromPositions[start + i];
     }
     batch.rowCount += count;
     if (batch.rowCount === this.maxBatchRows) this.flush();
