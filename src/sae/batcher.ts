@@ -20,14 +20,27 @@
  * It is deterministic (error diffusion: each row adds its admission probability to a credit and is
  * admitted when the credit reaches 1), so over any stretch of rows the admitted count is the sum of
  * their probabilities within one row, and a test run is reproducible. Rows of one push are decided
- * one by one; only admitted rows are copied, with their request ids and positions.
+ * one by one; only admitted rows are copied, with their request indexes and positions.
+ *
+ * Compact rows: no per-row string or object anywhere from the tap frame to the listeners. A push
+ * carries the frame's request table (its distinct request ids) and a typed index column into it;
+ * a batch keeps its own request table (each request once, in order of its first row), and a row's
+ * request index is translated from the frame's table to the batch's through a typed scratch map,
+ * so a request id is looked up once per request per push, not once per row. Results go out the same
+ * way: request table + index column + positions + typed per-row outputs.
+ *
+ * Tracing: `saegate:sae:batch-sent` and `saegate:sae:batch-settled` (src/common/diagnostics.ts)
+ * are published per batch, and only when the channel has subscribers, so they cost one check each
+ * when nobody listens.
  *
  * Ordering: with several workers, batches may finish out of order; results are held back until
  * every earlier batch has been delivered (or failed), so each request sees its rows in push order.
  * Token ids and texts are looked up when a batch is delivered, the latest moment, so a token that
  * arrived while its row was being encoded is still attached.
  */
+import diagnostics from 'node:diagnostics_channel';
 import { performance } from 'node:perf_hooks';
+import { SAE_BATCH_SENT_CHANNEL, SAE_BATCH_SETTLED_CHANNEL } from '../common/diagnostics.js';
 import { err } from '../common/errors.js';
 import type { SaeEncoder } from './pool.js';
 
@@ -37,13 +50,17 @@ export type DropReason = 'queue_full' | 'sampled' | 'worker_exited' | 'encode_fa
 /** Every drop reason, in a fixed order (metrics pre-create a series for each). */
 export const DROP_REASONS: readonly DropReason[] = ['queue_full', 'sampled', 'worker_exited', 'encode_failed'];
 
+/** A request index column: row `i` belongs to `requestIds[rowRequestIndexes[i]]`. */
+export type RequestIndexColumn = Uint16Array | Uint32Array;
+
 /** Finds the token of result rows when a batch is delivered. */
 export interface TokenLookup {
   /**
-   * Writes the token id and text piece of row `i` (request `requestIds[i]` at `positions[i]`) into
-   * `tokenIds[i]` and `tokenTexts[i]`; rows whose token is unknown get −1 and ''.
+   * Writes the token id and text piece of row `i` (request `requestIds[rowRequestIndexes[i]]` at
+   * `positions[i]`) into `tokenIds[i]` and `tokenTexts[i]`, for `i` below `tokenIds.length`; rows
+   * whose token is unknown get −1 and ''.
    */
-  fill(requestIds: readonly string[], positions: Int32Array, tokenIds: Int32Array, tokenTexts: string[]): void;
+  fill(requestIds: readonly string[], rowRequestIndexes: RequestIndexColumn, positions: Int32Array, tokenIds: Int32Array, tokenTexts: string[]): void;
 }
 
 /** How one batch ended, reported once per batch in push order. */
@@ -89,21 +106,34 @@ export interface MicroBatcherOptions {
   observer?: BatchObserver;
 }
 
+/**
+ * Where pushed rows come from, in the tap frame's compact form (an `ActivationsFrame` is one):
+ * row `i` belongs to `requestIds[rowRequestIndexes[i]]` at token position `positions[i]`.
+ */
 export interface PushMeta {
-  /** Request id of each row. */
-  requestIds: readonly string[];
-  /** Token position of each row. */
-  positions: Int32Array;
   /** Hook point the rows were read at. */
   hook: string;
+  /** The request table: each request id the rows belong to (once each, normally). */
+  requestIds: readonly string[];
+  /** Index into `requestIds` of each row's request. */
+  rowRequestIndexes: RequestIndexColumn;
+  /** Token position of each row. */
+  positions: Int32Array;
 }
 
-/** Encoded rows of one batch, row-aligned with `requestIds` / `positions`. */
+/**
+ * Encoded rows of one batch. Row `r` belongs to request `requestIds[rowRequestIndexes[r]]` at
+ * `positions[r]`; every other per-row array is aligned with `positions`.
+ */
 export interface SaeResultBatch {
   hook: string;
   rowCount: number;
   topK: number;
+  /** The batch's request table: each request with rows in the batch, once, in order of its first row. */
   requestIds: string[];
+  /** [rowCount] index into `requestIds` of each row's request. */
+  rowRequestIndexes: RequestIndexColumn;
+  /** [rowCount] token position of each row. */
   positions: Int32Array;
   /** [rowCount] token id at each row's position; −1 when unknown. */
   tokenIds: Int32Array;
@@ -123,6 +153,40 @@ export interface SaeResultBatch {
 
 export type SaeResultListener = (batch: SaeResultBatch) => void;
 
+/** `saegate:sae:batch-sent`: a batch went to the worker pool. */
+export interface SaeBatchSentEvent {
+  hook: string;
+  /** The batch's number in push order (per micro-batcher, from 0). */
+  batchSeq: number;
+  /** Rows in the batch (the batch size). */
+  rowCount: number;
+  /** Distinct requests among its rows. */
+  requestCount: number;
+  /** Batches with the pool now, this one included. */
+  inFlight: number;
+  /** Rows still waiting for the pool after this one left (open batch plus queued batches). */
+  queuedRows: number;
+}
+
+/** `saegate:sae:batch-settled`: a batch's turn came, in push order: delivered or failed. */
+export interface SaeBatchSettledEvent {
+  hook: string;
+  batchSeq: number;
+  rowCount: number;
+  requestCount: number;
+  /** True when its results were delivered. */
+  ok: boolean;
+  /** Why its rows were dropped when `ok` is false; null otherwise. */
+  dropReason: 'worker_exited' | 'encode_failed' | null;
+  /** From sending the batch to the pool until the pool answered, seconds. */
+  encodeSeconds: number;
+  /** From the batch's first row being pushed until its results were delivered (or its failure), seconds. */
+  latencySeconds: number;
+}
+
+const batchSentChannel = diagnostics.channel(SAE_BATCH_SENT_CHANNEL);
+const batchSettledChannel = diagnostics.channel(SAE_BATCH_SETTLED_CHANNEL);
+
 export interface MicroBatcherStats {
   /** Rows pushed. Once drained, `rowsIn` = `rowsEncoded` + the sum of `rowsDropped`. */
   rowsIn: number;
@@ -140,7 +204,12 @@ interface Batch {
   /** f32 values, or f16 bits; a view over a buffer of `maxBatchRows × dIn × 4` bytes either way. */
   rows: Float32Array | Uint16Array;
   rowCount: number;
+  /** The batch's request table: each request once, in order of its first row. */
   requestIds: string[];
+  /** Index of each request id in `requestIds`. */
+  requestIndex: Map<string, number>;
+  /** [maxBatchRows] index into `requestIds` of each row. */
+  rowRequestIndexes: RequestIndexColumn;
   positions: Int32Array;
   /** performance.now() when the first row was pushed. */
   openedAt: number;
@@ -152,6 +221,8 @@ interface Batch {
 interface Settled {
   batch: Batch;
   result: EncodeOutput | null;
+  /** Why the batch failed; null when it was encoded. */
+  dropReason: 'worker_exited' | 'encode_failed' | null;
   encodeSeconds: number;
 }
 
@@ -159,7 +230,7 @@ type EncodeOutput = Pick<SaeResultBatch, 'topK' | 'indices' | 'values' | 'l0' | 
 
 /** Marks every token unknown. */
 const NO_TOKENS: TokenLookup = {
-  fill(_requestIds, _positions, tokenIds) {
+  fill(_requestIds, _rowRequestIndexes, _positions, tokenIds) {
     tokenIds.fill(-1);
   },
 };
@@ -202,6 +273,14 @@ export class MicroBatcher {
   /** Error-diffusion credit of the sampler, in [0, 1) between rows. */
   private admitCredit = 0;
   private closed = false;
+  /**
+   * Push request index → open batch request index, valid where `remapEpoch[k]` equals `epoch`.
+   * The epoch moves on with every push and every new batch, which invalidates the whole map in
+   * one step; float64 epochs never wrap.
+   */
+  private remap = new Uint32Array(64);
+  private remapEpoch = new Float64Array(64);
+  private epoch = 0;
 
   constructor(options: MicroBatcherOptions) {
     this.pool = options.pool;
@@ -254,9 +333,24 @@ export class MicroBatcher {
    */
   push(rows: Float32Array | Uint16Array, rowCount: number, meta: PushMeta): void {
     const dIn = this.dIn;
-    if (!Number.isInteger(rowCount) || rowCount < 0 || rows.length < rowCount * dIn || meta.requestIds.length < rowCount || meta.positions.length < rowCount) {
-      throw err('SAEGATE_ERR_BAD_REQUEST', `MicroBatcher.push: ${rowCount} rows of ${dIn} need ${rowCount * dIn} values, ids and positions; got ${rows.length}, ${meta.requestIds.length}, ${meta.positions.length}`);
+    if (!Number.isInteger(rowCount) || rowCount < 0 || rows.length < rowCount * dIn || meta.rowRequestIndexes.length < rowCount || meta.positions.length < rowCount) {
+      throw err(
+        'SAEGATE_ERR_BAD_REQUEST',
+        `MicroBatcher.push: ${rowCount} rows of ${dIn} need ${rowCount * dIn} values, request indexes and positions; got ${rows.length}, ${meta.rowRequestIndexes.length}, ${meta.positions.length}`,
+      );
     }
+    const tableSize = meta.requestIds.length;
+    const indexes = meta.rowRequestIndexes;
+    let maxIndex = -1;
+    for (let r = 0; r < rowCount; r++) if (indexes[r] > maxIndex) maxIndex = indexes[r];
+    if (maxIndex >= tableSize) throw err('SAEGATE_ERR_BAD_REQUEST', `MicroBatcher.push: request index ${maxIndex} outside a request table of ${tableSize}`);
+    if (tableSize > this.remap.length) {
+      const size = Math.max(tableSize, 2 * this.remap.length);
+      this.remap = new Uint32Array(size);
+      this.remapEpoch = new Float64Array(size);
+    }
+    // A new push brings a new request table: forget the previous one's translations.
+    this.epoch++;
     this.stats.rowsIn += rowCount;
     if (this.closed) {
       this.stats.rowsDropped.queue_full += rowCount;
@@ -316,22 +410,53 @@ export class MicroBatcher {
   private append(rows: Float32Array | Uint16Array, start: number, count: number, meta: PushMeta): void {
     const dIn = this.dIn;
     const batch = this.open ?? this.openBatch(meta.hook, rows instanceof Uint16Array);
+    const at = batch.rowCount;
     // Same element type on both sides (push() closes a batch of the other type): a byte copy.
-    batch.rows.set(rows.subarray(start * dIn, (start + count) * dIn), batch.rowCount * dIn);
-    const ids = batch.requestIds;
-    const positions = batch.positions;
+    batch.rows.set(rows.subarray(start * dIn, (start + count) * dIn), at * dIn);
+    // Translate each row's request index from the push's table to the batch's. The map is valid
+    // for this push and this batch (openBatch moves the epoch on too), so the Map lookup and the
+    // table insert happen once per request, and the loop is typed-array reads and writes (no
+    // subarray views: under sampling a run is often one row).
+    const from = meta.rowRequestIndexes;
+    const fromPositions = meta.positions;
+    const to = batch.rowRequestIndexes;
+    const toPositions = batch.positions;
+    const remap = this.remap;
+    const remapEpoch = this.remapEpoch;
+    const epoch = this.epoch;
     for (let i = 0; i < count; i++) {
-      ids.push(meta.requestIds[start + i]);
-      positions[batch.rowCount + i] = meta.positions[start + i];
+      const k = from[start + i];
+      if (remapEpoch[k] !== epoch) {
+        remap[k] = this.batchRequestIndex(batch, meta.requestIds[k]);
+        remapEpoch[k] = epoch;
+      }
+      to[at + i] = remap[k];
+      toPositions[at + i] = fromPositions[start + i];
     }
     batch.rowCount += count;
     if (batch.rowCount === this.maxBatchRows) this.flush();
   }
 
+  /** The index of `requestId` in the batch's request table, adding it when new. */
+  private batchRequestIndex(batch: Batch, requestId: string): number {
+    let index = batch.requestIndex.get(requestId);
+    if (index === undefined) {
+      index = batch.requestIds.length;
+      batch.requestIds.push(requestId);
+      batch.requestIndex.set(requestId, index);
+    }
+    return index;
+  }
+
   private openBatch(hook: string, f16: boolean): Batch {
     const buffer = this.freeBuffers.pop() ?? new ArrayBuffer(this.maxBatchRows * this.dIn * 4);
     const rows = f16 ? new Uint16Array(buffer) : new Float32Array(buffer);
-    const batch: Batch = { seq: -1, hook, rows, rowCount: 0, requestIds: [], positions: new Int32Array(this.maxBatchRows), openedAt: performance.now(), sentAt: 0 };
+    const size = this.maxBatchRows;
+    // A batch has at most maxBatchRows requests, so indexes below 65536 fit 16 bits.
+    const rowRequestIndexes = size <= 0x10000 ? new Uint16Array(size) : new Uint32Array(size);
+    const batch: Batch = { seq: -1, hook, rows, rowCount: 0, requestIds: [], requestIndex: new Map(), rowRequestIndexes, positions: new Int32Array(size), openedAt: performance.now(), sentAt: 0 };
+    // The translation map of the current push points into the previous batch's table.
+    this.epoch++;
     this.open = batch;
     // The deadline starts with the batch's first row; a full batch flushes before it fires.
     this.timer = setTimeout(() => {
@@ -371,17 +496,27 @@ export class MicroBatcher {
     this.stats.meanBatchRows = this.rowsSent / this.stats.batches;
     batch.sentAt = performance.now();
     this.observer.batchSent(batch.rowCount);
+    if (batchSentChannel.hasSubscribers) {
+      batchSentChannel.publish({
+        hook: batch.hook,
+        batchSeq: batch.seq,
+        rowCount: batch.rowCount,
+        requestCount: batch.requestIds.length,
+        inFlight: this.inFlight,
+        queuedRows: this.queuedRows,
+      } satisfies SaeBatchSentEvent);
+    }
     this.pool.encode(batch.rows, batch.rowCount).then(
       (result) => {
         const returned = result.rows.buffer;
         if (returned instanceof ArrayBuffer && returned.byteLength === this.maxBatchRows * this.dIn * 4) this.freeBuffers.push(returned);
         this.stats.rowsEncoded += batch.rowCount;
-        this.settle({ batch, result, encodeSeconds: (performance.now() - batch.sentAt) / 1000 });
+        this.settle({ batch, result, dropReason: null, encodeSeconds: (performance.now() - batch.sentAt) / 1000 });
       },
       (error: unknown) => {
-        const reason: DropReason = (error as { code?: unknown }).code === 'SAEGATE_ERR_WORKER_EXITED' ? 'worker_exited' : 'encode_failed';
+        const reason = (error as { code?: unknown }).code === 'SAEGATE_ERR_WORKER_EXITED' ? 'worker_exited' : 'encode_failed';
         this.stats.rowsDropped[reason] += batch.rowCount;
-        this.settle({ batch, result: null, encodeSeconds: (performance.now() - batch.sentAt) / 1000 });
+        this.settle({ batch, result: null, dropReason: reason, encodeSeconds: (performance.now() - batch.sentAt) / 1000 });
       },
     );
   }
@@ -395,12 +530,25 @@ export class MicroBatcher {
       this.settled.delete(this.nextDeliver);
       this.nextDeliver++;
       if (ready.result !== null) this.deliver(ready.batch, ready.result);
-      this.observer.batchSettled({
+      const report: BatchReport = {
         rowCount: ready.batch.rowCount,
         ok: ready.result !== null,
         encodeSeconds: ready.encodeSeconds,
         latencySeconds: (performance.now() - ready.batch.openedAt) / 1000,
-      });
+      };
+      this.observer.batchSettled(report);
+      if (batchSettledChannel.hasSubscribers) {
+        batchSettledChannel.publish({
+          hook: ready.batch.hook,
+          batchSeq: ready.batch.seq,
+          rowCount: report.rowCount,
+          requestCount: ready.batch.requestIds.length,
+          ok: report.ok,
+          dropReason: ready.dropReason,
+          encodeSeconds: report.encodeSeconds,
+          latencySeconds: report.latencySeconds,
+        } satisfies SaeBatchSettledEvent);
+      }
     }
     this.pump();
     if (this.isIdle()) {
@@ -414,14 +562,16 @@ export class MicroBatcher {
   private deliver(batch: Batch, result: EncodeOutput): void {
     const rowCount = batch.rowCount;
     const positions = batch.positions.subarray(0, rowCount);
+    const rowRequestIndexes = batch.rowRequestIndexes.subarray(0, rowCount);
     const tokenIds = new Int32Array(rowCount);
     const tokenTexts = new Array<string>(rowCount).fill('');
-    this.tokens.fill(batch.requestIds, positions, tokenIds, tokenTexts);
+    this.tokens.fill(batch.requestIds, rowRequestIndexes, positions, tokenIds, tokenTexts);
     const delivered: SaeResultBatch = {
       hook: batch.hook,
       rowCount,
       topK: result.topK,
       requestIds: batch.requestIds,
+      rowRequestIndexes,
       positions,
       tokenIds,
       tokenTexts,

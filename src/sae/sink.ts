@@ -1,8 +1,8 @@
 /**
  * The SAE pipeline as the proxy's activation sink: each frame whose hook point has an SAE goes to
  * that SAE's micro-batcher (which copies the rows, so the socket's buffer can go), and encoded
- * batches come out to subscribers (monitoring, policies, live views) tagged with request ids,
- * positions and the token at each position. Nothing here waits: overload samples or drops rows in
+ * batches come out to subscribers (monitoring, policies, live views) tagged with request ids (a
+ * request table and a per-row index into it), positions and the token at each position. Nothing here waits: overload samples or drops rows in
  * the batcher and they are reported back to the tap as sink drops.
  *
  * Tokens arrive on the tap separately from rows (`tokens` messages, prompt tokens too when the
@@ -131,11 +131,10 @@ export class SaeSink implements ActivationSink {
       binding.rowsRejected += frame.rowCount;
       return frame.rowCount;
     }
-    const requestIds = new Array<string>(frame.rowCount);
-    for (let i = 0; i < frame.rowCount; i++) requestIds[i] = frame.requestIds[frame.rowRequestIndexes[i]];
     const dropped = binding.batcher.stats.rowsDropped;
     const before = dropped.queue_full + dropped.sampled;
-    binding.batcher.push(frame.data, frame.rowCount, { requestIds, positions: frame.positions, hook: frame.hook });
+    // The frame is already in the batcher's compact form (request table + index column + positions).
+    binding.batcher.push(frame.data, frame.rowCount, frame);
     return dropped.queue_full + dropped.sampled - before;
   }
 

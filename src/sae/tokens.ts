@@ -11,7 +11,7 @@
  */
 import { err } from '../common/errors.js';
 import type { TokensMessage } from '../tap/messages.js';
-import type { TokenLookup } from './batcher.js';
+import type { RequestIndexColumn, TokenLookup } from './batcher.js';
 
 export interface RequestTokensOptions {
   /** Requests whose tokens are kept; the least recently touched are forgotten first. Default 4096. */
@@ -38,7 +38,7 @@ export class RequestTokens implements TokenLookup {
   /** In least- to most-recently-touched order (a touch re-inserts). */
   private readonly tables = new Map<string, TokenTable>();
   private heldTokens = 0;
-  /** Table per request-table index of the message being added, reused between messages. */
+  /** Table per request-table index of the message being added (or the batch being filled), reused. */
   private byIndex: (TokenTable | undefined)[] = [];
 
   constructor(options: RequestTokensOptions = {}) {
@@ -96,16 +96,12 @@ export class RequestTokens implements TokenLookup {
     for (const [requestId, table] of this.tables) this.forget(requestId, table);
   }
 
-  fill(requestIds: readonly string[], positions: Int32Array, tokenIds: Int32Array, tokenTexts: string[]): void {
-    // Rows of one request usually sit together: look the table up once per run of equal ids.
-    let lastId: string | null = null;
-    let table: TokenTable | undefined;
+  fill(requestIds: readonly string[], rowRequestIndexes: RequestIndexColumn, positions: Int32Array, tokenIds: Int32Array, tokenTexts: string[]): void {
+    // One Map lookup per request of the batch, then rows index the tables by their request index.
+    const tables = this.byIndex;
+    for (let k = 0; k < requestIds.length; k++) tables[k] = this.tables.get(requestIds[k]);
     for (let r = 0; r < tokenIds.length; r++) {
-      const id = requestIds[r];
-      if (id !== lastId) {
-        lastId = id;
-        table = this.tables.get(id);
-      }
+      const table = tables[rowRequestIndexes[r]];
       const position = positions[r];
       if (table !== undefined && position >= 0 && position < table.ids.length) {
         tokenIds[r] = table.ids[position];
@@ -115,6 +111,7 @@ export class RequestTokens implements TokenLookup {
         tokenTexts[r] = '';
       }
     }
+    tables.fill(undefined, 0, requestIds.length);
   }
 
   /** The request's table, created when missing, moved to the most recently touched end. */

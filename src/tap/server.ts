@@ -8,11 +8,13 @@
  * frame and a close, and is counted; it never affects the other connections or the process.
  */
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import diagnostics from 'node:diagnostics_channel';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, Server as HttpServer } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
+import { TAP_FRAME_CHANNEL } from '../common/diagnostics.js';
 import { err, SaegateError } from '../common/errors.js';
 import { KeyedWaiters } from '../common/keyed-waiters.js';
 import { decodeMessage, encodeMessage, vectorId } from './codec.js';
@@ -83,6 +85,25 @@ export type ActivationsFrame = ActivationsMessage & {
   hook: string;
   rowCount: number;
 };
+
+/** `saegate:tap:frame` (src/common/diagnostics.ts): a connection received an activations frame. */
+export interface TapFrameEvent {
+  /** The connection's session id. */
+  sessionId: string;
+  hook: string;
+  dtype: 'f32' | 'f16';
+  dModel: number;
+  rowCount: number;
+  /** Entries in the frame's request table. */
+  requestCount: number;
+  /** Size of the frame on the wire. */
+  byteLength: number;
+  droppedRowsSinceLastFrame: number;
+  /** The frame as listeners get it; its arrays may be views into the socket's bytes (copy what you keep). */
+  frame: ActivationsFrame;
+}
+
+const tapFrameChannel = diagnostics.channel(TAP_FRAME_CHANNEL);
 
 export interface TapConnectionEvents {
   activations: [frame: ActivationsFrame];
@@ -299,7 +320,21 @@ export class TapConnection extends EventEmitter<TapConnectionEvents> {
       }
       const rowCount = msg.positions.length;
       this.count(bytes.byteLength, rowCount, msg.droppedRowsSinceLastFrame);
-      this.emitSafely('activations', { ...msg, hook, rowCount });
+      const frame: ActivationsFrame = { ...msg, hook, rowCount };
+      if (tapFrameChannel.hasSubscribers) {
+        tapFrameChannel.publish({
+          sessionId: this.sessionId,
+          hook,
+          dtype: msg.dtype,
+          dModel: msg.dModel,
+          rowCount,
+          requestCount: msg.requestIds.length,
+          byteLength: bytes.byteLength,
+          droppedRowsSinceLastFrame: msg.droppedRowsSinceLastFrame,
+          frame,
+        } satisfies TapFrameEvent);
+      }
+      this.emitSafely('activations', frame);
       return;
     }
     this.count(bytes.byteLength, 0, 0);

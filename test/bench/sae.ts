@@ -188,13 +188,11 @@ function makeFrame(dIn: number, batch: number): Uint8Array {
   });
 }
 
-/** What SaeSink.write does with a frame: decode, one request id per row, push. */
+/** What SaeSink.write does with a frame: decode, push it as it is (request table + index column). */
 function pushFrame(batcher: MicroBatcher, frame: Uint8Array): number {
   const msg = decodeMessage(frame) as ActivationsMessage;
   const rowCount = msg.positions.length;
-  const requestIds = new Array<string>(rowCount);
-  for (let i = 0; i < rowCount; i++) requestIds[i] = msg.requestIds[msg.rowRequestIndexes[i]];
-  batcher.push(msg.data, rowCount, { requestIds, positions: msg.positions, hook: HOOK });
+  batcher.push(msg.data, rowCount, { hook: HOOK, requestIds: msg.requestIds, rowRequestIndexes: msg.rowRequestIndexes, positions: msg.positions });
   return rowCount;
 }
 

@@ -79,6 +79,8 @@ describe('SAE metrics on /metrics', () => {
     expect(narrow.sendActivations({ hook: HOOK, requestIds: ['req-2', 'req-2', 'req-2'], positions: Int32Array.of(0, 1, 2), data: new Float32Array(3 * (D_IN / 2)).fill(0.5) })).toBe(true);
     await waitFor(() => results.reduce((n, b) => n + b.rowCount, 0) === 12 && sink.rowsRejected === 3);
 
+    // Each batch names its one request once, and every row points at it.
+    expect(results.map((b) => [b.requestIds, Array.from(new Set(b.rowRequestIndexes))])).toEqual(results.map(() => [['req-1'], [0]]));
     // The rows carry their tokens; the ended request's table is gone once its rows are out.
     const tokens = results.flatMap((b) => Array.from(b.positions, (p, r) => `${p}:${b.tokenIds[r]}:${b.tokenTexts[r]}`));
     expect(tokens).toEqual(Array.from({ length: 12 }, (_, p) => (p < 10 ? `${p}:${500 + p}:w${p}` : `${p}:-1:`)));

@@ -61,7 +61,7 @@ describe('proxy → model server → tap → SAE', () => {
     const expectedRows = (r: typeof a) => r.body.usage.prompt_tokens + r.body.usage.completion_tokens - 1;
     const rowsOf = (id: string) => {
       const positions: number[] = [];
-      for (const batch of results) batch.requestIds.forEach((rid, i) => rid === id && positions.push(batch.positions[i]));
+      for (const batch of results) batch.rowRequestIndexes.forEach((k, i) => batch.requestIds[k] === id && positions.push(batch.positions[i]));
       return positions;
     };
     const deadline = Date.now() + 10_000;

@@ -1,7 +1,9 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import diagnostics from 'node:diagnostics_channel';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { SAE_BATCH_SENT_CHANNEL, SAE_BATCH_SETTLED_CHANNEL } from '../../../src/common/diagnostics.js';
 import { SaegateError } from '../../../src/common/errors.js';
 import { f16BitsToF32, f32ToF16 } from '../../../src/common/f16.js';
-import { MicroBatcher, type PushMeta, type SaeResultBatch } from '../../../src/sae/batcher.js';
+import { MicroBatcher, type PushMeta, type SaeBatchSentEvent, type SaeBatchSettledEvent, type SaeResultBatch } from '../../../src/sae/batcher.js';
 import { SaePool, type EncodeResult, type SaeEncoder } from '../../../src/sae/pool.js';
 import { D_IN, makeSmallSae, rng, uniform } from './sae-fixture.js';
 
@@ -75,6 +77,21 @@ function markerRows(markers: number[]): Float32Array {
   return rows;
 }
 
+/** Push metadata in the tap frame's compact form from one request id per row: request table + index column. */
+function meta(ids: readonly string[], positions: Int32Array, hook = 'h'): PushMeta {
+  const requestIds: string[] = [];
+  const rowRequestIndexes = Uint16Array.from(ids, (id) => {
+    const known = requestIds.indexOf(id);
+    return known >= 0 ? known : requestIds.push(id) - 1;
+  });
+  return { hook, requestIds, rowRequestIndexes, positions };
+}
+
+/** The request id of each result row, read through the batch's request table. */
+function rowIds(batch: SaeResultBatch): string[] {
+  return Array.from(batch.rowRequestIndexes, (k) => batch.requestIds[k]);
+}
+
 function collect(batcher: MicroBatcher): SaeResultBatch[] {
   const out: SaeResultBatch[] = [];
   batcher.onResult((b) => out.push(b));
@@ -95,7 +112,7 @@ describe('MicroBatcher', () => {
         next[id] += positions.length;
         // Marker: 1000 for request b, plus the position.
         const markers = Array.from(positions, (p) => (id === 'b' ? 1000 : 0) + p);
-        batcher.push(markerRows(markers), positions.length, { requestIds: Array(positions.length).fill(id) as string[], positions, hook: 'blocks.0.hook_resid_post' });
+        batcher.push(markerRows(markers), positions.length, meta(Array<string>(positions.length).fill(id), positions, 'blocks.0.hook_resid_post'));
       }
     }
     await batcher.drain();
@@ -103,8 +120,12 @@ describe('MicroBatcher', () => {
     for (const batch of batches) {
       expect(batch.hook).toBe('blocks.0.hook_resid_post');
       expect(batch.rowCount).toBeLessThanOrEqual(3);
+      // The batch's request table holds each request once; rows point into it.
+      expect(new Set(batch.requestIds).size).toBe(batch.requestIds.length);
+      expect(batch.rowRequestIndexes).toHaveLength(batch.rowCount);
+      const ids = rowIds(batch);
       for (let r = 0; r < batch.rowCount; r++) {
-        const id = batch.requestIds[r];
+        const id = ids[r];
         seen[id].push(batch.positions[r]);
         // The encoded row is the one pushed with this id and position.
         expect(batch.values[r * TOP_K]).toBe((id === 'b' ? 1000 : 0) + batch.positions[r]);
@@ -116,11 +137,35 @@ describe('MicroBatcher', () => {
     expect(batcher.stats.rowsEncoded).toBe(next.a + next.b);
   });
 
+  it('keeps frames in compact form: merges their request tables into one table per batch and points each row at its own request', async () => {
+    const pool = new FakePool(1);
+    const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 4, maxDelayMs: 60_000 });
+    const batches = collect(batcher);
+    // Two frames with their own tables (y is index 1 in the first, 0 in the second); the second
+    // frame fills the first batch and spills into the next, whose table starts afresh.
+    const first = { hook: 'h', requestIds: ['x', 'y'], rowRequestIndexes: Uint16Array.of(1, 0, 1), positions: Int32Array.of(0, 0, 1) };
+    const second = { hook: 'h', requestIds: ['y', 'z', 'x'], rowRequestIndexes: Uint16Array.of(2, 1, 0, 1, 2), positions: Int32Array.of(1, 0, 2, 1, 2) };
+    batcher.push(markerRows([10, 0, 11]), 3, first);
+    batcher.push(markerRows([1, 20, 12, 21, 2]), 5, second);
+    await batcher.drain();
+    expect(batches.map((b) => b.requestIds)).toEqual([['y', 'x'], ['z', 'y', 'x']]);
+    expect(batches.map((b) => Array.from(b.rowRequestIndexes))).toEqual([[0, 1, 0, 1], [0, 1, 0, 2]]);
+    expect(batches.flatMap((b) => rowIds(b).map((id, r) => `${id}@${b.positions[r]}=${b.values[r * TOP_K]}`))).toEqual(['y@0=10', 'x@0=0', 'y@1=11', 'x@1=1', 'z@0=20', 'y@2=12', 'z@1=21', 'x@2=2']);
+  });
+
+  it('refuses a push whose index column points outside its request table, before counting any row', () => {
+    const batcher = new MicroBatcher({ pool: new FakePool(1), dIn: D_IN, maxBatchRows: 4, maxDelayMs: 60_000 });
+    const bad = { hook: 'h', requestIds: ['a'], rowRequestIndexes: Uint16Array.of(0, 1), positions: Int32Array.of(0, 1) };
+    expect(() => batcher.push(markerRows([0, 1]), 2, bad)).toThrow(/request index 1 outside a request table of 1/);
+    expect(batcher.stats.rowsIn).toBe(0);
+    expect(batcher.queuedRows).toBe(0);
+  });
+
   it('fills batches up to maxBatchRows and flushes the remainder after maxDelayMs', async () => {
     const pool = new FakePool(1);
     const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 8, maxDelayMs: 5 });
     const batches = collect(batcher);
-    for (let i = 0; i < 20; i++) batcher.push(markerRows([i]), 1, { requestIds: ['r'], positions: Int32Array.of(i), hook: 'h' });
+    for (let i = 0; i < 20; i++) batcher.push(markerRows([i]), 1, meta(['r'], Int32Array.of(i)));
     // No drain(): the 4-row remainder must go out on the deadline alone.
     await new Promise<void>((resolve) => {
       const check = (): void => void (batches.reduce((n, b) => n + b.rowCount, 0) === 20 ? resolve() : setTimeout(check, 2));
@@ -136,19 +181,74 @@ describe('MicroBatcher', () => {
     // Sampling off: this test is about the hard limit alone.
     const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 4, maxDelayMs: 1000, maxQueuedRows: 8, sampleAboveRows: 8 });
     const batches = collect(batcher);
-    for (let i = 0; i < 100; i++) batcher.push(markerRows([i]), 1, { requestIds: ['r'], positions: Int32Array.of(i), hook: 'h' });
+    for (let i = 0; i < 100; i++) batcher.push(markerRows([i]), 1, meta(['r'], Int32Array.of(i)));
     // One batch (rows 0-3) went to the blocked pool; 8 more rows wait; the other 88 were dropped.
     expect(pool.calls).toBe(1);
     expect(batcher.stats.rowsIn).toBe(100);
     expect(batcher.stats.rowsDropped.queue_full).toBe(88);
     // A multi-row push into a full queue drops whole rows too.
-    batcher.push(markerRows([500, 501, 502]), 3, { requestIds: ['r', 'r', 'r'], positions: Int32Array.of(500, 501, 502), hook: 'h' });
+    batcher.push(markerRows([500, 501, 502]), 3, meta(['r', 'r', 'r'], Int32Array.of(500, 501, 502)));
     expect(batcher.stats.rowsDropped.queue_full).toBe(91);
     pool.release();
     await batcher.drain();
     const delivered = batches.flatMap((b) => Array.from(b.positions));
     expect(delivered).toEqual(Array.from({ length: 12 }, (_, k) => k));
     expect(batcher.stats.rowsEncoded).toBe(12);
+  });
+
+  it('publishes each settled batch on saegate:sae:batch-settled in push order, with why a failed batch lost its rows', async () => {
+    const failures = new Map<number, Error>([
+      [1, new SaegateError('SAEGATE_ERR_WORKER_EXITED', ['SAE worker: exit code 1'])],
+      [2, new Error('onnxruntime: bad input')],
+    ]);
+    const pool = new FlakyPool(3, failures);
+    const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 2, maxDelayMs: 60_000 });
+    const sent: SaeBatchSentEvent[] = [];
+    const settled: SaeBatchSettledEvent[] = [];
+    const onSent = (message: unknown): void => void sent.push(message as SaeBatchSentEvent);
+    const onSettled = (message: unknown): void => void settled.push(message as SaeBatchSettledEvent);
+    diagnostics.subscribe(SAE_BATCH_SENT_CHANNEL, onSent);
+    diagnostics.subscribe(SAE_BATCH_SETTLED_CHANNEL, onSettled);
+    try {
+      // Four batches of two rows: three go to the pool at once, the fourth waits for a free slot.
+      batcher.push(markerRows([0, 1, 2, 3, 4, 5, 6, 7]), 8, meta(['a', 'b', 'a', 'a', 'c', 'c', 'a', 'b'], Int32Array.of(0, 0, 1, 2, 0, 1, 3, 1), 'blocks.3.hook_resid_post'));
+      expect(sent.map((e) => [e.batchSeq, e.rowCount, e.requestCount, e.inFlight, e.queuedRows])).toEqual([
+        [0, 2, 2, 1, 0],
+        [1, 2, 1, 2, 0],
+        [2, 2, 1, 3, 0],
+      ]);
+      pool.release();
+      await batcher.drain();
+    } finally {
+      diagnostics.unsubscribe(SAE_BATCH_SENT_CHANNEL, onSent);
+      diagnostics.unsubscribe(SAE_BATCH_SETTLED_CHANNEL, onSettled);
+    }
+    expect(sent.map((e) => e.batchSeq)).toEqual([0, 1, 2, 3]);
+    expect(sent.every((e) => e.hook === 'blocks.3.hook_resid_post')).toBe(true);
+    expect(settled.map((e) => [e.batchSeq, e.rowCount, e.requestCount, e.ok, e.dropReason])).toEqual([
+      [0, 2, 2, true, null],
+      [1, 2, 1, false, 'worker_exited'],
+      [2, 2, 1, false, 'encode_failed'],
+      [3, 2, 2, true, null],
+    ]);
+    for (const e of settled) {
+      expect(e.encodeSeconds).toBeGreaterThanOrEqual(0);
+      expect(e.latencySeconds).toBeGreaterThanOrEqual(e.encodeSeconds);
+    }
+  });
+
+  it('builds no diagnostics event and calls no publish while the batch channels have no subscriber', async () => {
+    const spies = [SAE_BATCH_SENT_CHANNEL, SAE_BATCH_SETTLED_CHANNEL].map((name) => vi.spyOn(diagnostics.channel(name), 'publish'));
+    try {
+      const batcher = new MicroBatcher({ pool: new FakePool(1), dIn: D_IN, maxBatchRows: 2, maxDelayMs: 60_000 });
+      const batches = collect(batcher);
+      batcher.push(markerRows([0, 1, 2, 3]), 4, meta(['a', 'a', 'b', 'b'], Int32Array.of(0, 1, 0, 1)));
+      await batcher.drain();
+      expect(batches).toHaveLength(2);
+      expect(spies.map((spy) => spy.mock.calls.length)).toEqual([0, 0]);
+    } finally {
+      for (const spy of spies) spy.mockRestore();
+    }
   });
 
   describe('under overload', () => {
@@ -162,7 +262,7 @@ describe('MicroBatcher', () => {
       const queuedBefore: number[] = [];
       for (let i = 0; i < count; i++) {
         queuedBefore.push(batcher.queuedRows);
-        batcher.push(markerRows([i]), 1, { requestIds: ['r'], positions: Int32Array.of(i), hook: 'h' });
+        batcher.push(markerRows([i]), 1, meta(['r'], Int32Array.of(i)));
       }
       return { batcher, pool, queuedBefore };
     }
@@ -221,7 +321,7 @@ describe('MicroBatcher', () => {
         const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 10, maxDelayMs: 60_000, maxQueuedRows: MAX, sampleAboveRows: MARK });
         const batches = collect(batcher);
         for (let start = 0; start < count; start += rowsPerPush) {
-          batcher.push(markers.subarray(start * D_IN, (start + rowsPerPush) * D_IN), rowsPerPush, { requestIds: requestIds.slice(start, start + rowsPerPush), positions: positions.subarray(start, start + rowsPerPush), hook: 'h' });
+          batcher.push(markers.subarray(start * D_IN, (start + rowsPerPush) * D_IN), rowsPerPush, meta(requestIds.slice(start, start + rowsPerPush), positions.subarray(start, start + rowsPerPush)));
         }
         const sampled = batcher.stats.rowsDropped.sampled;
         expect(batcher.stats.rowsIn).toBe(count);
@@ -229,7 +329,7 @@ describe('MicroBatcher', () => {
         expect(batcher.queuedRows).toBe(count - sampled - batcher.stats.rowsDropped.queue_full - 10);
         pool.release();
         await batcher.drain();
-        return { rows: batches.flatMap((b) => Array.from(b.positions, (position, r) => ({ position, id: b.requestIds[r], marker: b.values[r * TOP_K] }))), sampled };
+        return { rows: batches.flatMap((b) => Array.from(b.positions, (position, r) => ({ position, id: b.requestIds[b.rowRequestIndexes[r]], marker: b.values[r * TOP_K] }))), sampled };
       };
       const whole = await run(count);
       const oneByOne = await run(1);
@@ -260,7 +360,7 @@ describe('MicroBatcher', () => {
       const { stats } = batcher;
       const dropped = (): number => stats.rowsDropped.queue_full + stats.rowsDropped.sampled + stats.rowsDropped.worker_exited + stats.rowsDropped.encode_failed;
       for (let i = 0; i < 3000; i++) {
-        batcher.push(markerRows([i, i, i]), 3, { requestIds: ['r', 'r', 'r'], positions: Int32Array.of(3 * i, 3 * i + 1, 3 * i + 2), hook: 'h' });
+        batcher.push(markerRows([i, i, i]), 3, meta(['r', 'r', 'r'], Int32Array.of(3 * i, 3 * i + 1, 3 * i + 2)));
         // Accounted before push returns: every row is queued, with the pool (the one batch of 8
         // sent so far, which never comes back while the pool is held) or dropped.
         expect(stats.rowsIn).toBe(3 * (i + 1));
@@ -288,13 +388,13 @@ describe('MicroBatcher', () => {
      * `rowCount` seeded rows as f32, as f16 bits, and as the exact f32 value of each half (what
      * the f16 path must encode identically), with a `meta(id)` tagging every row with one request.
      */
-    function halfRows(seed: number, rowCount: number): { f32: Float32Array; f16: Uint16Array; rounded: Float32Array; meta: (id: string) => PushMeta } {
+    function halfRows(seed: number, rowCount: number): { f32: Float32Array; f16: Uint16Array; rounded: Float32Array; metaOf: (id: string) => PushMeta } {
       const f32 = uniform(rng(seed), rowCount * D_IN, -2, 2);
       const f16 = new Uint16Array(f32.length);
       f32ToF16(f32, f16);
       const rounded = Float32Array.from(f16, f16BitsToF32);
-      const meta = (id: string): PushMeta => ({ requestIds: Array(rowCount).fill(id) as string[], positions: Int32Array.from({ length: rowCount }, (_, k) => k), hook: 'h' });
-      return { f32, f16, rounded, meta };
+      const metaOf = (id: string): PushMeta => meta(Array<string>(rowCount).fill(id), Int32Array.from({ length: rowCount }, (_, k) => k));
+      return { f32, f16, rounded, metaOf };
     }
 
     let pool: SaePool | null = null;
@@ -308,12 +408,12 @@ describe('MicroBatcher', () => {
       const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 16, maxDelayMs: 1 });
       const batches = collect(batcher);
       const rowCount = 10;
-      const { f32, f16, rounded, meta } = halfRows(11, rowCount);
-      batcher.push(f16, rowCount, meta('f16'));
+      const { f32, f16, rounded, metaOf } = halfRows(11, rowCount);
+      batcher.push(f16, rowCount, metaOf('f16'));
       await batcher.drain();
-      batcher.push(rounded, rowCount, meta('rounded'));
+      batcher.push(rounded, rowCount, metaOf('rounded'));
       await batcher.drain();
-      batcher.push(f32, rowCount, meta('f32'));
+      batcher.push(f32, rowCount, metaOf('f32'));
       await batcher.drain();
       const [fromF16, fromRounded, fromF32] = batches;
       expect(fromF16.requestIds[0]).toBe('f16');
@@ -331,12 +431,12 @@ describe('MicroBatcher', () => {
       const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 64, maxDelayMs: 50 });
       const batches = collect(batcher);
       const rowCount = 6;
-      const { f16, rounded, meta } = halfRows(12, rowCount);
+      const { f16, rounded, metaOf } = halfRows(12, rowCount);
       // No drain in between: without the type switch closing the batch these would share one.
-      batcher.push(f16, rowCount, meta('a'));
-      batcher.push(f16, rowCount, meta('a'));
-      batcher.push(rounded, rowCount, meta('b'));
-      batcher.push(f16, rowCount, meta('c'));
+      batcher.push(f16, rowCount, metaOf('a'));
+      batcher.push(f16, rowCount, metaOf('a'));
+      batcher.push(rounded, rowCount, metaOf('b'));
+      batcher.push(f16, rowCount, metaOf('c'));
       await batcher.drain();
       expect(batches.map((b) => [b.requestIds[0], b.rowCount])).toEqual([['a', 2 * rowCount], ['b', rowCount], ['c', rowCount]]);
       const first = (b: SaeResultBatch): number[] => Array.from(b.values.subarray(0, rowCount * TOP_K));

@@ -37,7 +37,7 @@ function end(requestId: string) {
 
 /** Result rows as `request@position → [tokenId, text]`, in delivery order. */
 function tokenRows(batches: SaeResultBatch[]): string[] {
-  return batches.flatMap((b) => b.requestIds.map((id, r) => `${id}@${b.positions[r]} → ${b.tokenIds[r]} '${b.tokenTexts[r]}'`));
+  return batches.flatMap((b) => Array.from(b.rowRequestIndexes, (k, r) => `${b.requestIds[k]}@${b.positions[r]} → ${b.tokenIds[r]} '${b.tokenTexts[r]}'`));
 }
 
 describe('SaeSink', () => {

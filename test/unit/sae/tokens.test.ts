@@ -20,7 +20,10 @@ function tokensOf(requestId: string, positions: number[]): TokensMessage {
 function lookUp(tokens: RequestTokens, rows: [string, number][]): [number, string][] {
   const tokenIds = new Int32Array(rows.length);
   const tokenTexts = new Array<string>(rows.length).fill('?');
-  tokens.fill(rows.map(([id]) => id), Int32Array.from(rows, ([, p]) => p), tokenIds, tokenTexts);
+  // The batch's compact form: a request table and each row's index into it.
+  const requestIds = [...new Set(rows.map(([id]) => id))];
+  const rowRequestIndexes = Uint16Array.from(rows, ([id]) => requestIds.indexOf(id));
+  tokens.fill(requestIds, rowRequestIndexes, Int32Array.from(rows, ([, p]) => p), tokenIds, tokenTexts);
   return rows.map((_, i) => [tokenIds[i], tokenTexts[i]]);
 }
 
