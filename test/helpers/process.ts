@@ -1,13 +1,17 @@
 /**
  * Child processes in tests, killed on every path. `withProcess` spawns a command in a process
  * group of its own, hands it to the test's body, and kills the whole group when the body returns,
- * when it throws (a failed assertion), when the body's deadline passes, and when vitest gives up on
- * the test (its timeout: the body never returns then, so `onTestFinished` does the killing). The
- * group matters because `saegate …` runs under tsx, which is one process in front of node: killing
- * tsx alone would leave the server it started holding its port.
+ * when it throws (a failed assertion), and when the body's deadline passes. The deadline defaults
+ * to less than vitest's test timeout, so when a test hangs, this kill (and its message naming the
+ * process) comes before vitest gives up on the test and moves on with the process still running;
+ * a test with a longer timeout passes a matching `deadlineMs`. A process still alive when the test
+ * worker exits is killed then. (Not vitest's global `onTestFinished`: in `it.concurrent` tests it
+ * can attach to a sibling test and kill this one's process when that one ends.)
+ *
+ * The group matters because `saegate …` runs under tsx, which is one process in front of node:
+ * killing tsx alone would leave the server it started holding its port.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { onTestFinished } from 'vitest';
 
 export interface ProcessSpec {
   /** The executable. */
@@ -75,6 +79,7 @@ function start(spec: ProcessSpec): RunningProcess {
 async function killGroup(proc: RunningProcess): Promise<void> {
   const pid = proc.child.pid;
   if (pid === undefined) return;
+  liveGroups.delete(pid);
   try {
     process.kill(-pid, 'SIGKILL');
   } catch (error) {
@@ -84,23 +89,26 @@ async function killGroup(proc: RunningProcess): Promise<void> {
   await proc.exited;
 }
 
-/** Registers `cleanup` to run when the current test finishes, if there is a current test. */
-function atTestEnd(cleanup: () => Promise<void>): void {
-  try {
-    onTestFinished(cleanup);
-  } catch {
-    // Outside a running test (beforeAll, a script): the finally in withProcess is the only cleanup.
+/** Process groups started and not yet killed, for the last-resort kill when the worker exits. */
+const liveGroups = new Set<number>();
+process.on('exit', () => {
+  for (const pid of liveGroups) {
+    try {
+      process.kill(-pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
   }
-}
+});
 
 /**
  * Spawns `spec`, runs `body` with it, and kills the process group whatever happens: body resolved,
- * body threw, deadline passed, or the test timed out. Returns what the body returned.
+ * body threw, or deadline passed. Returns what the body returned.
  */
 export async function withProcess<T>(spec: ProcessSpec, body: (proc: RunningProcess) => Promise<T>, options: WithProcessOptions = {}): Promise<T> {
   const deadlineMs = options.deadlineMs ?? 50_000;
   const proc = start(spec);
-  atTestEnd(() => killGroup(proc));
+  if (proc.child.pid !== undefined) liveGroups.add(proc.child.pid);
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new ProcessDeadline(proc.label, deadlineMs, proc.err())), deadlineMs);
