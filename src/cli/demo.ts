@@ -22,8 +22,9 @@ import { startProxyWithSaes } from './serve.js';
 const usage = `Usage: saegate demo [--port N] [--model-port N] [--host HOST] [--sae DIR | --no-sae]
 
 Starts the saegate proxy (default port 9000) in front of the reference model server (default port
-8000; port 0 for either picks a free one, and the URLs printed say which) on an embedded default model, with the model server connected to saegate's tap and an SAE
-running over the tapped hook point, and prints what to try. The model is $SAEGATE_DEMO_MODEL, else
+8000; port 0 for either picks a free one, and the URLs printed say which) on an embedded default
+model, with the model server connected to saegate's tap and an SAE running over the tapped hook
+point, and prints what to try. The model is $SAEGATE_DEMO_MODEL, else
 ../shared/models/stories260K/stories260K.bin next to the repository, else a seeded synthetic model.
 
   --sae DIR     run this SAE (SAELens or sparsify directory) instead of the demo SAE
