@@ -22,8 +22,9 @@ import { startProxyWithSaes } from './serve.js';
 const usage = `Usage: saegate demo [--port N] [--model-port N] [--host HOST] [--sae DIR | --no-sae]
 
 Starts the saegate proxy (default port 9000) in front of the reference model server (default port
-8000) on an embedded default model, with the model server connected to saegate's tap and an SAE
-running over the tapped hook point, and prints what to try. The model is $SAEGATE_DEMO_MODEL, else
+8000; port 0 for either picks a free one, and the URLs printed say which) on an embedded default
+model, with the model server connected to saegate's tap and an SAE running over the tapped hook
+point, and prints what to try. The model is $SAEGATE_DEMO_MODEL, else
 ../shared/models/stories260K/stories260K.bin next to the repository, else a seeded synthetic model.
 
   --sae DIR     run this SAE (SAELens or sparsify directory) instead of the demo SAE
@@ -39,14 +40,18 @@ export interface Demo {
   close(): Promise<void>;
 }
 
-/** Throws SAEGATE_ERR_CONFIG naming the flag when `host:port` cannot be listened on (taken, or not ours). */
-async function assertPortFree(host: string, port: number, flag: string): Promise<void> {
+/**
+ * Returns the port `host:port` can be listened on: `port` itself, or for 0 the free port the system
+ * gave the probe. Throws SAEGATE_ERR_CONFIG naming the flag when it cannot (taken, or not ours).
+ */
+async function probePort(host: string, port: number, flag: string): Promise<number> {
   const probe = net.createServer();
   try {
     await new Promise<void>((resolve, reject) => {
       probe.once('error', reject);
       probe.listen({ host, port, exclusive: true }, resolve);
     });
+    return (probe.address() as net.AddressInfo).port;
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? String(error);
     throw new SaegateError('SAEGATE_ERR_CONFIG', [flag, `cannot listen on ${host}:${port} (${code}); pass --${flag} N for another port`]);
@@ -84,11 +89,9 @@ export async function demo(argv: string[]): Promise<Demo> {
   const flags = parseFlags(
     argv,
     { port: { type: 'string' }, 'model-port': { type: 'string' }, host: { type: 'string' }, sae: { type: 'string' }, 'no-sae': { type: 'boolean' } },
-    // The model server is told saegate's tap URL before saegate listens (it retries until then),
-    // so the proxy's port must be known up front.
     z
       .object({
-        port: portFlag.min(1).default(9000),
+        port: portFlag.default(9000),
         'model-port': portFlag.default(8000),
         host: z.string().default('127.0.0.1'),
         sae: z.string().min(1).optional(),
@@ -104,17 +107,21 @@ export async function demo(argv: string[]): Promise<Demo> {
   // The middle block's residual stream: blocks.2 of stories260K's five.
   const defaultHook = `blocks.${Math.floor(cfg.nLayers / 2)}.hook_resid_post`;
   // A taken port fails now, not after a first start's minute of training.
-  await assertPortFree(flags.host, flags.port, 'port');
-  if (flags['model-port'] !== 0) await assertPortFree('127.0.0.1', flags['model-port'], 'model-port');
+  if (flags.port !== 0) await probePort(flags.host, flags.port, 'port');
+  if (flags['model-port'] !== 0) await probePort('127.0.0.1', flags['model-port'], 'model-port');
   // The SAE is ready (trained on a first start) before anything listens, so the model server's
   // tap finds saegate up and the first request already has its rows encoded.
   const chosen = await demoSae(flags, model, defaultHook, cfg.maxSeqLen);
   // An SAE for another model or hook is refused here, naming its file and what did not match.
   if (chosen) bindSaeToModel(chosen.sae, { dModel: cfg.dim, hookPoints: allHookPoints(cfg) });
-  const server = await startModelServer({ model, loaded, host: '127.0.0.1', port: flags['model-port'], tapUrl: `ws://${tapHost}:${flags.port}/v1/tap` });
+  // The model server is told saegate's tap URL before saegate listens (it retries until then), so
+  // the proxy's port must be known up front: --port 0 takes the free port a probe is given just
+  // before the servers start (the URLs printed below say which).
+  const proxyPort = flags.port !== 0 ? flags.port : await probePort(flags.host, 0, 'port');
+  const server = await startModelServer({ model, loaded, host: '127.0.0.1', port: flags['model-port'], tapUrl: `ws://${tapHost}:${proxyPort}/v1/tap` });
   let proxy;
   try {
-    ({ server: proxy } = await startProxyWithSaes({ upstream: server.url, host: flags.host, port: flags.port }, chosen ? [chosen.sae] : []));
+    ({ server: proxy } = await startProxyWithSaes({ upstream: server.url, host: flags.host, port: proxyPort }, chosen ? [chosen.sae] : []));
   } catch (error) {
     await server.close();
     throw error;

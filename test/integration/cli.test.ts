@@ -6,59 +6,65 @@ import net from 'node:net';
 import path from 'node:path';
 import { demoSaeDir } from '../../src/cli/demo-sae.js';
 import { writeSafetensors } from '../../src/common/safetensors.js';
-import { runCli, waitForApiUrl, type CliProcess } from '../helpers/cli.js';
+import { runCliToExit, waitForApiUrl, withCli } from '../helpers/cli.js';
 import { makeTempDir, removeTempDir } from '../helpers/fixtures.js';
+import { waitFor } from '../helpers/wait.js';
 
 
 
 describe('saegate CLI', () => {
   it('serves a synthetic model on a free port, answers /v1/models, and exits 0 on SIGTERM', async () => {
-    const proc = runCli(['model', 'serve', '--model', 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=1', '--name', 'tiny', '--port', '0']);
-    const url = await waitForApiUrl(proc);
-    const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
-    expect(models.data.map((m) => m.id)).toEqual(['tiny']);
-    proc.child.kill('SIGTERM');
-    expect(await proc.exited).toBe(0);
+    await withCli(['model', 'serve', '--model', 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=1', '--name', 'tiny', '--port', '0'], async (proc) => {
+      const url = await waitForApiUrl(proc);
+      const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
+      expect(models.data.map((m) => m.id)).toEqual(['tiny']);
+      proc.child.kill('SIGTERM');
+      expect(await proc.exited).toBe(0);
+    });
   });
 
   it('rejects a bad flag value with exit code 2, naming the flag', async () => {
-    const proc = runCli(['model', 'serve', '--model', 'x.bin', '--device', 'tpu']);
-    expect(await proc.exited).toBe(2);
-    expect(proc.err()).toContain('--device');
-    expect(proc.err()).toContain('SAEGATE_ERR_CLI_USAGE');
+    const proc = await runCliToExit(['model', 'serve', '--model', 'x.bin', '--device', 'tpu']);
+    expect(proc.code).toBe(2);
+    expect(proc.err).toContain('--device');
+    expect(proc.err).toContain('SAEGATE_ERR_CLI_USAGE');
   });
 
   it('fails at load with a typed error naming a missing model file', async () => {
-    const proc = runCli(['model', 'serve', '--model', '/nonexistent/model.bin', '--port', '0']);
-    expect(await proc.exited).toBe(1);
-    expect(proc.err()).toMatch(/SAEGATE_ERR_MODEL_FILE.*\/nonexistent\/model\.bin/);
+    const proc = await runCliToExit(['model', 'serve', '--model', '/nonexistent/model.bin', '--port', '0']);
+    expect(proc.code).toBe(1);
+    expect(proc.err).toMatch(/SAEGATE_ERR_MODEL_FILE.*\/nonexistent\/model\.bin/);
   });
 });
 
 describe('saegate demo (npm start)', () => {
   it('serves the model through the proxy with the tap connected, and rows reach saegate', async () => {
-    const port = 20000 + Math.floor(Math.random() * 20000);
-    const proc = runCli(['demo', '--port', String(port), '--model-port', '0', '--no-sae'], {
-      SAEGATE_DEMO_MODEL: 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=1',
-    });
-    const url = await waitForApiUrl(proc);
-    expect(url).toBe(`http://127.0.0.1:${port}`);
-    const rowsReceived = async (): Promise<number> => Number(/^saegate_tap_rows_total (\S+)$/m.exec(await (await fetch(`${url}/metrics`)).text())?.[1] ?? 'NaN');
-    // The model server connects to the tap with backoff once saegate listens.
-    while (!/^saegate_tap_connections 1$/m.test(await (await fetch(`${url}/metrics`)).text())) await new Promise((r) => setTimeout(r, 50));
-    const res = await fetch(`${url}/v1/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'synthetic', prompt: 'hi', max_tokens: 5, temperature: 0 }),
-    });
-    expect(res.status).toBe(200);
-    expect(res.headers.get('x-saegate-applied')).toBe('none');
-    while ((await rowsReceived()) < 1) await new Promise((r) => setTimeout(r, 50));
-    // Prompt rows (BOS + the prompt's tokens) and generated rows all arrive.
-    expect(await rowsReceived()).toBeGreaterThanOrEqual(5);
-    expect(proc.out()).toMatch(/SAE\s+none/);
-    proc.child.kill('SIGTERM');
-    expect(await proc.exited).toBe(0);
+    await withCli(['demo', '--port', '0', '--model-port', '0', '--no-sae'], async (proc) => {
+      const url = await waitForApiUrl(proc);
+      // Port 0 for both: the demo prints the ports it took, and they are the ones serving.
+      expect(url).toMatch(/^http:\/\/127\.0\.0\.1:[1-9]\d*$/);
+      const modelUrl = /model server \(direct\)\s+(http:\/\/127\.0\.0\.1:[1-9]\d*)\/v1/.exec(proc.out())?.[1];
+      expect(modelUrl).toBeDefined();
+      expect(modelUrl).not.toBe(url);
+      expect(proc.out()).toContain(`ws://127.0.0.1:${new URL(url).port}/v1/tap`);
+      expect(((await (await fetch(`${modelUrl}/v1/models`)).json()) as { data: unknown[] }).data).toHaveLength(1);
+      const rowsReceived = async (): Promise<number> => Number(/^saegate_tap_rows_total (\S+)$/m.exec(await (await fetch(`${url}/metrics`)).text())?.[1] ?? 'NaN');
+      // The model server connects to the tap with backoff once saegate listens.
+      await waitFor('the model server connected to the demo proxy\'s tap', async () => /^saegate_tap_connections 1$/m.test(await (await fetch(`${url}/metrics`)).text()), { intervalMs: 50, deadlineMs: 30_000 });
+      const res = await fetch(`${url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'synthetic', prompt: 'hi', max_tokens: 5, temperature: 0 }),
+      });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('x-saegate-applied')).toBe('none');
+      await waitFor('tapped rows counted by the demo proxy', async () => (await rowsReceived()) >= 1, { intervalMs: 50 });
+      // Prompt rows (BOS + the prompt's tokens) and generated rows all arrive.
+      expect(await rowsReceived()).toBeGreaterThanOrEqual(5);
+      expect(proc.out()).toMatch(/SAE\s+none/);
+      proc.child.kill('SIGTERM');
+      expect(await proc.exited).toBe(0);
+    }, { env: { SAEGATE_DEMO_MODEL: 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=1' } });
   });
 
   const DEMO_MODEL = 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=1';
@@ -68,26 +74,31 @@ describe('saegate demo (npm start)', () => {
   async function completeAndCount(url: string): Promise<{ tapRows: number; saeEncoded: number; saeDropped: number }> {
     const metrics = async (): Promise<string> => (await fetch(`${url}/metrics`)).text();
     const value = (text: string, series: string): number => Number(text.split('\n').find((line) => line.startsWith(`${series} `))?.slice(series.length + 1) ?? 'NaN');
-    while (!/^saegate_tap_connections 1$/m.test(await metrics())) await new Promise((r) => setTimeout(r, 50));
+    await waitFor('the model server connected to the demo proxy\'s tap', async () => /^saegate_tap_connections 1$/m.test(await metrics()), { intervalMs: 50, deadlineMs: 30_000 });
     const res = await fetch(`${url}/v1/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: 'synthetic', prompt: 'hi', max_tokens: 6, temperature: 0 }),
     });
     expect(res.status).toBe(200);
-    for (;;) {
-      const text = await metrics();
-      const tapRows = value(text, 'saegate_tap_rows_total');
-      const saeEncoded = value(text, `saegate_sae_rows_encoded_total{hook="${HOOK}"}`);
-      const saeDropped = ['queue_full', 'sampled', 'worker_exited', 'encode_failed', 'bad_width'].reduce((sum, reason) => sum + value(text, `saegate_sae_rows_dropped_total{hook="${HOOK}",reason="${reason}"}`), 0);
-      if (tapRows >= 8 && saeEncoded + saeDropped === tapRows) return { tapRows, saeEncoded, saeDropped };
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    let counts = { tapRows: 0, saeEncoded: 0, saeDropped: 0 };
+    await waitFor(
+      'at least 8 tapped rows, each encoded or dropped by the SAE',
+      async () => {
+        const text = await metrics();
+        const tapRows = value(text, 'saegate_tap_rows_total');
+        const saeEncoded = value(text, `saegate_sae_rows_encoded_total{hook="${HOOK}"}`);
+        const saeDropped = ['queue_full', 'sampled', 'worker_exited', 'encode_failed', 'bad_width'].reduce((sum, reason) => sum + value(text, `saegate_sae_rows_dropped_total{hook="${HOOK}",reason="${reason}"}`), 0);
+        counts = { tapRows, saeEncoded, saeDropped };
+        return tapRows >= 8 && saeEncoded + saeDropped === tapRows;
+      },
+      { intervalMs: 50, observed: () => counts },
+    );
+    return counts;
   }
 
   it('trains the demo SAE on its first start, caches it, encodes every tapped row with it, and loads it from the cache next time', async () => {
     const cache = makeTempDir('demo-cache');
-    const started: CliProcess[] = [];
     try {
       const env = { SAEGATE_DEMO_MODEL: DEMO_MODEL, SAEGATE_CACHE_DIR: cache };
       // Work directories of earlier first starts: one whose process is gone (killed mid-training)
@@ -97,38 +108,38 @@ describe('saegate demo (npm start)', () => {
       const abandoned = `${target}.partial-${deadPid}-abc123`;
       const live = `${target}.partial-${process.pid}-def456`;
       for (const d of [abandoned, live]) fs.mkdirSync(path.join(d, 'sae'), { recursive: true });
-      const first = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0'], env);
-      started.push(first);
-      const url = await waitForApiUrl(first);
-      expect(first.err()).toContain(`training a demo SAE for ${HOOK}`);
-      expect(first.out()).toMatch(new RegExp(`SAE\\s+${HOOK.replace(/\./g, '\\.')}: 32 → 512 topk k = 8`));
-      // BOS + 'h' + 'i' prompt rows and the generated tokens' rows: every one encoded, none dropped.
-      const counts = await completeAndCount(url);
-      expect(counts.saeDropped).toBe(0);
-      expect(counts.saeEncoded).toBe(counts.tapRows);
-      first.child.kill('SIGTERM');
-      expect(await first.exited).toBe(0);
+      // The first start trains (about a minute on two cores) before it listens.
+      const firstOut = await withCli(['demo', '--port', '0', '--model-port', '0'], async (first) => {
+        const url = await waitForApiUrl(first, 200_000);
+        expect(first.err()).toContain(`training a demo SAE for ${HOOK}`);
+        expect(first.out()).toMatch(new RegExp(`SAE\\s+${HOOK.replace(/\./g, '\\.')}: 32 → 512 topk k = 8`));
+        // BOS + 'h' + 'i' prompt rows and the generated tokens' rows: every one encoded, none dropped.
+        const counts = await completeAndCount(url);
+        expect(counts.saeDropped).toBe(0);
+        expect(counts.saeEncoded).toBe(counts.tapRows);
+        first.child.kill('SIGTERM');
+        expect(await first.exited).toBe(0);
+        return first.out();
+      }, { env, deadlineMs: 220_000 });
       // One complete SAE directory in the cache; of the work directories only the live one is left.
       const entries = fs.readdirSync(path.join(cache, 'demo-sae')).sort();
       expect(entries).toEqual([path.basename(target), path.basename(live)]);
       const dir = target;
       for (const file of ['cfg.json', 'sae_weights.safetensors', 'report.json', 'features.html', 'features.json']) expect(fs.existsSync(path.join(dir, file))).toBe(true);
-      expect(first.out()).toContain(`file://${path.join(dir, 'features.html')}`);
+      expect(firstOut).toContain(`file://${path.join(dir, 'features.html')}`);
       const report = JSON.parse(fs.readFileSync(path.join(dir, 'report.json'), 'utf8')) as { heldOut: { fvu: number } };
       expect(report.heldOut.fvu).toBeLessThan(0.5);
 
-      const second = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0'], env);
-      started.push(second);
-      const url2 = await waitForApiUrl(second);
-      expect(second.err()).not.toContain('training');
-      expect(second.out()).toContain(`(${dir})`);
-      const again = await completeAndCount(url2);
-      expect(again.saeEncoded).toBe(again.tapRows);
-      second.child.kill('SIGTERM');
-      expect(await second.exited).toBe(0);
+      await withCli(['demo', '--port', '0', '--model-port', '0'], async (second) => {
+        const url2 = await waitForApiUrl(second);
+        expect(second.err()).not.toContain('training');
+        expect(second.out()).toContain(`(${dir})`);
+        const again = await completeAndCount(url2);
+        expect(again.saeEncoded).toBe(again.tapRows);
+        second.child.kill('SIGTERM');
+        expect(await second.exited).toBe(0);
+      }, { env });
     } finally {
-      // A failed assertion must not leave a demo running.
-      for (const proc of started) if (proc.child.exitCode === null && proc.child.signalCode === null) proc.child.kill('SIGKILL');
       removeTempDir(cache);
     }
   }, 240_000);
@@ -137,27 +148,27 @@ describe('saegate demo (npm start)', () => {
     const dir = makeTempDir('demo-sae');
     try {
       writeTinySae(dir);
-      const wrong = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0', '--sae', dir], { SAEGATE_DEMO_MODEL: DEMO_MODEL });
-      expect(await wrong.exited).toBe(1);
-      expect(wrong.err()).toMatch(/SAEGATE_ERR_SAE_FILE/);
-      expect(wrong.err()).toContain(dir);
-      expect(wrong.err()).toContain('d_in 8 does not match the model\'s d_model 32');
-      const missing = runCli(['demo', '--port', String(20000 + Math.floor(Math.random() * 20000)), '--model-port', '0', '--sae', '/nonexistent/sae'], { SAEGATE_DEMO_MODEL: DEMO_MODEL });
-      expect(await missing.exited).toBe(1);
-      expect(missing.err()).toMatch(/SAEGATE_ERR_SAE_FILE.*\/nonexistent\/sae/);
-      const both = runCli(['demo', '--sae', dir, '--no-sae'], { SAEGATE_DEMO_MODEL: DEMO_MODEL });
-      expect(await both.exited).toBe(2);
-      expect(both.err()).toContain('--sae and --no-sae exclude each other');
+      const wrong = await runCliToExit(['demo', '--port', '0', '--model-port', '0', '--sae', dir], { env: { SAEGATE_DEMO_MODEL: DEMO_MODEL } });
+      expect(wrong.code).toBe(1);
+      expect(wrong.err).toMatch(/SAEGATE_ERR_SAE_FILE/);
+      expect(wrong.err).toContain(dir);
+      expect(wrong.err).toContain('d_in 8 does not match the model\'s d_model 32');
+      const missing = await runCliToExit(['demo', '--port', '0', '--model-port', '0', '--sae', '/nonexistent/sae'], { env: { SAEGATE_DEMO_MODEL: DEMO_MODEL } });
+      expect(missing.code).toBe(1);
+      expect(missing.err).toMatch(/SAEGATE_ERR_SAE_FILE.*\/nonexistent\/sae/);
+      const both = await runCliToExit(['demo', '--sae', dir, '--no-sae'], { env: { SAEGATE_DEMO_MODEL: DEMO_MODEL } });
+      expect(both.code).toBe(2);
+      expect(both.err).toContain('--sae and --no-sae exclude each other');
       // A taken port is refused before any training, naming the flag.
       const taken = net.createServer();
       await new Promise<void>((resolve) => taken.listen({ host: '127.0.0.1', port: 0 }, resolve));
       const port = (taken.address() as net.AddressInfo).port;
       try {
-        const busy = runCli(['demo', '--port', String(port), '--model-port', '0'], { SAEGATE_DEMO_MODEL: DEMO_MODEL, SAEGATE_CACHE_DIR: dir });
-        expect(await busy.exited).toBe(1);
-        expect(busy.err()).toContain(`SAEGATE_ERR_CONFIG`);
-        expect(busy.err()).toContain(`cannot listen on 127.0.0.1:${port} (EADDRINUSE); pass --port N`);
-        expect(busy.err()).not.toContain('training');
+        const busy = await runCliToExit(['demo', '--port', String(port), '--model-port', '0'], { env: { SAEGATE_DEMO_MODEL: DEMO_MODEL, SAEGATE_CACHE_DIR: dir } });
+        expect(busy.code).toBe(1);
+        expect(busy.err).toContain(`SAEGATE_ERR_CONFIG`);
+        expect(busy.err).toContain(`cannot listen on 127.0.0.1:${port} (EADDRINUSE); pass --port N`);
+        expect(busy.err).not.toContain('training');
       } finally {
         await new Promise<void>((resolve) => taken.close(() => resolve()));
       }
@@ -196,8 +207,8 @@ describe('saegate sae info and sae encode', () => {
       header += ' '.repeat(64 - ((10 + header.length + 1) % 64)) + '\n';
       const npyBytes = Buffer.concat([Buffer.from([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0, header.length & 0xff, header.length >> 8]), Buffer.from(header), Buffer.from(x.buffer)]);
       fs.writeFileSync(path.join(dir, 'rows.npy'), npyBytes);
-      const enc = runCli(['sae', 'encode', '--sae', dir, '--input', path.join(dir, 'rows.npy'), '--output', path.join(dir, 'out.json')]);
-      expect(await enc.exited).toBe(0);
+      const enc = await runCliToExit(['sae', 'encode', '--sae', dir, '--input', path.join(dir, 'rows.npy'), '--output', path.join(dir, 'out.json')]);
+      expect(enc.code).toBe(0);
       const out = JSON.parse(fs.readFileSync(path.join(dir, 'out.json'), 'utf8')) as { top_k: number; rows: { indices: number[]; values: number[]; l0: number }[] };
       expect(out.top_k).toBe(4);
       expect(out.rows).toHaveLength(3);
@@ -220,17 +231,17 @@ describe('saegate sae info and sae encode', () => {
         expect(row.l0).toBe(expected.length);
       });
 
-      const ok = runCli(['sae', 'info', dir]);
-      expect(await ok.exited).toBe(0);
-      expect(ok.out()).toMatch(/topk/);
-      expect(ok.out()).toContain('blocks.2.hook_resid_post');
-      expect(ok.out()).toMatch(/8\s*×\s*32/);
+      const ok = await runCliToExit(['sae', 'info', dir]);
+      expect(ok.code).toBe(0);
+      expect(ok.out).toMatch(/topk/);
+      expect(ok.out).toContain('blocks.2.hook_resid_post');
+      expect(ok.out).toMatch(/8\s*×\s*32/);
 
       fs.writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'mystery', d_in: dIn, d_sae: dSae, hook_name: 'blocks.2.hook_resid_post' }));
-      const bad = runCli(['sae', 'info', dir]);
-      expect(await bad.exited).toBe(1);
-      expect(bad.err()).toContain('SAEGATE_ERR_SAE_FILE');
-      expect(bad.err()).toContain('mystery');
+      const bad = await runCliToExit(['sae', 'info', dir]);
+      expect(bad.code).toBe(1);
+      expect(bad.err).toContain('SAEGATE_ERR_SAE_FILE');
+      expect(bad.err).toContain('mystery');
     } finally {
       removeTempDir(dir);
     }
@@ -242,16 +253,17 @@ describe('saegate serve --sae', () => {
     const dir = makeTempDir('saegate-serve-sae-');
     try {
       writeTinySae(dir);
-      const proc = runCli(['serve', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--sae', dir]);
-      await waitForApiUrl(proc);
-      expect(proc.out()).toMatch(/SAEs\s+blocks\.2\.hook_resid_post/);
-      proc.child.kill('SIGTERM');
-      expect(await proc.exited).toBe(0);
+      await withCli(['serve', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--sae', dir], async (proc) => {
+        await waitForApiUrl(proc);
+        expect(proc.out()).toMatch(/SAEs\s+blocks\.2\.hook_resid_post/);
+        proc.child.kill('SIGTERM');
+        expect(await proc.exited).toBe(0);
+      });
 
       fs.writeFileSync(path.join(dir, 'cfg.json'), '{"architecture": "topk"');
-      const bad = runCli(['serve', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--sae', dir]);
-      expect(await bad.exited).toBe(1);
-      expect(bad.err()).toContain('SAEGATE_ERR_SAE_FILE');
+      const bad = await runCliToExit(['serve', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--sae', dir]);
+      expect(bad.code).toBe(1);
+      expect(bad.err).toContain('SAEGATE_ERR_SAE_FILE');
     } finally {
       removeTempDir(dir);
     }

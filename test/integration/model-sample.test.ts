@@ -5,7 +5,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from '../helpers/cli.js';
+import { runCliToExit, withCli } from '../helpers/cli.js';
+import { waitFor } from '../helpers/wait.js';
 import { hasSharedModels, makeTempDir, needsSharedModels, removeTempDir, stories260K } from '../helpers/fixtures.js';
 
 const synthetic = 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=1';
@@ -34,9 +35,8 @@ afterAll(() => removeTempDir(dir));
 
 async function sample(name: string, args: string[]): Promise<SampleRun> {
   const file = path.join(dir, name);
-  const proc = runCli(['model', 'sample', '--out', file, '--threads', '1', ...args]);
-  const code = await proc.exited;
-  return { code, stdout: proc.out(), stderr: proc.err(), file };
+  const { code, out, err } = await runCliToExit(['model', 'sample', '--out', file, '--threads', '1', ...args]);
+  return { code, stdout: out, stderr: err, file };
 }
 
 /** Parses a corpus file strictly: one JSON object per line, keys in the documented order. */
@@ -132,31 +132,31 @@ describe('saegate model sample, bad input and interruption', () => {
     ['a fractional seed', ['--model', synthetic, '--out', 'x.jsonl', '--seed', '1.5'], /--seed: /],
     ['an unknown flag', ['--model', synthetic, '--out', 'x.jsonl', '--steps', '3'], /'--steps'/],
   ] as const)('exits 2 with the usage for %s', async ([, args, message], { expect }) => {
-    const proc = runCli(['model', 'sample', ...args]);
-    expect(await proc.exited).toBe(2);
-    expect(proc.err()).toContain('SAEGATE_ERR_CLI_USAGE');
-    expect(proc.err()).toMatch(message);
-    expect(proc.err()).toContain('Usage: saegate model sample');
+    const proc = await runCliToExit(['model', 'sample', ...args]);
+    expect(proc.code).toBe(2);
+    expect(proc.err).toContain('SAEGATE_ERR_CLI_USAGE');
+    expect(proc.err).toMatch(message);
+    expect(proc.err).toContain('Usage: saegate model sample');
   });
 
   it('refuses --max-tokens past the context without leaving a file, and names an unwritable --out', async () => {
     const target = path.join(dir, 'too-long.jsonl');
-    const tooLong = runCli(['model', 'sample', '--model', synthetic, '--out', target, '--max-tokens', '64']);
-    expect(await tooLong.exited).toBe(2);
-    expect(tooLong.err()).toMatch(/--max-tokens: 64 plus the prompt's 1 tokens exceeds the model's context of 64 tokens/);
+    const tooLong = await runCliToExit(['model', 'sample', '--model', synthetic, '--out', target, '--max-tokens', '64']);
+    expect(tooLong.code).toBe(2);
+    expect(tooLong.err).toMatch(/--max-tokens: 64 plus the prompt's 1 tokens exceeds the model's context of 64 tokens/);
     expect(fs.readdirSync(dir).filter((f) => f.includes('too-long'))).toEqual([]);
 
     const nowhere = path.join(dir, 'no-such-dir', 'c.jsonl');
-    const unwritable = runCli(['model', 'sample', '--model', synthetic, '--out', nowhere]);
-    expect(await unwritable.exited).toBe(1);
-    expect(unwritable.err()).toContain(`SAEGATE_ERR_CORPUS_FILE: corpus file '${nowhere}'`);
+    const unwritable = await runCliToExit(['model', 'sample', '--model', synthetic, '--out', nowhere]);
+    expect(unwritable.code).toBe(1);
+    expect(unwritable.err).toContain(`SAEGATE_ERR_CORPUS_FILE: corpus file '${nowhere}'`);
   });
 
   it('samples the demo default model when --model is not given', async () => {
     const target = path.join(dir, 'default-model.jsonl');
-    const proc = runCli(['model', 'sample', '--out', target, '--n', '2', '--max-tokens', '4'], { SAEGATE_DEMO_MODEL: synthetic });
-    expect(await proc.exited).toBe(0);
-    expect(proc.err()).toMatch(/^saegate model sample: 2 documents from synthetic /m);
+    const proc = await runCliToExit(['model', 'sample', '--out', target, '--n', '2', '--max-tokens', '4'], { env: { SAEGATE_DEMO_MODEL: synthetic } });
+    expect(proc.code).toBe(0);
+    expect(proc.err).toMatch(/^saegate model sample: 2 documents from synthetic /m);
     expect(readLines(target)).toHaveLength(2);
   });
 
@@ -165,13 +165,15 @@ describe('saegate model sample, bad input and interruption', () => {
     try {
       const target = path.join(sub, 'corpus.jsonl');
       fs.writeFileSync(target, 'previous corpus\n');
-      const proc = runCli(['model', 'sample', '--model', synthetic, '--out', target, '--n', '100000', '--max-tokens', '48', '--threads', '1']);
-      // The temporary file exists from before the model loads; give sampling a moment to start.
-      while (!fs.readdirSync(sub).some((f) => f.endsWith('.tmp'))) await new Promise((r) => setTimeout(r, 50));
-      await new Promise((r) => setTimeout(r, 1500));
-      proc.child.kill('SIGINT');
-      expect(await proc.exited).toBe(130);
-      expect(proc.err()).toContain(`SIGINT: interrupted; ${target} was not written`);
+      await withCli(['model', 'sample', '--model', synthetic, '--out', target, '--n', '100000', '--max-tokens', '48', '--threads', '1'], async (proc) => {
+        // The temporary file exists from before the model loads; it has bytes once sampling has
+        // written its first 64 KiB of documents, so SIGINT lands mid-sampling.
+        const tmpBytes = (): number => fs.readdirSync(sub).filter((f) => f.endsWith('.tmp')).reduce((n, f) => n + fs.statSync(path.join(sub, f)).size, 0);
+        await waitFor('the first documents in the temporary corpus file', () => tmpBytes() > 0, { deadlineMs: 40_000, intervalMs: 20 });
+        proc.child.kill('SIGINT');
+        expect(await proc.exited).toBe(130);
+        expect(proc.err()).toContain(`SIGINT: interrupted; ${target} was not written`);
+      });
       expect(fs.readdirSync(sub)).toEqual(['corpus.jsonl']);
       expect(fs.readFileSync(target, 'utf8')).toBe('previous corpus\n');
     } finally {

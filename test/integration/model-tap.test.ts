@@ -12,6 +12,7 @@ import type { TokensMessage } from '../../src/tap/messages.js';
 import { TapServer, type ActivationsFrame, type TapConnection } from '../../src/tap/server.js';
 import type { RequestEnd } from '../../src/tap/messages.js';
 import { hasSharedModels, stories260K } from '../helpers/fixtures.js';
+import { waitFor } from '../helpers/wait.js';
 
 const modelArg = hasSharedModels ? stories260K.model : 'synthetic:dim=64,layers=4,heads=4,kv=2,hidden=128,vocab=300,ctx=256,seed=5';
 const HOOK = 'blocks.2.hook_resid_post';
@@ -56,14 +57,6 @@ function collect(conn: TapConnection): Collected {
     c.ends.set(end.requestId, end);
   });
   return c;
-}
-
-async function waitFor(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const start = Date.now();
-  while (!predicate()) {
-    if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 async function complete(server: ModelServer, requestId: string, body: Record<string, unknown>, headers: Record<string, string> = {}) {
@@ -113,10 +106,10 @@ describe('model server on the tap', () => {
 
   it('streams subscribed rows for prompt and generated positions, tokens with their text, and the end, all under the request id', async () => {
     conn.subscribe({ hooks: [HOOK, 'blocks.0.hook_resid_pre'], dtype: 'f16', includePrompt: true });
-    await waitFor(() => server.tap!.client.subscription?.hooks.length === 2);
+    await waitFor("the model server's tap subscribed to two hooks", () => server.tap!.client.subscription?.hooks.length === 2);
     const res = await complete(server, 'req-1', { prompt: 'Once upon a time', max_tokens: 10 });
     expect(res.status).toBe(200);
-    await waitFor(() => seen.ends.has('req-1'));
+    await waitFor('the end of req-1 on the tap', () => seen.ends.has('req-1'));
     const end = seen.ends.get('req-1')!;
     expect(end).toMatchObject({ finishReason: 'length', completionTokens: 10 });
     const fedPositions = end.promptTokens + end.completionTokens - 1;
@@ -135,12 +128,12 @@ describe('model server on the tap', () => {
     // Every hook and a long prompt: the prefill step alone has more rows than a flush holds, so its
     // rows leave at once, and the prompt tokens must still be ahead of them.
     conn.subscribe({ hooks: conn.hello.hookPoints, dtype: 'f32', includePrompt: true });
-    await waitFor(() => server.tap!.client.subscription?.hooks.length === conn.hello.hookPoints.length);
+    await waitFor("the model server's tap subscribed to every hook point", () => server.tap!.client.subscription?.hooks.length === conn.hello.hookPoints.length);
     // Non-ASCII characters fall back to byte tokens in both vocabularies: pieces of split characters.
     const prompt = 'Once upon a time, a naïve café — fin. The little dog ran to the park and saw a big red ball under the tree. She was happy and they played all day in the sun.';
     const res = await complete(server, 'req-prompt', { prompt, max_tokens: 3 });
     expect(res.status).toBe(200);
-    await waitFor(() => seen.ends.has('req-prompt'));
+    await waitFor('the end of req-prompt on the tap', () => seen.ends.has('req-prompt'));
     const tokenizer = server.model.tokenizer!;
     const ids = tokenizer.encode(prompt, { addBos: true });
     const end = seen.ends.get('req-prompt')!;
@@ -176,9 +169,9 @@ describe('model server on the tap', () => {
 
   it('sends f16 rows that match the f32 rows of the same greedy request to f16 precision', async () => {
     conn.subscribe({ hooks: [HOOK], dtype: 'f32', includePrompt: true });
-    await waitFor(() => server.tap!.client.subscription?.dtype === 'f32');
+    await waitFor("the model server's tap subscribed as f32", () => server.tap!.client.subscription?.dtype === 'f32');
     await complete(server, 'req-1-f32', { prompt: 'Once upon a time', max_tokens: 10 });
-    await waitFor(() => seen.ends.has('req-1-f32'));
+    await waitFor('the end of req-1-f32 on the tap', () => seen.ends.has('req-1-f32'));
     const f16 = seen.rows.get('req-1')!.get(HOOK)!;
     const f32 = seen.rows.get('req-1-f32')!.get(HOOK)!;
     for (const [p, row] of f32) {
@@ -189,7 +182,7 @@ describe('model server on the tap', () => {
 
   it('applies a plan sent before the HTTP request from prefill on: the hook shows exactly + scale × vector', async () => {
     conn.subscribe({ hooks: [HOOK], dtype: 'f32', includePrompt: true });
-    await waitFor(() => server.tap!.client.subscription?.dtype === 'f32');
+    await waitFor("the model server's tap subscribed as f32", () => server.tap!.client.subscription?.dtype === 'f32');
     const D = server.model.weights.config.dim;
     const vector = Float32Array.from({ length: D }, (_, i) => Math.cos(i * 0.37));
     const vectorId = conn.sendVector(vector);
@@ -200,7 +193,7 @@ describe('model server on the tap', () => {
     ]);
     expect(steered.status).toBe(200);
     expect((await conn.waitForPlanAck('plan-2')).accepted).toBe(true);
-    await waitFor(() => seen.ends.has('req-2') && seen.ends.has('req-2-plain'));
+    await waitFor('the ends of req-2 and req-2-plain on the tap', () => seen.ends.has('req-2') && seen.ends.has('req-2-plain'));
     // Position 0 is BOS for both; the hook's input there is identical, so the difference is the vector.
     const delta = seen.rows.get('req-2')!.get(HOOK)!.get(0)!.map((v, d) => v - seen.rows.get('req-2-plain')!.get(HOOK)!.get(0)![d]);
     expect(maxAbsDiff(delta, vector.map((v) => 3 * v))).toBeLessThan(1e-4);
@@ -212,10 +205,10 @@ describe('model server on the tap', () => {
     const vectorId = conn.sendVector(vector);
     const plainRun = complete(server, 'req-3-plain', { prompt: 'Once upon a time', max_tokens: 60 });
     const running = complete(server, 'req-3', { prompt: 'Once upon a time', max_tokens: 60 });
-    await waitFor(() => (seen.tokens.get('req-3')?.length ?? 0) >= 3);
+    await waitFor('three tokens of req-3 on the tap', () => (seen.tokens.get('req-3')?.length ?? 0) >= 3);
     conn.sendPlanUpdate({ requestId: 'req-3', planId: 'upd-3', entries: [{ hook: HOOK, vectorId, scale: 2, fromPosition: 0, untilPosition: null }] });
     await Promise.all([running, plainRun]);
-    await waitFor(() => seen.ends.has('req-3') && seen.ends.has('req-3-plain'));
+    await waitFor('the ends of req-3 and req-3-plain on the tap', () => seen.ends.has('req-3') && seen.ends.has('req-3-plain'));
     const steered = seen.rows.get('req-3')!.get(HOOK)!;
     const plain = seen.rows.get('req-3-plain')!.get(HOOK)!;
     const positions = [...steered.keys()].sort((a, b) => a - b);
@@ -242,9 +235,9 @@ describe('model server on the tap', () => {
     expect(conn.hello.modelId).toBe(server.model.name);
     seen = collect(conn);
     conn.subscribe({ hooks: [HOOK], dtype: 'f32', includePrompt: false });
-    await waitFor(() => server.tap!.client.subscription?.includePrompt === false);
+    await waitFor("the model server's tap subscribed without prompt rows", () => server.tap!.client.subscription?.includePrompt === false);
     await complete(server, 'req-6', { prompt: 'Once', max_tokens: 4 });
-    await waitFor(() => seen.ends.has('req-6'));
+    await waitFor('the end of req-6 on the tap', () => seen.ends.has('req-6'));
     // Without prompt rows, only generated positions are streamed.
     const end = seen.ends.get('req-6')!;
     expect([...seen.rows.get('req-6')!.get(HOOK)!.keys()].sort((a, b) => a - b)).toEqual([end.promptTokens, end.promptTokens + 1, end.promptTokens + 2]);

@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli, waitForApiUrl } from '../helpers/cli.js';
+import { runCliToExit, waitForApiUrl, withCli } from '../helpers/cli.js';
 import { makeTempDir, removeTempDir } from '../helpers/fixtures.js';
 import { startStub, type StubUpstream } from '../helpers/stub-upstream.js';
 
@@ -23,27 +23,28 @@ describe('saegate serve', () => {
   it('takes its upstream from the environment and its port from a config file, proxies, and exits 0 on SIGTERM', async () => {
     const config = path.join(dir, 'saegate.json');
     fs.writeFileSync(config, JSON.stringify({ port: 0, upstream: 'http://overridden-by-env:1' }));
-    const proc = runCli(['serve', '--config', config], { SAEGATE_UPSTREAM: stub.url });
-    const url = await waitForApiUrl(proc);
-    expect(proc.out()).toContain(`forwarding to ${stub.url}`);
-    expect(proc.out()).toContain('admin        off (no --admin-token)');
-    expect((await fetch(`${url}/healthz`)).status).toBe(200);
-    const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"model":"m"}' });
-    expect(await res.text()).toBe('{}');
-    expect(stub.requests.at(-1)!.body.toString()).toBe('{"model":"m"}');
-    proc.child.kill('SIGTERM');
-    expect(await proc.exited).toBe(0);
+    await withCli(['serve', '--config', config], async (proc) => {
+      const url = await waitForApiUrl(proc);
+      expect(proc.out()).toContain(`forwarding to ${stub.url}`);
+      expect(proc.out()).toContain('admin        off (no --admin-token)');
+      expect((await fetch(`${url}/healthz`)).status).toBe(200);
+      const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"model":"m"}' });
+      expect(await res.text()).toBe('{}');
+      expect(stub.requests.at(-1)!.body.toString()).toBe('{"model":"m"}');
+      proc.child.kill('SIGTERM');
+      expect(await proc.exited).toBe(0);
+    }, { env: { SAEGATE_UPSTREAM: stub.url } });
   });
 
   it('refuses to listen off loopback without a tap token, naming the option', async () => {
-    const proc = runCli(['serve', '--upstream', stub.url, '--host', '0.0.0.0', '--port', '0']);
-    expect(await proc.exited).toBe(1);
-    expect(proc.err()).toMatch(/SAEGATE_ERR_CONFIG: invalid configuration 'tapToken': required when listening on '0\.0\.0\.0'/);
+    const proc = await runCliToExit(['serve', '--upstream', stub.url, '--host', '0.0.0.0', '--port', '0']);
+    expect(proc.code).toBe(1);
+    expect(proc.err).toMatch(/SAEGATE_ERR_CONFIG: invalid configuration 'tapToken': required when listening on '0\.0\.0\.0'/);
   });
 
   it('names the flag of a bad value and what was expected', async () => {
-    const proc = runCli(['serve', '--upstream', stub.url, '--idle-timeout-ms', 'soon']);
-    expect(await proc.exited).toBe(1);
-    expect(proc.err()).toContain("SAEGATE_ERR_CONFIG: invalid configuration '--idle-timeout-ms': expected an integer from 0 to 86400000, got \"soon\"");
+    const proc = await runCliToExit(['serve', '--upstream', stub.url, '--idle-timeout-ms', 'soon']);
+    expect(proc.code).toBe(1);
+    expect(proc.err).toContain("SAEGATE_ERR_CONFIG: invalid configuration '--idle-timeout-ms': expected an integer from 0 to 86400000, got \"soon\"");
   });
 });

@@ -9,6 +9,7 @@ import type { GenerateResult } from '../../src/model/engine-types.js';
 import { startModelServer, type ModelServer } from '../../src/model/server.js';
 import { startProxy, type ProxyServer } from '../../src/proxy/server.js';
 import { readBody } from '../helpers/stub-upstream.js';
+import { waitFor } from '../helpers/wait.js';
 
 const MODEL_ARG = 'synthetic:dim=64,layers=2,heads=4,kv=2,hidden=128,vocab=300,ctx=1024,seed=3';
 const APPLIED_COMMENT = ': x-saegate-applied=none\n\n';
@@ -31,14 +32,6 @@ afterAll(async () => {
   await proxy?.close({ timeoutMs: 0 });
   await model?.close();
 });
-
-async function waitFor(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const start = Date.now();
-  while (!predicate()) {
-    if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 /** Response ids are random and `created` is a clock: the only fields allowed to differ between two runs. */
 function normalise(text: string): string {
@@ -119,7 +112,7 @@ describe('openai client through saegate', () => {
     expect(normalise(await b.text())).toBe(normalise(await a.text()));
     expect(b.headers.get('x-request-id')).toBe('same-bytes-1');
     expect(b.headers.get('x-saegate-applied')).toBe('none');
-    await waitFor(() => ends.has('same-bytes-1'));
+    await waitFor('the end of same-bytes-1 on the tap', () => ends.has('same-bytes-1'));
     expect(ends.get('same-bytes-1')).toMatchObject({ finishReason: 'length', completionTokens: 5 });
   });
 
@@ -134,12 +127,12 @@ describe('openai client through saegate', () => {
       expect(chunk.choices[0].finish_reason).toBeNull();
       if (++received === 3) stream.controller.abort();
     }
-    await waitFor(() => ends.has('abort-me'));
+    await waitFor('the end of abort-me on the tap', () => ends.has('abort-me'));
     const end = ends.get('abort-me')!;
     expect(end.finishReason).toBe('abort');
     expect(end.completionTokens).toBeLessThan(maxTokens);
     expect(model.engine.isActive('abort-me')).toBe(false);
-    await waitFor(() => proxy.inFlight.size === 0);
+    await waitFor('no request in flight on the proxy', () => proxy.inFlight.size === 0);
   });
 
   it('gives the client an error, not a clean end, when the model server dies mid-stream', async () => {
@@ -163,7 +156,7 @@ describe('openai client through saegate', () => {
     expect(error).toBeInstanceOf(OpenAI.APIError);
     expect((error as InstanceType<typeof OpenAI.APIError>).message).toContain('upstream failed after the response started');
     expect(received).toBeGreaterThanOrEqual(2);
-    await waitFor(() => ends.has('killed-1'));
+    await waitFor('the end of killed-1 on the tap', () => ends.has('killed-1'));
     expect(ends.get('killed-1')!.finishReason).toBe('abort');
   });
 });

@@ -3,6 +3,7 @@ import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startProxy } from '../../src/proxy/server.js';
 import { readBody, sseChunk, startStub, type StubUpstream } from '../helpers/stub-upstream.js';
+import { waitFor } from '../helpers/wait.js';
 
 let stub: StubUpstream;
 beforeAll(async () => {
@@ -11,14 +12,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await stub.close();
 });
-
-async function waitFor(predicate: () => boolean, timeoutMs = 5000): Promise<void> {
-  const start = Date.now();
-  while (!predicate()) {
-    if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 /** A stream the test ends when it wants. */
 function holdStreams(): { release: () => void } {
@@ -87,7 +80,7 @@ describe('proxy shutdown', () => {
     holdStreams();
     const res = await startStream(proxy.url);
     const body = readBody(res);
-    await waitFor(() => stub.requests.length > 0);
+    await waitFor('the request to reach the upstream', () => stub.requests.length > 0);
     const upstreamAborted = stub.requests.at(-1)!.aborted;
     await proxy.close({ timeoutMs: 100 });
     const { text } = await body;

@@ -13,6 +13,7 @@ import { startProxy, type ProxyServer } from '../../src/proxy/server.js';
 import { CountingSink, type TapSource } from '../../src/tap/sink.js';
 import { encodeMessage } from '../../src/tap/codec.js';
 import type { ActivationsFrame } from '../../src/tap/server.js';
+import { waitFor } from '../helpers/wait.js';
 
 const MODEL_ARG = 'synthetic:dim=64,layers=2,heads=4,kv=2,hidden=128,vocab=300,ctx=256,seed=3';
 const HOOK = 'blocks.1.hook_resid_post';
@@ -42,14 +43,6 @@ let client: OpenAI;
 const sink = new RecordingSink();
 let plan: (requestId: string) => RequestPlan = () => EMPTY_PLAN;
 const resolver: PlanResolver = { resolve: (request) => plan(request.requestId) };
-
-async function waitFor(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const start = Date.now();
-  while (!predicate()) {
-    if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 async function freePort(): Promise<number> {
   const server = net.createServer();
@@ -111,9 +104,9 @@ describe('saegate tap endpoint', () => {
   it('delivers the activation rows of a request routed through saegate to the sink, tagged with its request id', async () => {
     const res = await subscribe({ hooks: [HOOK], dtype: 'f32', includePrompt: true });
     expect(res.status).toBe(200);
-    await waitFor(() => model.tap!.client.subscription?.hooks[0] === HOOK);
+    await waitFor("the model server's tap subscribed to the hook", () => model.tap!.client.subscription?.hooks[0] === HOOK);
     const completion = await client.completions.create({ model: model.model.name, prompt: 'Once upon a time', max_tokens: 6, temperature: 0 }, { headers: { 'x-request-id': 'tap-req-1' } });
-    await waitFor(() => sink.request('tap-req-1')?.end !== null && sink.request('tap-req-1')?.end !== undefined);
+    await waitFor('the end of tap-req-1 in the sink', () => sink.request('tap-req-1')?.end !== null && sink.request('tap-req-1')?.end !== undefined);
     const counts = sink.request('tap-req-1')!;
     const end = counts.end!;
     expect(end).toMatchObject({ requestId: 'tap-req-1', completionTokens: 6, finishReason: 'length', promptTokens: completion.usage!.prompt_tokens });
@@ -149,7 +142,7 @@ describe('saegate tap endpoint', () => {
     expect(await metric('saegate_tap_malformed_frames_total')).toBe(before + 2);
     expect(proxy.tap.connections.map((c) => c.hello.modelId)).toEqual([model.model.name]);
     await client.completions.create({ model: model.model.name, prompt: 'still here', max_tokens: 3, temperature: 0 }, { headers: { 'x-request-id': 'after-garbage' } });
-    await waitFor(() => sink.request('after-garbage')?.end != null);
+    await waitFor('the end of after-garbage in the sink', () => sink.request('after-garbage')?.end != null);
     expect(sink.request('after-garbage')!.rows).toBeGreaterThan(0);
   });
 
@@ -167,7 +160,7 @@ describe('saegate tap endpoint', () => {
       await plain.text();
       const planId = applied.split('steering=')[1];
       expect(await proxy.tap.connections[0].waitForPlanAck(planId)).toEqual({ requestId: 'steered-1', planId, accepted: true });
-      await waitFor(() => sink.request('steered-1')?.end != null && sink.request('plain-1')?.end != null);
+      await waitFor('the ends of steered-1 and plain-1 in the sink', () => sink.request('steered-1')?.end != null && sink.request('plain-1')?.end != null);
       // Position 0 is the prompt's first token, computed in prefill: the plan was already in place.
       const delta = sink.rowsOf.get('steered-1')!.get(0)!.map((v, d) => v - sink.rowsOf.get('plain-1')!.get(0)![d]);
       const expected = vector.map((v) => 3 * v);

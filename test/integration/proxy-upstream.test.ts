@@ -8,6 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startProxy, type ProxyServer } from '../../src/proxy/server.js';
 import type { ProxyConfig } from '../../src/proxy/config.js';
 import { readBody, sseChunk, startStub, type StubUpstream } from '../helpers/stub-upstream.js';
+import { waitFor } from '../helpers/wait.js';
 
 let stub: StubUpstream;
 const proxies: ProxyServer[] = [];
@@ -31,14 +32,6 @@ async function metric(server: ProxyServer, series: string): Promise<number> {
   const text = await (await fetch(`${server.url}/metrics`)).text();
   const line = text.split('\n').find((l) => l.startsWith(`${series} `));
   return line === undefined ? 0 : Number(line.slice(series.length + 1));
-}
-
-async function waitFor(predicate: () => boolean, timeoutMs = 5000): Promise<void> {
-  const start = Date.now();
-  while (!predicate()) {
-    if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 /** Writes SSE headers and returns a writer for the stub's response. */
@@ -264,7 +257,7 @@ describe('proxy: timeouts', () => {
       expect(text).not.toContain('[DONE]');
       expect(text.endsWith(`event: error\ndata: ${JSON.stringify(expected)}\n\n`)).toBe(true);
     }
-    await waitFor(() => stub.requests.length === 1);
+    await waitFor('the request to reach the upstream', () => stub.requests.length === 1);
     await stub.requests[0].aborted;
     expect(await metric(server, `saegate_upstream_failures_total{kind="${kind}"}`)).toBe(1);
   });
@@ -383,7 +376,7 @@ describe('proxy: retries', () => {
     expect(res.status).toBe(504);
     expect(((await res.json()) as { error: { message: string } }).error.message).toContain('upstream total timeout');
     expect(stub.requests).toHaveLength(1);
-    await waitFor(() => server.inFlight.size === 0);
+    await waitFor('no request in flight on the proxy', () => server.inFlight.size === 0);
   });
 
   it('gives up after the retry count and returns the last response', async () => {
@@ -423,7 +416,7 @@ describe('proxy: limits and aborts', () => {
     expect((await post(server, '/v1/completions', { model: 'm', prompt: 'x' })).status).toBe(200);
     release();
     expect((await readBody(held)).text.endsWith(`data: [DONE]\n\n${APPLIED_COMMENT}`)).toBe(true);
-    await waitFor(() => server.streams.active === 0);
+    await waitFor('no stream active on the proxy', () => server.streams.active === 0);
     const again = await post(server, '/v1/completions', { model: 'm', prompt: 'x', stream: true });
     expect(again.status).toBe(200);
     release();
@@ -451,7 +444,7 @@ describe('proxy: limits and aborts', () => {
     await reader.read();
     controller.abort();
     await stub.requests[0].aborted;
-    await waitFor(() => server.inFlight.size === 0);
+    await waitFor('no request in flight on the proxy', () => server.inFlight.size === 0);
     expect(await metric(server, 'saegate_stream_aborts_total{side="client"}')).toBe(1);
     expect(await metric(server, 'saegate_requests_total{route="completions",status="499"}')).toBe(1);
     expect(await metric(server, 'saegate_active_streams')).toBe(0);

@@ -15,6 +15,7 @@ import type { SaeWeights } from '../../src/sae/types.js';
 import { TapClient } from '../../src/tap/client.js';
 import type { HelloInfo } from '../../src/tap/messages.js';
 import { seededStandardSae } from '../helpers/sae.js';
+import { waitFor } from '../helpers/wait.js';
 
 const HOOK = 'blocks.0.hook_resid_post';
 const D_IN = 16;
@@ -23,14 +24,6 @@ const BATCH_ROWS = 4;
 
 function syntheticSae(): SaeWeights {
   return seededStandardSae({ dIn: D_IN, dSae: D_SAE, hook: HOOK, seed: 5, scales: { W_enc: 1, b_enc: 0.2, W_dec: 0.5, b_dec: 0.1 } });
-}
-
-async function waitFor(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const start = Date.now();
-  while (!predicate()) {
-    if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 describe('SAE metrics on /metrics', () => {
@@ -44,7 +37,7 @@ describe('SAE metrics on /metrics', () => {
     const client = new TapClient({ url: proxy.tapUrl, hello, reconnect: { initialDelayMs: 10 } });
     clients.push(client);
     client.start();
-    await waitFor(() => client.connected && client.subscription !== null);
+    await waitFor('the tap client connected and subscribed', () => client.connected && client.subscription !== null);
     return client;
   }
 
@@ -77,7 +70,7 @@ describe('SAE metrics on /metrics', () => {
     }
     expect(model.sendEnd({ requestId: 'req-1', promptTokens: 5, completionTokens: 8, finishReason: 'length' })).toBe(true);
     expect(narrow.sendActivations({ hook: HOOK, requestIds: ['req-2', 'req-2', 'req-2'], positions: Int32Array.of(0, 1, 2), data: new Float32Array(3 * (D_IN / 2)).fill(0.5) })).toBe(true);
-    await waitFor(() => results.reduce((n, b) => n + b.rowCount, 0) === 12 && sink.rowsRejected === 3);
+    await waitFor('12 encoded rows and 3 rejected ones', () => results.reduce((n, b) => n + b.rowCount, 0) === 12 && sink.rowsRejected === 3);
 
     // Each batch names its one request once, and every row points at it.
     expect(results.map((b) => [b.requestIds, Array.from(new Set(b.rowRequestIndexes))])).toEqual(results.map(() => [['req-1'], [0]]));

@@ -11,6 +11,7 @@ import type { SaeResultBatch } from '../../src/sae/batcher.js';
 import { SaeSink } from '../../src/sae/sink.js';
 import type { SaeWeights } from '../../src/sae/types.js';
 import { seededStandardSae } from '../helpers/sae.js';
+import { waitFor } from '../helpers/wait.js';
 
 const HOOK = 'blocks.1.hook_resid_post';
 const D_MODEL = 64;
@@ -41,7 +42,7 @@ describe('proxy → model server → tap → SAE', () => {
     model = await startModelServer({ model: `synthetic:dim=${D_MODEL},layers=2,heads=4,kv=2,hidden=128,vocab=300,ctx=256,seed=3`, port: 0, tapUrl: `ws://127.0.0.1:${port}/v1/tap` });
     proxy = await startProxy({ upstream: model.url, port, sink });
     proxy.tap.subscribeAll({ hooks: sink.hooks, dtype: 'f16', includePrompt: true });
-    while (proxy.tap.server.connections.length === 0 || model.tap!.client.subscription === null) await new Promise((r) => setTimeout(r, 10));
+    await waitFor('the model server connected to the proxy\'s tap and subscribed', () => proxy.tap.server.connections.length > 0 && model.tap!.client.subscription !== null);
   });
   afterAll(async () => {
     await proxy?.close({ timeoutMs: 500 });
@@ -64,8 +65,9 @@ describe('proxy → model server → tap → SAE', () => {
       for (const batch of results) batch.rowRequestIndexes.forEach((k, i) => batch.requestIds[k] === id && positions.push(batch.positions[i]));
       return positions;
     };
-    const deadline = Date.now() + 10_000;
-    while ((rowsOf('req-a').length < expectedRows(a) || rowsOf('req-b').length < expectedRows(b)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    await waitFor('every fed row of req-a and req-b encoded', () => rowsOf('req-a').length >= expectedRows(a) && rowsOf('req-b').length >= expectedRows(b), {
+      observed: () => ({ 'req-a': rowsOf('req-a').length, 'req-b': rowsOf('req-b').length, expected: [expectedRows(a), expectedRows(b)] }),
+    });
     // Every fed position of each request, once, in order.
     expect(rowsOf('req-a')).toEqual(Array.from({ length: expectedRows(a) }, (_, i) => i));
     expect(rowsOf('req-b')).toEqual(Array.from({ length: expectedRows(b) }, (_, i) => i));

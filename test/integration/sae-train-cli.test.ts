@@ -14,13 +14,12 @@ import { loadSae } from '../../src/sae/load.js';
 import { readFeatureReport, type FeatureReport } from '../../src/lab/features/report.js';
 import type { TrainReport } from '../../src/lab/train/report.js';
 import { launchChromium, needsChromium, skipBrowserTests } from '../helpers/chromium.js';
-import { runCli } from '../helpers/cli.js';
+import { runCliToExit } from '../helpers/cli.js';
 
-/** Runs the CLI to completion; returns its exit code and stderr. */
+/** Runs the CLI to completion (killed if it outlives the beforeAll's budget); returns its exit code and stderr. */
 async function run(args: string[]): Promise<{ code: number | null; stderr: string }> {
-  const proc = runCli(args);
-  const code = await proc.exited;
-  return { code, stderr: proc.err() };
+  const { code, err } = await runCliToExit(args, { deadlineMs: 590_000 });
+  return { code, stderr: err };
 }
 import { hasSharedModels, makeTempDir, needsSharedModels, stories260K } from '../helpers/fixtures.js';
 

@@ -9,6 +9,7 @@ import { f16BitsToF32, f32ToF16Bits } from '../../src/common/f16.js';
 import type { TapLogger } from '../../src/tap/logger.js';
 import type { HelloInfo, PlanAck, Subscription, TapMessage } from '../../src/tap/messages.js';
 import { TapServer, type ActivationsFrame, type TapConnection, type TapServerOptions } from '../../src/tap/server.js';
+import { waitFor } from '../helpers/wait.js';
 
 const HOOKS = ['blocks.0.hook_resid_pre', 'blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'];
 
@@ -59,15 +60,6 @@ function recordingLogger(): { logger: TapLogger; warnings: { obj: Record<string,
   return { warnings, logger: { warn: (obj, msg) => warnings.push({ obj, msg }), info: ignore, debug: ignore } };
 }
 
-/** Polls `condition` every 5 ms; fails the test after `timeoutMs`. */
-async function until(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
-
 /** A bare `ws` client that speaks raw frames, for misbehaving on purpose. */
 async function rawClient(url: string): Promise<{ ws: WebSocket; received: TapMessage[]; closed: Promise<number> }> {
   const ws = new WebSocket(url);
@@ -89,7 +81,7 @@ async function connectedPair(gate: Gate, options: Partial<TapClientOptions> = {}
   const nextConn = gate.tap.nextConnection();
   const client = startClient({ url: gate.url, ...options });
   const conn = await nextConn;
-  await until(() => client.connected, 'client welcome');
+  await waitFor('client welcome', () => client.connected);
   return { client, conn };
 }
 
@@ -171,7 +163,7 @@ describe('TapServer and TapClient', () => {
     let connectedEvents = 0;
     const client = startClient({ url: gate.url, token: 'wrong', logger });
     client.on('connected', () => connectedEvents++);
-    await until(() => gate.tap.stats.authFailures >= 3, 'three refused attempts');
+    await waitFor('three refused attempts', () => gate.tap.stats.authFailures >= 3);
     expect(client.connected).toBe(false);
     expect(connectedEvents).toBe(0);
     expect(client.stats.connects).toBe(0);
@@ -198,13 +190,13 @@ describe('TapServer and TapClient', () => {
 
     const raw = await rawClient(gate.url);
     raw.ws.send(helloFrame());
-    await until(() => raw.received.length === 1, 'welcome for the raw client');
+    await waitFor('welcome for the raw client', () => raw.received.length === 1);
     expect(raw.received[0]).toMatchObject({ type: 'welcome', protocolVersion: 1 });
     expect(gate.tap.stats.connections.current).toBe(2);
     raw.ws.send(Buffer.from([0x04, 0x00, 0x00, 0x00, 0xde, 0xad, 0xbe, 0xef]));
     expect(await raw.closed).toBe(1007);
     expect(raw.received[1]).toMatchObject({ type: 'error', code: 'SAEGATE_ERR_TAP_FRAME' });
-    await until(() => gate.tap.stats.connections.current === 1, 'the raw connection to be gone');
+    await waitFor('the raw connection to be gone', () => gate.tap.stats.connections.current === 1);
     expect(gate.tap.stats.malformedFrames).toBe(1);
 
     // The well-behaved client is unaffected.
@@ -247,10 +239,10 @@ describe('TapServer and TapClient', () => {
     const closed = new Promise<number>((resolve) => ws.on('close', (code) => resolve(code)));
     await new Promise<void>((resolve) => ws.once('open', () => resolve()));
     ws.send(helloFrame());
-    await until(() => gate.tap.stats.connections.current === 1, 'the handshake');
+    await waitFor('the handshake', () => gate.tap.stats.connections.current === 1);
     // No pong to the first ping: the second tick terminates the socket (no close frame: 1006).
     expect(await closed).toBe(1006);
-    await until(() => gate.tap.stats.connections.current === 0, 'the connection to be dropped');
+    await waitFor('the connection to be dropped', () => gate.tap.stats.connections.current === 0);
   });
 
   it('answers a hello with no common protocol version with an error and a 1002 close', async () => {
@@ -310,7 +302,7 @@ describe('TapServer and TapClient', () => {
     expect(client.sendActivations(rows(10, 0))).toBe(false);
     expect(client.sendActivations(rows(3, 10))).toBe(true);
     expect(client.stats.rowsDropped.queue_full).toBe(10);
-    await until(() => frames.length === 1, 'the frame after the drop');
+    await waitFor('the frame after the drop', () => frames.length === 1);
     expect(frames[0]).toMatchObject({ rowCount: 3, droppedRowsSinceLastFrame: 10 });
     expect([...frames[0].positions]).toEqual([10, 11, 12]);
     expect(gate.tap.stats.rowsDroppedReported).toBe(10);
@@ -339,11 +331,11 @@ describe('TapServer and TapClient', () => {
     }
     const dropped = client.stats.rowsDropped.queue_full;
     expect(dropped).toBeGreaterThan(0);
-    await until(() => client.queuedBytes === 0, 'the socket to drain');
+    await waitFor('the socket to drain', () => client.queuedBytes === 0);
     // One more small frame carries the count of rows dropped since the last frame that went out.
     expect(client.sendActivations({ hook: HOOKS[0], requestIds: ['req'], positions: Int32Array.from([0]), data: new Float32Array(dModel) })).toBe(true);
     offered += 1;
-    await until(() => rowsReceived + droppedReported === offered, 'every row to be accounted for', 10_000);
+    await waitFor('every row to be accounted for', () => rowsReceived + droppedReported === offered, { deadlineMs: 10_000 });
     expect(droppedReported).toBe(dropped);
     expect(gate.tap.stats.rowsDroppedReported).toBe(dropped);
   });
@@ -403,7 +395,7 @@ describe('a TapClient talking to a saegate that sends a forged vector', () => {
     const vectors: string[] = [];
     client.on('vector', (v) => vectors.push(v.id));
 
-    await until(() => fromClient.filter((m) => m.type === 'plan_ack').length === 2, 'two plan acks');
+    await waitFor('two plan acks', () => fromClient.filter((m) => m.type === 'plan_ack').length === 2);
     expect(fromClient.filter((m) => m.type === 'plan_ack')).toEqual([
       { type: 'plan_ack', requestId: 'r', planId: 'forged', accepted: false, reason: `unknown vector id '${forgedId}'` },
       { type: 'plan_ack', requestId: 'r2', planId: 'genuine', accepted: true },

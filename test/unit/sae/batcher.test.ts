@@ -1,5 +1,5 @@
 import diagnostics from 'node:diagnostics_channel';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { SAE_BATCH_SENT_CHANNEL, SAE_BATCH_SETTLED_CHANNEL } from '../../../src/common/diagnostics.js';
 import { SaegateError } from '../../../src/common/errors.js';
 import { f16BitsToF32, f32ToF16 } from '../../../src/common/f16.js';
@@ -161,19 +161,58 @@ describe('MicroBatcher', () => {
     expect(batcher.queuedRows).toBe(0);
   });
 
-  it('fills batches up to maxBatchRows and flushes the remainder after maxDelayMs', async () => {
-    const pool = new FakePool(1);
-    const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 8, maxDelayMs: 5 });
-    const batches = collect(batcher);
-    for (let i = 0; i < 20; i++) batcher.push(markerRows([i]), 1, meta(['r'], Int32Array.of(i)));
-    // No drain(): the 4-row remainder must go out on the deadline alone.
-    await new Promise<void>((resolve) => {
-      const check = (): void => void (batches.reduce((n, b) => n + b.rowCount, 0) === 20 ? resolve() : setTimeout(check, 2));
-      check();
+  describe('deadline (fake timers)', () => {
+    beforeEach(() => {
+      vi.useFakeTimers();
     });
-    expect(batches.map((b) => b.rowCount)).toEqual([8, 8, 4]);
-    expect(batcher.stats.batches).toBe(3);
-    expect(batcher.stats.meanBatchRows).toBeCloseTo(20 / 3, 10);
+    afterEach(() => {
+      vi.useRealTimers();
+    });
+    const rowsDelivered = (batches: SaeResultBatch[]): number => batches.reduce((n, b) => n + b.rowCount, 0);
+
+    it('fills batches up to maxBatchRows and flushes the remainder after maxDelayMs, not before', async () => {
+      const pool = new FakePool(1);
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 8, maxDelayMs: 50 });
+      const batches = collect(batcher);
+      for (let i = 0; i < 20; i++) batcher.push(markerRows([i]), 1, meta(['r'], Int32Array.of(i)));
+      // No drain(): the two full batches go out at once, the 4-row remainder on the deadline alone.
+      await vi.advanceTimersByTimeAsync(49);
+      expect(pool.calls).toBe(2);
+      expect(batches.map((b) => b.rowCount)).toEqual([8, 8]);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(pool.calls).toBe(3);
+      // The pool answers on a timer of its own.
+      await vi.runAllTimersAsync();
+      expect(batches.map((b) => b.rowCount)).toEqual([8, 8, 4]);
+      expect(batches[2].values.filter((_, i) => i % TOP_K === 0)).toEqual(Float32Array.from([16, 17, 18, 19]));
+      expect(batcher.stats.batches).toBe(3);
+      expect(batcher.stats.meanBatchRows).toBeCloseTo(20 / 3, 10);
+    });
+
+    it('starts the deadline with the batch\'s first row: later rows do not postpone it', async () => {
+      const pool = new FakePool(1);
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 8, maxDelayMs: 50 });
+      const batches = collect(batcher);
+      for (let i = 0; i < 3; i++) batcher.push(markerRows([i]), 1, meta(['r'], Int32Array.of(i)));
+      await vi.advanceTimersByTimeAsync(30);
+      batcher.push(markerRows([3]), 1, meta(['r'], Int32Array.of(3)));
+      await vi.advanceTimersByTimeAsync(19);
+      expect(pool.calls).toBe(0);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(pool.calls).toBe(1);
+      // The pool answers on a timer of its own; no batch is open, so this fires only that one.
+      await vi.runOnlyPendingTimersAsync();
+      expect(batches.map((b) => b.rowCount)).toEqual([4]);
+      // The next row opens a new batch with a deadline of its own.
+      batcher.push(markerRows([4]), 1, meta(['r'], Int32Array.of(4)));
+      await vi.advanceTimersByTimeAsync(49);
+      expect(pool.calls).toBe(1);
+      expect(rowsDelivered(batches)).toBe(4);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(pool.calls).toBe(2);
+      await vi.runOnlyPendingTimersAsync();
+      expect(batches.map((b) => b.rowCount)).toEqual([4, 1]);
+    });
   });
 
   it('drops activation rows and counts them when the SAE queue is full, without throwing or blocking push', async () => {
