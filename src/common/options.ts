@@ -163,9 +163,11 @@ export const flag: OptionType<boolean> = {
   expected: 'true or false',
 };
 
-/** Text (a path, a name); non-empty unless `allowEmpty`. */
-export function text(arg: string, options: { allowEmpty?: boolean } = {}): OptionType<string> {
-  return { schema: options.allowEmpty ? z.string() : z.string().min(1), expected: options.allowEmpty ? 'a string' : 'a non-empty string', arg };
+/** Text (a path, a name); non-empty unless `allowEmpty`; matching `pattern` (described by `expected`) when given. */
+export function text(arg: string, options: { allowEmpty?: boolean; pattern?: RegExp; expected?: string } = {}): OptionType<string> {
+  let schema = options.allowEmpty ? z.string() : z.string().min(1);
+  if (options.pattern !== undefined) schema = schema.regex(options.pattern);
+  return { schema, expected: options.expected ?? (options.allowEmpty ? 'a string' : 'a non-empty string'), arg };
 }
 
 /** One of a few words (`cpu|cuda`). */
@@ -240,10 +242,10 @@ export function usageText<O extends OptionTable>(command: CommandSpec<O>): strin
   const rows: { group: string; flag: string; help: string }[] = [];
   for (const [key, spec] of Object.entries(command.options)) {
     if (spec.positional) continue;
-    const notes = [spec.required ? 'required' : `default ${defaultLabel(spec)}`];
-    if (spec.multiple) notes[0] = 'repeatable';
+    const unset = spec.default === undefined && spec.defaultText === undefined;
+    const notes = spec.required ? ['required'] : spec.multiple ? ['repeatable'] : unset ? [] : [`default ${defaultLabel(spec)}`];
     if (spec.env !== undefined) notes.push(spec.env);
-    rows.push({ group: spec.group ?? 'Options', flag: `  ${flagWithArg(key, spec)}`, help: `${spec.help} (${notes.join('; ')})` });
+    rows.push({ group: spec.group ?? 'Options', flag: `  ${flagWithArg(key, spec)}`, help: notes.length === 0 ? spec.help : `${spec.help} (${notes.join('; ')})` });
   }
   if (command.configFile) {
     rows.push({ group: 'Options', flag: `  --${CONFIG_FLAG} FILE`, help: `JSON config file with any of the options above, by camelCase name (${command.configFile.env})` });
