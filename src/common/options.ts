@@ -318,13 +318,13 @@ function validate<O extends OptionTable>(command: CommandSpec<O>, key: string, v
   const spec = command.options[key];
   // An option whose default is null (a token: none) takes null from a file or code as "none".
   if (value === null && spec.default === null) return null;
-  if (spec.multiple) {
-    const items = Array.isArray(value) ? (value as unknown[]) : [value];
-    return items.map((item) => validate(command, key, item, source));
-  }
-  const parsed = spec.type.schema.safeParse(value);
-  if (!parsed.success) fail(command, source, `expected ${spec.type.expected}, got ${describeValue(value)}`);
-  return parsed.data;
+  const one = (item: unknown): unknown => {
+    const parsed = spec.type.schema.safeParse(item);
+    if (!parsed.success) fail(command, source, `expected ${spec.type.expected}, got ${describeValue(item)}`);
+    return parsed.data;
+  };
+  if (spec.multiple) return (Array.isArray(value) ? (value as unknown[]) : [value]).map(one);
+  return one(value);
 }
 
 interface Candidate {
