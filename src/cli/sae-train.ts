@@ -24,6 +24,7 @@ const RUN = 'Run';
 const kList = custom(
   z.union([
     z.number().int().min(1).transform((k) => [k]),
+    z.array(z.number().int().min(1)).min(1),
     z
       .string()
       .regex(/^\d+(,\d+)*$/)
