@@ -7,32 +7,41 @@
  */
 import net from 'node:net';
 import path from 'node:path';
-import { z } from 'zod';
 import { isSaegateError, SaegateError } from '../common/errors.js';
+import { flag, integer, parseCommand, text, type CommandSpec } from '../common/options.js';
 import { startModelServer } from '../model/server.js';
 import { loadModel } from '../model/load.js';
 import { allHookPoints } from '../model/types.js';
 import { bindSaeToModel, loadSae } from '../sae/load.js';
 import type { SaeWeights } from '../sae/types.js';
-import { parseFlags, portFlag } from './args.js';
 import { defaultModel } from './default-model.js';
 import { DemoSaeInterrupted, ensureDemoSae, featuresPage } from './demo-sae.js';
 import { startProxyWithSaes } from './serve.js';
 
-const usage = `Usage: saegate demo [--port N] [--model-port N] [--host HOST] [--sae DIR | --no-sae]
+const demoOptions = {
+  port: { type: integer(0, 65535), default: 9000, help: "the saegate proxy's listen port (0 = any free port)" },
+  modelPort: { type: integer(0, 65535), default: 8000, help: "the reference model server's port (0 = any free port)" },
+  host: { type: text('HOST'), default: '127.0.0.1', help: "the proxy's listen address" },
+  sae: { type: text('DIR'), defaultText: 'the demo SAE', help: 'run this SAE (SAELens or sparsify directory) instead of the demo SAE' },
+  noSae: { type: flag, default: false, help: 'run no SAE: saegate counts the tapped rows only' },
+} as const;
 
-Starts the saegate proxy (default port 9000) in front of the reference model server (default port
-8000; port 0 for either picks a free one, and the URLs printed say which) on an embedded default
-model, with the model server connected to saegate's tap and an SAE running over the tapped hook
-point, and prints what to try. The model is $SAEGATE_DEMO_MODEL, else
-../shared/models/stories260K/stories260K.bin next to the repository, else a seeded synthetic model.
-
-  --sae DIR     run this SAE (SAELens or sparsify directory) instead of the demo SAE
-  --no-sae      run no SAE: saegate counts the tapped rows only
-
-Without --sae, the first start trains a small demo SAE for the model (model sample → sae train →
-sae features, about a minute) and caches it in $SAEGATE_CACHE_DIR, else $XDG_CACHE_HOME/saegate,
-else ~/.cache/saegate; later starts load it at once.`;
+export const demoCommand = {
+  name: 'demo',
+  synopsis: 'saegate demo [--port N] [--model-port N] [--host HOST] [--sae DIR | --no-sae]',
+  description:
+    'Starts the saegate proxy (default port 9000) in front of the reference model server (default port\n' +
+      "8000; port 0 for either picks a free one, and the URLs printed say which) on an embedded default model,\n" +
+    "with the model server connected to saegate's tap and an SAE running over the tapped hook point,\n" +
+    'and prints what to try. The model is $SAEGATE_DEMO_MODEL, else\n' +
+    '../shared/models/stories260K/stories260K.bin next to the repository, else a seeded synthetic model.',
+  options: demoOptions,
+  epilogue:
+    'Without --sae, the first start trains a small demo SAE for the model (model sample → sae train →\n' +
+    'sae features, about a minute) and caches it in $SAEGATE_CACHE_DIR, else $XDG_CACHE_HOME/saegate,\n' +
+    'else ~/.cache/saegate; later starts load it at once.',
+  check: (f) => (f.sae !== undefined && f.noSae ? { option: 'noSae', message: '--sae and --no-sae exclude each other' } : undefined),
+} as const satisfies CommandSpec<typeof demoOptions>;
 
 export interface Demo {
   proxyUrl: string;
@@ -67,8 +76,8 @@ function saeSummary(sae: SaeWeights): string {
 }
 
 /** The SAE the demo runs: --sae DIR, the cached demo SAE (trained when missing), or none. */
-async function demoSae(flags: { sae?: string; 'no-sae': boolean }, model: string, hook: string, contextLength: number): Promise<{ sae: SaeWeights; featuresPage: string | null } | null> {
-  if (flags['no-sae']) return null;
+async function demoSae(flags: { sae?: string; noSae: boolean }, model: string, hook: string, contextLength: number): Promise<{ sae: SaeWeights; featuresPage: string | null } | null> {
+  if (flags.noSae) return null;
   if (flags.sae !== undefined) return { sae: loadSae(flags.sae), featuresPage: featuresPage(flags.sae) };
   try {
     const cached = await ensureDemoSae({ model, hook, contextLength, log: (line) => process.stderr.write(line) });
@@ -86,20 +95,7 @@ async function demoSae(flags: { sae?: string; 'no-sae': boolean }, model: string
 }
 
 export async function demo(argv: string[]): Promise<Demo> {
-  const flags = parseFlags(
-    argv,
-    { port: { type: 'string' }, 'model-port': { type: 'string' }, host: { type: 'string' }, sae: { type: 'string' }, 'no-sae': { type: 'boolean' } },
-    z
-      .object({
-        port: portFlag.default(9000),
-        'model-port': portFlag.default(8000),
-        host: z.string().default('127.0.0.1'),
-        sae: z.string().min(1).optional(),
-        'no-sae': z.boolean().default(false),
-      })
-      .refine((f) => !(f.sae !== undefined && f['no-sae']), { message: '--sae and --no-sae exclude each other', path: ['no-sae'] }),
-    usage,
-  );
+  const flags = parseCommand(demoCommand, argv);
   const model = defaultModel();
   const tapHost = flags.host === '0.0.0.0' || flags.host === '::' ? '127.0.0.1' : flags.host;
   const loaded = await loadModel({ model });
@@ -108,7 +104,7 @@ export async function demo(argv: string[]): Promise<Demo> {
   const defaultHook = `blocks.${Math.floor(cfg.nLayers / 2)}.hook_resid_post`;
   // A taken port fails now, not after a first start's minute of training.
   if (flags.port !== 0) await probePort(flags.host, flags.port, 'port');
-  if (flags['model-port'] !== 0) await probePort('127.0.0.1', flags['model-port'], 'model-port');
+  if (flags.modelPort !== 0) await probePort('127.0.0.1', flags.modelPort, 'model-port');
   // The SAE is ready (trained on a first start) before anything listens, so the model server's
   // tap finds saegate up and the first request already has its rows encoded.
   const chosen = await demoSae(flags, model, defaultHook, cfg.maxSeqLen);
@@ -118,7 +114,7 @@ export async function demo(argv: string[]): Promise<Demo> {
   // the proxy's port must be known up front: --port 0 takes the free port a probe is given just
   // before the servers start (the URLs printed below say which).
   const proxyPort = flags.port !== 0 ? flags.port : await probePort(flags.host, 0, 'port');
-  const server = await startModelServer({ model, loaded, host: '127.0.0.1', port: flags['model-port'], tapUrl: `ws://${tapHost}:${proxyPort}/v1/tap` });
+  const server = await startModelServer({ model, loaded, host: '127.0.0.1', port: flags.modelPort, tapUrl: `ws://${tapHost}:${proxyPort}/v1/tap` });
   let proxy;
   try {
     ({ server: proxy } = await startProxyWithSaes({ upstream: server.url, host: flags.host, port: proxyPort }, chosen ? [chosen.sae] : []));

@@ -2,6 +2,7 @@
 /** The `saegate` command: parses the subcommand, wires modules, handles signals. */
 import { createRequire } from 'node:module';
 import { isSaegateError } from '../common/errors.js';
+import { HelpRequested } from '../common/options.js';
 import { demo } from './demo.js';
 import { modelSample } from './model-sample.js';
 import { modelServe } from './model-serve.js';
@@ -92,6 +93,10 @@ async function main(argv: string[]): Promise<void> {
 }
 
 main(process.argv.slice(2)).catch((error: unknown) => {
+  if (error instanceof HelpRequested) {
+    process.stdout.write(`${error.usage}\n`);
+    process.exit(0);
+  }
   if (isSaegateError(error)) {
     process.stderr.write(`saegate: ${error.code}: ${error.message}\n`);
     process.exit(error.code === 'SAEGATE_ERR_CLI_USAGE' ? 2 : 1);

@@ -3,64 +3,43 @@
  * Wires the model loader, a LocalEngine (its own worker thread), the sampler and the atomic writer;
  * prints progress (TTY only) and a one-line summary on stderr, leaving stdout empty.
  */
-import { z } from 'zod';
 import { SaegateError } from '../common/errors.js';
+import { decimal, integer, parseCommand, text, usageText, type CommandSpec } from '../common/options.js';
 import { sampleCorpus, type SampledDocument } from '../lab/corpus/sample.js';
 import { AtomicFileWriter } from '../lab/corpus/write.js';
 import { LocalEngine } from '../model/engine.js';
 import { loadModel } from '../model/load.js';
 import { StatusLine } from './status-line.js';
-import { parseFlags } from './args.js';
 import { defaultModel } from './default-model.js';
 
-export const modelSampleUsage = `Usage: saegate model sample --out FILE [options]
-
-Generates a prompt corpus by sampling the model: --n documents, each from --prompt with its own
-seed derived from --seed and the document's index, written as JSONL in document order:
-  {"id": 0, "text": "...", "tokens": 57, "finish_reason": "stop"}
-The same flags give a byte-identical file whatever --concurrency is (docs/corpus.md).
-
-Options:
-  --out FILE              output .jsonl (required); written to a temporary file, then renamed
-  --model FILE|DIR        model (default: $SAEGATE_DEMO_MODEL, else ../shared/models/stories260K,
-                          else a seeded synthetic model, as for demo); synthetic:KEY=VALUE,... works
-  --tokenizer FILE        tokenizer (default: found beside the model)
-  --n N                   documents (default 2000)
-  --seed N                base seed, a non-negative integer (default 0)
-  --max-tokens N          most tokens generated per document (default 256)
-  --temperature T         sampling temperature (default 1.0; 0 = greedy: every document the same)
-  --top-p P               nucleus mass in (0, 1] (default 1.0 = off)
-  --prompt TEXT           text every document starts from (default '': BOS only)
-  --concurrency N         documents generated at once, batched on the engine (default 8)
-  --threads N             onnxruntime intra-op threads (default: one per core)`;
-
-const schema = z.object({
-  out: z.string({ error: 'is required' }).min(1),
-  model: z.string().min(1).optional(),
-  tokenizer: z.string().min(1).optional(),
-  n: z.coerce.number().int().min(1).max(100_000_000).default(2000),
-  seed: z.coerce.number().int().min(0).default(0),
-  'max-tokens': z.coerce.number().int().min(1).default(256),
-  temperature: z.coerce.number().min(0).max(100).default(1),
-  'top-p': z.coerce.number().gt(0).max(1).default(1),
-  prompt: z.string().default(''),
-  concurrency: z.coerce.number().int().min(1).max(1024).default(8),
-  threads: z.coerce.number().int().min(1).max(256).optional(),
-});
-
-export const modelSampleFlags = {
-  out: { type: 'string' },
-  model: { type: 'string' },
-  tokenizer: { type: 'string' },
-  n: { type: 'string' },
-  seed: { type: 'string' },
-  'max-tokens': { type: 'string' },
-  temperature: { type: 'string' },
-  'top-p': { type: 'string' },
-  prompt: { type: 'string' },
-  concurrency: { type: 'string' },
-  threads: { type: 'string' },
+const modelSampleOptions = {
+  out: { type: text('FILE'), required: true, help: 'output .jsonl; written to a temporary file, then renamed' },
+  model: {
+    type: text('FILE|DIR'),
+    defaultText: 'as for demo',
+    help: '$SAEGATE_DEMO_MODEL, else ../shared/models/stories260K, else a seeded synthetic model; any model that model serve takes',
+  },
+  tokenizer: { type: text('FILE'), defaultText: 'beside the model', help: 'tokenizer file' },
+  n: { type: integer(1, 100_000_000), default: 2000, help: 'documents' },
+  seed: { type: integer(0), default: 0, help: "base seed; document i samples with a seed derived from it and i" },
+  maxTokens: { type: integer(1), default: 256, help: 'most tokens generated per document; with the prompt it must fit the context' },
+  temperature: { type: decimal({ min: 0, max: 100 }, 'T'), default: 1, help: 'sampling temperature (0 = greedy: every document the same)' },
+  topP: { type: decimal({ above: 0, max: 1 }, 'P'), default: 1, help: 'nucleus mass in (0, 1] (1 = off)' },
+  prompt: { type: text('TEXT', { allowEmpty: true }), default: '', help: "text every document starts from ('' = BOS alone)" },
+  concurrency: { type: integer(1, 1024), default: 8, help: 'documents generated at once, batched on the engine (its KV-cache slots)' },
+  threads: { type: integer(1, 256), defaultText: 'one per core', help: 'onnxruntime intra-op threads' },
 } as const;
+
+export const modelSampleCommand = {
+  name: 'model sample',
+  synopsis: 'saegate model sample --out FILE [options]',
+  description:
+    'Generates a prompt corpus by sampling the model: --n documents, each from --prompt with its own\n' +
+    "seed derived from --seed and the document's index, written as JSONL in document order:\n" +
+    '  {"id": 0, "text": "...", "tokens": 57, "finish_reason": "stop"}\n' +
+    'The same flags give a byte-identical file whatever --concurrency is (docs/corpus.md).',
+  options: modelSampleOptions,
+} as const satisfies CommandSpec<typeof modelSampleOptions>;
 
 /** One JSONL line; key order is fixed so equal documents give equal bytes. */
 function documentLine(document: SampledDocument): string {
@@ -68,7 +47,7 @@ function documentLine(document: SampledDocument): string {
 }
 
 function usageError(message: string): SaegateError {
-  return new SaegateError('SAEGATE_ERR_CLI_USAGE', [`${message}\n\n${modelSampleUsage}`]);
+  return new SaegateError('SAEGATE_ERR_CLI_USAGE', [`${message}\n\n${usageText(modelSampleCommand)}`]);
 }
 
 /**
@@ -91,7 +70,7 @@ function abortOnSignals(controller: AbortController, onSignal: (signal: NodeJS.S
 
 /** Writes the corpus; resolves false when a signal interrupted it (nothing written, exit code 130 set). */
 export async function modelSample(argv: string[]): Promise<boolean> {
-  const flags = parseFlags(argv, modelSampleFlags, schema, modelSampleUsage);
+  const flags = parseCommand(modelSampleCommand, argv);
   // Before the model loads, so a bad --out fails in milliseconds.
   const writer = await AtomicFileWriter.open(flags.out);
   let engine: LocalEngine | null = null;
@@ -107,8 +86,8 @@ export async function modelSample(argv: string[]): Promise<boolean> {
     const promptTokens = tokenizer.encode(flags.prompt, { addBos: true });
     if (promptTokens.length === 0) throw usageError(`--prompt: the tokenizer has no BOS token, so an empty prompt gives the model nothing to start from; pass --prompt TEXT`);
     const context = model.weights.config.maxSeqLen;
-    if (promptTokens.length + flags['max-tokens'] > context) {
-      throw usageError(`--max-tokens: ${flags['max-tokens']} plus the prompt's ${promptTokens.length} tokens exceeds the model's context of ${context} tokens`);
+    if (promptTokens.length + flags.maxTokens > context) {
+      throw usageError(`--max-tokens: ${flags.maxTokens} plus the prompt's ${promptTokens.length} tokens exceeds the model's context of ${context} tokens`);
     }
     engine = await LocalEngine.create({
       weights: model.weights,
@@ -122,9 +101,9 @@ export async function modelSample(argv: string[]): Promise<boolean> {
       promptTokens,
       documents: flags.n,
       seed: flags.seed,
-      maxTokens: flags['max-tokens'],
+      maxTokens: flags.maxTokens,
       temperature: flags.temperature,
-      topP: flags['top-p'],
+      topP: flags.topP,
       concurrency: flags.concurrency,
       onDocument: (document) => writer.write(documentLine(document)),
       onProgress: (p) => progress.draw(`sampling ${p.documents}/${p.total} documents, ${p.tokens} tokens, ${p.elapsedMs > 0 ? Math.round((p.tokens * 1000) / p.elapsedMs) : 0} tokens/s`),

@@ -1,59 +1,38 @@
 /** `saegate model serve`: the reference model server. */
-import { z } from 'zod';
+import { flag, integer, oneOf, parseCommand, text, type CommandSpec } from '../common/options.js';
 import { startModelServer, type ModelServer } from '../model/server.js';
-import { parseFlags, portFlag } from './args.js';
 
-export const modelServeUsage = `Usage: saegate model serve --model FILE [options]
-
-Serves a llama-family model over an OpenAI-compatible API, with activation taps and steering.
-
-Options:
-  --model FILE|DIR        llama2.c .bin checkpoint, Hugging Face directory (config.json,
-                          model.safetensors, tokenizer.json), or synthetic:KEY=VALUE,...
-  --tokenizer FILE        tokenizer file (default: tok<vocab>.bin or tokenizer.bin beside a .bin)
-  --name NAME             model name in the API (default: the file's base name)
-  --host HOST             listen address (default 127.0.0.1)
-  --port N                listen port (default 8000; 0 = any free port)
-  --tap URL               connect to saegate's tap, e.g. ws://127.0.0.1:9000/v1/tap
-  --tap-token TOKEN       bearer token for the tap (or env SAEGATE_TAP_TOKEN)
-  --device cpu|cuda       onnxruntime execution provider (default cpu)
-  --max-batch N           most sequences decoded together (default 8)
-  --threads N             onnxruntime intra-op threads (default: one per core)
-  --plan-timeout-ms N     how long a request waits for its saegate plan (default 2000)
-  --log                   log requests (JSON lines on stdout)`;
-
-const schema = z.object({
-  model: z.string({ error: 'is required' }).min(1),
-  tokenizer: z.string().optional(),
-  name: z.string().min(1).optional(),
-  host: z.string().default('127.0.0.1'),
-  port: portFlag.default(8000),
-  tap: z.string().regex(/^wss?:\/\//, 'expected a ws:// or wss:// URL').optional(),
-  'tap-token': z.string().optional(),
-  device: z.enum(['cpu', 'cuda']).default('cpu'),
-  'max-batch': z.coerce.number().int().min(1).max(1024).default(8),
-  threads: z.coerce.number().int().min(1).max(256).optional(),
-  'plan-timeout-ms': z.coerce.number().int().min(0).default(2000),
-  log: z.boolean().default(false),
-});
-
-export const modelServeFlags = {
-  model: { type: 'string' },
-  tokenizer: { type: 'string' },
-  name: { type: 'string' },
-  host: { type: 'string' },
-  port: { type: 'string' },
-  tap: { type: 'string' },
-  'tap-token': { type: 'string' },
-  device: { type: 'string' },
-  'max-batch': { type: 'string' },
-  threads: { type: 'string' },
-  'plan-timeout-ms': { type: 'string' },
-  log: { type: 'boolean' },
+const modelServeOptions = {
+  model: {
+    type: text('FILE|DIR'),
+    required: true,
+    help: 'llama2.c .bin checkpoint, Hugging Face directory (config.json, model.safetensors, tokenizer.json), or synthetic:KEY=VALUE,...',
+  },
+  tokenizer: { type: text('FILE'), defaultText: 'beside the model', help: 'tokenizer file (tok<vocab>.bin or tokenizer.bin beside a .bin when omitted)' },
+  name: { type: text('NAME'), defaultText: "the file's base name", help: 'model name in the API' },
+  host: { type: text('HOST'), default: '127.0.0.1', help: 'listen address' },
+  port: { type: integer(0, 65535), default: 8000, help: 'listen port (0 = any free port)' },
+  tap: {
+    type: text('URL', { pattern: /^wss?:\/\//, expected: 'a ws:// or wss:// URL' }),
+    help: "connect to saegate's tap, e.g. ws://127.0.0.1:9000/v1/tap",
+  },
+  tapToken: { type: text('TOKEN'), env: 'SAEGATE_TAP_TOKEN', help: 'bearer token for the tap' },
+  device: { type: oneOf(['cpu', 'cuda']), default: 'cpu', help: 'onnxruntime execution provider' },
+  maxBatch: { type: integer(1, 1024), default: 8, help: 'most sequences decoded together (KV-cache slots)' },
+  threads: { type: integer(1, 256), defaultText: 'one per core', help: 'onnxruntime intra-op threads' },
+  planTimeoutMs: { type: integer(0), default: 2000, help: 'how long a request waits for its saegate plan, ms' },
+  log: { type: flag, default: false, help: 'log requests (JSON lines on stdout)' },
 } as const;
 
+export const modelServeCommand = {
+  name: 'model serve',
+  synopsis: 'saegate model serve --model FILE [options]',
+  description: 'Serves a llama-family model over an OpenAI-compatible API, with activation taps and steering.',
+  options: modelServeOptions,
+} as const satisfies CommandSpec<typeof modelServeOptions>;
+
 export async function modelServe(argv: string[]): Promise<ModelServer> {
-  const flags = parseFlags(argv, modelServeFlags, schema, modelServeUsage);
+  const flags = parseCommand(modelServeCommand, argv, process.env);
   const server = await startModelServer({
     model: flags.model,
     tokenizer: flags.tokenizer,
@@ -61,11 +40,11 @@ export async function modelServe(argv: string[]): Promise<ModelServer> {
     host: flags.host,
     port: flags.port,
     tapUrl: flags.tap,
-    tapToken: flags['tap-token'] ?? process.env.SAEGATE_TAP_TOKEN,
+    tapToken: flags.tapToken,
     device: flags.device,
-    maxBatch: flags['max-batch'],
+    maxBatch: flags.maxBatch,
     threads: flags.threads,
-    planWaitTimeoutMs: flags['plan-timeout-ms'],
+    planWaitTimeoutMs: flags.planTimeoutMs,
     logger: flags.log,
   });
   const cfg = server.model.weights.config;

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { SaegateError } from '../common/errors.js';
+import { custom, decimal, integer, oneOf, parseCommand, text, type CommandSpec } from '../common/options.js';
 import { readCorpus } from '../lab/corpus/read.js';
 import { FeatureAccumulator } from '../lab/features/accumulator.js';
 import { renderFeaturePage } from '../lab/features/html.js';
@@ -13,98 +14,59 @@ import { applyLabels, readFeatureLabels } from '../lab/features/labels.js';
 import { writeFeatureReport } from '../lab/features/report.js';
 import { loadSae } from '../sae/load.js';
 import { SaePool } from '../sae/pool.js';
-import { parseFlags, portFlag } from './args.js';
 import { openModelRun } from './model-run.js';
 import { StatusLine } from './status-line.js';
 
-export const saeFeaturesUsage = `Usage: saegate sae features --sae DIR --corpus FILE [--out DIR] [options]
-
-Runs every corpus document through the model, encodes the SAE's hook activations at every prompt
-position, and writes per feature: the top activating contexts (the activating token marked),
-firing frequency, mean and max activation, an activation histogram, and dead / dense flags —
-to DIR/features.json and to DIR/features.html, a self-contained page (docs/features.md).
-
-  --sae DIR                 SAELens or sparsify directory
-  --corpus FILE             text or JSONL corpus (docs/corpus.md)
-  --out DIR                 output directory (default: the SAE directory)
-  --labels FILE             features.yaml with labels and notes (default: DIR/features.yaml of the
-                            SAE when present)
-  --model FILE|DIR          model run in-process (default: as for demo)
-  --tokenizer FILE          tokenizer (default: found beside the model)
-  --upstream URL            an external tap-speaking model server instead (start it with --tap <URL printed>)
-  --tap-port N              port the collector's tap listens on with --upstream (default: any)
-  --hook NAME               hook point, when the SAE files do not name one (sparsify)
-  --max-documents N         documents read from the corpus (default: all)
-  --top-k N                 active features read per token (default: k for TopK SAEs, else 64)
-  --contexts N              examples kept per feature (default 10)
-  --window-before N         tokens shown before the activating token (default 12)
-  --window-after N          tokens shown after it (default 4)
-  --dense-threshold F       firing frequency above which a feature is flagged dense (default 0.1)
-  --device cpu|cuda         execution provider for the SAE (default cpu)
-  --threads N               onnxruntime threads of the model (default: one per core)`;
-
-const int = (min: number): z.ZodType<number> => z.coerce.number().int().min(min);
-
-const flagsSpec = {
-  sae: { type: 'string' },
-  corpus: { type: 'string' },
-  out: { type: 'string' },
-  labels: { type: 'string' },
-  model: { type: 'string' },
-  tokenizer: { type: 'string' },
-  upstream: { type: 'string' },
-  'tap-port': { type: 'string' },
-  hook: { type: 'string' },
-  'max-documents': { type: 'string' },
-  'top-k': { type: 'string' },
-  contexts: { type: 'string' },
-  'window-before': { type: 'string' },
-  'window-after': { type: 'string' },
-  'dense-threshold': { type: 'string' },
-  device: { type: 'string' },
-  threads: { type: 'string' },
+const saeFeaturesOptions = {
+  sae: { type: text('DIR'), required: true, help: 'SAELens or sparsify directory' },
+  corpus: { type: text('FILE'), required: true, help: 'text or JSONL corpus (docs/corpus.md)' },
+  out: { type: text('DIR'), defaultText: 'the SAE directory', help: 'output directory' },
+  labels: { type: text('FILE'), defaultText: "the SAE's features.yaml", help: 'features.yaml with labels and notes (default: features.yaml in the SAE directory when present)' },
+  model: { type: text('FILE|DIR'), defaultText: 'as for demo', help: 'model run in-process' },
+  tokenizer: { type: text('FILE'), defaultText: 'beside the model', help: 'tokenizer file' },
+  upstream: { type: custom(z.url(), 'a URL', 'URL'), help: 'an external tap-speaking model server instead (start it with --tap <URL printed>)' },
+  tapPort: { type: integer(0, 65535), defaultText: 'any', help: "port the collector's tap listens on with --upstream" },
+  hook: { type: text('NAME'), defaultText: "the SAE's", help: 'hook point, when the SAE files do not name one (sparsify)' },
+  maxDocuments: { type: integer(1), defaultText: 'all', help: 'documents read from the corpus' },
+  topK: { type: integer(1), defaultText: 'k for TopK SAEs, else 64', help: 'active features read per token' },
+  contexts: { type: integer(0), default: 10, help: 'examples kept per feature' },
+  windowBefore: { type: integer(0), default: 12, help: 'tokens shown before the activating token' },
+  windowAfter: { type: integer(0), default: 4, help: 'tokens shown after it' },
+  denseThreshold: { type: decimal({ above: 0, max: 1 }, 'F'), default: 0.1, help: 'firing frequency above which a feature is flagged dense' },
+  device: { type: oneOf(['cpu', 'cuda']), default: 'cpu', help: 'execution provider for the SAE' },
+  threads: { type: integer(1), defaultText: 'one per core', help: 'onnxruntime threads of the model' },
 } as const;
 
-const schema = z
-  .object({
-    sae: z.string({ error: 'is required' }).min(1),
-    corpus: z.string({ error: 'is required' }).min(1),
-    out: z.string().min(1).optional(),
-    labels: z.string().min(1).optional(),
-    model: z.string().min(1).optional(),
-    tokenizer: z.string().min(1).optional(),
-    upstream: z.url().optional(),
-    'tap-port': portFlag.optional(),
-    hook: z.string().min(1).optional(),
-    'max-documents': int(1).optional(),
-    'top-k': int(1).optional(),
-    contexts: int(0).default(10),
-    'window-before': int(0).default(12),
-    'window-after': int(0).default(4),
-    'dense-threshold': z.coerce.number().gt(0).max(1).default(0.1),
-    device: z.enum(['cpu', 'cuda']).default('cpu'),
-    threads: int(1).optional(),
-  })
-  .refine((f) => f.model === undefined || f.upstream === undefined, { message: 'give --model or --upstream, not both', path: ['upstream'] });
+export const saeFeaturesCommand = {
+  name: 'sae features',
+  synopsis: 'saegate sae features --sae DIR --corpus FILE [--out DIR] [options]',
+  description:
+    "Runs every corpus document through the model, encodes the SAE's hook activations at every prompt\n" +
+    'position, and writes per feature: the top activating contexts (the activating token marked),\n' +
+    'firing frequency, mean and max activation, an activation histogram, and dead / dense flags —\n' +
+    'to DIR/features.json and to DIR/features.html, a self-contained page (docs/features.md).',
+  options: saeFeaturesOptions,
+  check: (f) => (f.model !== undefined && f.upstream !== undefined ? { option: 'upstream', message: 'give --model or --upstream, not both' } : undefined),
+} as const satisfies CommandSpec<typeof saeFeaturesOptions>;
 
 /** Rows encoded per pool call. */
 const ENCODE_ROWS = 2048;
 
 export async function saeFeatures(argv: string[]): Promise<void> {
-  const flags = parseFlags(argv, flagsSpec, schema, saeFeaturesUsage);
+  const flags = parseCommand(saeFeaturesCommand, argv);
   const status = new StatusLine(process.stderr);
   const sae = loadSae(flags.sae, flags.hook === undefined ? {} : { hookName: flags.hook });
   const { dSae } = sae.config;
-  const topK = Math.min(dSae, flags['top-k'] ?? sae.config.k ?? 64);
+  const topK = Math.min(dSae, flags.topK ?? sae.config.k ?? 64);
   const labelsFile = flags.labels ?? (fs.existsSync(path.join(flags.sae, 'features.yaml')) ? path.join(flags.sae, 'features.yaml') : null);
   // Labels are read before the long run so a bad file fails in milliseconds.
   const labels = labelsFile === null ? null : readFeatureLabels(labelsFile, { dSae });
-  const documents = await readCorpus(flags.corpus, flags['max-documents'] === undefined ? {} : { maxDocuments: flags['max-documents'] });
+  const documents = await readCorpus(flags.corpus, flags.maxDocuments === undefined ? {} : { maxDocuments: flags.maxDocuments });
   const outDir = path.resolve(flags.out ?? flags.sae);
   fs.mkdirSync(outDir, { recursive: true });
 
-  const accumulator = new FeatureAccumulator({ dSae, contextsPerFeature: flags.contexts, windowBefore: flags['window-before'], windowAfter: flags['window-after'], denseThreshold: flags['dense-threshold'] });
-  const run = await openModelRun({ hook: sae.config.hookName, model: flags.model, tokenizer: flags.tokenizer, upstream: flags.upstream, tapPort: flags['tap-port'], threads: flags.threads, log: (line) => status.log(line) });
+  const accumulator = new FeatureAccumulator({ dSae, contextsPerFeature: flags.contexts, windowBefore: flags.windowBefore, windowAfter: flags.windowAfter, denseThreshold: flags.denseThreshold });
+  const run = await openModelRun({ hook: sae.config.hookName, model: flags.model, tokenizer: flags.tokenizer, upstream: flags.upstream, tapPort: flags.tapPort, threads: flags.threads, log: (line) => status.log(line) });
   let pool: SaePool | null = null;
   let rows = 0;
   let done = 0;

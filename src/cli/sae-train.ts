@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { SaegateError } from '../common/errors.js';
+import { custom, decimal, flag, integer, oneOf, parseCommand, text, type CommandSpec, type OptionValues } from '../common/options.js';
 import { SeededRandom, shuffledIndices } from '../common/random.js';
 import { readCorpus, type CorpusDocument } from '../lab/corpus/read.js';
 import { splitCorpus } from '../lab/corpus/split.js';
@@ -12,130 +13,78 @@ import type { TrainConfig } from '../lab/train/protocol.js';
 import { frontierMarkdown, trainReportMarkdown, writeReport, type FrontierReport, type TrainReport } from '../lab/train/report.js';
 import { spliceEvaluation, type SpliceEvaluation } from '../lab/train/splice.js';
 import { defaultTrainConfig, evaluateSae, toSaeWeights, trainTopKSae, writeSaeLensDirectory } from '../lab/train/trainer.js';
-import { parseFlags, portFlag } from './args.js';
 import { openModelRun } from './model-run.js';
 import { StatusLine } from './status-line.js';
 
-export const saeTrainUsage = `Usage: saegate sae train --out DIR (--corpus FILE | --activations FILE) [options]
+const DATA = 'Data';
+const SAE = 'SAE and optimiser';
+const RUN = 'Run';
 
-Trains TopK sparse autoencoders (Gao et al. 2024: TopK, unit-norm decoder rows, encoder initialised
-as the decoder's transpose, b_dec at the geometric median, AuxK for dead latents, Adam) and writes
-each as a SAELens directory (cfg.json + sae_weights.safetensors) that 'saegate serve --sae' loads,
-with report.json / report.md (held-out FVU, L0, dead latents, CE loss recovered).
+/** `--k 4,8,16`: one SAE per distinct k, in the order given. */
+const kList = custom(
+  z.union([
+    z.number().int().min(1).transform((k) => [k]),
+    z.array(z.number().int().min(1)).min(1),
+    z
+      .string()
+      .regex(/^\d+(,\d+)*$/)
+      .transform((s) => [...new Set(s.split(',').map(Number))])
+      .refine((ks) => ks.every((k) => k >= 1)),
+  ]),
+  'a positive integer or a comma-separated list, e.g. 4,8,16,32',
+  'K[,K…]',
+);
 
-Data:
-  --corpus FILE             text or JSONL corpus (docs/corpus.md); documents run through the model
-                            and the hook's activations at every prompt position are the rows
-  --activations FILE        .npy or safetensors rows (rows × d_in) instead of a corpus
-  --tensor NAME             tensor of a safetensors --activations file holding several
-  --model FILE|DIR          model run in-process for --corpus (default: $SAEGATE_DEMO_MODEL, else
-                            ../shared/models/stories260K, else a seeded synthetic model)
-  --tokenizer FILE          tokenizer (default: found beside the model)
-  --upstream URL            an external tap-speaking model server instead; start it with
-                            --tap <the URL this prints> (CE loss recovered is then not measured)
-  --tap-port N              port the collector's tap listens on with --upstream (default: any)
-  --hook NAME               hook point (default blocks.2.hook_resid_post)
-  --held-out F              fraction of documents (or rows) held out for evaluation (default 0.1)
-  --max-rows N              most training rows collected (default 2000000)
-  --max-tokens-per-document N   positions kept per document (default: all)
-  --splice-documents N      held-out documents for the CE-loss-recovered check (default 200)
-
-SAE and optimiser:
-  --d-sae N                 latents (default 16 × d_in)
-  --k K[,K…]                active latents per row; several values train one SAE each into
-                            DIR/k<K>/ and write the FVU–L0 frontier to DIR/report.md (default 8)
-  --aux-k N                 AuxK latents per row (default d_in / 2)
-  --aux-coef X              AuxK loss weight (default 1/32)
-  --lr X                    Adam learning rate (default 2e-4 · √(16384 / d_sae))
-  --batch N                 rows per step (default 4096)
-  --steps N                 optimiser steps (default 3000)
-  --warmup N                warm-up steps (default 50)
-  --decay F                 fraction of steps at the end with linear decay to 0 (default 0.2)
-  --dead-after-rows N       a latent silent for this many rows is dead and feeds AuxK (default 5 × batch)
-  --seed N                  seed for initialisation, batch order and the split (default 0)
-
-Run:
-  --out DIR                 output directory (created)
-  --checkpoint-every N      steps between checkpoints (DIR/checkpoint.safetensors; default 500, 0 = off)
-  --resume                  continue from DIR's checkpoint (same data and settings)
-  --device cpu|cuda         execution provider (default cpu)
-  --threads N               onnxruntime threads (default: one per core)`;
-
-const number = z.coerce.number();
-const int = (min: number): z.ZodType<number> => z.coerce.number().int().min(min);
-
-const flagsSpec = {
-  corpus: { type: 'string' },
-  activations: { type: 'string' },
-  tensor: { type: 'string' },
-  model: { type: 'string' },
-  tokenizer: { type: 'string' },
-  upstream: { type: 'string' },
-  'tap-port': { type: 'string' },
-  hook: { type: 'string' },
-  'held-out': { type: 'string' },
-  'max-rows': { type: 'string' },
-  'max-tokens-per-document': { type: 'string' },
-  'splice-documents': { type: 'string' },
-  'd-sae': { type: 'string' },
-  k: { type: 'string' },
-  'aux-k': { type: 'string' },
-  'aux-coef': { type: 'string' },
-  lr: { type: 'string' },
-  batch: { type: 'string' },
-  steps: { type: 'string' },
-  warmup: { type: 'string' },
-  decay: { type: 'string' },
-  'dead-after-rows': { type: 'string' },
-  seed: { type: 'string' },
-  out: { type: 'string' },
-  'checkpoint-every': { type: 'string' },
-  resume: { type: 'boolean' },
-  device: { type: 'string' },
-  threads: { type: 'string' },
+const saeTrainOptions = {
+  corpus: { type: text('FILE'), group: DATA, help: "text or JSONL corpus (docs/corpus.md); documents run through the model and the hook's activations at every prompt position are the rows" },
+  activations: { type: text('FILE'), group: DATA, help: '.npy or safetensors rows (rows × d_in) instead of a corpus' },
+  tensor: { type: text('NAME'), group: DATA, help: 'tensor of a safetensors --activations file holding several' },
+  model: { type: text('FILE|DIR'), group: DATA, defaultText: 'as for demo', help: 'model run in-process for --corpus ($SAEGATE_DEMO_MODEL, else ../shared/models/stories260K, else a seeded synthetic model)' },
+  tokenizer: { type: text('FILE'), group: DATA, defaultText: 'beside the model', help: 'tokenizer file' },
+  upstream: { type: custom(z.url(), 'a URL', 'URL'), group: DATA, help: 'an external tap-speaking model server instead; start it with --tap <the URL this prints> (CE loss recovered is then not measured)' },
+  tapPort: { type: integer(0, 65535), group: DATA, defaultText: 'any', help: "port the collector's tap listens on with --upstream" },
+  hook: { type: text('NAME'), group: DATA, default: 'blocks.2.hook_resid_post', help: 'hook point' },
+  heldOut: { type: decimal({ min: 0, max: 0.9 }, 'F'), group: DATA, default: 0.1, help: 'fraction of documents (or rows) held out for evaluation' },
+  maxRows: { type: integer(1), group: DATA, default: 2_000_000, help: 'most training rows collected' },
+  maxTokensPerDocument: { type: integer(1), group: DATA, defaultText: 'all', help: 'positions kept per document' },
+  spliceDocuments: { type: integer(0), group: DATA, default: 200, help: 'held-out documents for the CE-loss-recovered check' },
+  dSae: { type: integer(1), group: SAE, defaultText: '16 × d_in', help: 'latents' },
+  k: { type: kList, group: SAE, default: [8], defaultText: '8', help: 'active latents per row; several values train one SAE each into DIR/k<K>/ and write the FVU–L0 frontier to DIR/report.md' },
+  auxK: { type: integer(0), group: SAE, defaultText: 'd_in / 2', help: 'AuxK latents per row' },
+  auxCoef: { type: decimal({ min: 0 }), group: SAE, defaultText: '1/32', help: 'AuxK loss weight' },
+  lr: { type: decimal({ above: 0 }), group: SAE, defaultText: '2e-4 · √(16384 / d_sae)', help: 'Adam learning rate' },
+  batch: { type: integer(2), group: SAE, default: 4096, help: 'rows per step' },
+  steps: { type: integer(1), group: SAE, default: 3000, help: 'optimiser steps' },
+  warmup: { type: integer(0), group: SAE, defaultText: '50', help: 'warm-up steps' },
+  decay: { type: decimal({ min: 0, max: 1 }, 'F'), group: SAE, defaultText: '0.2', help: 'fraction of steps at the end with linear decay to 0' },
+  deadAfterRows: { type: integer(1), group: SAE, defaultText: '5 × batch', help: 'a latent silent for this many rows is dead and feeds AuxK' },
+  seed: { type: integer(0), group: SAE, default: 0, help: 'seed for initialisation, batch order and the split' },
+  out: { type: text('DIR'), group: RUN, required: true, help: 'output directory (created)' },
+  checkpointEvery: { type: integer(0), group: RUN, default: 500, help: 'steps between checkpoints (DIR/checkpoint.safetensors; 0 = off)' },
+  resume: { type: flag, group: RUN, default: false, help: "continue from DIR's checkpoint (same data and settings)" },
+  device: { type: oneOf(['cpu', 'cuda']), group: RUN, default: 'cpu', help: 'execution provider' },
+  threads: { type: integer(1), group: RUN, defaultText: 'one per core', help: 'onnxruntime threads' },
 } as const;
 
-const schema = z
-  .object({
-    corpus: z.string().min(1).optional(),
-    activations: z.string().min(1).optional(),
-    tensor: z.string().min(1).optional(),
-    model: z.string().min(1).optional(),
-    tokenizer: z.string().min(1).optional(),
-    upstream: z.url().optional(),
-    'tap-port': portFlag.optional(),
-    hook: z.string().min(1).default('blocks.2.hook_resid_post'),
-    'held-out': number.min(0).max(0.9).default(0.1),
-    'max-rows': int(1).default(2_000_000),
-    'max-tokens-per-document': int(1).optional(),
-    'splice-documents': int(0).default(200),
-    'd-sae': int(1).optional(),
-    k: z
-      .string()
-      .regex(/^\d+(,\d+)*$/, 'a positive integer or a comma-separated list, e.g. 4,8,16,32')
-      .transform((s) => [...new Set(s.split(',').map(Number))])
-      .refine((ks) => ks.every((k) => k >= 1), 'each k must be at least 1')
-      .default([8]),
-    'aux-k': int(0).optional(),
-    'aux-coef': number.min(0).optional(),
-    lr: number.positive().optional(),
-    batch: int(2).default(4096),
-    steps: int(1).default(3000),
-    warmup: int(0).optional(),
-    decay: number.min(0).max(1).optional(),
-    'dead-after-rows': int(1).optional(),
-    seed: int(0).default(0),
-    out: z.string({ error: 'is required' }).min(1),
-    'checkpoint-every': int(0).default(500),
-    resume: z.boolean().default(false),
-    device: z.enum(['cpu', 'cuda']).default('cpu'),
-    threads: int(1).optional(),
-  })
-  .refine((f) => (f.corpus === undefined) !== (f.activations === undefined), { message: 'give exactly one of --corpus and --activations', path: ['corpus'] })
-  .refine((f) => f.activations === undefined || (f.model === undefined && f.upstream === undefined), { message: '--model/--upstream run a --corpus; --activations needs neither', path: ['activations'] })
-  .refine((f) => f.model === undefined || f.upstream === undefined, { message: 'give --model or --upstream, not both', path: ['upstream'] });
+export const saeTrainCommand = {
+  name: 'sae train',
+  synopsis: 'saegate sae train --out DIR (--corpus FILE | --activations FILE) [options]',
+  description:
+    'Trains TopK sparse autoencoders (Gao et al. 2024: TopK, unit-norm decoder rows, encoder initialised\n' +
+    "as the decoder's transpose, b_dec at the geometric median, AuxK for dead latents, Adam) and writes\n" +
+    "each as a SAELens directory (cfg.json + sae_weights.safetensors) that 'saegate serve --sae' loads,\n" +
+    'with report.json / report.md (held-out FVU, L0, dead latents, CE loss recovered).',
+  options: saeTrainOptions,
+  check: (f) => {
+    if ((f.corpus === undefined) === (f.activations === undefined)) return { option: 'corpus', message: 'give exactly one of --corpus and --activations' };
+    if (f.activations !== undefined && (f.model !== undefined || f.upstream !== undefined)) return { option: 'activations', message: '--model/--upstream run a --corpus; --activations needs neither' };
+    if (f.model !== undefined && f.upstream !== undefined) return { option: 'upstream', message: 'give --model or --upstream, not both' };
+    return undefined;
+  },
+} as const satisfies CommandSpec<typeof saeTrainOptions>;
 
-type Flags = z.infer<typeof schema>;
+type Flags = OptionValues<typeof saeTrainOptions>;
+
 
 /** Rows gathered in chunks and joined once: collection never reallocates a growing array. */
 class RowSink {
@@ -176,14 +125,14 @@ function activationsDataset(flags: Flags, file: string): Dataset {
   const block = readRowsFile(file, flags.tensor === undefined ? {} : { tensor: flags.tensor });
   const { rowCount, width } = block;
   // A seeded row split (documents are unknown here): the first F of a seeded order is held out.
-  const heldOutRows = Math.floor(rowCount * flags['held-out']);
+  const heldOutRows = Math.floor(rowCount * flags.heldOut);
   const order = shuffledIndices(rowCount, new SeededRandom(flags.seed));
   const pick = (from: number, to: number): Float32Array => {
     const out = new Float32Array((to - from) * width);
     for (let r = from; r < to; r++) out.set(block.rows.subarray(order[r] * width, (order[r] + 1) * width), (r - from) * width);
     return out;
   };
-  const trainRows = Math.min(rowCount - heldOutRows, flags['max-rows']);
+  const trainRows = Math.min(rowCount - heldOutRows, flags.maxRows);
   return {
     dIn: width,
     heldOut: pick(0, heldOutRows),
@@ -201,19 +150,19 @@ function activationsDataset(flags: Flags, file: string): Dataset {
 
 async function corpusDataset(flags: Flags, file: string, status: StatusLine): Promise<Dataset & { model: ModelWeights | null }> {
   const documents = await readCorpus(file);
-  const { train, heldOut } = splitCorpus(documents, { heldOutFraction: flags['held-out'], seed: flags.seed });
-  if (train.length === 0) throw new SaegateError('SAEGATE_ERR_CONFIG', ['corpus', `${file}: no training documents after holding out ${flags['held-out']}`]);
-  const run = await openModelRun({ hook: flags.hook, model: flags.model, tokenizer: flags.tokenizer, upstream: flags.upstream, tapPort: flags['tap-port'], device: flags.device, threads: flags.threads, log: (line) => status.log(line) });
+  const { train, heldOut } = splitCorpus(documents, { heldOutFraction: flags.heldOut, seed: flags.seed });
+  if (train.length === 0) throw new SaegateError('SAEGATE_ERR_CONFIG', ['corpus', `${file}: no training documents after holding out ${flags.heldOut}`]);
+  const run = await openModelRun({ hook: flags.hook, model: flags.model, tokenizer: flags.tokenizer, upstream: flags.upstream, tapPort: flags.tapPort, device: flags.device, threads: flags.threads, log: (line) => status.log(line) });
   try {
     const dIn = run.server.dModel;
     const collect = async (docs: CorpusDocument[], sink: RowSink, limit: number, label: string, tokens: number[][] | null): Promise<number> => {
       let used = 0;
       const controller = new AbortController();
       try {
-        for await (const doc of run.collector.collect(docs, { upstream: run.upstream, maxTokensPerDocument: flags['max-tokens-per-document'], signal: controller.signal })) {
+        for await (const doc of run.collector.collect(docs, { upstream: run.upstream, maxTokensPerDocument: flags.maxTokensPerDocument, signal: controller.signal })) {
           const take = Math.min(doc.tokenCount, limit - sink.rows);
           sink.add(doc.rows, take);
-          if (tokens && doc.tokenIds.length > 0 && tokens.length < flags['splice-documents']) tokens.push([...doc.tokenIds]);
+          if (tokens && doc.tokenIds.length > 0 && tokens.length < flags.spliceDocuments) tokens.push([...doc.tokenIds]);
           used++;
           status.draw(`collecting ${label}: ${used}/${docs.length} documents, ${sink.rows} rows`);
           if (sink.rows >= limit) {
@@ -227,11 +176,11 @@ async function corpusDataset(flags: Flags, file: string, status: StatusLine): Pr
       return used;
     };
     const trainSink = new RowSink(dIn);
-    const trainDocuments = await collect(train, trainSink, flags['max-rows'], 'training rows', null);
+    const trainDocuments = await collect(train, trainSink, flags.maxRows, 'training rows', null);
     const heldOutSink = new RowSink(dIn);
     const heldOutTokens: number[][] = [];
     // Held-out rows in proportion to the training rows, so --max-rows bounds both.
-    const heldOutLimit = Math.ceil((flags['max-rows'] * flags['held-out']) / (1 - flags['held-out']));
+    const heldOutLimit = Math.ceil((flags.maxRows * flags.heldOut) / (1 - flags.heldOut));
     const heldOutDocuments = await collect(heldOut, heldOutSink, heldOutLimit, 'held-out rows', heldOutTokens);
     status.log(`collected ${trainSink.rows} training rows from ${trainDocuments} documents and ${heldOutSink.rows} held-out rows from ${heldOutDocuments} documents at ${flags.hook}`);
     return {
@@ -260,14 +209,14 @@ function progressText(p: { step: number; steps: number; loss: number; fvu: numbe
 }
 
 export async function saeTrain(argv: string[]): Promise<void> {
-  const flags = parseFlags(argv, flagsSpec, schema, saeTrainUsage);
+  const flags = parseCommand(saeTrainCommand, argv);
   const status = new StatusLine(process.stderr);
   const outDir = path.resolve(flags.out);
   fs.mkdirSync(outDir, { recursive: true });
 
   const data = flags.activations !== undefined ? { ...activationsDataset(flags, flags.activations), model: null } : await corpusDataset(flags, flags.corpus!, status);
   if (data.trainRows < flags.batch) status.log(`note: ${data.trainRows} training rows is fewer than one batch of ${flags.batch}; rows repeat within a step`);
-  const dSae = flags['d-sae'] ?? 16 * data.dIn;
+  const dSae = flags.dSae ?? 16 * data.dIn;
   const multi = flags.k.length > 1;
   const frontier: FrontierReport = { version: 1, createdAt: new Date().toISOString(), hookName: flags.hook, model: data.modelName, dSae, points: [] };
 
@@ -281,12 +230,12 @@ export async function saeTrain(argv: string[]): Promise<void> {
       batchRows: flags.batch,
       steps: flags.steps,
       seed: flags.seed,
-      ...(flags['aux-k'] !== undefined && { kAux: flags['aux-k'] }),
-      ...(flags['aux-coef'] !== undefined && { auxCoef: flags['aux-coef'] }),
+      ...(flags.auxK !== undefined && { kAux: flags.auxK }),
+      ...(flags.auxCoef !== undefined && { auxCoef: flags.auxCoef }),
       ...(flags.lr !== undefined && { lr: flags.lr }),
       ...(flags.warmup !== undefined && { warmupSteps: flags.warmup }),
       ...(flags.decay !== undefined && { decayFraction: flags.decay }),
-      ...(flags['dead-after-rows'] !== undefined && { deadAfterRows: flags['dead-after-rows'] }),
+      ...(flags.deadAfterRows !== undefined && { deadAfterRows: flags.deadAfterRows }),
     });
     const checkpointPath = path.join(dir, 'checkpoint.safetensors');
     if (flags.resume && !fs.existsSync(checkpointPath)) throw new SaegateError('SAEGATE_ERR_TRAIN_CHECKPOINT', [checkpointPath, 'no checkpoint to resume from']);
@@ -300,8 +249,8 @@ export async function saeTrain(argv: string[]): Promise<void> {
         device: flags.device,
         intraOpThreads: flags.threads,
         progressEvery: Math.max(1, Math.min(100, Math.floor(config.steps / 30))),
-        checkpointEvery: flags['checkpoint-every'],
-        checkpointPath: flags['checkpoint-every'] > 0 ? checkpointPath : null,
+        checkpointEvery: flags.checkpointEvery,
+        checkpointPath: flags.checkpointEvery > 0 ? checkpointPath : null,
         resumeFrom: flags.resume ? checkpointPath : null,
       },
       onProgress: (p) => {
@@ -318,17 +267,17 @@ export async function saeTrain(argv: string[]): Promise<void> {
     const evaluation = data.heldOutRows > 0 ? await evaluateSae(sae, data.heldOut, data.heldOutRows, { device: flags.device }) : null;
     let splice: SpliceEvaluation | null = null;
     let spliceSkipped = data.spliceSkipped;
-    if (data.model && data.heldOutTokens.length > 0 && flags['splice-documents'] > 0) {
+    if (data.model && data.heldOutTokens.length > 0 && flags.spliceDocuments > 0) {
       splice = await spliceEvaluation({
         model: data.model,
         sae,
-        documents: data.heldOutTokens.slice(0, flags['splice-documents']),
+        documents: data.heldOutTokens.slice(0, flags.spliceDocuments),
         device: flags.device,
         intraOpThreads: flags.threads,
         onProgress: (done, total) => status.draw(`k=${k}: CE loss recovered, document ${done}/${total}`),
       });
     } else if (spliceSkipped === null) {
-      spliceSkipped = flags['splice-documents'] === 0 ? '--splice-documents 0' : 'no held-out documents';
+      spliceSkipped = flags.spliceDocuments === 0 ? '--splice-documents 0' : 'no held-out documents';
     }
     const dense = evaluation ? [...evaluation.firing].filter((f) => f > 0.1 * evaluation.rows).length / dSae : 0;
     const final = result.history[result.history.length - 1];

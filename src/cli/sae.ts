@@ -1,68 +1,66 @@
 /** `saegate sae …`: tools for SAE files. */
 import fs from 'node:fs';
-import { z } from 'zod';
 import { SaegateError } from '../common/errors.js';
+import { integer, parseCommand, text, type CommandSpec } from '../common/options.js';
 import { describeSae, loadSae } from '../sae/load.js';
 import { SaePool } from '../sae/pool.js';
 import { readRowsFile } from '../lab/rows-file.js';
-import { parseFlags } from './args.js';
 
-const infoUsage = `Usage: saegate sae info DIR [--hook NAME]
+const saeInfoOptions = {
+  dir: { type: text('DIR'), positional: true, required: true, help: 'SAE directory' },
+  hook: { type: text('NAME'), defaultText: "the SAE's", help: 'hook point, when the SAE files do not name one (sparsify)' },
+} as const;
 
-Loads an SAE directory (SAELens: cfg.json + sae_weights.safetensors; EleutherAI sparsify:
-cfg.json + sae.safetensors) and prints what was loaded. --hook names the hook point when the
-files do not (sparsify).`;
+export const saeInfoCommand = {
+  name: 'sae info',
+  synopsis: 'saegate sae info DIR [--hook NAME]',
+  description:
+    'Loads an SAE directory (SAELens: cfg.json + sae_weights.safetensors; EleutherAI sparsify:\n' +
+    'cfg.json + sae.safetensors) and prints what was loaded.',
+  options: saeInfoOptions,
+} as const satisfies CommandSpec<typeof saeInfoOptions>;
 
 /** `saegate sae info DIR`. */
 export function saeInfo(argv: string[]): void {
-  const [dir, ...rest] = argv;
-  if (dir === undefined || dir.startsWith('-')) {
-    process.stdout.write(`${infoUsage}\n`);
-    process.exitCode = dir === '--help' || dir === '-h' ? 0 : 2;
-    return;
-  }
-  const flags = parseFlags(rest, { hook: { type: 'string' } }, z.object({ hook: z.string().min(1).optional() }), infoUsage);
-  const sae = loadSae(dir, flags.hook === undefined ? {} : { hookName: flags.hook });
+  const flags = parseCommand(saeInfoCommand, argv);
+  const sae = loadSae(flags.dir, flags.hook === undefined ? {} : { hookName: flags.hook });
   process.stdout.write(`${describeSae(sae)}\n`);
 }
 
-const encodeUsage = `Usage: saegate sae encode --sae DIR --input FILE --output FILE.json [--top-k N] [--tensor NAME] [--hook NAME]
+const saeEncodeOptions = {
+  sae: { type: text('DIR'), required: true, help: 'SAELens or sparsify directory' },
+  input: { type: text('FILE'), required: true, help: '.npy (rows × d_in; f4, f2 or f8) or safetensors (a [rows, d_in] tensor)' },
+  output: { type: text('FILE'), required: true, help: 'JSON to write' },
+  topK: {
+    type: integer(1),
+    defaultText: 'k for TopK SAEs, else 64',
+    help: 'most active features listed per row; sq_error and fvu come from the listed features (a sparse decode)',
+  },
+  tensor: { type: text('NAME'), help: 'tensor to read from a safetensors input holding several' },
+  hook: { type: text('NAME'), defaultText: "the SAE's", help: 'hook point, when the SAE files do not name one (sparsify)' },
+} as const;
 
-Encodes activation rows offline (for debugging and for checking against other tools) and writes
-{"rows": [{"indices", "values", "l0", "sq_error", "fvu"}, ...]}, active features ordered by value.
-
-  --sae DIR        SAELens or sparsify directory
-  --input FILE     .npy (rows × d_in; f4, f2 or f8) or safetensors (a [rows, d_in] tensor)
-  --output FILE    JSON to write
-  --top-k N        most active features listed per row (default: k for TopK SAEs, else 64);
-                   sq_error and fvu come from the listed features (a sparse decode)
-  --tensor NAME    tensor to read from a safetensors input holding several
-  --hook NAME      hook point, when the SAE files do not name one (sparsify)`;
+export const saeEncodeCommand = {
+  name: 'sae encode',
+  synopsis: 'saegate sae encode --sae DIR --input FILE --output FILE.json [--top-k N] [--tensor NAME] [--hook NAME]',
+  description:
+    'Encodes activation rows offline (for debugging and for checking against other tools) and writes\n' +
+    '{"rows": [{"indices", "values", "l0", "sq_error", "fvu"}, ...]}, active features ordered by value.',
+  options: saeEncodeOptions,
+} as const satisfies CommandSpec<typeof saeEncodeOptions>;
 
 /** Rows encoded per worker call: large enough to batch well, small enough to bound memory. */
 const ENCODE_CHUNK_ROWS = 1024;
 
 /** `saegate sae encode`. onnxruntime runs in the pool's worker thread, as everywhere else. */
 export async function saeEncode(argv: string[]): Promise<void> {
-  const flags = parseFlags(
-    argv,
-    { sae: { type: 'string' }, input: { type: 'string' }, output: { type: 'string' }, 'top-k': { type: 'string' }, tensor: { type: 'string' }, hook: { type: 'string' } },
-    z.object({
-      sae: z.string({ error: 'is required' }).min(1),
-      input: z.string({ error: 'is required' }).min(1),
-      output: z.string({ error: 'is required' }).min(1),
-      'top-k': z.coerce.number().int().min(1).optional(),
-      tensor: z.string().min(1).optional(),
-      hook: z.string().min(1).optional(),
-    }),
-    encodeUsage,
-  );
+  const flags = parseCommand(saeEncodeCommand, argv);
   const sae = loadSae(flags.sae, flags.hook === undefined ? {} : { hookName: flags.hook });
   const input = readRowsFile(flags.input, flags.tensor === undefined ? {} : { tensor: flags.tensor });
   if (input.width !== sae.config.dIn) {
     throw new SaegateError('SAEGATE_ERR_ROWS_FILE', [flags.input, `rows are ${input.width} wide, the SAE's d_in is ${sae.config.dIn}`]);
   }
-  const topK = Math.min(sae.config.dSae, flags['top-k'] ?? sae.config.k ?? 64);
+  const topK = Math.min(sae.config.dSae, flags.topK ?? sae.config.k ?? 64);
   const pool = await SaePool.create({ sae, topK });
   const rows: { indices: number[]; values: number[]; l0: number; sq_error: number; fvu: number }[] = [];
   try {

@@ -1,60 +1,28 @@
 /**
  * `saegate serve`: the proxy. Flags, `SAEGATE_*` variables and the config file all come from the
- * option table in src/proxy/config.ts; this file only turns argv into flags and prints where to look.
+ * option table in src/proxy/config.ts (resolved by src/common/options.ts); this file adds `--sae`,
+ * starts the proxy and prints where to look.
  */
 import { Registry } from 'prom-client';
-import { z } from 'zod';
-import { envName, flagName, proxyConfigKeys, proxyOptions, resolveProxyConfig } from '../proxy/config.js';
+import { parseCommand, text, type CommandSpec } from '../common/options.js';
+import { proxyCommand, proxyOptions } from '../proxy/config.js';
 import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
 import type { SaeWeights } from '../sae/types.js';
-import { parseFlags, type FlagSpec } from './args.js';
 
-function defaultText(value: unknown): string {
-  if (value === undefined) return 'required';
-  if (value === null) return 'none';
-  return String(value);
-}
+const serveOptions = {
+  ...proxyOptions,
+  sae: {
+    type: text('DIR'),
+    multiple: true,
+    noConfigFile: true,
+    help: "run this SAE (SAELens or sparsify directory) over its hook point's tapped rows",
+  },
+} as const;
 
-function buildUsage(): string {
-  const rows = proxyConfigKeys.map((key) => {
-    const spec = proxyOptions[key];
-    const value = spec.kind.type === 'bool' ? '' : spec.kind.type === 'int' ? ' N' : spec.kind.type === 'url' ? ' URL' : ' VALUE';
-    return [`  --${flagName(key)}${value}`, `${spec.help} (${defaultText(spec.default)}; ${envName(key)})`];
-  });
-  rows.push(['  --config FILE', 'JSON config file with any of the options above, by camelCase name (SAEGATE_CONFIG)']);
-  rows.push(['  --sae DIR', 'run this SAE (SAELens or sparsify directory) over its hook point\'s tapped rows; repeatable']);
-  const width = Math.max(...rows.map(([flag]) => flag.length)) + 2;
-  return `Usage: saegate serve --upstream URL [options]
-
-Runs the saegate proxy in front of an OpenAI-compatible model server: clients talk to saegate,
-saegate forwards to the upstream, and model servers connect to its tap (/v1/tap).
-Precedence: flags > environment > config file > defaults. See docs/proxy.md.
-
-Options:
-${rows.map(([flag, help]) => flag.padEnd(width) + help).join('\n')}`;
-}
-
-export const serveUsage = buildUsage();
-
-const serveFlags: FlagSpec = {
-  config: { type: 'string' },
-  ...Object.fromEntries(proxyConfigKeys.map((key) => [flagName(key), { type: proxyOptions[key].kind.type === 'bool' ? 'boolean' : 'string' } as const])),
-};
-
-/** Takes the repeatable `--sae DIR` flags out of argv (the option table holds single values only). */
-function takeSaeFlags(argv: string[]): { saeDirs: string[]; rest: string[] } {
-  const saeDirs: string[] = [];
-  const rest: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if (arg === '--sae' && i + 1 < argv.length) saeDirs.push(argv[++i]);
-    else if (arg.startsWith('--sae=')) saeDirs.push(arg.slice('--sae='.length));
-    else rest.push(arg);
-  }
-  return { saeDirs, rest };
-}
+/** `saegate serve`: the proxy's option table plus the repeatable `--sae DIR`. */
+export const serveCommand = { ...proxyCommand, options: serveOptions } as const satisfies CommandSpec<typeof serveOptions>;
 
 /**
  * Starts the proxy with an SAE pipeline over `saes` as its activation sink (none when `saes` is
@@ -93,9 +61,7 @@ export async function startProxyWithSaes(options: StartProxyOptions, saes: SaeWe
 }
 
 export async function serve(argv: string[]): Promise<ProxyServer> {
-  const { saeDirs, rest } = takeSaeFlags(argv);
-  const flags = parseFlags(rest, serveFlags, z.record(z.string(), z.union([z.string(), z.boolean()])), serveUsage);
-  const config = resolveProxyConfig({ flags, env: process.env });
+  const { sae: saeDirs, ...config } = parseCommand(serveCommand, argv, process.env);
   const { server, sink } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)));
   process.stdout.write(
     `saegate proxy: forwarding to ${config.upstream}\n` +

@@ -1,17 +1,16 @@
 /**
- * The proxy's configuration: one table of options drives the command-line flags, the `SAEGATE_*`
- * environment variables, the JSON config file and the defaults, so the four can never drift apart.
- * Precedence is flags > environment > config file > defaults. Every value is validated with zod;
- * a bad one raises SAEGATE_ERR_CONFIG naming where it came from (the flag, the variable, or the file
- * and key) and what was expected.
+ * The proxy's configuration: its option table for the options system (src/common/options.ts), which
+ * drives the command-line flags, the `SAEGATE_*` environment variables, the JSON config file and the
+ * defaults, so the four can never drift apart. Precedence is flags > environment > config file >
+ * defaults. Every value of every source is validated with zod; a bad one raises SAEGATE_ERR_CONFIG
+ * naming where it came from (the flag, the variable, or the file and key) and what was expected.
  *
  * Naming rule: option `idleTimeoutMs` is the flag `--idle-timeout-ms`, the variable
  * `SAEGATE_IDLE_TIMEOUT_MS` and the config-file key `"idleTimeoutMs"`.
  */
-import fs from 'node:fs';
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { SaegateError } from '../common/errors.js';
+import { custom, deriveEnv, flag, integer, resolveOptions, type CommandSpec, type OptionSources, type OptionTable } from '../common/options.js';
 
 /** Everything `startProxy` needs to know; see docs/proxy.md for each option. */
 export interface ProxyConfig {
@@ -82,72 +81,88 @@ export type ProxyConfigKey = keyof ProxyConfig;
 const MiB = 1024 * 1024;
 const DAY_MS = 86_400_000;
 
-type Kind =
-  | { type: 'int'; min: number; max: number }
-  | { type: 'bool' }
-  | { type: 'string' }
-  | { type: 'secret' }
-  | { type: 'url' }
-  | { type: 'host' };
+/** Milliseconds from 0 (off) to a day. */
+const msUpToADay = integer(0, DAY_MS);
 
-interface OptionSpec {
-  kind: Kind;
-  /** Default; undefined = required. */
-  default: ProxyConfig[ProxyConfigKey] | undefined;
-  /** One line for --help. */
-  help: string;
-}
+/** A bearer token: any non-empty string; null (in a file or code) is "none". */
+const secret = custom(z.string().min(1), 'a non-empty string', 'TOKEN');
 
-const int = (min: number, max: number): Kind => ({ type: 'int', min, max });
+const host = custom(z.string().min(1).max(255).regex(/^[A-Za-z0-9.:\-[\]%]+$/), 'a host name or IP address', 'HOST');
 
-/** The option table, in --help order. */
-export const proxyOptions = {
-  upstream: { kind: { type: 'url' }, default: undefined, help: "model server base URL, e.g. http://127.0.0.1:8000 (no '/v1')" },
-  host: { kind: { type: 'host' }, default: '127.0.0.1', help: 'listen address' },
-  port: { kind: int(0, 65535), default: 9000, help: 'listen port (0 = any free port)' },
-  tapToken: { kind: { type: 'secret' }, default: null, help: 'bearer token model servers present on /v1/tap (required off loopback)' },
-  adminToken: { kind: { type: 'secret' }, default: null, help: 'bearer token for /admin/* (without one the admin API is off)' },
-  requireTap: { kind: { type: 'bool' }, default: false, help: '/readyz fails until a model server is connected to the tap' },
-  connectTimeoutMs: { kind: int(0, DAY_MS), default: 5000, help: 'upstream connect timeout (0 = none)' },
-  headersTimeoutMs: { kind: int(0, DAY_MS), default: 300_000, help: 'request sent -> response headers (0 = none)' },
-  firstTokenTimeoutMs: { kind: int(0, DAY_MS), default: 60_000, help: 'streams: headers -> first body chunk (0 = none)' },
-  idleTimeoutMs: { kind: int(0, DAY_MS), default: 60_000, help: 'longest gap between body chunks (0 = none)' },
-  totalTimeoutMs: { kind: int(0, DAY_MS), default: 600_000, help: 'request forwarded -> response complete, retries included (0 = none)' },
-  maxBodyBytes: { kind: int(1, 1024 * MiB), default: 32 * MiB, help: 'largest request body (413 above)' },
-  maxHeaderBytes: { kind: int(1024, 1024 * 1024), default: 16_384, help: 'largest request header block (431 above)' },
-  maxStreams: { kind: int(1, 1_000_000), default: 1024, help: 'concurrent streaming requests (429 above)' },
-  retryAfterSeconds: { kind: int(0, 3600), default: 1, help: "Retry-After on saegate's own 429/503" },
-  retries: { kind: int(0, 10), default: 0, help: 'upstream retries before any byte reached the client (0 = off)' },
-  retryMaxDelayMs: { kind: int(0, 600_000), default: 2000, help: 'total wait between retries of one request' },
-  retryBackoffMs: { kind: int(0, 60_000), default: 100, help: 'first backoff without Retry-After; doubles' },
-  upstreamConnections: { kind: int(0, 1_000_000), default: 0, help: 'most sockets to the upstream (0 = unlimited)' },
-  readinessProbeTimeoutMs: { kind: int(1, 60_000), default: 1000, help: 'timeout of the /readyz upstream probe' },
-  readinessCacheMs: { kind: int(0, 60_000), default: 1000, help: 'how long a probe result is reused' },
-  shutdownTimeoutMs: { kind: int(0, DAY_MS), default: 25_000, help: 'on SIGTERM, time in-flight requests get before being cut' },
-  drainDelayMs: { kind: int(0, DAY_MS), default: 0, help: 'on SIGTERM, time to keep accepting with /readyz at 503' },
-  tapMaxFrameBytes: { kind: int(64, 2048 * MiB), default: 256 * MiB, help: 'largest tap frame accepted' },
-  saeBatchRows: { kind: int(1, 65536), default: 256, help: 'SAE micro-batch size in rows' },
-  saeMaxDelayMs: { kind: int(0, 60_000), default: 2, help: 'longest a row waits for its SAE batch to fill' },
-  saeMaxQueuedRows: { kind: int(1, 16 * MiB), default: 8192, help: 'rows queued per SAE before drops (sampling from half)' },
-  saeWorkers: { kind: int(1, 64), default: 1, help: 'worker threads per SAE' },
-  saeTopK: { kind: int(0, 1 << 20), default: 0, help: 'features reported per row (0: k for TopK SAEs, else 64)' },
-  log: { kind: { type: 'bool' }, default: false, help: 'log requests (JSON lines on stdout)' },
-} as const satisfies Record<ProxyConfigKey, OptionSpec>;
+const baseUrl = custom(
+  z.string().transform((s, ctx) => {
+    let url: URL;
+    try {
+      url = new URL(s);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: 'not a URL' });
+      return z.NEVER;
+    }
+    const path = url.pathname.replace(/\/+$/, '');
+    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.search !== '' || url.hash !== '' || /\/v1$/.test(path) || url.username !== '') {
+      ctx.addIssue({ code: 'custom', message: 'not a base URL' });
+      return z.NEVER;
+    }
+    return `${url.origin}${path}`;
+  }),
+  "an http:// or https:// base URL without '/v1', a query or a fragment (saegate forwards /v1/... paths as received)",
+  'URL',
+);
+
+/**
+ * The option table, in --help order. Every option is also the variable SAEGATE_<NAME> (deriveEnv).
+ * To add an option: a field in ProxyConfig above, a row here, a row in docs/proxy.md's and the
+ * README's tables (test/unit/cli/options-docs.test.ts checks both).
+ */
+export const proxyOptions = deriveEnv({
+  upstream: { type: baseUrl, required: true, help: "model server base URL, e.g. http://127.0.0.1:8000 (no '/v1')" },
+  host: { type: host, default: '127.0.0.1', help: 'listen address' },
+  port: { type: integer(0, 65535), default: 9000, help: 'listen port (0 = any free port)' },
+  tapToken: { type: secret, default: null, help: 'bearer token model servers present on /v1/tap (required off loopback)' },
+  adminToken: { type: secret, default: null, help: 'bearer token for /admin/* (without one the admin API is off)' },
+  requireTap: { type: flag, default: false, help: '/readyz fails until a model server is connected to the tap' },
+  connectTimeoutMs: { type: msUpToADay, default: 5000, help: 'upstream connect timeout, ms (0 = none)' },
+  headersTimeoutMs: { type: msUpToADay, default: 300_000, help: 'request sent -> response headers, ms (0 = none)' },
+  firstTokenTimeoutMs: { type: msUpToADay, default: 60_000, help: 'streams: headers -> first body chunk, ms (0 = none)' },
+  idleTimeoutMs: { type: msUpToADay, default: 60_000, help: 'longest gap between body chunks, ms (0 = none)' },
+  totalTimeoutMs: { type: msUpToADay, default: 600_000, help: 'request forwarded -> response complete, retries included, ms (0 = none)' },
+  maxBodyBytes: { type: integer(1, 1024 * MiB), default: 32 * MiB, help: 'largest request body, bytes (413 above)' },
+  maxHeaderBytes: { type: integer(1024, 1024 * 1024), default: 16_384, help: 'largest request header block, bytes (431 above)' },
+  maxStreams: { type: integer(1, 1_000_000), default: 1024, help: 'concurrent streaming requests (429 above)' },
+  retryAfterSeconds: { type: integer(0, 3600), default: 1, help: "Retry-After on saegate's own 429/503, seconds" },
+  retries: { type: integer(0, 10), default: 0, help: 'upstream retries before any byte reached the client (0 = off)' },
+  retryMaxDelayMs: { type: integer(0, 600_000), default: 2000, help: 'total wait between retries of one request, ms' },
+  retryBackoffMs: { type: integer(0, 60_000), default: 100, help: 'first backoff without Retry-After, ms; doubles' },
+  upstreamConnections: { type: integer(0, 1_000_000), default: 0, help: 'most sockets to the upstream (0 = unlimited)' },
+  readinessProbeTimeoutMs: { type: integer(1, 60_000), default: 1000, help: 'timeout of the /readyz upstream probe, ms' },
+  readinessCacheMs: { type: integer(0, 60_000), default: 1000, help: 'how long a probe result is reused, ms' },
+  shutdownTimeoutMs: { type: msUpToADay, default: 25_000, help: 'on SIGTERM, time in-flight requests get before being cut, ms' },
+  drainDelayMs: { type: msUpToADay, default: 0, help: 'on SIGTERM, time to keep accepting with /readyz at 503, ms' },
+  tapMaxFrameBytes: { type: integer(64, 2048 * MiB), default: 256 * MiB, help: 'largest tap frame accepted, bytes' },
+  saeBatchRows: { type: integer(1, 65536), default: 256, help: 'SAE micro-batch size, rows' },
+  saeMaxDelayMs: { type: integer(0, 60_000), default: 2, help: 'longest a row waits for its SAE batch to fill, ms' },
+  saeMaxQueuedRows: { type: integer(1, 16 * MiB), default: 8192, help: 'rows queued per SAE before drops (sampling from half)' },
+  saeWorkers: { type: integer(1, 64), default: 1, help: 'worker threads per SAE' },
+  saeTopK: { type: integer(0, 1 << 20), default: 0, help: 'features reported per row (0: k for TopK SAEs, else 64)' },
+  log: { type: flag, default: false, help: 'log requests (JSON lines on stdout)' },
+} as const satisfies OptionTable);
 
 export const proxyConfigKeys = Object.keys(proxyOptions) as ProxyConfigKey[];
 
-/** `idleTimeoutMs` -> `idle-timeout-ms`. */
-export function flagName(key: ProxyConfigKey): string {
-  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-}
-
-/** `idleTimeoutMs` -> `SAEGATE_IDLE_TIMEOUT_MS`. */
-export function envName(key: ProxyConfigKey): string {
-  return `SAEGATE_${flagName(key).replaceAll('-', '_').toUpperCase()}`;
-}
-
 /** Variable naming the config file when `--config` is not given. */
 export const CONFIG_FILE_ENV = 'SAEGATE_CONFIG';
+
+/** The proxy's options as a command (without the CLI's own `--sae`: src/cli/serve.ts adds it). */
+export const proxyCommand = {
+  name: 'serve',
+  synopsis: 'saegate serve --upstream URL [options]',
+  description:
+    'Runs the saegate proxy in front of an OpenAI-compatible model server: clients talk to saegate,\n' +
+    'saegate forwards to the upstream, and model servers connect to its tap (/v1/tap).\n' +
+    'Precedence: flags > environment > config file > defaults. See docs/proxy.md.',
+  options: proxyOptions,
+  configFile: { env: CONFIG_FILE_ENV },
+} as const satisfies CommandSpec<typeof proxyOptions>;
 
 /** True when `host` only accepts connections from this machine (127.0.0.0/8, ::1, localhost). */
 export function isLoopbackHost(host: string): boolean {
@@ -158,180 +173,21 @@ export function isLoopbackHost(host: string): boolean {
   return false;
 }
 
-function describe(value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
-  return JSON.stringify(value) ?? String(value);
-}
-
-const trueStrings = new Set(['true', '1', 'yes', 'on']);
-const falseStrings = new Set(['false', '0', 'no', 'off']);
-
-/** What a value of this kind must look like, for error messages. */
-function expectation(kind: Kind): string {
-  switch (kind.type) {
-    case 'int':
-      return `expected an integer from ${kind.min} to ${kind.max}`;
-    case 'bool':
-      return 'expected true or false';
-    case 'string':
-    case 'secret':
-      return 'expected a non-empty string';
-    case 'url':
-      return "expected an http:// or https:// base URL without '/v1', a query or a fragment (saegate forwards /v1/... paths as received)";
-    case 'host':
-      return 'expected a host name or IP address';
-  }
-}
-
-const schemas = new Map<Kind['type'], z.ZodType>([
-  ['bool', z.union([z.boolean(), z.string().transform((s, ctx) => {
-    const v = s.trim().toLowerCase();
-    if (trueStrings.has(v)) return true;
-    if (falseStrings.has(v)) return false;
-    ctx.addIssue({ code: 'custom', message: 'not a boolean' });
-    return z.NEVER;
-  })])],
-  ['string', z.string().min(1)],
-  ['secret', z.string().min(1)],
-  ['host', z.string().min(1).max(255).regex(/^[A-Za-z0-9.:\-[\]%]+$/)],
-  [
-    'url',
-    z
-      .string()
-      .transform((s, ctx) => {
-        let url: URL;
-        try {
-          url = new URL(s);
-        } catch {
-          ctx.addIssue({ code: 'custom', message: 'not a URL' });
-          return z.NEVER;
-        }
-        const path = url.pathname.replace(/\/+$/, '');
-        if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.search !== '' || url.hash !== '' || /\/v1$/.test(path) || url.username !== '') {
-          ctx.addIssue({ code: 'custom', message: 'not a base URL' });
-          return z.NEVER;
-        }
-        return `${url.origin}${path}`;
-      }),
-  ],
-]);
-
-function schemaFor(kind: Kind): z.ZodType {
-  if (kind.type === 'int') {
-    const number = z.number().int().min(kind.min).max(kind.max);
-    return z.union([number, z.string().regex(/^\s*-?\d+\s*$/).transform(Number).pipe(number)]);
-  }
-  const schema = schemas.get(kind.type);
-  if (schema === undefined) throw new Error(`no schema for ${kind.type}`);
-  return schema;
-}
-
-/** Validates one value; `source` names where it came from in the error. */
-function validate(key: ProxyConfigKey, value: unknown, source: string): ProxyConfig[ProxyConfigKey] {
-  const spec: OptionSpec = proxyOptions[key];
-  const parsed = schemaFor(spec.kind).safeParse(value);
-  if (!parsed.success) throw new SaegateError('SAEGATE_ERR_CONFIG', [source, `${expectation(spec.kind)}, got ${describe(value)}`]);
-  return parsed.data as ProxyConfig[ProxyConfigKey];
-}
-
-/** A partial config with, per key, where the value came from (for later error messages). */
-type Layer = Map<ProxyConfigKey, { value: unknown; source: string }>;
-
-function isConfigKey(key: string): key is ProxyConfigKey {
-  return Object.hasOwn(proxyOptions, key);
-}
-
-/** Reads and checks a JSON config file: an object whose keys are option names. */
-export function readConfigFile(file: string): Partial<Record<ProxyConfigKey, unknown>> {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (error) {
-    throw new SaegateError('SAEGATE_ERR_CONFIG', [file, `cannot read the config file: ${(error as Error).message}`]);
-  }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (error) {
-    throw new SaegateError('SAEGATE_ERR_CONFIG', [file, `expected a JSON object: ${(error as Error).message}`]);
-  }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw new SaegateError('SAEGATE_ERR_CONFIG', [file, `expected a JSON object, got ${describe(parsed)}`]);
-  }
-  const out: Partial<Record<ProxyConfigKey, unknown>> = {};
-  for (const [key, value] of Object.entries(parsed)) {
-    if (!isConfigKey(key)) throw new SaegateError('SAEGATE_ERR_CONFIG', [`${file}: ${key}`, `unknown key; known keys: ${proxyConfigKeys.join(', ')}`]);
-    out[key] = value;
-  }
-  return out;
-}
-
 /** Where `resolveProxyConfig` reads from. */
-export interface ConfigSources {
-  /** Parsed command-line flags, kebab-case names as `node:util` parseArgs returns them (`config` names the file). */
-  flags?: Readonly<Record<string, string | boolean | undefined>>;
-  /** Environment; default none (pass `process.env` explicitly). */
-  env?: Readonly<Record<string, string | undefined>>;
+export type ConfigSources = Omit<OptionSources<typeof proxyOptions>, 'positionals' | 'overrides'> & {
   /** Options set in code; they take the place of flags (highest precedence). */
   overrides?: Partial<ProxyConfig>;
-}
+};
 
 /**
  * Merges flags > environment > config file > defaults into a validated ProxyConfig. The config
- * file is `flags.config`, else `$SAEGATE_CONFIG`, else none. Throws SAEGATE_ERR_CONFIG naming the
- * flag, variable or file key of the first bad value, or the missing required option.
+ * file is `flags.config`, else `$SAEGATE_CONFIG`, else none. Every source is validated, the losing
+ * ones too. Throws SAEGATE_ERR_CONFIG naming the flag, variable or file key of the first bad value,
+ * or the missing required option.
  */
 export function resolveProxyConfig(sources: ConfigSources): ProxyConfig {
-  const flags = sources.flags ?? {};
-  const env = sources.env ?? {};
-  const layers: Layer[] = [];
-
-  const code: Layer = new Map();
-  for (const [key, value] of Object.entries(sources.overrides ?? {})) {
-    if (!isConfigKey(key)) throw new SaegateError('SAEGATE_ERR_CONFIG', [key, `unknown option; known options: ${proxyConfigKeys.join(', ')}`]);
-    if (value !== undefined) code.set(key, { value, source: key });
-  }
-  layers.push(code);
-
-  const fromFlags: Layer = new Map();
-  for (const key of proxyConfigKeys) {
-    const value = flags[flagName(key)];
-    if (value !== undefined) fromFlags.set(key, { value, source: `--${flagName(key)}` });
-  }
-  layers.push(fromFlags);
-
-  const fromEnv: Layer = new Map();
-  for (const key of proxyConfigKeys) {
-    const value = env[envName(key)];
-    // An empty variable counts as unset, the way shells and compose files usually mean it.
-    if (value !== undefined && value !== '') fromEnv.set(key, { value, source: envName(key) });
-  }
-  layers.push(fromEnv);
-
-  const flagFile = flags.config;
-  const file = typeof flagFile === 'string' ? flagFile : env[CONFIG_FILE_ENV] || undefined;
-  if (file !== undefined) {
-    const fromFile: Layer = new Map();
-    for (const [key, value] of Object.entries(readConfigFile(file))) {
-      if (isConfigKey(key) && value !== undefined) fromFile.set(key, { value, source: `${file}: ${key}` });
-    }
-    layers.push(fromFile);
-  }
-
-  const out: Partial<Record<ProxyConfigKey, ProxyConfig[ProxyConfigKey]>> = {};
-  for (const key of proxyConfigKeys) {
-    const hit = layers.map((layer) => layer.get(key)).find((entry) => entry !== undefined);
-    if (hit !== undefined) {
-      out[key] = hit.value === null && proxyOptions[key].default === null ? null : validate(key, hit.value, hit.source);
-      continue;
-    }
-    const fallback = proxyOptions[key].default;
-    if (fallback === undefined) {
-      throw new SaegateError('SAEGATE_ERR_CONFIG', [key, `required; give --${flagName(key)}, ${envName(key)} or "${key}" in the config file`]);
-    }
-    out[key] = fallback;
-  }
-  return out as ProxyConfig;
+  const config: ProxyConfig = resolveOptions(proxyCommand, sources);
+  return config;
 }
 
 /** The config without secrets, for `/admin/status` and the startup line. */

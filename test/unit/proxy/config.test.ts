@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { SaegateError } from '../../../src/common/errors.js';
-import { envName, flagName, isLoopbackHost, proxyConfigKeys, resolveProxyConfig } from '../../../src/proxy/config.js';
+import { envName, flagName } from '../../../src/common/options.js';
+import { isLoopbackHost, proxyConfigKeys, resolveProxyConfig } from '../../../src/proxy/config.js';
 import { checkTapExposure } from '../../../src/proxy/server.js';
 import { makeTempDir, removeTempDir } from '../../helpers/fixtures.js';
 
@@ -39,6 +40,25 @@ describe('proxy configuration', () => {
       env: { SAEGATE_PORT: '2222', SAEGATE_IDLE_TIMEOUT_MS: '20', SAEGATE_REQUIRE_TAP: 'yes', SAEGATE_ADMIN_TOKEN: '' },
     });
     expect(config).toMatchObject({ upstream: 'http://file:1', port: 3333, idleTimeoutMs: 20, totalTimeoutMs: 2, maxStreams: 3, requireTap: true, adminToken: null });
+  });
+
+  it('refuses a bad config-file value even when a flag or variable overrides it, naming the file and key', () => {
+    const file = writeConfig('overridden.json', { upstream: 'http://x', port: 'eighty', maxStreams: 0 });
+    expect(configError(() => resolveProxyConfig({ flags: { config: file, port: '3333' } })).message).toBe(
+      `invalid configuration '${file}: port': expected an integer from 0 to 65535, got "eighty"`,
+    );
+    const portFixed = writeConfig('overridden-env.json', { upstream: 'http://x', maxStreams: 0 });
+    expect(configError(() => resolveProxyConfig({ flags: { config: portFixed }, env: { SAEGATE_MAX_STREAMS: '8' } })).message).toBe(
+      `invalid configuration '${portFixed}: maxStreams': expected an integer from 1 to 1000000, got 0`,
+    );
+    // A bad variable under a good flag is refused the same way.
+    expect(configError(() => resolveProxyConfig({ flags: { upstream: 'http://x', retries: '1' }, env: { SAEGATE_RETRIES: 'many' } })).message).toBe(
+      "invalid configuration 'SAEGATE_RETRIES': expected an integer from 0 to 10, got \"many\"",
+    );
+  });
+
+  it('refuses an unknown flag name passed in code', () => {
+    expect(configError(() => resolveProxyConfig({ flags: { upstream: 'http://x', 'idle-timeout': '5' } })).message).toBe("invalid configuration '--idle-timeout': unknown flag");
   });
 
   it('finds the config file through SAEGATE_CONFIG when --config is absent', () => {
