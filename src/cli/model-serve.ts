@@ -20,6 +20,15 @@ Options:
   --max-batch N           most sequences decoded together (default 8)
   --threads N             onnxruntime intra-op threads (default: one per core)
   --plan-timeout-ms N     how long a request waits for its saegate plan (default 2000)
+  --max-connections N     open client connections; further ones are closed (default 10000)
+  --client-headers-timeout-ms N
+                          time a client has to send its request head; 408 after (default 10000)
+  --client-request-timeout-ms N
+                          time a client has to send its whole request; 408 after (default 120000; 0 = none)
+  --keep-alive-timeout-ms N
+                          idle keep-alive connections close after this (default 5000)
+  --max-requests-per-socket N
+                          requests per client connection (default 1000; 0 = unlimited)
   --log                   log requests (JSON lines on stdout)`;
 
 const schema = z.object({
@@ -34,6 +43,11 @@ const schema = z.object({
   'max-batch': z.coerce.number().int().min(1).max(1024).default(8),
   threads: z.coerce.number().int().min(1).max(256).optional(),
   'plan-timeout-ms': z.coerce.number().int().min(0).default(2000),
+  'max-connections': z.coerce.number().int().min(1).max(1_000_000).optional(),
+  'client-headers-timeout-ms': z.coerce.number().int().min(1).max(86_400_000).optional(),
+  'client-request-timeout-ms': z.coerce.number().int().min(0).max(86_400_000).optional(),
+  'keep-alive-timeout-ms': z.coerce.number().int().min(1).max(86_400_000).optional(),
+  'max-requests-per-socket': z.coerce.number().int().min(0).max(1_000_000).optional(),
   log: z.boolean().default(false),
 });
 
@@ -49,6 +63,11 @@ export const modelServeFlags = {
   'max-batch': { type: 'string' },
   threads: { type: 'string' },
   'plan-timeout-ms': { type: 'string' },
+  'max-connections': { type: 'string' },
+  'client-headers-timeout-ms': { type: 'string' },
+  'client-request-timeout-ms': { type: 'string' },
+  'keep-alive-timeout-ms': { type: 'string' },
+  'max-requests-per-socket': { type: 'string' },
   log: { type: 'boolean' },
 } as const;
 
@@ -67,6 +86,13 @@ export async function modelServe(argv: string[]): Promise<ModelServer> {
     threads: flags.threads,
     planWaitTimeoutMs: flags['plan-timeout-ms'],
     logger: flags.log,
+    limits: {
+      maxConnections: flags['max-connections'],
+      clientHeadersTimeoutMs: flags['client-headers-timeout-ms'],
+      clientRequestTimeoutMs: flags['client-request-timeout-ms'],
+      keepAliveTimeoutMs: flags['keep-alive-timeout-ms'],
+      maxRequestsPerSocket: flags['max-requests-per-socket'],
+    },
   });
   const cfg = server.model.weights.config;
   process.stdout.write(

@@ -24,6 +24,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Agent, request } from 'undici';
 import { err, SaegateError } from '../common/errors.js';
+import { describeError, listenError } from '../common/errors-net.js';
 import { f16ToF32 } from '../common/f16.js';
 import type { RequestEnd, StreamDtype, TokensMessage } from '../tap/messages.js';
 import { TapServer, type ActivationsFrame, type TapConnection } from '../tap/server.js';
@@ -159,25 +160,10 @@ function completionsUrl(upstream: string): string {
   return url.toString();
 }
 
-interface CodedError {
-  code?: unknown;
-  cause?: unknown;
-}
-
-function errorCode(error: unknown): string | null {
-  if (typeof error !== 'object' || error === null) return null;
-  const e = error as CodedError;
-  if (typeof e.code === 'string') return e.code;
-  return e.cause !== undefined ? errorCode(e.cause) : null;
-}
-
 /** The one place undici's errors become ours: no response from the upstream at all. */
 function unreachable(upstream: string, label: string, error: unknown): SaegateError {
   if (error instanceof SaegateError) return error;
-  const code = errorCode(error);
-  const message = error instanceof Error ? error.message : String(error);
-  const detail = code !== null && !message.includes(code) ? `${message} (${code})` : message;
-  return new SaegateError('SAEGATE_ERR_COLLECT_UPSTREAM', [upstream, label, `no response: ${detail}`], { cause: error });
+  return new SaegateError('SAEGATE_ERR_COLLECT_UPSTREAM', [upstream, label, `no response: ${describeError(error)}`], { cause: error });
 }
 
 /** An upstream's error answer, as OpenAI (`{error: {message, code}}`) or vLLM (`{message, code}`) shape it. */
@@ -466,7 +452,7 @@ export class ActivationCollector {
       });
     } catch (error) {
       await tap.close();
-      throw new SaegateError('SAEGATE_ERR_CONFIG', ['tapPort', `cannot listen on ${host}:${port}: ${(error as Error).message}`], { cause: error });
+      throw listenError(error, host, port);
     }
     const address = server.address() as AddressInfo;
     const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;

@@ -255,7 +255,7 @@ export class MicroBatcher {
   push(rows: Float32Array | Uint16Array, rowCount: number, meta: PushMeta): void {
     const dIn = this.dIn;
     if (!Number.isInteger(rowCount) || rowCount < 0 || rows.length < rowCount * dIn || meta.requestIds.length < rowCount || meta.positions.length < rowCount) {
-      throw err('SAEGATE_ERR_BAD_REQUEST', `MicroBatcher.push: ${rowCount} rows of ${dIn} need ${rowCount * dIn} values, ids and positions; got ${rows.length}, ${meta.requestIds.length}, ${meta.positions.length}`);
+      throw err('SAEGATE_ERR_ARGUMENT', `MicroBatcher.push: ${rowCount} rows of ${dIn} need ${rowCount * dIn} values, ids and positions; got ${rows.length}, ${meta.requestIds.length}, ${meta.positions.length}`);
     }
     this.stats.rowsIn += rowCount;
     if (this.closed) {
