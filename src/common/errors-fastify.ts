@@ -79,8 +79,10 @@ function rawResponse(error: SaegateError): string {
  */
 export function clientErrorHandler(limits: { maxHeaderBytes: number }): (error: Error & { code?: string }, socket: Socket) => void {
   return (error, socket) => {
-    const busy = (socket as Socket & { _httpMessage?: unknown })._httpMessage;
-    if (error.code === 'ECONNRESET' || socket.destroyed || isDiscarding(socket) || (busy !== undefined && busy !== null)) {
+    // A response already started on this connection cannot be followed by another (Node's own
+    // default handler makes the same check).
+    const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
+    if (error.code === 'ECONNRESET' || socket.destroyed || isDiscarding(socket) || inFlight?.headersSent === true) {
       socket.destroy();
       return;
     }

@@ -35,6 +35,16 @@ export const defaultHttpServerLimits: Readonly<HttpServerLimits> = {
   maxRequestsPerSocket: 1000,
 };
 
+/** `defaultHttpServerLimits` with the fields of `overrides` that are set (undefined keeps the default). */
+export function resolveHttpServerLimits(overrides: Partial<HttpServerLimits> = {}): HttpServerLimits {
+  const limits: HttpServerLimits = { ...defaultHttpServerLimits };
+  for (const key of Object.keys(limits) as (keyof HttpServerLimits)[]) {
+    const value = overrides[key];
+    if (value !== undefined) limits[key] = value;
+  }
+  return limits;
+}
+
 /** Most bytes of a refused (413) body read and thrown away before the connection is closed: 64 MiB. */
 export const MAX_DISCARD_BYTES = 64 * 1024 * 1024;
 

@@ -9,7 +9,7 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { SaegateError } from '../../common/errors.js';
 import { clientErrorHandler, frameworkErrorHandler, prepareErrorReply } from '../../common/errors-fastify.js';
-import { applyConnectionCap, defaultHttpServerLimits, fastifyLimitOptions, type HttpServerLimits } from '../../common/http-server.js';
+import { applyConnectionCap, fastifyLimitOptions, resolveHttpServerLimits, type HttpServerLimits } from '../../common/http-server.js';
 import type { Engine } from '../engine-types.js';
 import type { Tokenizer } from '../types.js';
 import { toSaegateError } from './errors.js';
@@ -53,7 +53,7 @@ export function buildModelApp(options: ModelAppOptions): FastifyInstance {
   const bodyLimit = options.bodyLimit ?? DEFAULT_BODY_LIMIT;
   const maxHeaderBytes = options.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES;
   const limiter = new InFlightLimiter(options.maxConcurrentRequests ?? 256);
-  const limits: HttpServerLimits = { ...defaultHttpServerLimits, ...options.limits };
+  const limits = resolveHttpServerLimits(options.limits);
   const limitOptions = fastifyLimitOptions(limits);
   const app = Fastify({
     logger: options.logger ?? false,
