@@ -190,6 +190,18 @@ describe.each(servers)('%s under hostile clients', (_name, start) => {
     expect(body.error).toMatchObject({ code, type: 'invalid_request_error', message: expect.any(String) });
   });
 
+  it('answers a URL that does not decode with an OpenAI-shaped 400 (fastify frameworkErrors), keeping the connection', async () => {
+    target = await start({});
+    const client = new RawClient(target.port);
+    await client.write('GET /v1/%zz HTTP/1.1\r\nHost: x\r\n\r\n');
+    await client.write(`GET ${target.okPath} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    const [refused, next] = await client.responses(2);
+    expect(refused.status).toBe(400);
+    expect(JSON.parse(refused.body)).toEqual({ error: { message: "'/v1/%zz' is not a valid url component", type: 'invalid_request_error', param: null, code: 'SAEGATE_ERR_BAD_REQUEST' } });
+    expect(next.status).toBe(200);
+    client.socket.destroy();
+  });
+
   it('answers a request head not completed within the headers timeout with 408 and closes', async () => {
     target = await start({ clientHeadersTimeoutMs: 100, clientRequestTimeoutMs: 200 });
     const client = new RawClient(target.port);
