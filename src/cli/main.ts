@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /** The `saegate` command: parses the subcommand, wires modules, handles signals. */
 import { createRequire } from 'node:module';
-import { isSaegateError } from '../common/errors.js';
+import { isSaegateError, SaegateError } from '../common/errors.js';
 import { HelpRequested } from '../common/options.js';
 import { demo } from './demo.js';
 import { modelSample } from './model-sample.js';
@@ -88,8 +88,7 @@ async function main(argv: string[]): Promise<void> {
     await modelSample(rest);
     return;
   }
-  process.stderr.write(`unknown command '${[command, sub].filter(Boolean).join(' ')}'\n\n${usage}\n`);
-  process.exitCode = 2;
+  throw new SaegateError('SAEGATE_ERR_CLI_USAGE', [`unknown command '${[command, sub].filter(Boolean).join(' ')}'\n\n${usage}`]);
 }
 
 main(process.argv.slice(2)).catch((error: unknown) => {

@@ -21,6 +21,11 @@ const modelServeOptions = {
   maxBatch: { type: integer(1, 1024), default: 8, help: 'most sequences decoded together (KV-cache slots)' },
   threads: { type: integer(1, 256), defaultText: 'one per core', help: 'onnxruntime intra-op threads' },
   planTimeoutMs: { type: integer(0), default: 2000, help: 'how long a request waits for its saegate plan, ms' },
+  maxConnections: { type: integer(1, 1_000_000), default: 10_000, help: 'open client connections; further ones are closed on accept' },
+  clientHeadersTimeoutMs: { type: integer(1, 86_400_000), default: 10_000, help: 'time a client has to send its request head, ms; 408 after' },
+  clientRequestTimeoutMs: { type: integer(0, 86_400_000), default: 120_000, help: 'time a client has to send its whole request, ms; 408 after (0 = none)' },
+  keepAliveTimeoutMs: { type: integer(1, 86_400_000), default: 5000, help: 'idle keep-alive connections close after this, ms' },
+  maxRequestsPerSocket: { type: integer(0, 1_000_000), default: 1000, help: 'requests per client connection (0 = unlimited)' },
   log: { type: flag, default: false, help: 'log requests (JSON lines on stdout)' },
 } as const;
 
@@ -46,6 +51,13 @@ export async function modelServe(argv: string[]): Promise<ModelServer> {
     threads: flags.threads,
     planWaitTimeoutMs: flags.planTimeoutMs,
     logger: flags.log,
+    limits: {
+      maxConnections: flags.maxConnections,
+      clientHeadersTimeoutMs: flags.clientHeadersTimeoutMs,
+      clientRequestTimeoutMs: flags.clientRequestTimeoutMs,
+      keepAliveTimeoutMs: flags.keepAliveTimeoutMs,
+      maxRequestsPerSocket: flags.maxRequestsPerSocket,
+    },
   });
   const cfg = server.model.weights.config;
   process.stdout.write(

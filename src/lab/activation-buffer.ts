@@ -101,13 +101,13 @@ export class ActivationBuffer {
    * Copies up to `count` rows (the first `count × dIn` values of `rows`; default all of them) in
    * and returns how many it took: fewer when the buffer fills up, and 0 while batches from the
    * last shuffle are still waiting (take them with `nextBatch` first). Invalidates batches handed
-   * out before. Throws SAEGATE_ERR_BAD_REQUEST after `finish()` or when `rows` is shorter than
+   * out before. Throws SAEGATE_ERR_ARGUMENT (a caller bug) after `finish()` or when `rows` is shorter than
    * `count` rows.
    */
   add(rows: Float32Array, count: number = Math.floor(rows.length / this.dIn)): number {
-    if (this.finished) throw err('SAEGATE_ERR_BAD_REQUEST', 'ActivationBuffer.add: the buffer is finished');
+    if (this.finished) throw err('SAEGATE_ERR_ARGUMENT', 'ActivationBuffer.add: the buffer is finished');
     if (!Number.isSafeInteger(count) || count < 0 || count * this.dIn > rows.length) {
-      throw err('SAEGATE_ERR_BAD_REQUEST', `ActivationBuffer.add: ${count} rows of ${this.dIn} need ${count * this.dIn} values, got ${rows.length}`);
+      throw err('SAEGATE_ERR_ARGUMENT', `ActivationBuffer.add: ${count} rows of ${this.dIn} need ${count * this.dIn} values, got ${rows.length}`);
     }
     if (this.head < this.readyEnd) return 0;
     this.compact();

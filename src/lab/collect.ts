@@ -22,7 +22,8 @@
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { err, SaegateError } from '../common/errors.js';
+import { err } from '../common/errors.js';
+import { listenError } from '../common/errors-net.js';
 import { TapHost } from '../tap/host.js';
 import { CollectScheduler, DEFAULT_SERVER_TIMEOUT_MS, type CollectedDocument, type CollectInputDocument, type CollectOptions } from './collect/scheduler.js';
 import { CollectSink, type CollectServerInfo } from './collect/sink.js';
@@ -90,7 +91,7 @@ export class ActivationCollector {
         });
       });
     } catch (error) {
-      throw new SaegateError('SAEGATE_ERR_CONFIG', ['tapPort', `cannot listen on ${bindHost}:${port}: ${(error as Error).message}`], { cause: error });
+      throw listenError(error, bindHost, port);
     }
     const address = server.address() as AddressInfo;
     const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;

@@ -5,6 +5,8 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { SaegateError } from '../common/errors.js';
+import { listenError } from '../common/errors-net.js';
+import type { HttpServerLimits } from '../common/http-server.js';
 import type { Device } from '../common/ort.js';
 import { LocalEngine } from './engine.js';
 import { buildModelApp } from './http/app.js';
@@ -39,6 +41,8 @@ export interface ModelServerOptions {
   planWaitTimeoutMs?: number;
   /** Fastify logging. Default false. */
   logger?: boolean;
+  /** Client connection limits (count, head/request timeouts, keep-alive); defaults in src/common/http-server.ts. */
+  limits?: Partial<HttpServerLimits>;
   /** A model already loaded (tests); overrides `model`. */
   loaded?: LoadedModel;
 }
@@ -73,6 +77,7 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
     modelName: model.name,
     maxConcurrentRequests: options.maxConcurrentRequests,
     logger: options.logger ?? false,
+    limits: options.limits,
   });
   if (options.tapUrl) {
     tap = new TapBridge({
@@ -85,11 +90,14 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
       logger: app.log,
     });
   }
+  const host = options.host ?? '127.0.0.1';
+  const port = options.port ?? 8000;
   try {
-    await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 8000 });
+    await app.listen({ host, port });
   } catch (error) {
+    await app.close();
     await engine.close();
-    throw error;
+    throw listenError(error, host, port);
   }
   tap?.start();
   const address = app.server.address();

@@ -7,11 +7,12 @@
  * upstream path; the tap is a TapHost from src/tap/host.ts). Every error a client can see leaves through the handlers
  * below as an OpenAI-shaped body with a SAEGATE_ERR_* code.
  */
-import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { Registry } from 'prom-client';
 import { SaegateError } from '../common/errors.js';
+import { clientErrorHandler, frameworkErrorHandler, prepareErrorReply } from '../common/errors-fastify.js';
+import { applyConnectionCap, fastifyLimitOptions } from '../common/http-server.js';
 import type { ProxyConfig } from './config.js';
 import { toClientError } from './errors.js';
 import { Forwarder } from './forward.js';
@@ -68,41 +69,27 @@ export interface ProxyApp {
   closeResources(): Promise<void>;
 }
 
-/** Answers HTTP-level errors (oversized headers, garbage) before fastify sees a request. */
-function clientErrorHandler(maxHeaderBytes: number) {
-  return (error: Error & { code?: string }, socket: Socket): void => {
-    if (error.code === 'ECONNRESET' || socket.destroyed) return;
-    const saegateError =
-      error.code === 'HPE_HEADER_OVERFLOW'
-        ? new SaegateError('SAEGATE_ERR_HEADERS_TOO_LARGE', [maxHeaderBytes])
-        : new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`malformed HTTP request (${error.code ?? error.message})`]);
-    const body = JSON.stringify(saegateError.toJSON());
-    const reason = saegateError.status === 431 ? 'Request Header Fields Too Large' : 'Bad Request';
-    if (socket.writable) {
-      socket.write(
-        `HTTP/1.1 ${saegateError.status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-      );
-    }
-    socket.destroy();
-  };
-}
-
 /** Builds the proxy; call `listen` (or startProxy) or `inject` on `app`. */
 export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
   const config = options.config;
   const sink = options.sink ?? new CountingSink();
+  const limitOptions = fastifyLimitOptions(config);
   const app = Fastify({
     logger: options.logger ?? config.log,
     bodyLimit: config.maxBodyBytes,
-    http: { maxHeaderSize: config.maxHeaderBytes },
+    ...limitOptions,
+    http: { ...limitOptions.http, maxHeaderSize: config.maxHeaderBytes },
     // One id follows a request through saegate, the model server and the tap: the client's
     // x-request-id when it is well formed, else a fresh one.
     genReqId: (raw) => requestIdFrom(raw.headers),
     // Shutdown is ours: /readyz answers 503 while draining and requests are refused only at the end.
     return503OnClosing: false,
     exposeHeadRoutes: false,
-    clientErrorHandler: clientErrorHandler(config.maxHeaderBytes),
+    // Whatever Node's HTTP parser or fastify's router refuses still gets an OpenAI-shaped body.
+    clientErrorHandler: clientErrorHandler({ maxHeaderBytes: config.maxHeaderBytes }),
+    frameworkErrors: frameworkErrorHandler,
   });
+  applyConnectionCap(app.server, config);
 
   const tap = new TapHost({ sink, token: config.tapToken, maxFrameBytes: config.tapMaxFrameBytes, logger: app.log });
   const metrics = new ProxyMetrics({ registry: options.registry, tapStats: () => tap.stats, sinkDroppedRows: () => tap.sinkDroppedRows });
@@ -154,6 +141,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
     if (error.status >= 500) request.log.error({ err: thrown }, error.message);
     else request.log.info({ code: error.code, param: error.param }, error.message);
     if (error.status === 429 || error.status === 503) void reply.header('retry-after', String(config.retryAfterSeconds));
+    prepareErrorReply(error, request, reply);
     void reply.code(error.status).header(REQUEST_ID_HEADER, request.id).header(APPLIED_HEADER, 'none').send(error.toJSON());
   });
 

@@ -42,6 +42,16 @@ export interface ProxyConfig {
   maxHeaderBytes: number;
   /** Streaming requests in flight before new ones get 429. Default 1024. */
   maxStreams: number;
+  /** Most open client connections; further ones are closed on accept. Default 10000. */
+  maxConnections: number;
+  /** Time a client connection has to send a complete request head, ms; 408 and close after. Default 10000. */
+  clientHeadersTimeoutMs: number;
+  /** Time a client connection has to send a complete request (head and body), ms; 408 and close after; 0 = none. Default 120000. */
+  clientRequestTimeoutMs: number;
+  /** How long an idle keep-alive client connection stays open, ms. Default 5000. */
+  keepAliveTimeoutMs: number;
+  /** Requests served on one client connection before it is closed; 0 = unlimited. Default 1000. */
+  maxRequestsPerSocket: number;
   /** `Retry-After` seconds on saegate's own 429 and 503 answers. Default 1. */
   retryAfterSeconds: number;
   /** Retries of an upstream attempt that failed before any byte reached the client (502/503/429, refused, reset). 0 = off. Default 0. */
@@ -129,6 +139,11 @@ export const proxyOptions = deriveEnv({
   maxBodyBytes: { type: integer(1, 1024 * MiB), default: 32 * MiB, help: 'largest request body, bytes (413 above)' },
   maxHeaderBytes: { type: integer(1024, 1024 * 1024), default: 16_384, help: 'largest request header block, bytes (431 above)' },
   maxStreams: { type: integer(1, 1_000_000), default: 1024, help: 'concurrent streaming requests (429 above)' },
+  maxConnections: { type: integer(1, 1_000_000), default: 10_000, help: 'open client connections (further ones are closed on accept)' },
+  clientHeadersTimeoutMs: { type: integer(1, 86_400_000), default: 10_000, help: 'time a client has to send its request head, ms (408 after)' },
+  clientRequestTimeoutMs: { type: msUpToADay, default: 120_000, help: 'time a client has to send its whole request, ms (408 after; 0 = none)' },
+  keepAliveTimeoutMs: { type: integer(1, 86_400_000), default: 5000, help: 'idle keep-alive client connections close after this, ms' },
+  maxRequestsPerSocket: { type: integer(0, 1_000_000), default: 1000, help: 'requests per client connection (0 = unlimited)' },
   retryAfterSeconds: { type: integer(0, 3600), default: 1, help: "Retry-After on saegate's own 429/503, seconds" },
   retries: { type: integer(0, 10), default: 0, help: 'upstream retries before any byte reached the client (0 = off)' },
   retryMaxDelayMs: { type: integer(0, 600_000), default: 2000, help: 'total wait between retries of one request, ms' },

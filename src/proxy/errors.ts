@@ -1,9 +1,14 @@
 /**
  * The proxy's error boundary: undici's errors become SaegateErrors in `toUpstreamError`, fastify's
- * in `toClientError`, and nowhere else. Clients only ever see OpenAI-shaped bodies with a
+ * in `toClientError`, and nowhere else. Both build on the per-dependency translators beside the
+ * error table (src/common/errors-undici.ts, errors-fastify.ts); what is proxy-specific here is the
+ * timeout layer bookkeeping for metrics. Clients only ever see OpenAI-shaped bodies with a
  * SAEGATE_ERR_* code (docs/errors.md); docs/proxy.md has the mapping table.
  */
 import { SaegateError } from '../common/errors.js';
+import { fromFastifyError } from '../common/errors-fastify.js';
+import { describeError } from '../common/errors-net.js';
+import { isRetryableUndiciError, undiciTimeoutOf } from '../common/errors-undici.js';
 import type { UpstreamFailureKind } from './metrics.js';
 
 /** The timeout layers, outermost last (docs/proxy.md). */
@@ -53,40 +58,14 @@ export interface UpstreamErrorContext {
   headersTimeoutMs: number;
 }
 
-interface CodedError {
-  code?: unknown;
-  message?: unknown;
-  cause?: unknown;
-}
-
-function codeOf(error: unknown): string | null {
-  if (typeof error !== 'object' || error === null) return null;
-  const e = error as CodedError;
-  if (typeof e.code === 'string') return e.code;
-  return e.cause !== undefined ? codeOf(e.cause) : null;
-}
-
 /**
- * A dependency error as one line: its message, plus its code (found on it or on its causes) when
- * the message does not already say it, e.g. `connect ECONNREFUSED 127.0.0.1:9 (ECONNREFUSED)`.
- * Shared with the activation collector's upstream client (src/lab/collect/upstream.ts).
+ * A dependency error as one line (shared with the activation collector's upstream client,
+ * src/lab/collect/upstream.ts); the translation lives in src/common/errors-net.ts.
  */
-export function describeUpstreamError(error: unknown): string {
-  if (error instanceof Error) {
-    const code = codeOf(error);
-    return code !== null && !error.message.includes(code) ? `${error.message} (${code})` : error.message;
-  }
-  return String(error);
-}
-
-/** Socket-level errors worth a retry when the response has not started. */
-const RETRYABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT']);
+export const describeUpstreamError = describeError;
 
 /** True for errors that mean "this attempt never got a response": a retry may succeed. */
-export function isRetryableError(error: unknown): boolean {
-  const code = codeOf(error);
-  return code !== null && RETRYABLE_CODES.has(code);
-}
+export const isRetryableError = isRetryableUndiciError;
 
 /**
  * Translates whatever ended an upstream exchange into the SaegateError the client sees:
@@ -96,31 +75,18 @@ export function isRetryableError(error: unknown): boolean {
  */
 export function toUpstreamError(error: unknown, context: UpstreamErrorContext): SaegateError {
   if (error instanceof SaegateError) return error;
-  const code = codeOf(error);
-  if (code === 'UND_ERR_CONNECT_TIMEOUT') return timeoutError('connect', context.connectTimeoutMs);
-  if (code === 'UND_ERR_HEADERS_TIMEOUT') return timeoutError('headers', context.headersTimeoutMs);
+  const timeout = undiciTimeoutOf(error);
+  if (timeout === 'connect') return timeoutError('connect', context.connectTimeoutMs);
+  if (timeout === 'headers') return timeoutError('headers', context.headersTimeoutMs);
   if (context.responseStarted) {
-    const failure = new SaegateError('SAEGATE_ERR_UPSTREAM_STREAM', [describeUpstreamError(error)], { cause: error });
+    const failure = new SaegateError('SAEGATE_ERR_UPSTREAM_STREAM', [describeError(error)], { cause: error });
     streamFailures.add(failure);
     return failure;
   }
-  return new SaegateError('SAEGATE_ERR_UPSTREAM_UNAVAILABLE', [context.upstream, describeUpstreamError(error)], { cause: error });
-}
-
-interface FastifyLikeError {
-  code?: unknown;
-  statusCode?: unknown;
-  message?: unknown;
+  return new SaegateError('SAEGATE_ERR_UPSTREAM_UNAVAILABLE', [context.upstream, describeError(error)], { cause: error });
 }
 
 /** Translates an error thrown while handling a request (fastify's or ours) into what the client sees. */
 export function toClientError(error: unknown, limits: { maxBodyBytes: number }): SaegateError {
-  if (error instanceof SaegateError) return error;
-  const e = (typeof error === 'object' && error !== null ? error : {}) as FastifyLikeError;
-  const message = typeof e.message === 'string' ? e.message : String(error);
-  if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new SaegateError('SAEGATE_ERR_BODY_TOO_LARGE', [limits.maxBodyBytes], { cause: error });
-  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
-    return new SaegateError('SAEGATE_ERR_BAD_REQUEST', [message], { cause: error });
-  }
-  return new SaegateError('SAEGATE_ERR_INTERNAL', [message], { cause: error });
+  return fromFastifyError(error, { maxBodyBytes: limits.maxBodyBytes, unexpected: 'SAEGATE_ERR_INTERNAL' });
 }

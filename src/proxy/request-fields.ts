@@ -107,13 +107,21 @@ function decodeString(buf: Buffer, start: number, end: number, escaped: boolean)
   }
 }
 
+/** Length of a UTF-8 byte order mark (EF BB BF) at the start of `body`, else 0. */
+function bomLength(body: Buffer): number {
+  return body.length >= 3 && body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf ? 3 : 0;
+}
+
 /**
  * Reads `model` and `stream` from a JSON request body. Throws SAEGATE_ERR_INVALID_JSON when the
  * body is not a JSON object at the top level. Like JSON.parse, a repeated key's last value wins.
+ * A UTF-8 byte order mark as the very first bytes is skipped, as the model server's (fastify's)
+ * JSON parser does: saegate must not refuse what the upstream accepts. The bytes forwarded are
+ * unchanged either way.
  */
 export function readRequestFields(body: Buffer): RequestFields {
   const fields: RequestFields = { model: null, stream: false };
-  let i = skipSpace(body, 0);
+  let i = skipSpace(body, bomLength(body));
   if (i >= body.length) fail('empty body', 0);
   if (body[i] !== OPEN_BRACE) fail('expected a JSON object', i);
   i = skipSpace(body, i + 1);

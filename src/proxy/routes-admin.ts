@@ -36,12 +36,28 @@ function bearerMatches(header: string | undefined, expected: Buffer): boolean {
   return match !== null && timingSafeEqual(digest(match[1]), expected);
 }
 
+const POISONED = 'the body contains a "__proto__" or "constructor.prototype" key';
+
+/**
+ * Refuses the keys fastify's JSON parser refuses on the model server (prototype poisoning), with
+ * the same code and message, so the admin API is no more lenient than the OpenAI routes.
+ */
+function refusePrototypeKeys(key: string, value: unknown): unknown {
+  if (key === '__proto__' || (key === 'constructor' && typeof value === 'object' && value !== null && Object.hasOwn(value, 'prototype'))) {
+    throw new SaegateError('SAEGATE_ERR_INVALID_JSON', [POISONED]);
+  }
+  return value;
+}
+
 function parseJsonBody(request: FastifyRequest): unknown {
   const body = request.body;
   if (!Buffer.isBuffer(body) || body.length === 0) throw new SaegateError('SAEGATE_ERR_INVALID_JSON', ['the body is empty']);
+  const text = body.toString('utf8');
   try {
-    return JSON.parse(body.toString('utf8'));
+    // A leading byte order mark is accepted, as fastify's parser does.
+    return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text, refusePrototypeKeys);
   } catch (error) {
+    if (error instanceof SaegateError) throw error;
     throw new SaegateError('SAEGATE_ERR_INVALID_JSON', [(error as Error).message]);
   }
 }

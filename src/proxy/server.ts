@@ -12,6 +12,7 @@
  */
 import type { AddressInfo } from 'node:net';
 import { err, SaegateError } from '../common/errors.js';
+import { listenError } from '../common/errors-net.js';
 import { buildProxyApp, type ProxyApp, type ProxyAppOptions } from './app.js';
 import { isLoopbackHost, resolveProxyConfig, type ProxyConfig } from './config.js';
 
@@ -68,7 +69,7 @@ export async function startProxy(options: StartProxyOptions): Promise<ProxyServe
     await app.listen({ host: config.host, port: config.port });
   } catch (error) {
     await app.close();
-    throw error;
+    throw listenError(error, config.host, config.port);
   }
   tap.attach(app.server, '/v1/tap');
   const address = app.server.address() as AddressInfo;

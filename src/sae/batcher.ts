@@ -335,7 +335,7 @@ export class MicroBatcher {
     const dIn = this.dIn;
     if (!Number.isInteger(rowCount) || rowCount < 0 || rows.length < rowCount * dIn || meta.rowRequestIndexes.length < rowCount || meta.positions.length < rowCount) {
       throw err(
-        'SAEGATE_ERR_BAD_REQUEST',
+        'SAEGATE_ERR_ARGUMENT',
         `MicroBatcher.push: ${rowCount} rows of ${dIn} need ${rowCount * dIn} values, request indexes and positions; got ${rows.length}, ${meta.rowRequestIndexes.length}, ${meta.positions.length}`,
       );
     }

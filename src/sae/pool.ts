@@ -184,7 +184,7 @@ export class SaePool implements SaeEncoder {
   encode(rows: Float32Array | Uint16Array, rowCount: number): Promise<EncodeResult> {
     if (this.closed) return Promise.reject(new SaegateError('SAEGATE_ERR_WORKER_EXITED', ['SAE pool closed']));
     if (!Number.isInteger(rowCount) || rowCount < 1 || rows.length < rowCount * this.dIn) {
-      return Promise.reject(new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`encode: ${rowCount} rows of ${this.dIn} need ${rowCount * this.dIn} values, got ${rows.length}`]));
+      return Promise.reject(new SaegateError('SAEGATE_ERR_ARGUMENT', [`encode: ${rowCount} rows of ${this.dIn} need ${rowCount * this.dIn} values, got ${rows.length}`]));
     }
     // Sent at once even while a replacement is still starting: the worker runs encodes only after
     // its session is ready, and answers with its init error if it never becomes ready.

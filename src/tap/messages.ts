@@ -56,6 +56,17 @@ const idSchema = z
 
 const hookNameSchema = z.string().min(1).max(256);
 
+/**
+ * TransformerLens hook point names: dot-separated lowercase segments ending in `hook_…`, with an
+ * optional leading `blocks.N.` (N without leading zeros): `hook_embed`, `blocks.3.hook_resid_post`,
+ * `blocks.0.attn.hook_z`, `ln_final.hook_normalized`. SAEs name their hook this way, so a model
+ * server advertising anything else could never be matched to one.
+ */
+export const HOOK_POINT_PATTERN = /^(?:blocks\.(?:0|[1-9][0-9]{0,5})\.)?(?:(?!blocks\.)[a-z][a-z0-9_]*\.)*hook_[a-z0-9_]+$/;
+
+/** A hook point a model server advertises in `hello`: a TransformerLens name. */
+const hookPointSchema = hookNameSchema.regex(HOOK_POINT_PATTERN, "expected a TransformerLens hook name such as 'blocks.3.hook_resid_post' or 'hook_embed'");
+
 /** Lowercase hex sha256 of the vector's f32 little-endian bytes. */
 export const VECTOR_ID_PATTERN = /^[0-9a-f]{64}$/;
 const vectorIdSchema = z.string().regex(VECTOR_ID_PATTERN, 'expected 64 lowercase hex digits');
@@ -67,7 +78,7 @@ export const helloSchema = z.object({
   modelId: z.string().min(1).max(1024),
   dModel: z.int().min(1).max(0xffffffff),
   nLayers: z.int().min(1),
-  hookPoints: z.array(hookNameSchema).max(MAX_HOOK_POINTS).refine(uniqueStrings, 'hook points must be unique'),
+  hookPoints: z.array(hookPointSchema).max(MAX_HOOK_POINTS).refine(uniqueStrings, 'hook points must be unique'),
   dtypes: z.array(z.enum(['f32', 'f16', 'bf16'])).min(1),
   canSteer: z.boolean(),
   serverId: z.string().max(1024).optional(),

@@ -17,6 +17,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { TAP_FRAME_CHANNEL } from '../common/diagnostics.js';
 import { err, SaegateError } from '../common/errors.js';
 import { KeyedWaiters } from '../common/keyed-waiters.js';
+import { fromWsError } from '../common/errors-ws.js';
 import { decodeMessage, encodeMessage, vectorId } from './codec.js';
 import { assertLittleEndianHost } from './layout.js';
 import { silentLogger, type TapLogger } from './logger.js';
@@ -576,8 +577,9 @@ export class TapServer extends EventEmitter<TapServerEvents> {
     ws.on('error', (e: Error & { code?: string }) => {
       // ws reports framing violations (oversized, bad opcode, unmasked...) here and then closes
       // the socket itself with the matching code; a reset connection lands here too.
-      if (typeof e.code === 'string' && e.code.startsWith('WS_ERR_')) this.counters.malformedFrames++;
-      this.logger.warn({ remoteAddress, err: describeError(e), code: e.code }, 'tap: socket error');
+      const error = fromWsError(e);
+      if (error.code === 'SAEGATE_ERR_TAP_FRAME') this.counters.malformedFrames++;
+      this.logger.warn({ remoteAddress, err: describeError(e), code: error.code, wsCode: e.code }, 'tap: socket error');
     });
     ws.on('close', () => {
       this.sockets.delete(ws);

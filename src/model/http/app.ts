@@ -8,6 +8,8 @@
  */
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { SaegateError } from '../../common/errors.js';
+import { clientErrorHandler, frameworkErrorHandler, prepareErrorReply } from '../../common/errors-fastify.js';
+import { applyConnectionCap, fastifyLimitOptions, resolveHttpServerLimits, type HttpServerLimits } from '../../common/http-server.js';
 import type { Engine } from '../engine-types.js';
 import type { Tokenizer } from '../types.js';
 import { toSaegateError } from './errors.js';
@@ -34,7 +36,14 @@ export interface ModelAppOptions {
   planWaitTimeoutMs?: number;
   /** Largest accepted request body in bytes. Default 32 MiB: steering vectors travel as JSON numbers. */
   bodyLimit?: number;
+  /** Largest request header block in bytes; larger ones get 431. Default 16384. */
+  maxHeaderBytes?: number;
+  /** Client connection limits (count, head/request timeouts, keep-alive); defaults in src/common/http-server.ts. */
+  limits?: Partial<HttpServerLimits>;
 }
+
+/** Default of {@link ModelAppOptions.maxHeaderBytes}: 16 KiB (Node's own default). */
+export const DEFAULT_MAX_HEADER_BYTES = 16_384;
 
 /** Default of {@link ModelAppOptions.bodyLimit}: 32 MiB. */
 export const DEFAULT_BODY_LIMIT = 32 * 1024 * 1024;
@@ -42,14 +51,24 @@ export const DEFAULT_BODY_LIMIT = 32 * 1024 * 1024;
 /** Builds the app with its routes; call `listen` or `inject` on it. */
 export function buildModelApp(options: ModelAppOptions): FastifyInstance {
   const bodyLimit = options.bodyLimit ?? DEFAULT_BODY_LIMIT;
+  const maxHeaderBytes = options.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES;
   const limiter = new InFlightLimiter(options.maxConcurrentRequests ?? 256);
+  const limits = resolveHttpServerLimits(options.limits);
+  const limitOptions = fastifyLimitOptions(limits);
   const app = Fastify({
     logger: options.logger ?? false,
     bodyLimit,
+    ...limitOptions,
+    http: { ...limitOptions.http, maxHeaderSize: maxHeaderBytes },
+    // Whatever Node's HTTP parser or fastify's router refuses still gets an OpenAI-shaped body
+    // (errors the HTTP parser raises never reach the error handler below).
+    clientErrorHandler: clientErrorHandler({ maxHeaderBytes }),
+    frameworkErrors: frameworkErrorHandler,
     // The id is the client's x-request-id when it is well formed: it becomes the engine request id
     // and the log's reqId, so one id follows a request through saegate, this server and the tap.
     genReqId: (raw) => requestIdFrom(raw.headers),
   });
+  applyConnectionCap(app.server, limits);
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header(REQUEST_ID_HEADER, request.id);
@@ -88,6 +107,7 @@ export function buildModelApp(options: ModelAppOptions): FastifyInstance {
     if (error.status >= 500) request.log.error({ err: thrown }, error.message);
     else request.log.info({ code: error.code, param: error.param }, error.message);
     if (error.status === 429) reply.header('retry-after', '1');
+    prepareErrorReply(error, request, reply);
     return reply.code(error.status).send(error.toJSON());
   });
 

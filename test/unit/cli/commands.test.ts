@@ -65,6 +65,7 @@ describe('flags and defaults kept from before the options system', () => {
     expect(parseCommand(modelServeCommand, ['--model', 'm.bin'])).toEqual({
       model: 'm.bin', tokenizer: undefined, name: undefined, host: '127.0.0.1', port: 8000, tap: undefined, tapToken: undefined,
       device: 'cpu', maxBatch: 8, threads: undefined, planTimeoutMs: 2000, log: false,
+      maxConnections: 10_000, clientHeadersTimeoutMs: 10_000, clientRequestTimeoutMs: 120_000, keepAliveTimeoutMs: 5000, maxRequestsPerSocket: 1000,
     });
     const all = parseCommand(
       modelServeCommand,
@@ -144,7 +145,7 @@ describe('bad flags are refused in-process, naming the flag', () => {
     ['sae info', ['a', 'b'], 'b: unexpected argument'],
     ['sae encode', ['--sae', 's', '--input', 'i'], '--output: is required'],
     ['demo', ['--sae', 'd', '--no-sae'], '--no-sae: --sae and --no-sae exclude each other'],
-    ['demo', ['--port', '-1'], '--port: expected an integer from 0 to 65535, got "-1"'],
+    ['demo', ['--port=70000'], '--port: expected an integer from 0 to 65535, got "70000"'],
   ] as const)('saegate %s %j', (name, argv, message) => {
     expect(usageError(() => parsers[name]([...argv]))).toBe(message);
   });

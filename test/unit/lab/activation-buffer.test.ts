@@ -107,9 +107,9 @@ describe('ActivationBuffer', () => {
     expectSaegateError(() => new ActivationBuffer({ dIn: D, capacityRows: 7, batchRows: 4, seed: 1 }), 'SAEGATE_ERR_CONFIG', 'capacityRows', '8');
     expectSaegateError(() => new ActivationBuffer({ dIn: 0, capacityRows: 8, batchRows: 4, seed: 1 }), 'SAEGATE_ERR_CONFIG', 'dIn');
     const buffer = new ActivationBuffer({ dIn: D, capacityRows: 8, batchRows: 4, seed: 1 });
-    expectSaegateError(() => buffer.add(new Float32Array(5), 2), 'SAEGATE_ERR_BAD_REQUEST', '2 rows of 3 need 6 values, got 5');
+    expectSaegateError(() => buffer.add(new Float32Array(5), 2), 'SAEGATE_ERR_ARGUMENT', '2 rows of 3 need 6 values, got 5');
     buffer.finish();
-    expectSaegateError(() => buffer.add(new Float32Array(3)), 'SAEGATE_ERR_BAD_REQUEST', 'finished');
+    expectSaegateError(() => buffer.add(new Float32Array(3)), 'SAEGATE_ERR_ARGUMENT', 'finished');
   });
 });
 

@@ -496,3 +496,12 @@ describe('steering field', () => {
     expect(engine.requests).toHaveLength(0);
   });
 });
+
+describe('request bodies with a byte order mark', () => {
+  it('accepts a JSON body that begins with a UTF-8 byte order mark (the proxy forwards such bodies unchanged)', async () => {
+    const { app: target } = setup();
+    const payload = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify({ model: MODEL, prompt: 'hi', max_tokens: 2 }))]);
+    const response = await target.inject({ method: 'POST', url: '/v1/completions', payload, headers: { 'content-type': 'application/json' } });
+    expect(response.statusCode).toBe(200);
+  });
+});

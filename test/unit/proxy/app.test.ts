@@ -101,6 +101,22 @@ describe('proxy app', () => {
     expect(tap.currentSubscription).toEqual({ hooks: ['blocks.0.hook_resid_post'], dtype: 'f16', includePrompt: true });
   });
 
+  it.each([
+    ['__proto__ at the top level', '{"__proto__": {"polluted": true}, "hooks": [], "dtype": "f16", "includePrompt": false}'],
+    ['__proto__ nested', '{"hooks": [], "dtype": "f16", "includePrompt": false, "x": {"__proto__": {}}}'],
+    ['constructor.prototype', '{"hooks": [], "dtype": "f16", "includePrompt": false, "constructor": {"prototype": {}}}'],
+  ])('refuses an admin body with %s as the OpenAI routes do (400 INVALID_JSON)', async (_what, payload) => {
+    const { app, tap } = build({ adminToken: 't' });
+    const headers = { authorization: 'Bearer t', 'content-type': 'application/json' };
+    const refused = await app.inject({ method: 'PUT', url: '/admin/tap/subscription', headers, payload });
+    expect(refused.statusCode).toBe(400);
+    expect(refused.json()).toMatchObject({ error: { code: 'SAEGATE_ERR_INVALID_JSON', message: expect.stringContaining('__proto__') } });
+    expect(tap.currentSubscription).toBeNull();
+    // The same body without the poisoned key is accepted.
+    const ok = await app.inject({ method: 'PUT', url: '/admin/tap/subscription', headers, payload: '\uFEFF{"hooks": [], "dtype": "f16", "includePrompt": false}' });
+    expect(ok.statusCode).toBe(200);
+  });
+
   it('exports exactly the saegate_* metrics that docs/metrics.md lists, plus Node’s event-loop lag', async () => {
     const { app } = build();
     await app.inject({ url: '/healthz' });

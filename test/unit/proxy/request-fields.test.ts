@@ -25,6 +25,12 @@ describe('readRequestFields', () => {
     expect(read('{"mod\\u0065l":"a\\"b\\u00e9","stream":true,"stream":false}')).toEqual({ model: 'a"bé', stream: false });
   });
 
+  it('skips a UTF-8 byte order mark at the very start, as the model server (fastify) does, and nowhere else', () => {
+    expect(read('\uFEFF{"model":"m","stream":true}')).toEqual({ model: 'm', stream: true });
+    expect(() => read(' \uFEFF{"model":"m"}')).toThrow(SaegateError);
+    expect(() => read('\uFEFF\uFEFF{"model":"m"}')).toThrow(SaegateError);
+  });
+
   it('skips nested values that contain the field names', () => {
     expect(read('{"metadata":{"model":"inner","stream":true},"tools":[{"stream":true}],"model":"outer"}')).toEqual({ model: 'outer', stream: false });
   });
