@@ -4,7 +4,6 @@
  * Also checks the tokens on the result rows and that docs/metrics.md lists exactly what a proxy
  * with SAEs exports.
  */
-import fs from 'node:fs';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seededUniform } from '../../src/common/random.js';
@@ -14,6 +13,7 @@ import { SaeSink } from '../../src/sae/sink.js';
 import type { SaeWeights } from '../../src/sae/types.js';
 import { TapClient } from '../../src/tap/client.js';
 import type { HelloInfo } from '../../src/tap/messages.js';
+import { documentedMetrics } from '../helpers/metrics-doc.js';
 import { seededStandardSae } from '../helpers/sae.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -109,8 +109,7 @@ describe('SAE metrics on /metrics', () => {
 
     // With SAEs, /metrics and docs/metrics.md list the same saegate_* names, the proxy's and the SAE pipeline's.
     const exported = new Set([...text.matchAll(/^# TYPE (saegate_\w+) /gm)].map((m) => m[1]));
-    const doc = fs.readFileSync(new URL('../../docs/metrics.md', import.meta.url), 'utf8');
-    const documented = new Set([...doc.matchAll(/^\| `(saegate_\w+)` \|/gm)].map((m) => m[1]));
+    const documented = documentedMetrics('Requests', 'Tap', 'SAE pipeline');
     expect([...exported].sort()).toEqual([...documented].sort());
   });
 });

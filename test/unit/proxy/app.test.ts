@@ -1,8 +1,8 @@
 /** The proxy app through `inject()`: everything saegate answers itself, without an upstream. */
-import fs from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { buildProxyApp, type ProxyApp } from '../../../src/proxy/app.js';
 import { resolveProxyConfig, type ProxyConfig } from '../../../src/proxy/config.js';
+import { documentedMetrics } from '../../helpers/metrics-doc.js';
 
 // Port 9 (discard) on loopback: nothing listens there, so the upstream is refused.
 const DEAD_UPSTREAM = 'http://127.0.0.1:9';
@@ -124,9 +124,9 @@ describe('proxy app', () => {
     expect(res.statusCode).toBe(200);
     expect(res.headers['content-type']).toContain('text/plain');
     const exported = new Set([...res.body.matchAll(/^# TYPE (saegate_\w+) /gm)].map((m) => m[1]));
-    const doc = fs.readFileSync(new URL('../../../docs/metrics.md', import.meta.url), 'utf8');
-    // The SAE pipeline's metrics exist only with an SAE sink (test/unit/sae/metrics.test.ts).
-    const documented = new Set([...doc.matchAll(/^\| `(saegate_\w+)` \|/gm)].map((m) => m[1]).filter((name) => !name.startsWith('saegate_sae_')));
+    // The SAE pipeline's metrics exist only with an SAE sink (test/unit/sae/metrics.test.ts), the
+    // drift monitor's only with a monitor (test/unit/monitor/metrics.test.ts).
+    const documented = documentedMetrics('Requests', 'Tap');
     expect([...exported].sort()).toEqual([...documented].sort());
     expect(res.body).toMatch(/^nodejs_eventloop_lag_seconds \d/m);
     expect(res.body).toContain('saegate_requests_total{route="ops",status="200"} 1');

@@ -1,9 +1,9 @@
-import fs from 'node:fs';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import type { MicroBatcherStats } from '../../../src/sae/batcher.js';
 import { SAE_DROP_REASONS, SAE_METRIC_NAMES, SaeMetrics, type SaeHookStats } from '../../../src/sae/metrics.js';
 import type { SaePoolStats } from '../../../src/sae/pool.js';
+import { documentedMetrics } from '../../helpers/metrics-doc.js';
 
 const HOOKS = ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'];
 
@@ -85,8 +85,7 @@ describe('SaeMetrics', () => {
     const registry = new Registry();
     new SaeMetrics({ registry, hooks: HOOKS, stats: () => ({}) });
     const exported = new Set([...(await registry.metrics()).matchAll(/^# TYPE (saegate_\w+) /gm)].map((m) => m[1]));
-    const doc = fs.readFileSync(new URL('../../../docs/metrics.md', import.meta.url), 'utf8');
-    const documented = new Set([...doc.matchAll(/^\| `(saegate_sae_\w+)` \|/gm)].map((m) => m[1]));
+    const documented = documentedMetrics('SAE pipeline');
     expect(documented.size).toBe(9);
     expect([...exported].sort()).toEqual([...documented].sort());
     expect([...exported].sort()).toEqual([...SAE_METRIC_NAMES].sort());
