@@ -66,7 +66,7 @@ describe('TapClient reconnecting', () => {
     const port = (server.address() as AddressInfo).port;
     const client = new TapClient({
       url: `ws://127.0.0.1:${port}/v1/tap`,
-      hello: { modelId: 'm', dModel: 2, nLayers: 1, hookPoints: ['h'], dtypes: ['f32'], canSteer: false },
+      hello: { modelId: 'm', dModel: 2, nLayers: 1, hookPoints: ['blocks.0.hook_resid_post'], dtypes: ['f32'], canSteer: false },
       reconnect: { initialDelayMs: 100, maxDelayMs: 800 },
       random: seededUniform(3),
       logger,
@@ -94,7 +94,7 @@ describe('TapClient reconnecting', () => {
     const port = (server.address() as AddressInfo).port;
     const client = new TapClient({
       url: `ws://127.0.0.1:${port}/v1/tap`,
-      hello: { modelId: 'm', dModel: 2, nLayers: 1, hookPoints: ['h'], dtypes: ['f32'], canSteer: false },
+      hello: { modelId: 'm', dModel: 2, nLayers: 1, hookPoints: ['blocks.0.hook_resid_post'], dtypes: ['f32'], canSteer: false },
       logger,
     });
     client.start();

@@ -79,19 +79,24 @@ describe('StopSequenceDetokenizer', () => {
     expect(silent.finish()).toBe('');
   });
 
-  it('agrees with cutting the full text at the first stop sequence, for any text and stop strings', () => {
+  it('agrees with cutting the full text at the first stop sequence to be completed, for any text and stop strings', () => {
     const alphabet = fc.constantFrom('a', 'b', 'c', 'é', '→', ' ');
     fc.assert(
       fc.property(fc.array(alphabet, { maxLength: 40 }), fc.array(fc.array(alphabet, { minLength: 1, maxLength: 4 }), { maxLength: 4 }), (chars, stopChars) => {
         const text = chars.join('');
         const stop = stopChars.map((c) => c.join(''));
         const { deltas, detok } = play(text, stop);
-        const cuts = stop.map((s) => text.indexOf(s)).filter((i) => i !== -1);
+        // Generation stops as soon as a stop string is complete, so the stop that ends first wins
+        // (" cc→" and "c" in " cc→": "c" completes first); at equal ends the longer one starts first.
+        const matches = stop.map((s) => ({ start: text.indexOf(s), end: text.indexOf(s) + s.length })).filter((m) => m.start !== -1);
+        const firstEnd = Math.min(...matches.map((m) => m.end));
+        const cuts = matches.filter((m) => m.end === firstEnd).map((m) => m.start);
         const expected = cuts.length === 0 ? text : text.slice(0, Math.min(...cuts));
         expect(deltas.join('')).toBe(expected);
         expect(detok.text).toBe(expected);
         expect(detok.stopped).toBe(cuts.length > 0);
       }),
+      { numRuns: 2000 },
     );
   });
 });
