@@ -6,6 +6,7 @@ import { HelpRequested } from '../common/options.js';
 import { demo } from './demo.js';
 import { modelSample } from './model-sample.js';
 import { modelServe } from './model-serve.js';
+import { policyCheck, vectorsConvert } from './policy.js';
 import { saeEncode, saeInfo } from './sae.js';
 import { saeFeatures } from './sae-features.js';
 import { saeTrain } from './sae-train.js';
@@ -22,6 +23,9 @@ Commands:
   sae encode           encode activation rows from a .npy/safetensors file to JSON
   sae train            train TopK SAEs on a hook's activations over a corpus (SAELens output + report)
   sae features         what each SAE feature responds to over a corpus (JSON + HTML page)
+  policy check PATH    validate policy files; every problem as file:line:column: path: message
+  vectors import FILE  a llama.cpp control vector (.gguf) to saegate's vector file
+  vectors export FILE  a saegate vector file to a llama.cpp control vector (.gguf)
 
 Run 'saegate <command> --help' for a command's options.`;
 
@@ -78,6 +82,16 @@ async function main(argv: string[]): Promise<void> {
   }
   if (command === 'sae' && sub === 'encode') {
     await saeEncode(rest);
+    return;
+  }
+  if (command === 'policy' && sub === 'check') {
+    const { code, lines } = await policyCheck(rest);
+    (code === 0 ? process.stdout : process.stderr).write(`${lines.join('\n')}\n`);
+    process.exitCode = code;
+    return;
+  }
+  if (command === 'vectors' && (sub === 'import' || sub === 'export')) {
+    process.stdout.write(`${vectorsConvert(sub, rest)}\n`);
     return;
   }
   if (command === 'model' && sub === 'serve') {
