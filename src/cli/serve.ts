@@ -3,8 +3,13 @@
  * option table in src/proxy/config.ts (resolved by src/common/options.ts); this file adds `--sae`,
  * starts the proxy and prints where to look.
  */
+import path from 'node:path';
 import { Registry } from 'prom-client';
+import { SaegateError } from '../common/errors.js';
 import { parseCommand, text, type CommandSpec } from '../common/options.js';
+import { formatProblem } from '../policies/load.js';
+import { PolicyManager } from '../policies/manager.js';
+import { VectorStore } from '../steering/store.js';
 import { proxyCommand, proxyOptions } from '../proxy/config.js';
 import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
@@ -19,6 +24,11 @@ const serveOptions = {
     noConfigFile: true,
     help: "run this SAE (SAELens or sparsify directory) over its hook point's tapped rows",
   },
+  policies: {
+    type: text('DIR'),
+    noConfigFile: true,
+    help: 'policy directory (docs/policies.md), watched and hot-reloaded; SAEs are named by their directory name',
+  },
 } as const;
 
 /** `saegate serve`: the proxy's option table plus the repeatable `--sae DIR`. */
@@ -31,8 +41,13 @@ export const serveCommand = { ...proxyCommand, options: serveOptions } as const 
  * /metrics; every tap client is asked for the SAEs' hooks (f16, prompt rows too); closing the
  * proxy closes the pipeline.
  */
-export async function startProxyWithSaes(options: StartProxyOptions, saes: SaeWeights[]): Promise<{ server: ProxyServer; sink: SaeSink | undefined }> {
+export async function startProxyWithSaes(
+  options: StartProxyOptions,
+  saes: SaeWeights[],
+  policyDir?: string,
+): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined }> {
   const registry = new Registry();
+  const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry);
   const sink = saes.length > 0 ? await SaeSink.create({
           saes,
           registry,
@@ -44,10 +59,18 @@ export async function startProxyWithSaes(options: StartProxyOptions, saes: SaeWe
         }) : undefined;
   let server: ProxyServer;
   try {
-    server = await startProxy({ ...options, sink, registry });
+    server = await startProxy({ ...options, sink, registry, ...(policies && { planResolver: policies }) });
   } catch (error) {
+    policies?.close();
     await sink?.close();
     throw error;
+  }
+  if (policies) {
+    const closeWithPolicies = server.close.bind(server);
+    server.close = async (closeOptions) => {
+      policies.close();
+      await closeWithPolicies(closeOptions);
+    };
   }
   if (sink) {
     server.tap.subscribeAll({ hooks: sink.hooks, dtype: 'f16', includePrompt: true });
@@ -57,19 +80,42 @@ export async function startProxyWithSaes(options: StartProxyOptions, saes: SaeWe
       await sink.close();
     };
   }
-  return { server, sink };
+  return { server, sink, policies };
+}
+
+/**
+ * Loads the policy directory before anything listens: an invalid set stops start-up with every
+ * problem listed; later invalid changes keep the last good set (PolicyManager).
+ */
+function startPolicies(dir: string, saes: SaeWeights[], registry: Registry): PolicyManager {
+  const byName = new Map(saes.map((sae) => [path.basename(path.resolve(sae.config.source)), sae] as const));
+  const manager = new PolicyManager({
+    path: dir,
+    registry,
+    context: () => ({
+      vectors: new VectorStore({ baseDir: path.resolve(dir), saes: new Map([...byName].map(([name, sae]) => [name, { hook: sae.config.hookName, weights: sae }])) }),
+      saes: new Map([...byName].map(([name, sae]) => [name, { dSae: sae.config.dSae, hook: sae.config.hookName }])),
+    }),
+  });
+  const first = manager.start();
+  if (!first.ok) {
+    manager.close();
+    throw new SaegateError('SAEGATE_ERR_CONFIG', ['policies', `invalid policy files:\n${first.problems.map(formatProblem).join('\n')}`]);
+  }
+  return manager;
 }
 
 export async function serve(argv: string[]): Promise<ProxyServer> {
-  const { sae: saeDirs, ...config } = parseCommand(serveCommand, argv, process.env);
-  const { server, sink } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)));
+  const { sae: saeDirs, policies: policyDir, ...config } = parseCommand(serveCommand, argv, process.env);
+  const { server, sink, policies } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)), policyDir);
   process.stdout.write(
     `saegate proxy: forwarding to ${config.upstream}\n` +
       `  OpenAI API   ${server.url}/v1\n` +
       `  tap          ${server.tapUrl} (${config.tapToken === null ? 'no token: loopback only' : 'bearer token required'})\n` +
       `  metrics      ${server.url}/metrics   health ${server.url}/healthz, ${server.url}/readyz\n` +
       `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
-      (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : ''),
+      (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : '') +
+      (policies ? `  policies     ${policyDir} (set version ${policies.current?.version ?? 0}: ${policies.policies().map((p) => p.name).join(', ') || 'none'}; watched)\n` : ''),
   );
   return server;
 }
