@@ -14,8 +14,8 @@ import { loadModel } from '../model/load.js';
 import { allHookPoints } from '../model/types.js';
 import { bindSaeToModel, loadSae } from '../sae/load.js';
 import type { SaeWeights } from '../sae/types.js';
-import { defaultModel } from './default-model.js';
-import { DemoSaeInterrupted, ensureDemoSae, featuresPage } from './demo-sae.js';
+import { resolveDefaultModel } from './model-resolve.js';
+import { cacheRoot, DemoSaeInterrupted, ensureDemoSae, featuresPage } from './demo-sae.js';
 import { startProxyWithSaes } from './serve.js';
 
 const demoOptions = {
@@ -33,8 +33,9 @@ export const demoCommand = {
     'Starts the saegate proxy (default port 9000) in front of the reference model server (default port\n' +
       "8000; port 0 for either picks a free one, and the URLs printed say which) on an embedded default model,\n" +
     "with the model server connected to saegate's tap and an SAE running over the tapped hook point,\n" +
-    'and prints what to try. The model is $SAEGATE_DEMO_MODEL, else\n' +
-    '../shared/models/stories260K/stories260K.bin next to the repository, else a seeded synthetic model.',
+    'and prints what to try. The model is $SAEGATE_MODEL, else stories260K from $SAEGATE_MODELS_DIR,\n' +
+    '../shared/models next to the repository or the cache, else downloaded (sha256-verified) into the\n' +
+    'cache; offline, a seeded synthetic model, labelled as such.',
   options: demoOptions,
   epilogue:
     'Without --sae, the first start trains a small demo SAE for the model (model sample → sae train →\n' +
@@ -96,9 +97,21 @@ async function demoSae(flags: { sae?: string; noSae: boolean }, model: string, h
 
 export async function demo(argv: string[]): Promise<Demo> {
   const flags = parseCommand(demoCommand, argv);
-  const model = defaultModel();
+  // Flag, SAEGATE_MODEL, a models folder, ../shared/models, the cache, a verified download of
+  // stories260K, else the labelled synthetic model (src/cli/model-resolve.ts).
+  let lastPercent = -1;
+  const resolved = await resolveDefaultModel({
+    cacheDir: cacheRoot(),
+    onProgress: (file, received, total) => {
+      const percent = total ? Math.floor((100 * received) / total) : -1;
+      if (percent !== lastPercent && percent % 10 === 0) process.stderr.write(`downloading ${file}: ${percent}%\n`);
+      lastPercent = percent;
+    },
+  });
+  if (resolved.synthetic && resolved.note) process.stderr.write(`saegate demo: no real model (${resolved.note}); using a seeded synthetic model that writes gibberish\n`);
+  const model = resolved.model;
   const tapHost = flags.host === '0.0.0.0' || flags.host === '::' ? '127.0.0.1' : flags.host;
-  const loaded = await loadModel({ model });
+  const loaded = await loadModel({ model, ...(resolved.tokenizer !== null && { tokenizer: resolved.tokenizer }) });
   const cfg = loaded.weights.config;
   // The middle block's residual stream: blocks.2 of stories260K's five.
   const defaultHook = `blocks.${Math.floor(cfg.nLayers / 2)}.hook_resid_post`;
@@ -131,7 +144,7 @@ export async function demo(argv: string[]): Promise<Demo> {
     : `  SAE                           none (--no-sae, or see above)\n`;
   const metricsHint = chosen ? 'saegate_sae_rows_encoded_total grows with every token' : 'saegate_tap_rows_total grows with every request';
   process.stdout.write(
-    `saegate demo: proxy → reference model server with ${name} (${model})\n\n` +
+    `saegate demo: proxy → reference model server with ${name} (${resolved.synthetic ? `SYNTHETIC model, not trained: ${model}` : model})\n\n` +
       `  OpenAI API (through saegate)  ${proxy.url}/v1\n` +
       `  model server (direct)         ${server.url}/v1\n` +
       `  metrics                       ${proxy.url}/metrics   (${metricsHint})\n` +
