@@ -80,18 +80,3 @@ export function startPrometheus(options: { configFile: string; storageDir: strin
     },
   };
 }
-
-/**
- * Polls `check` until it returns a value (not undefined) or `timeoutMs` passes, then throws naming
- * `label` and the last problem `check` reported through `note`.
- */
-export async function pollUntil<T>(label: string, timeoutMs: number, check: (note: (problem: string) => void) => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last = '';
-  for (;;) {
-    const value = await check((problem) => (last = problem));
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${label}${last === '' ? '' : `: ${last}`}`);
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
-}

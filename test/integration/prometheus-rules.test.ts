@@ -23,7 +23,8 @@ import type { TapServerStats } from '../../src/tap/server.js';
 import { dashboardQueries, metricNames, prometheusDir, ruleQueries, variableMetrics, type NamedQuery } from '../helpers/dashboards.js';
 import { InMemoryMonitorSource } from '../helpers/monitor-source.js';
 import { SyntheticTraffic } from '../helpers/monitor-synthetic.js';
-import { freePort, needsPrometheus, pollUntil, promtool, skipPrometheusTests, startPrometheus, type RunningPrometheus } from '../helpers/prometheus.js';
+import { waitFor } from '../helpers/wait.js';
+import { freePort, needsPrometheus, promtool, skipPrometheusTests, startPrometheus, type RunningPrometheus } from '../helpers/prometheus.js';
 
 const HOOK = 'blocks.0.hook_resid_post';
 const dSae = 128;
@@ -143,16 +144,21 @@ describe.skipIf(skipPrometheusTests)(needsPrometheus('dashboards and rules on a 
     );
     prometheus = startPrometheus({ configFile, storageDir: path.join(tmp, 'data'), port: await freePort() });
     const running = prometheus;
-    await pollUntil('Prometheus to scrape saegate three times', 30_000, async (note) => {
-      try {
-        const response = await query(running, 'count_over_time(up{job="saegate"}[1m]) >= 3 and up{job="saegate"} == 1');
-        if (response.data !== undefined && response.data.result.length === 1) return true;
-        note(JSON.stringify(response));
-      } catch (error) {
-        note(`${String(error)}; log: ${running.log().slice(-500)}`);
-      }
-      return undefined;
-    });
+    let last = '';
+    await waitFor(
+      'Prometheus to scrape saegate three times',
+      async () => {
+        try {
+          const response = await query(running, 'count_over_time(up{job="saegate"}[1m]) >= 3 and up{job="saegate"} == 1');
+          if (response.data !== undefined && response.data.result.length === 1) return true;
+          last = JSON.stringify(response);
+        } catch (error) {
+          last = `${String(error)}; log: ${running.log().slice(-500)}`;
+        }
+        return false;
+      },
+      { deadlineMs: 30_000, intervalMs: 250, observed: () => last },
+    );
   });
 
   afterAll(async () => {
@@ -190,16 +196,20 @@ describe.skipIf(skipPrometheusTests)(needsPrometheus('dashboards and rules on a 
     expect(all.length).toBeGreaterThan(40);
     // Recording rules and rates need a few evaluations; poll until every query has series, failing
     // at once on a query error.
-    const empty = await pollUntil('every expression to return series', 30_000, async (note) => {
-      const stillEmpty: string[] = [];
-      for (const { source, expr } of all) {
-        const response = await query(running, expr);
-        if (response.status !== 'success') throw new Error(`${source}: ${expr}: ${response.error ?? 'error'}`);
-        if ((response.data?.result.length ?? 0) === 0) stillEmpty.push(`${source}: ${expr}`);
-      }
-      note(stillEmpty.join('\n'));
-      return stillEmpty.length === 0 ? stillEmpty : undefined;
-    });
+    let empty: string[] = [];
+    await waitFor(
+      'every expression to return series',
+      async () => {
+        empty = [];
+        for (const { source, expr } of all) {
+          const response = await query(running, expr);
+          if (response.status !== 'success') throw new Error(`${source}: ${expr}: ${response.error ?? 'error'}`);
+          if ((response.data?.result.length ?? 0) === 0) empty.push(`${source}: ${expr}`);
+        }
+        return empty.length === 0;
+      },
+      { deadlineMs: 30_000, intervalMs: 250, observed: () => empty.join('\n') },
+    );
     expect(empty).toEqual([]);
     // And the fleet view says what the traffic was: the one pod drifts, the worst ratio is above 1.
     const fraction = await query(running, 'model_sae_hook:saegate_pods_drifting:ratio{sae="res-0"}');
