@@ -7,10 +7,9 @@
  * calibrator can index without guarding. `checkCompatible` then refuses a baseline recorded for
  * another model, SAE, hook, width or binning.
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { z } from 'zod';
 import { err } from '../common/errors.js';
+import { jsonWithArrayLines, readJsonFile, writeTextAtomically } from '../common/json-file.js';
 import { sameEdges } from './histogram.js';
 
 /** The baseline format version this code writes and reads. */
@@ -172,19 +171,7 @@ export function parseBaseline(raw: unknown, source: string): Baseline {
 
 /** Reads and validates a baseline file; SAEGATE_ERR_BASELINE_FILE naming the file on any problem. */
 export function readBaseline(file: string): Baseline {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (error) {
-    throw err('SAEGATE_ERR_BASELINE_FILE', file, `cannot read: ${(error as Error).message}`);
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (error) {
-    throw err('SAEGATE_ERR_BASELINE_FILE', file, `not valid JSON: ${(error as Error).message}`);
-  }
-  return parseBaseline(raw, file);
+  return parseBaseline(readJsonFile(file, 'SAEGATE_ERR_BASELINE_FILE'), file);
 }
 
 /**
@@ -193,16 +180,7 @@ export function readBaseline(file: string): Baseline {
  */
 export function writeBaseline(file: string, baseline: Baseline): void {
   const { documents, ...header } = baseline;
-  const head = JSON.stringify({ ...header, documents: [] }).slice(0, -2); // ends in `"documents":[`
-  const body = documents.length === 0 ? ']}' : `\n${documents.map((doc) => JSON.stringify(doc)).join(',\n')}\n]}`;
-  const temp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  try {
-    fs.writeFileSync(temp, `${head}${body}\n`);
-    fs.renameSync(temp, file);
-  } catch (error) {
-    fs.rmSync(temp, { force: true });
-    throw err('SAEGATE_ERR_BASELINE_FILE', file, `cannot write: ${(error as Error).message}`);
-  }
+  writeTextAtomically(file, jsonWithArrayLines({ ...header, documents }, 'documents'), 'SAEGATE_ERR_BASELINE_FILE');
 }
 
 /** What the monitored SAE is; a baseline must match it to be used. */

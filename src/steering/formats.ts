@@ -20,6 +20,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { err, SaegateError } from '../common/errors.js';
+import { writeAtomically } from '../common/json-file.js';
 import { SafetensorsFile, writeSafetensors } from '../common/safetensors.js';
 import { GgufType, parseGguf, serializeGguf, type GgufTypedValue } from './gguf.js';
 import { hookLayer, makeSteeringVector, vectorMetadataSchema, type SteeringVector, type VectorMetadata } from './vector.js';
@@ -163,8 +164,7 @@ function serializableMetadata(vector: SteeringVector): VectorMetadata {
 
 /** Writes a vector atomically (temporary file, then rename) in the format given or named by the extension. */
 export function writeVectorFile(file: string, vector: SteeringVector, format: VectorFileFormat = formatOfPath(file) ?? 'safetensors'): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  try {
+  writeAtomically(file, (tmp) => {
     if (format === 'safetensors') {
       const tensors = Object.fromEntries([...vector.hooks].map(([hook, values]) => [hook, { dtype: 'F32' as const, shape: [values.length], data: values }]));
       writeSafetensors(tmp, tensors, { format: VECTOR_FORMAT, format_version: VECTOR_FORMAT_VERSION, saegate: JSON.stringify(serializableMetadata(vector)) });
@@ -179,11 +179,7 @@ export function writeVectorFile(file: string, vector: SteeringVector, format: Ve
     } else {
       fs.writeFileSync(tmp, toControlVectorGguf(file, vector));
     }
-    fs.renameSync(tmp, file);
-  } catch (error) {
-    fs.rmSync(tmp, { force: true });
-    throw error;
-  }
+  });
 }
 
 /** The llama.cpp control-vector GGUF bytes of a vector (see the module comment for the layer mapping). */

@@ -6,10 +6,9 @@
  * Reading a report back validates it fully (zod, then cross-field checks), so the page and any tool
  * built on the file can index `features[i]` and `tokens[marked]` without guarding.
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { z } from 'zod';
 import { err } from '../../common/errors.js';
+import { jsonWithArrayLines, readJsonFile, writeTextAtomically } from '../../common/json-file.js';
 
 /** The report format version this code writes and reads. */
 export const FEATURE_REPORT_VERSION = 1;
@@ -203,18 +202,7 @@ function findInconsistency(report: FeatureReport): string | null {
  * path), or an inconsistent report (see `findInconsistency`).
  */
 export function readFeatureReport(file: string): FeatureReport {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (error) {
-    throw err('SAEGATE_ERR_FEATURE_REPORT', file, `cannot read: ${(error as Error).message}`);
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (error) {
-    throw err('SAEGATE_ERR_FEATURE_REPORT', file, `not valid JSON: ${(error as Error).message}`);
-  }
+  const raw = readJsonFile(file, 'SAEGATE_ERR_FEATURE_REPORT');
   if (typeof raw === 'object' && raw !== null && 'version' in raw && raw.version !== FEATURE_REPORT_VERSION) {
     throw err('SAEGATE_ERR_FEATURE_REPORT', file, `version ${JSON.stringify(raw.version)} is not supported (this saegate reads version ${FEATURE_REPORT_VERSION})`);
   }
@@ -237,16 +225,7 @@ export function readFeatureReport(file: string): FeatureReport {
  * cannot be written.
  */
 export function writeFeatureReport(file: string, report: FeatureReport): void {
-  const { features, ...header } = report;
   // `features` is the last key of the interface; keep it last so the header line reads first.
-  const head = JSON.stringify({ ...header, features: [] }).slice(0, -2); // ends in `"features":[`
-  const body = features.length === 0 ? ']}' : `\n${features.map((entry) => JSON.stringify(entry)).join(',\n')}\n]}`;
-  const temp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  try {
-    fs.writeFileSync(temp, `${head}${body}\n`);
-    fs.renameSync(temp, file);
-  } catch (error) {
-    fs.rmSync(temp, { force: true });
-    throw err('SAEGATE_ERR_FEATURE_REPORT', file, `cannot write: ${(error as Error).message}`);
-  }
+  const { features, ...header } = report;
+  writeTextAtomically(file, jsonWithArrayLines({ ...header, features }, 'features'), 'SAEGATE_ERR_FEATURE_REPORT');
 }

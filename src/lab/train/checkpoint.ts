@@ -4,7 +4,7 @@
  * temporary file and renamed, so a crash mid-write leaves the previous checkpoint intact. Resuming
  * needs the same configuration, because the batch order and the schedule derive from it.
  */
-import fs from 'node:fs';
+import { writeAtomically } from '../../common/json-file.js';
 import { err, isSaegateError } from '../../common/errors.js';
 import { SafetensorsFile, writeSafetensors, type SafetensorsWriteTensor } from '../../common/safetensors.js';
 import { PARAM_NAMES, paramShape, type ParamName } from './graph.js';
@@ -32,14 +32,9 @@ export function writeCheckpoint(path: string, config: TrainConfig, trainRows: nu
     tensors[`v.${p}`] = { dtype: 'F32', shape, data: state.v[p] };
   }
   tensors.rows_since_fired = { dtype: 'F32', shape: [config.dSae], data: state.rowsSinceFired };
-  const temp = `${path}.tmp-${process.pid}`;
-  try {
-    writeSafetensors(temp, tensors, { format: FORMAT, step: String(state.step), train_rows: String(trainRows), config: JSON.stringify(config) });
-    fs.renameSync(temp, path);
-  } catch (error) {
-    fs.rmSync(temp, { force: true });
-    throw error;
-  }
+  writeAtomically(path, (temp) =>
+    writeSafetensors(temp, tensors, { format: FORMAT, step: String(state.step), train_rows: String(trainRows), config: JSON.stringify(config) }),
+  );
 }
 
 /**
