@@ -5,7 +5,6 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import { isCi } from './chromium.js';
 
 export const prometheusPath = process.env.SAEGATE_PROMETHEUS ?? '/usr/bin/prometheus';
@@ -35,18 +34,6 @@ export function promtool(...args: string[]): { status: number | null; output: st
   return { status: result.status, output: `${result.stdout}${result.stderr}` };
 }
 
-/** A free loopback port: bound on port 0, then released (Prometheus needs a concrete port). */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return address.port;
-}
 
 export interface RunningPrometheus {
   readonly url: string;

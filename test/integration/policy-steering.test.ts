@@ -4,7 +4,6 @@
  * exactly the text a direct request to the model server gets. Every response names what applied.
  */
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,20 +13,13 @@ import type { ProxyServer } from '../../src/proxy/server.js';
 import { writeVectorFile } from '../../src/steering/formats.js';
 import { makeSteeringVector } from '../../src/steering/vector.js';
 import { expectSaegateRejection } from '../helpers/errors.js';
+import { freePort } from '../helpers/ports.js';
 
 const MODEL = path.resolve(import.meta.dirname, '..', '..', '..', 'shared', 'models', 'stories260K', 'stories260K.bin');
 const hasModel = fs.existsSync(MODEL);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'saegate-policy-steer-'));
 let model: ModelServer;
 let proxy: ProxyServer;
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 async function complete(base: string, headers: Record<string, string> = {}): Promise<{ text: string; applied: string | null }> {
   const res = await fetch(`${base}/v1/completions`, {

@@ -24,7 +24,8 @@ import { dashboardQueries, metricNames, prometheusDir, ruleQueries, variableMetr
 import { InMemoryMonitorSource } from '../helpers/monitor-source.js';
 import { SyntheticTraffic } from '../helpers/monitor-synthetic.js';
 import { waitFor } from '../helpers/wait.js';
-import { freePort, needsPrometheus, promtool, skipPrometheusTests, startPrometheus, type RunningPrometheus } from '../helpers/prometheus.js';
+import { freePort } from '../helpers/ports.js';
+import { needsPrometheus, promtool, skipPrometheusTests, startPrometheus, type RunningPrometheus } from '../helpers/prometheus.js';
 
 const HOOK = 'blocks.0.hook_resid_post';
 const dSae = 128;

@@ -3,7 +3,6 @@
  * activations for requests routed through saegate, takes steering plans before the request, and
  * saegate refuses bad tokens and survives garbage frames.
  */
-import net from 'node:net';
 import OpenAI from 'openai';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +12,7 @@ import { startProxy, type ProxyServer } from '../../src/proxy/server.js';
 import { CountingSink, type TapSource } from '../../src/tap/sink.js';
 import { encodeMessage } from '../../src/tap/codec.js';
 import type { ActivationsFrame } from '../../src/tap/server.js';
+import { freePort } from '../helpers/ports.js';
 import { waitFor } from '../helpers/wait.js';
 
 const MODEL_ARG = 'synthetic:dim=64,layers=2,heads=4,kv=2,hidden=128,vocab=300,ctx=256,seed=3';
@@ -43,14 +43,6 @@ let client: OpenAI;
 const sink = new RecordingSink();
 let plan: (requestId: string) => RequestPlan = () => EMPTY_PLAN;
 const resolver: PlanResolver = { resolve: (request) => plan(request.requestId) };
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 async function metric(series: string): Promise<number> {
   const text = await (await fetch(`${proxy.url}/metrics`)).text();

@@ -3,7 +3,6 @@
  * streams residual rows back to saegate, where the SAE sink batches and encodes them in worker
  * threads and hands results to subscribers tagged with request id and position.
  */
-import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startModelServer, type ModelServer } from '../../src/model/server.js';
 import { startProxy, type ProxyServer } from '../../src/proxy/server.js';
@@ -11,6 +10,7 @@ import type { SaeResultBatch } from '../../src/sae/batcher.js';
 import { SaeSink } from '../../src/sae/sink.js';
 import type { SaeWeights } from '../../src/sae/types.js';
 import { seededStandardSae } from '../helpers/sae.js';
+import { freePort } from '../helpers/ports.js';
 import { waitFor } from '../helpers/wait.js';
 
 const HOOK = 'blocks.1.hook_resid_post';
@@ -19,14 +19,6 @@ const D_SAE = 256;
 
 function syntheticSae(): SaeWeights {
   return seededStandardSae({ dIn: D_MODEL, dSae: D_SAE, hook: HOOK, seed: 42, scales: { W_enc: 0.5, b_enc: 0.1, W_dec: 0.5, b_dec: 0.1 } });
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => server.close(() => r()));
-  return port;
 }
 
 describe('proxy → model server → tap → SAE', () => {
