@@ -14,6 +14,9 @@ import { proxyCommand, proxyOptions } from '../proxy/config.js';
 import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
+import { MonitoredSink } from '../monitor/monitored-sink.js';
+import type { MonitorService } from '../monitor/service.js';
+import { createMonitor, monitorOptions, type MonitorFlags } from './serve-monitor.js';
 import type { SaeWeights } from '../sae/types.js';
 
 const serveOptions = {
@@ -29,6 +32,7 @@ const serveOptions = {
     noConfigFile: true,
     help: 'policy directory (docs/policies.md), watched and hot-reloaded; SAEs are named by their directory name',
   },
+  ...monitorOptions,
 } as const;
 
 /** `saegate serve`: the proxy's option table plus the repeatable `--sae DIR`. */
@@ -45,9 +49,12 @@ export async function startProxyWithSaes(
   options: StartProxyOptions,
   saes: SaeWeights[],
   policyDir?: string,
-): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined }> {
+  monitorFlags: MonitorFlags = {},
+): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; monitor: MonitorService | undefined }> {
   const registry = new Registry();
   const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry);
+  // The drift monitor runs over every SAE; its files are read before anything starts.
+  const monitor = saes.length > 0 ? createMonitor(saes, monitorFlags, registry) : undefined;
   const sink = saes.length > 0 ? await SaeSink.create({
           saes,
           registry,
@@ -57,12 +64,14 @@ export async function startProxyWithSaes(
           workers: options.saeWorkers,
           ...(options.saeTopK !== undefined && options.saeTopK > 0 && { topK: options.saeTopK }),
         }) : undefined;
+  const monitoredSink = sink && monitor ? new MonitoredSink(sink, monitor) : undefined;
   let server: ProxyServer;
   try {
-    server = await startProxy({ ...options, sink, registry, ...(policies && { planResolver: policies }) });
+    server = await startProxy({ ...options, sink: monitoredSink ?? sink, registry, monitor, ...(policies && { planResolver: policies }) });
   } catch (error) {
     policies?.close();
     await sink?.close();
+    await monitor?.close();
     throw error;
   }
   if (policies) {
@@ -74,13 +83,26 @@ export async function startProxyWithSaes(
   }
   if (sink) {
     server.tap.subscribeAll({ hooks: sink.hooks, dtype: 'f16', includePrompt: true });
+    const unsubscribe = monitor && monitoredSink ? startMonitor(monitor, sink, monitoredSink, server, monitorFlags) : () => {};
     const closeProxy = server.close.bind(server);
     server.close = async (closeOptions) => {
       await closeProxy(closeOptions);
       await sink.close();
+      unsubscribe();
+      await monitor?.close(); // writes a recording in progress
     };
   }
-  return { server, sink, policies };
+  return { server, sink, policies, monitor };
+}
+
+/** Feeds the monitor the SAE results, logs through the proxy's logger, starts its timer and a recording. */
+function startMonitor(monitor: MonitorService, sink: SaeSink, tapSide: MonitoredSink, server: ProxyServer, flags: MonitorFlags): () => void {
+  monitor.logger = server.app.log;
+  monitor.tapModel = () => tapSide.modelId;
+  const off = sink.onResult((batch) => monitor.offerResults(batch));
+  monitor.start();
+  if (flags.recordBaseline !== undefined) monitor.startRecording(flags.recordBaseline, flags.duration ?? null);
+  return off;
 }
 
 /**
@@ -106,8 +128,9 @@ function startPolicies(dir: string, saes: SaeWeights[], registry: Registry): Pol
 }
 
 export async function serve(argv: string[]): Promise<ProxyServer> {
-  const { sae: saeDirs, policies: policyDir, ...config } = parseCommand(serveCommand, argv, process.env);
-  const { server, sink, policies } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)), policyDir);
+  const { sae: saeDirs, policies: policyDir, baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, ...config } = parseCommand(serveCommand, argv, process.env);
+  const monitorFlags = { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration };
+  const { server, sink, policies, monitor } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)), policyDir, monitorFlags);
   process.stdout.write(
     `saegate proxy: forwarding to ${config.upstream}\n` +
       `  OpenAI API   ${server.url}/v1\n` +
@@ -115,6 +138,7 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
       `  metrics      ${server.url}/metrics   health ${server.url}/healthz, ${server.url}/readyz\n` +
       `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
       (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : '') +
+      (monitor ? `  drift        ${config.adminToken === null ? '' : `${server.url}/admin/drift; `}baselines: ${monitor.readiness().saes.map((m) => `${m.sae} ${m.drift ? 'loaded' : (m.problem?.code ?? 'none')}`).join(', ')}${recordBaseline === undefined ? '' : `; recording to ${recordBaseline}`}\n` : '') +
       (policies ? `  policies     ${policyDir} (set version ${policies.current?.version ?? 0}: ${policies.policies().map((p) => p.name).join(', ') || 'none'}; watched)\n` : ''),
   );
   return server;

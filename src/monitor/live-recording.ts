@@ -2,8 +2,8 @@
  * Records a baseline (baseline.ts) from live traffic inside `saegate serve --record-baseline`: each
  * request is one document. Requests interleave in the SAE's batches, so every open request keeps its
  * own accumulator (a sparse map of firing counts, the L0/FVU histograms); a request's document is
- * closed once the model server has reported its end and the monitor has assessed once more since
- * (the rows it sent before its end are encoded within milliseconds), or when recording stops.
+ * closed when the monitor passes on the request's end (MonitorService delays ends by one assessment,
+ * so rows sent before the end have been encoded), or when recording stops.
  *
  * Bounded: at most `maxOpenDocuments` requests are open at once; a new one beyond that closes the
  * least recently seen early (its document is kept, shorter). Documents are closed only with at
@@ -19,12 +19,11 @@ interface OpenDocument {
   counts: Map<number, number>;
   l0: number[];
   fvu: number[];
-  /** The recorder's tick when the request's end was reported; -1 while it runs. */
-  endedAtTick: number;
 }
 
 export interface LiveRecordingOptions {
-  readonly model: string;
+  /** Model id, or a function read when the recording finishes (the tap's model id arrives later). */
+  readonly model: string | (() => string);
   readonly sae: { readonly id: string; readonly hash: string };
   readonly hook: string;
   readonly dSae: number;
@@ -41,7 +40,6 @@ export class LiveBaselineRecording {
   private readonly open = new Map<string, OpenDocument>();
   private readonly documents: BaselineDocument[] = [];
   private readonly maxOpen: number;
-  private tick = 0;
   /** Documents closed early because too many requests were open. */
   closedEarly = 0;
 
@@ -81,18 +79,10 @@ export class LiveBaselineRecording {
     }
   }
 
-  /** The model server reported the request's end: its document closes at the second `settle` from now. */
+  /** The request ended: its document is closed. */
   ended(requestId: string): void {
     const doc = this.open.get(requestId);
-    if (doc !== undefined && doc.endedAtTick < 0) doc.endedAtTick = this.tick;
-  }
-
-  /** Called once per monitor assessment: closes documents whose end was reported before the last one. */
-  settle(): void {
-    this.tick++;
-    for (const [id, doc] of this.open) {
-      if (doc.endedAtTick >= 0 && doc.endedAtTick < this.tick - 1) this.close(id, doc);
-    }
+    if (doc !== undefined) this.close(requestId, doc);
   }
 
   /** Closes every open document and returns the baseline (validated: parseBaseline). */
@@ -102,7 +92,7 @@ export class LiveBaselineRecording {
     const baseline: Baseline = {
       version: BASELINE_VERSION,
       provenance: {
-        model: this.options.model,
+        model: typeof this.options.model === 'function' ? this.options.model() : this.options.model,
         sae: { id: this.options.sae.id, hash: this.options.sae.hash },
         hook: this.options.hook,
         dSae: this.options.dSae,
@@ -136,7 +126,6 @@ export class LiveBaselineRecording {
       counts: new Map(),
       l0: new Array<number>(this.l0Edges.length + 1).fill(0),
       fvu: new Array<number>(this.fvuEdges.length + 1).fill(0),
-      endedAtTick: -1,
     };
     this.open.set(id, doc);
     return doc;

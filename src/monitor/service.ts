@@ -50,7 +50,7 @@ import { DEFAULT_WINDOWS, WindowedStats, type WindowSpec } from './windows.js';
 
 /** One monitored SAE at one hook. */
 export interface MonitorSaeSpec {
-  /** Served model name: the `model` metric label, compared with a baseline's provenance. */
+  /** Served model name: the `model` metric label, compared with a baseline's provenance (not when `UNKNOWN_MODEL`). */
   readonly model: string;
   /** SAE id (the directory name `serve --sae` loaded it from). */
   readonly sae: string;
@@ -85,6 +85,8 @@ export interface MonitorServiceOptions {
   readonly logger?: MonitorLogger;
   /** Top drifting features kept per window for the admin API. Default 10. */
   readonly topFeatures?: number;
+  /** Written into recorded baselines' provenance. Default `unknown`. */
+  readonly saegateVersion?: string;
 }
 
 /** Why an SAE has no (or not the newest) baseline. */
@@ -143,7 +145,11 @@ export interface RecordingStatus {
   readonly error: string | null;
 }
 
+/** The `model` of an SAE whose config names no model: a baseline's model is then not compared. */
+export const UNKNOWN_MODEL = 'unknown';
+
 const RECENT_REQUESTS = 64;
+const MAX_PENDING_ENDS = 4096;
 
 export class MonitorService implements MonitorMetricsSource {
   readonly windows: readonly WindowSpec[];
@@ -152,6 +158,8 @@ export class MonitorService implements MonitorMetricsSource {
   readonly alerts: AlertEvaluator | null;
   readonly webhook: WebhookNotifier | null;
   logger: MonitorLogger | undefined;
+  /** The model id tap connections announce (MonitoredSink sets it); recorded baselines name it. */
+  tapModel: () => string | null = () => null;
   /** Baseline files that matched no monitored SAE or could not be read at all. */
   readonly unmatchedBaselines: BaselineProblem[] = [];
   private readonly entries: Entry[];
@@ -164,9 +172,12 @@ export class MonitorService implements MonitorMetricsSource {
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   private lastAssessedMs: number | null = null;
-  private recordingState: { file: string; startedAt: string; endsAtMs: number | null; saegateVersion: string; timer: NodeJS.Timeout | null } | null = null;
+  private recordingState: { file: string; startedAt: string; endsAtMs: number | null; timer: NodeJS.Timeout | null } | null = null;
   private recordingResult: RecordingStatus = { state: 'off', file: null, startedAt: null, endsAtMs: null, documents: 0, tokens: 0, error: null };
   private readonly events: AlertEvent[] = [];
+  /** Ends reported since the last assessment, and those reported before it (processed at the next). */
+  private endsNext: string[] = [];
+  private endsReady: string[] = [];
 
   constructor(options: MonitorServiceOptions) {
     this.options = options;
@@ -290,9 +301,17 @@ export class MonitorService implements MonitorMetricsSource {
     }
   }
 
-  /** The model server finished a request: its summary closes (and its recorded document, soon). */
+  /**
+   * The model server finished a request. Its summary (and recorded document) close at the second
+   * assessment from now: rows it sent before its end may still be with the SAE workers.
+   */
   requestEnded(requestId: string): void {
-    this.drain();
+    this.endsNext.push(requestId);
+    // Bounded: past the cap the oldest waiting end is processed now.
+    if (this.endsNext.length > MAX_PENDING_ENDS) this.finishRequest(this.endsNext.shift()!);
+  }
+
+  private finishRequest(requestId: string): void {
     for (const entry of this.entries) {
       const summary = entry.summaries.finish(requestId);
       if (summary !== undefined) {
@@ -308,6 +327,9 @@ export class MonitorService implements MonitorMetricsSource {
   /** Drains the queue, scores every window, evaluates the alert rules. */
   assess(): void {
     this.drain();
+    for (const id of this.endsReady) this.finishRequest(id);
+    this.endsReady = this.endsNext;
+    this.endsNext = [];
     const top = this.options.topFeatures ?? 10;
     for (const entry of this.entries) {
       const calibrator = entry.baseline === null ? null : this.calibrator(entry, this.alpha);
@@ -322,7 +344,6 @@ export class MonitorService implements MonitorMetricsSource {
         if (calibrator !== null) state.assessment = assessWindow(snapshot, calibrator, { ...this.options.featureTests, top });
         entry.windows.set(spec.name, state);
       }
-      entry.recording?.settle();
     }
     this.lastAssessedMs = this.now();
     this.alerts?.evaluate(this.lastAssessedMs, (rule, hook) => this.readRule(rule, hook));
@@ -436,7 +457,7 @@ export class MonitorService implements MonitorMetricsSource {
     }
     const spec = entry.spec;
     const stats = entry.stats;
-    checkCompatible(baseline, { model: spec.model, saeId: spec.sae, hook: spec.hook, dSae: spec.dSae, l0Edges: stats.l0Edges, fvuEdges: stats.fvuEdges }, source);
+    checkCompatible(baseline, { model: spec.model === UNKNOWN_MODEL ? baseline.provenance.model : spec.model, saeId: spec.sae, hook: spec.hook, dSae: spec.dSae, l0Edges: stats.l0Edges, fvuEdges: stats.fvuEdges }, source);
     const reference = new BaselineReference(baseline);
     // The calibrator refuses a baseline it cannot resample (fewer than 2 documents): a file problem.
     let calibrator: DriftCalibrator;
@@ -462,13 +483,15 @@ export class MonitorService implements MonitorMetricsSource {
   /**
    * Starts recording a baseline from live traffic (each request one document) into `file` (one file
    * per SAE: with several SAEs the SAE id is inserted before the extension). Stops after
-   * `durationMs` (null: at `stopRecording` or close).
+   * `durationMs` (null: at `stopRecording` or close). The provenance's model is the SAE's model when
+   * known, else `tapModel()` when the recording finishes (the model id tap connections announced).
    */
-  startRecording(file: string, durationMs: number | null, saegateVersion: string, modelName?: string): RecordingStatus {
+  startRecording(file: string, durationMs: number | null): RecordingStatus {
+    const saegateVersion = this.options.saegateVersion ?? 'unknown';
     if (this.recordingState !== null) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `a baseline is already being recorded to '${this.recordingState.file}'`);
     for (const entry of this.entries) {
       entry.recording = new LiveBaselineRecording({
-        model: modelName ?? entry.spec.model,
+        model: entry.spec.model !== UNKNOWN_MODEL ? entry.spec.model : () => this.tapModel() ?? UNKNOWN_MODEL,
         sae: { id: entry.spec.sae, hash: 'unknown' },
         hook: entry.spec.hook,
         dSae: entry.spec.dSae,
@@ -480,7 +503,7 @@ export class MonitorService implements MonitorMetricsSource {
     const endsAtMs = durationMs === null ? null : this.now() + durationMs;
     const timer = durationMs === null ? null : setTimeout(() => this.checkRecordingDeadline(), durationMs);
     timer?.unref();
-    this.recordingState = { file, startedAt: new Date(this.now()).toISOString(), endsAtMs, saegateVersion, timer };
+    this.recordingState = { file, startedAt: new Date(this.now()).toISOString(), endsAtMs, timer };
     this.recordingResult = { state: 'recording', file, startedAt: this.recordingState.startedAt, endsAtMs, documents: 0, tokens: 0, error: null };
     this.logger?.info({ file, durationMs }, 'recording a baseline from live traffic');
     return this.recordingStatus();

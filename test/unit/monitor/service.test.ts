@@ -178,9 +178,9 @@ describe('MonitorService', () => {
   });
 
   it('records a baseline from live traffic, one document per request, that loads again', async () => {
-    const { service, clock } = makeService();
+    const { service, clock } = makeService({ saegateVersion: '0.0.0-test' });
     const file = path.join(dir, 'live.json');
-    service.startRecording(file, 60_000, '0.0.0-test');
+    service.startRecording(file, 60_000);
     const traffic = new SyntheticTraffic({ dSae, seed: 12 });
     let tokens = 0;
     for (let d = 0; d < 10; d++) {
