@@ -145,6 +145,9 @@ export interface RecordingStatus {
   readonly error: string | null;
 }
 
+/** The monitor's default false-alarm rate per score and window. */
+export const DEFAULT_ALPHA = 0.01;
+
 /** The `model` of an SAE whose config names no model: a baseline's model is then not compared. */
 export const UNKNOWN_MODEL = 'unknown';
 
@@ -184,7 +187,7 @@ export class MonitorService implements MonitorMetricsSource {
     this.now = options.now ?? Date.now;
     this.logger = options.logger;
     this.windows = options.windows ?? DEFAULT_WINDOWS;
-    this.alpha = options.calibration?.alpha ?? 0.01;
+    this.alpha = options.calibration?.alpha ?? DEFAULT_ALPHA;
     this.entries = options.saes.map((spec) => {
       const watched = spec.watched ?? [];
       const entry: Entry = {
