@@ -88,9 +88,8 @@ class BodyFieldStrategy implements SteeringStrategy {
   }
 
   deliver(_requestId: string, steering: readonly SteeringTerm[], body: Buffer): SteeringDelivery {
-    const object = parseBodyObject(body);
-    this.backend.apply(object, steering);
-    return { planId: null, applied: this.applied, body: Buffer.from(JSON.stringify(object)) };
+    const rewritten = this.backend.serialize(parseBodyObject(body), steering);
+    return { planId: null, applied: this.applied, body: Buffer.from(rewritten) };
   }
 }
 

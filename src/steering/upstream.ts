@@ -68,14 +68,28 @@ export function termProblem(mode: UpstreamSteeringMode, term: Pick<SteeringTerm,
   return null;
 }
 
-/** One backend: writes a plan's terms into a parsed JSON body object. */
+/** One backend: writes a plan's terms into a parsed JSON body. */
 export interface BodySteeringBackend {
   readonly mode: BodySteeringMode;
   /**
-   * Adds `terms` to `body` (a parsed top-level JSON object) in place. Throws SAEGATE_ERR_STEERING
-   * (400) when the client's body already holds a value there that cannot be combined with them.
+   * The JSON text of `body` (a parsed top-level object, left as it was) with `terms` in the
+   * server's field, which comes last. Throws SAEGATE_ERR_STEERING (400) when the client's body
+   * already holds a value there that cannot be combined with them.
    */
-  apply(body: Record<string, unknown>, terms: readonly SteeringTerm[]): void;
+  serialize(body: Readonly<Record<string, unknown>>, terms: readonly SteeringTerm[]): string;
+}
+
+/**
+ * `body` as JSON with `key` replaced by the JSON text `valueJson`, spliced in last. Vectors are
+ * large and the same from one request to the next: their JSON is made once (memo below) and
+ * spliced, instead of JSON.stringify printing thousands of numbers per request (at d_model 4096
+ * that alone was ~1 ms on the event loop; test/bench/upstream-steering.ts).
+ */
+function withField(body: Readonly<Record<string, unknown>>, key: string, valueJson: string): string {
+  const others: Record<string, unknown> = { ...body };
+  delete others[key];
+  const rest = JSON.stringify(others);
+  return `${rest.length === 2 ? '{' : `${rest.slice(0, -1)},`}${JSON.stringify(key)}:${valueJson}}`;
 }
 
 /** Options of {@link createBodySteeringBackend}. */
@@ -118,18 +132,17 @@ class ReferenceBackend implements BodySteeringBackend {
   readonly mode = 'reference' as const;
   // float32 → double is exact and JSON prints the shortest double that round-trips, so the server
   // rebuilds the same float32 values.
-  private readonly numbers = memo((values) => Array.from(values));
+  private readonly vectorJson = memo((values) => JSON.stringify(Array.from(values)));
 
-  apply(body: Record<string, unknown>, terms: readonly SteeringTerm[]): void {
+  serialize(body: Readonly<Record<string, unknown>>, terms: readonly SteeringTerm[]): string {
     const existing = body.steering;
     if (existing !== undefined && existing !== null && !Array.isArray(existing)) throw conflict('steering', 'not an array');
-    const entries = terms.map((term) => ({
-      hook: term.hook,
-      vector: this.numbers(term.vector),
-      scale: term.scale,
-      positions: { from: term.fromPosition, until: term.untilPosition },
-    }));
-    body.steering = Array.isArray(existing) ? [...(existing as unknown[]), ...entries] : entries;
+    const entries = Array.isArray(existing) ? existing.map((entry) => JSON.stringify(entry)) : [];
+    for (const term of terms) {
+      const positions = JSON.stringify({ from: term.fromPosition, until: term.untilPosition });
+      entries.push(`{"hook":${JSON.stringify(term.hook)},"vector":${this.vectorJson(term.vector)},"scale":${JSON.stringify(term.scale)},"positions":${positions}}`);
+    }
+    return withField(body, 'steering', `[${entries.join(',')}]`);
   }
 }
 
@@ -179,7 +192,7 @@ class EasySteerBackend implements BodySteeringBackend {
 
   private readonly ids = memo(vectorId);
 
-  apply(body: Record<string, unknown>, terms: readonly SteeringTerm[]): void {
+  serialize(body: Readonly<Record<string, unknown>>, terms: readonly SteeringTerm[]): string {
     const existing = body.steering;
     if (existing !== undefined && existing !== null) throw conflict('steering', existing === false ? 'false: steering explicitly off' : 'a SteeringSpec of its own');
     const vectors = terms.map((term) => {
@@ -195,7 +208,7 @@ class EasySteerBackend implements BodySteeringBackend {
         apply: { prompt: 'all', generation: 'all' },
       };
     });
-    body.steering = vectors.length > 1 ? { vectors, conflict: 'sequential' } : { vectors };
+    return withField(body, 'steering', JSON.stringify(vectors.length > 1 ? { vectors, conflict: 'sequential' } : { vectors }));
   }
 }
 
@@ -208,20 +221,23 @@ export interface VllmXargsPlan {
 /** `vllm_xargs.saegate_steering`: the plan as one JSON string; other xargs keys are kept. */
 class VllmXargsBackend implements BodySteeringBackend {
   readonly mode = 'vllm-xargs' as const;
+  // Base64 needs no JSON escaping, inside the plan or inside the string that carries it.
   private readonly encoded = memo((values) => ({ id: vectorId(values), base64: Buffer.from(values.buffer, values.byteOffset, values.byteLength).toString('base64') }));
 
-  apply(body: Record<string, unknown>, terms: readonly SteeringTerm[]): void {
+  serialize(body: Readonly<Record<string, unknown>>, terms: readonly SteeringTerm[]): string {
     const existing = body.vllm_xargs;
     if (existing !== undefined && existing !== null && (typeof existing !== 'object' || Array.isArray(existing))) throw conflict('vllm_xargs', 'not an object');
     const xargs = (existing ?? {}) as Record<string, unknown>;
     if (xargs[VLLM_XARGS_KEY] !== undefined) throw conflict(`vllm_xargs.${VLLM_XARGS_KEY}`, 'set by the client');
-    const plan: VllmXargsPlan = {
-      version: 1,
-      terms: terms.map((term) => {
-        const { id, base64 } = this.encoded(term.vector);
-        return { hook: term.hook, layer: hookLayer(term.hook) ?? null, scale: term.scale, from: term.fromPosition, until: term.untilPosition, id, dModel: term.vector.length, vectorF32Base64: base64 };
-      }),
-    };
-    body.vllm_xargs = { ...xargs, [VLLM_XARGS_KEY]: JSON.stringify(plan) };
+    // The plan's JSON (a VllmXargsPlan) is carried as a JSON string value, so it is written here
+    // already escaped for that string: the small fields through JSON.stringify twice, the base64
+    // (which needs no escaping at either level) spliced as it is.
+    const planTerms = terms.map((term) => {
+      const { id, base64 } = this.encoded(term.vector);
+      const fields = JSON.stringify({ hook: term.hook, layer: hookLayer(term.hook) ?? null, scale: term.scale, from: term.fromPosition, until: term.untilPosition, id, dModel: term.vector.length });
+      return `${JSON.stringify(fields.slice(0, -1)).slice(1, -1)},\\"vectorF32Base64\\":\\"${base64}\\"}`;
+    });
+    const planString = `"{\\"version\\":1,\\"terms\\":[${planTerms.join(',')}]}"`;
+    return withField(body, 'vllm_xargs', withField(xargs, VLLM_XARGS_KEY, planString));
   }
 }

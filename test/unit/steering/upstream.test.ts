@@ -73,9 +73,8 @@ describe('reference backend', () => {
 
   it("writes entries the reference server's own schema accepts, with bit-exact float32 values after JSON", () => {
     const vector = direction(1);
-    const body: Record<string, unknown> = { model: 'm', prompt: 'p' };
-    backend.apply(body, [term(HOOK, vector, 3, 2, 9)]);
-    const wire = JSON.parse(JSON.stringify(body)) as { steering: unknown[] };
+    const wire = JSON.parse(backend.serialize({ model: 'm', prompt: 'p' }, [term(HOOK, vector, 3, 2, 9)])) as { steering: unknown[]; prompt: string };
+    expect(wire.prompt).toBe('p');
     const entries = z.array(steeringEntrySchema).parse(wire.steering);
     expect(entries).toEqual([{ hook: HOOK, vector: expect.any(Array), scale: 3, positions: { from: 2, until: 9 } }]);
     expect(Float32Array.from(entries[0].vector)).toEqual(vector);
@@ -83,14 +82,22 @@ describe('reference backend', () => {
 
   it("keeps the client's own steering entries and appends the plan's", () => {
     const own = { layer: 1, vector: [1, 2], scale: 1 };
-    const body: Record<string, unknown> = { model: 'm', steering: [own] };
-    backend.apply(body, [term(HOOK, direction(2))]);
-    expect((body.steering as unknown[])[0]).toEqual(own);
+    const body = JSON.parse(backend.serialize({ model: 'm', steering: [own] }, [term(HOOK, direction(2))])) as { steering: unknown[] };
+    expect(body.steering[0]).toEqual(own);
     expect(body.steering).toHaveLength(2);
   });
 
+  it('keeps every other field as it was, nested fields of the same name included, and handles an empty body', () => {
+    const body = { model: 'm', messages: [{ role: 'user', content: 'x', steering: 'nested' }], n: 1, logit_bias: { '5': -1 } };
+    const out = JSON.parse(backend.serialize(body, [term(HOOK, direction(11))])) as Record<string, unknown>;
+    expect({ ...out, steering: undefined }).toEqual({ ...body, steering: undefined });
+    expect(Object.keys(out)).toEqual(['model', 'messages', 'n', 'logit_bias', 'steering']);
+    expect(body).not.toHaveProperty('steering');
+    expect(Object.keys(JSON.parse(backend.serialize({}, [term(HOOK, direction(11))])) as object)).toEqual(['steering']);
+  });
+
   it('refuses a client steering field that is not an array', () => {
-    expectSaegateError(() => backend.apply({ model: 'm', steering: { x: 1 } }, [term(HOOK, direction(3))]), 'SAEGATE_ERR_STEERING', "'steering'", 'not an array');
+    expectSaegateError(() => backend.serialize({ model: 'm', steering: { x: 1 } }, [term(HOOK, direction(3))]), 'SAEGATE_ERR_STEERING', "'steering'", 'not an array');
   });
 });
 
@@ -107,8 +114,8 @@ describe('easysteer backend', () => {
     const vector = direction(4);
     const body = fixture('easysteer-openai-server.json');
     delete body.steering;
-    backend.apply(body, [term(HOOK, vector, 4)]);
-    const parsed = easySteerRequest.parse(JSON.parse(JSON.stringify(body)));
+    const parsed = easySteerRequest.parse(JSON.parse(backend.serialize(body, [term(HOOK, vector, 4)])));
+    expect(parsed.messages).toEqual(body.messages);
     const spec = parsed.steering as z.infer<typeof easySteerSpec>;
     expect(spec.vectors).toHaveLength(1);
     expect(spec.conflict).toBeUndefined();
@@ -120,15 +127,13 @@ describe('easysteer backend', () => {
     expect([...file.hooks.keys()]).toEqual([HOOK]);
     expect(file.hooks.get(HOOK)).toEqual(vector);
     const mtime = fs.statSync(v.source as string).mtimeMs;
-    const again: Record<string, unknown> = { model: 'm' };
-    backend.apply(again, [term(HOOK, vector, 1)]);
+    const again = JSON.parse(backend.serialize({ model: 'm' }, [term(HOOK, vector, 1)])) as Record<string, unknown>;
     expect((again.steering as { vectors: { source: string }[] }).vectors[0].source).toBe(v.source);
     expect(fs.statSync(v.source as string).mtimeMs).toBe(mtime);
   });
 
   it('stacks several terms with conflict "sequential" (saegate terms add up)', () => {
-    const body: Record<string, unknown> = { model: 'm' };
-    backend.apply(body, [term(HOOK, direction(5)), term('blocks.2.hook_resid_post', direction(6), -1)]);
+    const body = JSON.parse(backend.serialize({ model: 'm' }, [term(HOOK, direction(5)), term('blocks.2.hook_resid_post', direction(6), -1)])) as Record<string, unknown>;
     const spec = easySteerSpec.parse(body.steering);
     expect(spec.conflict).toBe('sequential');
     expect(spec.vectors.map((v) => v.layers)).toEqual([[6], [2]]);
@@ -139,11 +144,11 @@ describe('easysteer backend', () => {
     ['a spec of its own', { vectors: [] }, 'a SteeringSpec of its own'],
     ['false', false, 'steering explicitly off'],
   ])("refuses a client steering field (%s) instead of guessing how EasySteer's conflict policy combines them", (_name, steering, fragment) => {
-    expectSaegateError(() => backend.apply({ model: 'm', steering }, [term(HOOK, direction(7))]), 'SAEGATE_ERR_STEERING', fragment);
+    expectSaegateError(() => backend.serialize({ model: 'm', steering }, [term(HOOK, direction(7))]), 'SAEGATE_ERR_STEERING', fragment);
   });
 
   it('refuses terms EasySteer cannot express, naming why', () => {
-    expectSaegateError(() => backend.apply({ model: 'm' }, [term('blocks.6.hook_resid_pre', direction(8))]), 'SAEGATE_ERR_STEERING', 'hook_resid_pre');
+    expectSaegateError(() => backend.serialize({ model: 'm' }, [term('blocks.6.hook_resid_pre', direction(8))]), 'SAEGATE_ERR_STEERING', 'hook_resid_pre');
     expect(termProblem('easysteer', { hook: 'blocks.0.hook_resid_post', fromPosition: 0, untilPosition: null })).toMatch(/no layer 0/);
     expect(termProblem('easysteer', { hook: HOOK, fromPosition: 3, untilPosition: null })).toMatch(/only positions 'all'/);
     expect(termProblem('easysteer', { hook: HOOK, fromPosition: 0, untilPosition: null })).toBeNull();
@@ -165,8 +170,8 @@ describe('vllm-xargs backend', () => {
     const fromDocs = fixture('vllm-custom-arguments.json');
     expect(vllmRequest.safeParse(fromDocs).success).toBe(true);
     const vector = direction(9, 40);
-    backend.apply(fromDocs, [term(HOOK, vector, -2, 1, 7), term('hook_embed', vector, 0.5)]);
-    const parsed = vllmRequest.parse(JSON.parse(JSON.stringify(fromDocs)));
+    const parsed = vllmRequest.parse(JSON.parse(backend.serialize(fromDocs, [term(HOOK, vector, -2, 1, 7), term('hook_embed', vector, 0.5)])));
+    expect(parsed.prompt).toBe(fromDocs.prompt);
     expect(Object.keys(parsed.vllm_xargs ?? {})).toEqual(['your_custom_arg', VLLM_XARGS_KEY]);
     expect(parsed.vllm_xargs?.your_custom_arg).toBe(67);
     const plan = JSON.parse(parsed.vllm_xargs?.[VLLM_XARGS_KEY] as string) as VllmXargsPlan;
@@ -180,10 +185,9 @@ describe('vllm-xargs backend', () => {
   });
 
   it('creates vllm_xargs when absent and refuses a client value under its key', () => {
-    const body: Record<string, unknown> = { model: 'm' };
-    backend.apply(body, [term(HOOK, direction(10))]);
+    const body = JSON.parse(backend.serialize({ model: 'm' }, [term(HOOK, direction(10))])) as Record<string, unknown>;
     expect(Object.keys(body.vllm_xargs as object)).toEqual([VLLM_XARGS_KEY]);
-    expectSaegateError(() => backend.apply({ model: 'm', vllm_xargs: { [VLLM_XARGS_KEY]: 'x' } }, [term(HOOK, direction(10))]), 'SAEGATE_ERR_STEERING', `vllm_xargs.${VLLM_XARGS_KEY}`);
-    expectSaegateError(() => backend.apply({ model: 'm', vllm_xargs: [1] }, [term(HOOK, direction(10))]), 'SAEGATE_ERR_STEERING', 'not an object');
+    expectSaegateError(() => backend.serialize({ model: 'm', vllm_xargs: { [VLLM_XARGS_KEY]: 'x' } }, [term(HOOK, direction(10))]), 'SAEGATE_ERR_STEERING', `vllm_xargs.${VLLM_XARGS_KEY}`);
+    expectSaegateError(() => backend.serialize({ model: 'm', vllm_xargs: [1] }, [term(HOOK, direction(10))]), 'SAEGATE_ERR_STEERING', 'not an object');
   });
 });
