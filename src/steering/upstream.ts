@@ -25,6 +25,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { err, SaegateError } from '../common/errors.js';
+import { writeAtomically } from '../common/json-file.js';
 import { vectorId } from '../tap/codec.js';
 import type { SteeringTerm } from '../tap/host.js';
 import { toControlVectorGguf } from './formats.js';
@@ -173,15 +174,12 @@ class EasySteerBackend implements BodySteeringBackend {
     if (file === undefined) {
       const layer = hookLayer(hook) ?? 0;
       file = path.join(this.dir, `saegate-${this.ids(values).slice(0, 32)}-L${layer}.gguf`);
+      // The name is the content, so a file left by an earlier run (or another saegate) is reused.
       if (!fs.existsSync(file)) {
-        const vector = makeSteeringVector('<plan>', new Map([[hook, values]]), { method: 'manual' });
-        const temp = `${file}.${process.pid}.tmp`;
+        const bytes = toControlVectorGguf(file, makeSteeringVector('<plan>', new Map([[hook, values]]), { method: 'manual' }));
         try {
-          fs.writeFileSync(temp, toControlVectorGguf(file, vector));
-          fs.renameSync(temp, file);
+          writeAtomically(file, (temp) => fs.writeFileSync(temp, bytes));
         } catch (error) {
-          fs.rmSync(temp, { force: true });
-          if (error instanceof SaegateError) throw error;
           throw err('SAEGATE_ERR_CONFIG', 'upstreamSteeringVectorDir', `cannot write ${file}: ${(error as Error).message}`);
         }
       }
