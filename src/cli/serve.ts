@@ -10,6 +10,7 @@ import { parseCommand, text, type CommandSpec } from '../common/options.js';
 import { formatProblem } from '../policies/load.js';
 import { PolicyManager } from '../policies/manager.js';
 import { VectorStore } from '../steering/store.js';
+import { isBodySteeringMode, type UpstreamSteeringMode } from '../steering/upstream.js';
 import { proxyCommand, proxyOptions } from '../proxy/config.js';
 import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
@@ -47,7 +48,11 @@ export async function startProxyWithSaes(
   policyDir?: string,
 ): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined }> {
   const registry = new Registry();
-  const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry);
+  const upstreamSteering = options.upstreamSteering ?? 'tap';
+  if (saes.length > 0 && isBodySteeringMode(upstreamSteering)) {
+    throw new SaegateError('SAEGATE_ERR_CONFIG', ['sae', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations for an SAE to read; drop --sae or use --upstream-steering tap`]);
+  }
+  const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry, upstreamSteering);
   const sink = saes.length > 0 ? await SaeSink.create({
           saes,
           registry,
@@ -87,7 +92,7 @@ export async function startProxyWithSaes(
  * Loads the policy directory before anything listens: an invalid set stops start-up with every
  * problem listed; later invalid changes keep the last good set (PolicyManager).
  */
-function startPolicies(dir: string, saes: SaeWeights[], registry: Registry): PolicyManager {
+function startPolicies(dir: string, saes: SaeWeights[], registry: Registry, upstreamSteering: UpstreamSteeringMode): PolicyManager {
   const byName = new Map(saes.map((sae) => [path.basename(path.resolve(sae.config.source)), sae] as const));
   const manager = new PolicyManager({
     path: dir,
@@ -95,6 +100,7 @@ function startPolicies(dir: string, saes: SaeWeights[], registry: Registry): Pol
     context: () => ({
       vectors: new VectorStore({ baseDir: path.resolve(dir), saes: new Map([...byName].map(([name, sae]) => [name, { hook: sae.config.hookName, weights: sae }])) }),
       saes: new Map([...byName].map(([name, sae]) => [name, { dSae: sae.config.dSae, hook: sae.config.hookName }])),
+      upstreamSteering,
     }),
   });
   const first = manager.start();
@@ -112,6 +118,7 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
     `saegate proxy: forwarding to ${config.upstream}\n` +
       `  OpenAI API   ${server.url}/v1\n` +
       `  tap          ${server.tapUrl} (${config.tapToken === null ? 'no token: loopback only' : 'bearer token required'})\n` +
+      (isBodySteeringMode(config.upstreamSteering) ? `  steering     ${server.steering.description} (--upstream-steering ${config.upstreamSteering})\n` : '') +
       `  metrics      ${server.url}/metrics   health ${server.url}/healthz, ${server.url}/readyz\n` +
       `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
       (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : '') +
