@@ -10,11 +10,12 @@ import { parseCommand, text, type CommandSpec } from '../common/options.js';
 import { formatProblem } from '../policies/load.js';
 import { PolicyManager } from '../policies/manager.js';
 import { VectorStore } from '../steering/store.js';
+import { isBodySteeringMode, type UpstreamSteeringMode } from '../steering/upstream.js';
 import { proxyCommand, proxyOptions } from '../proxy/config.js';
 import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
-import { MonitoredSink } from '../monitor/monitored-sink.js';
+import { monitoredSink, type MonitoredSink } from '../monitor/monitored-sink.js';
 import type { MonitorService } from '../monitor/service.js';
 import { createMonitor, monitorOptions, type MonitorFlags } from './serve-monitor.js';
 import type { SaeWeights } from '../sae/types.js';
@@ -52,9 +53,13 @@ export async function startProxyWithSaes(
   monitorFlags: MonitorFlags = {},
 ): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; monitor: MonitorService | undefined }> {
   const registry = new Registry();
-  const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry);
-  // The drift monitor runs over every SAE; its files are read before anything starts.
+  const upstreamSteering = options.upstreamSteering ?? 'tap';
+  if (saes.length > 0 && isBodySteeringMode(upstreamSteering)) {
+    throw new SaegateError('SAEGATE_ERR_CONFIG', ['sae', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations for an SAE to read; drop --sae or use --upstream-steering tap`]);
+  }
+  // The drift monitor runs over every SAE; its files are read before anything starts (it starts nothing itself yet).
   const monitor = saes.length > 0 ? createMonitor(saes, monitorFlags, registry) : undefined;
+  const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry, upstreamSteering);
   const sink = saes.length > 0 ? await SaeSink.create({
           saes,
           registry,
@@ -64,10 +69,10 @@ export async function startProxyWithSaes(
           workers: options.saeWorkers,
           ...(options.saeTopK !== undefined && options.saeTopK > 0 && { topK: options.saeTopK }),
         }) : undefined;
-  const monitoredSink = sink && monitor ? new MonitoredSink(sink, monitor) : undefined;
+  const tapSide = sink && monitor ? monitoredSink(sink, monitor) : undefined;
   let server: ProxyServer;
   try {
-    server = await startProxy({ ...options, sink: monitoredSink ?? sink, registry, monitor, ...(policies && { planResolver: policies }) });
+    server = await startProxy({ ...options, sink: tapSide?.sink ?? sink, registry, monitor, ...(policies && { planResolver: policies }) });
   } catch (error) {
     policies?.close();
     await sink?.close();
@@ -83,7 +88,7 @@ export async function startProxyWithSaes(
   }
   if (sink) {
     server.tap.subscribeAll({ hooks: sink.hooks, dtype: 'f16', includePrompt: true });
-    const unsubscribe = monitor && monitoredSink ? startMonitor(monitor, sink, monitoredSink, server, monitorFlags) : () => {};
+    const unsubscribe = monitor && tapSide ? startMonitor(monitor, sink, tapSide, server, monitorFlags) : () => {};
     const closeProxy = server.close.bind(server);
     server.close = async (closeOptions) => {
       await closeProxy(closeOptions);
@@ -98,7 +103,7 @@ export async function startProxyWithSaes(
 /** Feeds the monitor the SAE results, logs through the proxy's logger, starts its timer and a recording. */
 function startMonitor(monitor: MonitorService, sink: SaeSink, tapSide: MonitoredSink, server: ProxyServer, flags: MonitorFlags): () => void {
   monitor.logger = server.app.log;
-  monitor.tapModel = () => tapSide.modelId;
+  monitor.tapModel = tapSide.modelId;
   const off = sink.onResult((batch) => monitor.offerResults(batch));
   monitor.start();
   if (flags.recordBaseline !== undefined) monitor.startRecording(flags.recordBaseline, flags.duration ?? null);
@@ -109,7 +114,7 @@ function startMonitor(monitor: MonitorService, sink: SaeSink, tapSide: Monitored
  * Loads the policy directory before anything listens: an invalid set stops start-up with every
  * problem listed; later invalid changes keep the last good set (PolicyManager).
  */
-function startPolicies(dir: string, saes: SaeWeights[], registry: Registry): PolicyManager {
+function startPolicies(dir: string, saes: SaeWeights[], registry: Registry, upstreamSteering: UpstreamSteeringMode): PolicyManager {
   const byName = new Map(saes.map((sae) => [path.basename(path.resolve(sae.config.source)), sae] as const));
   const manager = new PolicyManager({
     path: dir,
@@ -117,6 +122,7 @@ function startPolicies(dir: string, saes: SaeWeights[], registry: Registry): Pol
     context: () => ({
       vectors: new VectorStore({ baseDir: path.resolve(dir), saes: new Map([...byName].map(([name, sae]) => [name, { hook: sae.config.hookName, weights: sae }])) }),
       saes: new Map([...byName].map(([name, sae]) => [name, { dSae: sae.config.dSae, hook: sae.config.hookName }])),
+      upstreamSteering,
     }),
   });
   const first = manager.start();
@@ -135,6 +141,7 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
     `saegate proxy: forwarding to ${config.upstream}\n` +
       `  OpenAI API   ${server.url}/v1\n` +
       `  tap          ${server.tapUrl} (${config.tapToken === null ? 'no token: loopback only' : 'bearer token required'})\n` +
+      (isBodySteeringMode(config.upstreamSteering) ? `  steering     ${server.steering.description} (--upstream-steering ${config.upstreamSteering})\n` : '') +
       `  metrics      ${server.url}/metrics   health ${server.url}/healthz, ${server.url}/readyz\n` +
       `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
       (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : '') +

@@ -1,39 +1,43 @@
 /**
  * The SAE pipeline's activation sink with the monitor beside it: every tap callback goes to the SAE
- * sink unchanged; request ends also go to the monitor (summaries, live baseline recording), and the
- * model id of the tap connections is remembered (a live recording's provenance names it).
+ * sink unchanged (any callback, present or added later to `ActivationSink`: the wrapper forwards
+ * whatever it does not handle); request ends also go to the monitor (summaries, live baseline
+ * recording), and the model id of the tap connection that last sent rows is remembered (a live
+ * recording's provenance names it).
  */
 import type { ActivationSink, TapSource } from '../tap/sink.js';
 import type { RequestEnd } from '../tap/messages.js';
 import type { ActivationsFrame } from '../tap/server.js';
 import type { MonitorService } from './service.js';
 
-export class MonitoredSink implements ActivationSink {
+export interface MonitoredSink {
+  /** What the tap host is given. */
+  readonly sink: ActivationSink;
   /** Model id of the last tap connection that sent rows; null before any. */
-  modelId: string | null = null;
+  modelId(): string | null;
+}
 
-  constructor(
-    private readonly sink: ActivationSink,
-    private readonly monitor: MonitorService,
-  ) {
-    if (sink.tokens !== undefined) this.tokens = sink.tokens.bind(sink);
-    if (sink.admit !== undefined) this.admit = sink.admit.bind(sink);
-    if (sink.connected !== undefined) this.connected = sink.connected.bind(sink);
-    if (sink.disconnected !== undefined) this.disconnected = sink.disconnected.bind(sink);
-  }
-
-  tokens?: ActivationSink['tokens'];
-  admit?: ActivationSink['admit'];
-  connected?: ActivationSink['connected'];
-  disconnected?: ActivationSink['disconnected'];
-
-  write(frame: ActivationsFrame, source: TapSource): number {
-    this.modelId = source.modelId;
-    return this.sink.write(frame, source);
-  }
-
-  end(end: RequestEnd, source: TapSource): void {
-    this.sink.end?.(end, source);
-    this.monitor.requestEnded(end.requestId);
-  }
+/** Wraps `inner` so request ends reach `monitor` too. */
+export function monitoredSink(inner: ActivationSink, monitor: MonitorService): MonitoredSink {
+  let modelId: string | null = null;
+  const write = (frame: ActivationsFrame, source: TapSource): number => {
+    modelId = source.modelId;
+    return inner.write(frame, source);
+  };
+  const end = (message: RequestEnd, source: TapSource): void => {
+    inner.end?.(message, source);
+    monitor.requestEnded(message.requestId);
+  };
+  const sink = new Proxy(inner, {
+    get(target, property) {
+      if (property === 'write') return write;
+      if (property === 'end') return end;
+      const value: unknown = Reflect.get(target, property, target);
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+    has(target, property) {
+      return property === 'end' || Reflect.has(target, property);
+    },
+  });
+  return { sink, modelId: () => modelId };
 }

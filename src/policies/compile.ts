@@ -16,6 +16,7 @@
  */
 import { SaegateError } from '../common/errors.js';
 import type { VectorStore } from '../steering/store.js';
+import { isBodySteeringMode, termProblem, type UpstreamSteeringMode } from '../steering/upstream.js';
 import type { SteeringVector } from '../steering/vector.js';
 import { formatPath, type PolicyProblem, type PolicySource } from './load.js';
 import type { Policy, PolicyCondition, PolicyMatch, PolicyPositions } from './schema.js';
@@ -26,6 +27,12 @@ export interface PolicyContext {
   model?: { dModel: number; hookPoints: ReadonlySet<string> };
   /** SAEs by name (as loaded by `serve --sae`): their width, hook and feature labels. */
   saes?: ReadonlyMap<string, { dSae: number; hook: string; labels?: ReadonlyMap<number, { label: string }> }>;
+  /**
+   * How steering reaches the model server (`serve --upstream-steering`). Default `tap`. With a
+   * body-field mode (a server without the tap) conditions are refused — nothing streams the
+   * activations they are evaluated on — and so is a steer the server's field cannot express.
+   */
+  upstreamSteering?: UpstreamSteeringMode;
 }
 
 export interface CompiledSteer {
@@ -122,6 +129,27 @@ function checkCondition(
   }
 }
 
+/** A condition under a body-field `upstreamSteering` mode: refused, nothing streams activations. */
+function checkNoTapCondition(context: PolicyContext, source: PolicySource, at: (string | number)[], problems: PolicyProblem[]): void {
+  const mode = context.upstreamSteering ?? 'tap';
+  if (!isBodySteeringMode(mode)) return;
+  problems.push(
+    problemAt(source, at, `policy '${source.policy.metadata.name}': conditions need activations from the tap, but --upstream-steering ${mode} sends steering in the request body and receives no activations; remove 'when' or use --upstream-steering tap`),
+  );
+}
+
+/** A steer under a body-field mode: no condition, and every hook and position range expressible. */
+function checkUpstreamSteer(context: PolicyContext, source: PolicySource, at: (string | number)[], steer: { when?: PolicyCondition; positions: PolicyPositions }, hooks: readonly string[], problems: PolicyProblem[]): void {
+  const mode = context.upstreamSteering ?? 'tap';
+  if (!isBodySteeringMode(mode)) return;
+  if (steer.when) checkNoTapCondition(context, source, [...at, 'steer', 'when'], problems);
+  const range = typeof steer.positions === 'object' ? { fromPosition: steer.positions.from, untilPosition: steer.positions.until ?? null } : { fromPosition: 0, untilPosition: null };
+  for (const hook of hooks) {
+    const problem = termProblem(mode, { hook, ...range });
+    if (problem !== null) problems.push(problemAt(source, [...at, 'steer'], `policy '${source.policy.metadata.name}': ${problem}`));
+  }
+}
+
 function compileOne(context: PolicyContext, source: PolicySource, watched: ReadonlySet<string>, version: number, problems: PolicyProblem[]): CompiledPolicy {
   const policy: Policy = source.policy;
   const compiled: CompiledPolicy = {
@@ -148,6 +176,7 @@ function compileOne(context: PolicyContext, source: PolicySource, watched: Reado
       });
       checkVectorAgainstModel(context, source, [...at, 'steer', 'vector'], vector, hooks, problems);
       if (steer.when) checkCondition(context, source, [...at, 'steer', 'when'], steer.when, watched, problems);
+      checkUpstreamSteer(context, source, at, steer, hooks, problems);
       if (steer.forTokens !== undefined && !steer.when) problems.push(problemAt(source, [...at, 'steer', 'forTokens'], 'forTokens applies to conditional steering only (give `when`, or use positions {from, until})'));
       if (typeof steer.positions === 'object' && steer.positions.until !== undefined && steer.positions.until <= steer.positions.from) {
         problems.push(problemAt(source, [...at, 'steer', 'positions', 'until'], `until (${steer.positions.until}) must be greater than from (${steer.positions.from})`));
@@ -174,9 +203,11 @@ function compileOne(context: PolicyContext, source: PolicySource, watched: Reado
       });
     } else if ('flag' in action) {
       if (action.flag.when) checkCondition(context, source, [...at, 'flag', 'when'], action.flag.when, watched, problems);
+      if (action.flag.when) checkNoTapCondition(context, source, [...at, 'flag', 'when'], problems);
       compiled.flags.push({ name: action.flag.name, when: action.flag.when });
     } else {
       checkCondition(context, source, [...at, 'abort', 'when'], action.abort.when, watched, problems);
+      checkNoTapCondition(context, source, [...at, 'abort', 'when'], problems);
       compiled.aborts.push({ when: action.abort.when, reason: action.abort.reason });
     }
   });

@@ -28,6 +28,7 @@ import { registerOpsRoutes } from './routes-ops.js';
 import { TapHost } from '../tap/host.js';
 import { CountingSink, type ActivationSink } from '../tap/sink.js';
 import { UpstreamClient } from './upstream.js';
+import { createSteeringStrategy, type SteeringStrategy } from './upstream-steering.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -68,6 +69,8 @@ export interface ProxyApp {
   inFlight: InFlightExchanges;
   streams: StreamSlots;
   state: ProxyState;
+  /** How steering reaches the model server (`upstreamSteering`). */
+  steering: SteeringStrategy;
   /** Closes the tap and the upstream sockets (idempotent); also run by `app.close()`. */
   closeResources(): Promise<void>;
 }
@@ -97,6 +100,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
   const tap = new TapHost({ sink, token: config.tapToken, maxFrameBytes: config.tapMaxFrameBytes, logger: app.log });
   const metrics = new ProxyMetrics({ registry: options.registry, tapStats: () => tap.stats, sinkDroppedRows: () => tap.sinkDroppedRows });
   const upstream = new UpstreamClient({ ...config, connections: config.upstreamConnections, metrics });
+  const steering = createSteeringStrategy(config.upstreamSteering, { tap, vectorDir: config.upstreamSteeringVectorDir });
   const state: ProxyState = { phase: 'serving' };
   const inFlight = new InFlightExchanges();
   const streams = new StreamSlots(config.maxStreams);
@@ -106,6 +110,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
     cacheMs: config.readinessCacheMs,
     requireTap: config.requireTap,
     tapConnections: () => tap.connections.length,
+    steering,
     draining: () => state.phase !== 'serving',
     ...(options.monitor && { monitor: options.monitor.readiness.bind(options.monitor) }),
   });
@@ -150,7 +155,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
   });
 
   registerOpsRoutes(app, { readiness, metrics });
-  registerOpenAIRoutes(app, { forwarder, streams, planResolver: options.planResolver ?? emptyPlanResolver, tap, metrics, state });
+  registerOpenAIRoutes(app, { forwarder, streams, planResolver: options.planResolver ?? emptyPlanResolver, steering, metrics, state });
   registerAdminRoutes(app, { config, tap, streams, inFlight, state, startedAt: performance.now(), monitor: options.monitor });
 
   let closing: Promise<void> | null = null;
@@ -162,5 +167,5 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
     await closeResources();
   });
 
-  return { app, config, tap, sink, upstream, metrics, readiness, inFlight, streams, state, closeResources };
+  return { app, config, tap, sink, upstream, metrics, readiness, inFlight, streams, state, steering, closeResources };
 }

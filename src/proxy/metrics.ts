@@ -124,7 +124,7 @@ export class ProxyMetrics {
     this.retries = new Counter({ name: 'saegate_upstream_retries_total', help: 'Upstream attempts retried, by reason.', labelNames: ['reason'], registers });
     this.plans = new Counter({
       name: 'saegate_steering_plans_total',
-      help: 'Requests with steering, by outcome (sent to the model server, skipped: no tap could apply it, refused: fail-closed).',
+      help: 'Requests with steering, by outcome (sent: plan over the tap, upstream: written into the body for a server without the tap, skipped: nothing could apply it, refused: fail-closed).',
       labelNames: ['outcome'],
       registers,
     });

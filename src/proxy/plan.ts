@@ -48,8 +48,9 @@ export const emptyPlanResolver: PlanResolver = { resolve: () => EMPTY_PLAN };
 
 /**
  * The `x-saegate-applied` value: `none`, or comma-separated items `policy=<name>` and
- * `steering=<planId>` (the plan went to the model server with the request) or `steering=skipped`
- * (steering was asked for but no connected model server could apply it).
+ * `steering=<planId>` (the plan went to the model server with the request), `steering=upstream:<mode>`
+ * (it was written into the body for a server without the tap) or `steering=skipped` (steering was
+ * asked for but nothing could apply it). `planId` is what follows `steering=`; null = skipped.
  */
 export function appliedValue(plan: RequestPlan, planId: string | null): string {
   if (plan.policies.length === 0 && plan.steering.length === 0) return 'none';

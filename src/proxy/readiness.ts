@@ -9,6 +9,7 @@
 import { performance } from 'node:perf_hooks';
 import type { MonitorService } from '../monitor/service.js';
 import type { ProbeResult, UpstreamClient } from './upstream.js';
+import type { SteeringStrategy } from './upstream-steering.js';
 
 export interface ReadinessOptions {
   upstream: UpstreamClient;
@@ -18,6 +19,8 @@ export interface ReadinessOptions {
   requireTap: boolean;
   /** Open tap connections now. */
   tapConnections: () => number;
+  /** How steering reaches the model server; reported, never a reason to be unready. */
+  steering: Pick<SteeringStrategy, 'mode' | 'activations' | 'description'>;
   /** True once shutdown has begun. */
   draining: () => boolean;
   /** The drift monitor's details (MonitorService.readiness); absent without a monitor. */
@@ -33,6 +36,8 @@ export interface ReadinessReport {
   draining: boolean;
   upstream: { ok: boolean; url: string; status: number | null; error: string | null };
   tap: { ok: boolean; required: boolean; connections: number };
+  /** `details`: e.g. `steering via easysteer, no activations` for a server without the tap. */
+  steering: { mode: string; activations: boolean; details: string };
   monitor?: MonitorReadiness;
 }
 
@@ -43,6 +48,7 @@ export class Readiness {
   constructor(private readonly options: ReadinessOptions) {}
 
   async check(): Promise<ReadinessReport> {
+    const { steering } = this.options;
     const draining = this.options.draining();
     const connections = this.options.tapConnections();
     const tapOk = !this.options.requireTap || connections > 0;
@@ -52,6 +58,7 @@ export class Readiness {
       draining,
       upstream: { ok: probe.ok, url: this.options.upstream.url, status: probe.status, error: probe.error },
       tap: { ok: tapOk, required: this.options.requireTap, connections },
+      steering: { mode: steering.mode, activations: steering.activations, details: steering.description },
       ...(this.options.monitor && { monitor: this.options.monitor() }),
     };
   }
