@@ -10,7 +10,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
-import { custom, integer, text } from '../common/options.js';
+import { SaegateError } from '../common/errors.js';
+import { custom, flagName, integer, text } from '../common/options.js';
 import { readFeatureLabels } from '../lab/features/labels.js';
 import { readAlertRules } from '../monitor/alert-rules.js';
 import type { WatchedFeature } from '../monitor/metrics.js';
@@ -92,8 +93,20 @@ function labelsOf(sae: SaeWeights): Map<number, string> | undefined {
   return new Map([...readFeatureLabels(file, { dSae: sae.config.dSae })].map(([f, l]) => [f, l.label]));
 }
 
-/** Builds (not starts) the monitor over `saes`; throws for a bad watch file or rules file. */
-export function createMonitor(saes: readonly SaeWeights[], flags: MonitorFlags, registry: Registry): MonitorService {
+/**
+ * Builds (not starts) the monitor over `saes`; none without SAEs. Throws SAEGATE_ERR_CONFIG for a
+ * monitor flag without `--sae` or `--duration` without `--record-baseline`, and the files' own
+ * errors for a bad watch or rules file.
+ */
+export function createMonitor(saes: readonly SaeWeights[], flags: MonitorFlags, registry: Registry): MonitorService | undefined {
+  if (flags.duration !== undefined && flags.recordBaseline === undefined) {
+    throw new SaegateError('SAEGATE_ERR_CONFIG', ['--duration', 'is how long --record-baseline records; give --record-baseline FILE too']);
+  }
+  if (saes.length === 0) {
+    const given = (['baseline', 'watch', 'alertRules', 'recordBaseline'] as const).find((key) => (key === 'baseline' ? (flags.baseline?.length ?? 0) > 0 : flags[key] !== undefined));
+    if (given !== undefined) throw new SaegateError('SAEGATE_ERR_CONFIG', [`--${flagName(given)}`, 'the drift monitor runs over SAEs: give --sae DIR too']);
+    return undefined;
+  }
   const labels = new Map(saes.map((sae) => [saeName(sae), labelsOf(sae)] as const));
   const maxWatched = flags.maxWatchedFeatures ?? 256;
   const watched =

@@ -58,7 +58,7 @@ export async function startProxyWithSaes(
     throw new SaegateError('SAEGATE_ERR_CONFIG', ['sae', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations for an SAE to read; drop --sae or use --upstream-steering tap`]);
   }
   // The drift monitor runs over every SAE; its files are read before anything starts (it starts nothing itself yet).
-  const monitor = saes.length > 0 ? createMonitor(saes, monitorFlags, registry) : undefined;
+  const monitor = createMonitor(saes, monitorFlags, registry);
   const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry, upstreamSteering);
   const sink = saes.length > 0 ? await SaeSink.create({
           saes,

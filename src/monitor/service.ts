@@ -407,14 +407,20 @@ export class MonitorService implements MonitorMetricsSource {
    * that SAE runs without drift scores.
    */
   loadBaselineFiles(files: readonly string[]): void {
+    const loadedFrom = new Map<Entry, string>();
     for (const file of files) {
       try {
-        this.installBaseline(readBaseline(file), file, undefined);
+        const baseline = readBaseline(file);
+        const earlier = [...loadedFrom].find(([entry]) => entry.spec.hook === baseline.provenance.hook);
+        if (earlier !== undefined) throw err('SAEGATE_ERR_BASELINE_MISMATCH', file, `a second baseline for hook '${baseline.provenance.hook}' (the first is '${earlier[1]}'); give one per SAE/hook`);
+        this.installBaseline(baseline, file, undefined);
+        const entry = this.byHook.get(baseline.provenance.hook);
+        if (entry !== undefined) loadedFrom.set(entry, file);
       } catch (error) {
         if (!(error instanceof SaegateError)) throw error;
         const problem = { source: file, code: error.code, message: error.message };
         const entry = error.code === 'SAEGATE_ERR_BASELINE_MISMATCH' ? this.entryForBaselineFile(file) : undefined;
-        if (entry !== undefined) entry.problem = problem;
+        if (entry !== undefined && !loadedFrom.has(entry)) entry.problem = problem;
         else this.unmatchedBaselines.push(problem);
         this.logger?.warn({ baseline: file, code: error.code }, `${error.message}; drift scores are off for that SAE`);
       }

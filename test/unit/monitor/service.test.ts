@@ -211,10 +211,11 @@ describe('MonitorService', () => {
     const recorded = readBaseline(file);
     expect(recorded.provenance).toMatchObject({ model: 'm', sae: { id: 's' }, hook, dSae, documents: 10, tokens, saegateVersion: '0.0.0-test' });
     await service.close();
-    // Loaded again, as after a restart.
+    // Loaded again, as after a restart; a second file for the same hook is refused, the first kept.
     const restarted = makeService();
-    restarted.service.loadBaselineFiles([file]);
-    expect(restarted.service.readiness().saes[0]).toMatchObject({ drift: true, problem: null });
+    restarted.service.loadBaselineFiles([file, baselineFile]);
+    expect(restarted.service.readiness().saes[0]).toMatchObject({ drift: true, baseline: file, problem: null });
+    expect(restarted.service.readiness().unmatchedBaselines).toMatchObject([{ source: baselineFile, code: 'SAEGATE_ERR_BASELINE_MISMATCH', message: expect.stringContaining('a second baseline') }]);
     await restarted.service.close();
   });
 });
