@@ -99,3 +99,29 @@ export function abortResponseBody(input: AbortEndingInput): string {
   const object = input.route === 'chat_completions' ? 'chat.completion' : 'text_completion';
   return JSON.stringify({ id: f.id, object, created: f.created, model: f.model, choices });
 }
+
+/*
+ * Where SSE events end. The forwarder keeps the last four bytes of a stream as a number (`tail`,
+ * shifted left a byte at a time) so that deciding whether it stands between events costs no copy.
+ */
+
+/** Rolling last bytes of a stream: true when they end an SSE event (a blank line, LF or CRLF). */
+export function endsEvent(tail: number): boolean {
+  return (tail & 0xffff) === 0x0a0a || tail === 0x0d0a0d0a;
+}
+
+/** Index just past the first blank line in `chunk` given the stream's `tail` before it, or -1. */
+export function eventEnd(tail: number, chunk: Buffer): number {
+  for (let i = 0; i < chunk.length; i++) {
+    tail = ((tail << 8) | chunk[i]) >>> 0;
+    if (endsEvent(tail)) return i + 1;
+  }
+  return -1;
+}
+
+/** `tail` with the last bytes of `chunk` shifted in. */
+export function pushTail(tail: number, chunk: Buffer): number {
+  const start = Math.max(0, chunk.length - 4);
+  for (let i = start; i < chunk.length; i++) tail = ((tail << 8) | chunk[i]) >>> 0;
+  return tail;
+}

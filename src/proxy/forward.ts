@@ -26,7 +26,7 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'n
 import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
 import { SaegateError } from '../common/errors.js';
-import { abortedAppliedValue, abortResponseBody, abortStreamEnding } from './abort.js';
+import { abortedAppliedValue, abortResponseBody, abortStreamEnding, endsEvent, eventEnd, pushTail } from './abort.js';
 import type { DispatchController, DispatchHandler, Exchange } from './dispatch.js';
 import { failureKind, toUpstreamError } from './errors.js';
 import { APPLIED_HEADER, clientResponseHeaders, isEventStream, REQUEST_ID_HEADER, upstreamRequestHeaders } from './headers.js';
@@ -124,26 +124,6 @@ export class Forwarder {
 /** The error a policy abort cancels the upstream request with (never shown to the client). */
 function policyAbortError(abort: GenerationAbort): Error {
   return new Error(`generation stopped by policy ${abort.policy}`);
-}
-
-/** Rolling last bytes of a stream: true when they end an SSE event (a blank line, LF or CRLF). */
-function endsEvent(tail: number): boolean {
-  return (tail & 0xffff) === 0x0a0a || tail === 0x0d0a0d0a;
-}
-
-/** Index just past the first blank line in `chunk` given the stream's `tail` before it, or -1. */
-function eventEnd(tail: number, chunk: Buffer): number {
-  for (let i = 0; i < chunk.length; i++) {
-    tail = ((tail << 8) | chunk[i]) >>> 0;
-    if (endsEvent(tail)) return i + 1;
-  }
-  return -1;
-}
-
-function pushTail(tail: number, chunk: Buffer): number {
-  const start = Math.max(0, chunk.length - 4);
-  for (let i = start; i < chunk.length; i++) tail = ((tail << 8) | chunk[i]) >>> 0;
-  return tail;
 }
 
 /** The error a client disconnect aborts the upstream request with. */
