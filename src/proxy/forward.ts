@@ -17,16 +17,22 @@
  *   bodies cannot carry an error after they started, so their socket is destroyed.
  * - A client that goes away aborts the upstream request, which is how the model server learns
  *   to stop generating.
+ * - A policy abort (`Forwarder.abortGeneration`) aborts the upstream request the same way and ends
+ *   the response cleanly with `finish_reason: "content_filter"` (src/proxy/abort.ts). A stream is
+ *   only ever ended between events: when the abort comes while an event is half forwarded, the
+ *   rest of that event is forwarded first.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
 import { SaegateError } from '../common/errors.js';
+import { abortedAppliedValue, abortResponseBody, abortStreamEnding, endsEvent, eventEnd, pushTail } from './abort.js';
 import type { DispatchController, DispatchHandler, Exchange } from './dispatch.js';
 import { failureKind, toUpstreamError } from './errors.js';
 import { APPLIED_HEADER, clientResponseHeaders, isEventStream, REQUEST_ID_HEADER, upstreamRequestHeaders } from './headers.js';
 import type { Abortable, InFlightExchanges } from './limits.js';
 import type { AbortSide, ProxyMetrics, RouteLabel } from './metrics.js';
+import type { GenerationAbort } from './plan.js';
 import type { UpstreamClient } from './upstream.js';
 
 /** Status recorded for a request whose client went away before the response ended (nginx's convention). */
@@ -71,12 +77,27 @@ export interface ForwarderOptions {
 
 /** Sends requests upstream and their responses back. */
 export class Forwarder {
+  /** Generation exchanges in flight by request id (a client may reuse an id: then all of them). */
+  private readonly generations = new Map<string, Set<ForwardExchange>>();
+
   constructor(private readonly options: ForwarderOptions) {}
 
   /** Forwards `request`; the response (or the error) is written to `request.res`. */
   forward(request: ForwardRequest): Abortable {
     const exchange = new ForwardExchange(request, this.options);
     this.options.inFlight.add(exchange);
+    if (request.route === 'chat_completions' || request.route === 'completions') {
+      const id = request.requestId;
+      let set = this.generations.get(id);
+      if (set === undefined) this.generations.set(id, (set = new Set()));
+      set.add(exchange);
+      const onDone = request.onDone;
+      exchange.onFinished = () => {
+        const current = this.generations.get(id);
+        if (current?.delete(exchange) === true && current.size === 0) this.generations.delete(id);
+        onDone?.();
+      };
+    }
     this.options.upstream.dispatch(
       {
         method: request.method,
@@ -89,6 +110,20 @@ export class Forwarder {
     );
     return exchange;
   }
+
+  /** Stops the generation request `requestId` for a policy (RequestAborter in plan.ts says when it takes). */
+  abortGeneration(requestId: string, abort: GenerationAbort): boolean {
+    const set = this.generations.get(requestId);
+    if (set === undefined) return false;
+    let taken = false;
+    for (const exchange of [...set]) if (exchange.abortGeneration(abort)) taken = true;
+    return taken;
+  }
+}
+
+/** The error a policy abort cancels the upstream request with (never shown to the client). */
+function policyAbortError(abort: GenerationAbort): Error {
+  return new Error(`generation stopped by policy ${abort.policy}`);
 }
 
 /** The error a client disconnect aborts the upstream request with. */
@@ -111,6 +146,17 @@ class ForwardExchange implements DispatchHandler, Abortable {
    */
   private head: OutgoingHttpHeaders | null = null;
   private status = 0;
+  /** A policy abort taken but waiting for the event in progress to end. */
+  private generationAbort: GenerationAbort | null = null;
+  /** Last four bytes forwarded on an event stream (initially "an event just ended"). */
+  private tail = 0x0a0a;
+  /**
+   * The first body chunk forwarded (a reference, not a copy): an abort reads the completion id and
+   * `created` from it (OpenAI streams repeat both in every chunk; the first one starts an event).
+   */
+  private firstChunk: Buffer | null = null;
+  /** Called once when the exchange is over (the Forwarder's bookkeeping, then the request's onDone). */
+  onFinished: (() => void) | undefined;
 
   constructor(
     private readonly request: ForwardRequest,
@@ -155,7 +201,67 @@ class ForwardExchange implements DispatchHandler, Abortable {
       this.writeHead();
       if (this.request.stream && this.sse) this.shared.metrics.timeToFirstToken.observe({ route: this.request.route }, (performance.now() - this.request.arrivedAt) / 1000);
     }
+    if (this.sse) {
+      if (this.generationAbort !== null) {
+        // Forward the rest of the event in progress, then end the stream there.
+        const end = eventEnd(this.tail, chunk);
+        if (end < 0) {
+          this.tail = pushTail(this.tail, chunk);
+          if (!res.write(chunk)) controller.pause();
+          return;
+        }
+        if (end > 0) res.write(chunk.subarray(0, end));
+        this.completeAbort(this.generationAbort);
+        return;
+      }
+      this.tail = pushTail(this.tail, chunk);
+      this.firstChunk ??= chunk;
+    }
     if (!res.write(chunk)) controller.pause();
+  }
+
+  /** A policy abort: see Forwarder.abortGeneration. */
+  abortGeneration(abort: GenerationAbort): boolean {
+    if (this.done || this.generationAbort !== null) return false;
+    // An upstream error answer passes as it is; so does a non-stream body that already started
+    // (the upstream sends it only once generation is over) or a stream saegate cannot append to.
+    if (this.status !== 0 && (this.status < 200 || this.status > 299)) return false;
+    if (this.request.res.headersSent && !(this.sse && this.sseWritable)) return false;
+    this.generationAbort = abort;
+    if (this.request.res.headersSent && !endsEvent(this.tail)) return true; // completes in onResponseData
+    this.completeAbort(abort);
+    return true;
+  }
+
+  /** Ends the client's response for a policy abort, then cancels the upstream request. */
+  private completeAbort(abort: GenerationAbort): void {
+    const { res, route, requestId, body, stream, applied: requestApplied } = this.request;
+    const applied = abortedAppliedValue(requestApplied, abort);
+    const input = { route: route === 'chat_completions' ? ('chat_completions' as const) : ('completions' as const), requestId, body, firstChunk: this.firstChunk, nowSeconds: Math.floor(Date.now() / 1000) };
+    if (stream) {
+      if (!res.headersSent && !res.destroyed) {
+        const head: OutgoingHttpHeaders =
+          this.head !== null && this.sseWritable
+            ? { ...this.head, [APPLIED_HEADER]: applied }
+            : { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', [REQUEST_ID_HEADER]: requestId, [APPLIED_HEADER]: applied };
+        this.head = null;
+        res.writeHead(200, head);
+      }
+      res.end(abortStreamEnding(input, applied));
+      this.shared.metrics.streamAborts.inc({ side: 'policy' });
+    } else if (!res.destroyed) {
+      const text = abortResponseBody(input);
+      this.head = null;
+      res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), [REQUEST_ID_HEADER]: requestId, [APPLIED_HEADER]: applied });
+      res.end(text);
+    }
+    this.status = 200;
+    this.shared.logger.info({ reqId: requestId, policy: abort.policy, reason: abort.reason }, 'generation stopped by policy');
+    const reason = policyAbortError(abort);
+    // Finish first: the abort calls back into onResponseError, which must find the exchange done.
+    this.finish(null);
+    if (this.controller !== null) this.controller.abort(reason);
+    else this.pendingAbort = reason;
   }
 
   onResponseEnd(): void {
@@ -247,6 +353,7 @@ class ForwardExchange implements DispatchHandler, Abortable {
     if (upstreamStartedAt > 0 && upstreamEndedAt >= upstreamStartedAt) {
       metrics.overhead.observe({ route }, Math.max(0, seconds - (upstreamEndedAt - upstreamStartedAt) / 1000));
     }
-    this.request.onDone?.();
+    if (this.onFinished !== undefined) this.onFinished();
+    else this.request.onDone?.();
   }
 }
