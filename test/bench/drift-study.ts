@@ -3,7 +3,8 @@
  * SAE, then held-out stories windows (the null: how often each calibrated threshold is crossed)
  * and shifted windows (random-token prompts, aidreams260K text, the stories prompts steered at an
  * earlier hook). Prints, per case and score, p5/p50/p95, the calibrated threshold at the window
- * size and the fraction of windows above it. Run: `npx tsx test/bench/drift-study.ts [--quick]`.
+ * size and the fraction of windows above it. Run: `npx tsx test/bench/drift-study.ts [--quick] [--dump DIR]` (`--dump` writes the
+ * baseline and each case's recorded documents as baseline files into DIR, for a closer look).
  * What it does step by step: test/helpers/drift-study.ts. Needs ../shared/models.
  */
 import { formatDriftStudy, runDriftStudy, type DriftStudyOptions } from '../helpers/drift-study.js';
@@ -15,6 +16,7 @@ if (!hasSharedModels) {
 }
 
 const quick = process.argv.includes('--quick');
+const dumpAt = process.argv.indexOf('--dump');
 const options: DriftStudyOptions = {
   hook: 'blocks.3.hook_resid_post',
   steerHook: 'blocks.1.hook_resid_post',
@@ -30,6 +32,7 @@ const options: DriftStudyOptions = {
   sae: { dSae: 512, k: 8, steps: quick ? 200 : 1000, batch: 1024, lr: 4e-3 },
   seed: 7,
   log: (line) => process.stderr.write(`${line}\n`),
+  ...(dumpAt > 0 && process.argv[dumpAt + 1] !== undefined && { dumpDir: process.argv[dumpAt + 1] }),
 };
 
 const result = await runDriftStudy(options);

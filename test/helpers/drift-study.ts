@@ -27,7 +27,8 @@ import { sampleCorpus } from '../../src/lab/corpus/sample.js';
 import { defaultTrainConfig, toSaeWeights, trainTopKSae } from '../../src/lab/train/trainer.js';
 import { LocalEngine } from '../../src/model/engine.js';
 import { loadModel } from '../../src/model/load.js';
-import type { Baseline, BaselineDocument } from '../../src/monitor/baseline.js';
+import path from 'node:path';
+import { writeBaseline, type Baseline, type BaselineDocument } from '../../src/monitor/baseline.js';
 import { DriftCalibrator } from '../../src/monitor/calibration.js';
 import { assessWindow } from '../../src/monitor/drift.js';
 import { BaselineReference, type DistributionSums } from '../../src/monitor/reference.js';
@@ -57,6 +58,8 @@ export interface DriftStudyOptions {
   sae: { dSae: number; k: number; steps: number; batch: number; lr: number };
   seed: number;
   log?: (line: string) => void;
+  /** When set, the baseline and every case's recorded documents are written here (baseline.json, case-<i>.json). */
+  dumpDir?: string;
 }
 
 export const SCORE_NAMES = ['jsd', 'l0Psi', 'fvuPsi', 'meanFvu'] as const;
@@ -259,10 +262,12 @@ export async function runDriftStudy(options: DriftStudyOptions): Promise<DriftSt
       (await recordBaseline({ collector: run.collector, upstream: run.upstream, pool: pool!, dIn: sae.config.dIn, dSae: sae.config.dSae, documents, identity, requestFields })).baseline;
     log(`recording the baseline on ${baselineDocs.length} documents`);
     const baseline = await record(baselineDocs);
+    if (options.dumpDir !== undefined) writeBaseline(path.join(options.dumpDir, 'baseline.json'), baseline);
     const reference = new BaselineReference(baseline);
     const calibrator = new DriftCalibrator(reference, { alpha: options.alpha, seed: options.seed + 4 });
     const cases: CaseResult[] = [];
     const judge = (name: string, recorded: Baseline, windows: number, seed: number): void => {
+      if (options.dumpDir !== undefined) writeBaseline(path.join(options.dumpDir, `case-${cases.length}.json`), recorded);
       const result = judgeWindows(name, recorded, calibrator, options.windowTokens, windows, seed);
       cases.push(result);
       log(`${name}: ${result.anyAbove}/${result.windows} windows above a threshold`);
