@@ -61,7 +61,9 @@ export function psi(a: Float64Array, b: Float64Array): number {
     totalB += b[i];
     if (a[i] > 0 || b[i] > 0) used++;
   }
-  if (totalA === 0 || totalB === 0) return 0;
+  // One bin in use: both proportions are 1 (computed, they can differ by rounding, which would
+  // score ~1e-32 and exceed a calibrated threshold of 0).
+  if (totalA === 0 || totalB === 0 || used < 2) return 0;
   const eps = PSI_PSEUDO_COUNT;
   const za = 1 / (totalA + eps * used);
   const zb = 1 / (totalB + eps * used);

@@ -54,6 +54,12 @@ export interface DriftStudyOptions {
   documentTokens: number;
   windowTokens: number;
   windows: number;
+  /**
+   * Extra calibrator seeds the held-out case is judged under again (fresh thresholds, fresh
+   * windows), pooled into `DriftStudyResult.nullPooled`: one seed's false-alarm count over
+   * overlapping windows is noisy. Default none.
+   */
+  nullRepeats?: number;
   alpha: number;
   sae: { dSae: number; k: number; steps: number; batch: number; lr: number };
   seed: number;
@@ -93,13 +99,15 @@ export interface DriftStudyResult {
   /** Mean row norm at the SAE's hook (the unit of the steering scales). */
   rowNorm: number;
   cases: CaseResult[];
+  /** The held-out case over the study's calibrator and `nullRepeats` more: windows and alarms, pooled. */
+  nullPooled: { runs: number; windows: number; above: Record<ScoreName, number>; anyAbove: number };
   seconds: number;
 }
 
 async function sampleTexts(model: { model: string; tokenizer: string }, documents: number, maxTokens: number, seed: number): Promise<string[]> {
   const loaded = await loadModel({ model: model.model, tokenizer: model.tokenizer });
   const tokenizer = loaded.tokenizer!;
-  const engine = await LocalEngine.create({ weights: loaded.weights, maxBatch: 8, samplableVocab: tokenizer.vocabSize, intraOpThreads: 1 });
+  const engine = await LocalEngine.create({ weights: loaded.weights, maxBatch: 32, samplableVocab: tokenizer.vocabSize, intraOpThreads: 1 });
   const texts: string[] = new Array<string>(documents).fill('');
   try {
     await sampleCorpus({
@@ -111,7 +119,7 @@ async function sampleTexts(model: { model: string; tokenizer: string }, document
       maxTokens,
       temperature: 1,
       topP: 1,
-      concurrency: 8,
+      concurrency: 32,
       onDocument: (doc) => {
         texts[doc.id] = doc.text;
       },
@@ -273,7 +281,16 @@ export async function runDriftStudy(options: DriftStudyOptions): Promise<DriftSt
       log(`${name}: ${result.anyAbove}/${result.windows} windows above a threshold`);
     };
     log(`recording held-out and shifted cases`);
-    judge('held-out stories', await record(heldOutDocs), options.windows, options.seed + 10);
+    const heldOut = await record(heldOutDocs);
+    judge('held-out stories', heldOut, options.windows, options.seed + 10);
+    const nullPooled = { runs: 1, windows: cases[0].windows, above: Object.fromEntries(SCORE_NAMES.map((s) => [s, cases[0].scores[s].above])) as Record<ScoreName, number>, anyAbove: cases[0].anyAbove };
+    for (let r = 1; r <= (options.nullRepeats ?? 0); r++) {
+      const again = judgeWindows('held-out stories', heldOut, new DriftCalibrator(reference, { alpha: options.alpha, seed: options.seed + 100 + r }), options.windowTokens, options.windows, options.seed + 200 + r);
+      nullPooled.runs++;
+      nullPooled.windows += again.windows;
+      nullPooled.anyAbove += again.anyAbove;
+      for (const s of SCORE_NAMES) nullPooled.above[s] += again.scores[s].above;
+    }
     judge('random tokens', await record(asDocuments(randomTokens, 'random')), Math.min(options.windows, 100), options.seed + 11);
     judge('aidreams260K text', await record(asDocuments(aidreams, 'aidreams')), Math.min(options.windows, 100), options.seed + 12);
     const steerPrompts = heldOutDocs.slice(0, options.shiftedDocuments);
@@ -287,6 +304,7 @@ export async function runDriftStudy(options: DriftStudyOptions): Promise<DriftSt
       baseline: { documents: baseline.provenance.documents, tokens: baseline.provenance.tokens, meanFvu: reference.meanFvu },
       rowNorm: trained.rowNorm,
       cases,
+      nullPooled,
       seconds: (performance.now() - started) / 1000,
     };
   } finally {
@@ -313,6 +331,13 @@ export function formatDriftStudy(result: DriftStudyResult, options: Pick<DriftSt
     }
     lines.push(`| ${c.name} | ${c.windows} | any | | | | | ${c.anyAbove}/${c.windows} (${((100 * c.anyAbove) / c.windows).toFixed(1)}%) |`);
   }
-  lines.push('', `${result.seconds.toFixed(1)} s in all`);
+  const pooled = result.nullPooled;
+  const rate = (n: number): string => `${n}/${pooled.windows} (${((100 * n) / pooled.windows).toFixed(2)}%)`;
+  lines.push(
+    '',
+    `held-out stories under ${pooled.runs} calibrator seeds, pooled: ${SCORE_NAMES.map((s) => `${s} ${rate(pooled.above[s])}`).join(', ')}; any ${rate(pooled.anyAbove)}`,
+    '',
+    `${result.seconds.toFixed(1)} s in all`,
+  );
   return lines.join('\n');
 }

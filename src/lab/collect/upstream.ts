@@ -93,10 +93,10 @@ export class CompletionsClient {
   /**
    * Runs `prompt` as a one-token completion under `requestId`. Resolves with the answer (any
    * status); rejects with the signal's reason on abort and SAEGATE_ERR_COLLECT_UPSTREAM when no
-   * response came at all (`label` names what the request was for). `withFields` adds the
-   * `requestFields` to the body (documents do, the readiness probe does not).
+   * response came at all (`label` names what the request was for). The body carries
+   * `requestFields` too.
    */
-  async complete(requestId: string, prompt: string, label: string, withFields = true): Promise<CompletionAnswer> {
+  async complete(requestId: string, prompt: string, label: string): Promise<CompletionAnswer> {
     let status: number;
     let body: string;
     try {
