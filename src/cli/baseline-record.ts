@@ -44,7 +44,7 @@ export const baselineRecordCommand = {
     "Records a drift baseline: runs every corpus document through the model, encodes the SAE's hook\n" +
     'activations at every prompt position, and writes per document the features that fired, L0 and\n' +
     'FVU histograms and provenance (model, SAE id and weights hash, hook, counts, time, version) as\n' +
-    "the baseline file 'saegate serve --baseline' and the monitor calibrate against (docs/monitor.md).",
+    'the baseline file the drift monitor calibrates against (docs/monitor.md).',
   options: baselineRecordOptions,
   check: (f) => (f.model !== undefined && f.upstream !== undefined ? { option: 'upstream', message: 'give --model or --upstream, not both' } : undefined),
 } as const satisfies CommandSpec<typeof baselineRecordOptions>;
@@ -71,7 +71,7 @@ export async function baselineRecord(argv: string[]): Promise<void> {
   const sae = loadSae(flags.sae, flags.hook === undefined ? {} : { hookName: flags.hook });
   const { dIn, dSae, hookName } = sae.config;
   let documents = await readCorpus(flags.corpus);
-  if (documents.length === 0) throw err('SAEGATE_ERR_CORPUS_FILE', flags.corpus, 'no documents: a baseline needs at least 2');
+  if (documents.length < 2) throw err('SAEGATE_ERR_CORPUS_FILE', flags.corpus, `${documents.length === 0 ? 'no documents' : 'one document'}: a baseline needs at least 2 (calibration resamples whole documents)`);
   if (flags.documents !== undefined && flags.documents < documents.length) {
     const chosen = Array.from(shuffledIndices(documents.length, new SeededRandom(flags.seed)).subarray(0, flags.documents)).sort((a, b) => a - b);
     documents = chosen.map((i) => documents[i]);

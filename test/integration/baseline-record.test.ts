@@ -107,10 +107,13 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate baseline record on 
       return [...Object.entries(flags).flatMap(([k, v]) => [`--${k}`, v]), ...model];
     };
 
-    it('refuses an empty corpus before starting the model', async () => {
+    it('refuses an empty or one-document corpus before starting the model', async () => {
       const empty = path.join(dir, 'empty.jsonl');
       fs.writeFileSync(empty, '');
       await expectSaegateRejection(() => baselineRecord(args({ corpus: empty })), 'SAEGATE_ERR_CORPUS_FILE', empty, 'no documents');
+      const single = path.join(dir, 'single.jsonl');
+      fs.writeFileSync(single, `${JSON.stringify({ text: STORIES[0] })}\n`);
+      await expectSaegateRejection(() => baselineRecord(args({ corpus: single })), 'SAEGATE_ERR_CORPUS_FILE', single, 'one document', 'at least 2');
     });
 
     it('refuses an unreadable corpus, a missing SAE and an unwritable output, naming the file', async () => {
