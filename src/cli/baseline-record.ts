@@ -105,6 +105,10 @@ export async function baselineRecord(argv: string[]): Promise<void> {
       process.stderr.write(`warning: ${truncatedRows} of ${baseline.provenance.tokens} tokens had more than --top-k ${topK} active latents; only their ${topK} strongest are counted (raise --top-k)\n`);
     }
     const p = baseline.provenance;
+    if (sae.config.modelName !== null && sae.config.modelName !== p.model) {
+      // The monitor compares a baseline's model with the SAE's model_name; say so now, not at serve time.
+      process.stderr.write(`warning: the SAE's cfg.json names model '${sae.config.modelName}' but the model server calls itself '${p.model}'; the baseline records '${p.model}', and a monitor that expects '${sae.config.modelName}' will refuse it\n`);
+    }
     const seconds = (performance.now() - started) / 1000;
     process.stderr.write(
       `saegate baseline record: ${p.documents} documents, ${p.tokens} tokens of ${p.model} at ${p.hook} through ${p.sae.id} (d_sae ${p.dSae})` +

@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { baselineRecord } from '../../src/cli/baseline-record.js';
 import { checkCompatible, readBaseline, type Baseline } from '../../src/monitor/baseline.js';
 import { saeWeightsHash } from '../../src/monitor/sae-hash.js';
@@ -88,6 +88,7 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate baseline record on 
       expect(Math.abs(Date.now() - Date.parse(baseline.provenance.createdAt))).toBeLessThan(600_000);
       // A TopK SAE: every row lists at most k latents, so a document's firing counts sum to ≤ 8 per token.
       for (const doc of baseline.documents) expect(doc.counts.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(8 * doc.tokens);
+      expect(stderr).not.toContain('warning');
       expect(stderr).toMatch(/saegate baseline record: 8 documents, 96 tokens of stories260K at blocks\.3\.hook_resid_post through sae-l3 \(d_sae 256\)/);
     });
 
@@ -100,6 +101,25 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate baseline record on 
       expectSaegateError(() => checkCompatible(baseline, { ...same, saeHash: saeWeightsHash(other) }, out()), 'SAEGATE_ERR_BASELINE_MISMATCH', 'sae.hash');
     });
   });
+
+  it("records the server's model id, and warns when the SAE's cfg.json names another model", async () => {
+    const foreign = path.join(dir, 'sae-foreign');
+    const sae = topKSae(64, HOOK, 9);
+    writeSaeLensDirectory(foreign, { ...sae, config: { ...sae.config, modelName: 'gpt2-small' } });
+    const out = path.join(dir, 'foreign.json');
+    const written: string[] = [];
+    const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      written.push(String(chunk));
+      return true;
+    });
+    try {
+      await baselineRecord(['--sae', foreign, '--corpus', corpus, '--out', out, '--max-tokens', '8', ...model]);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(readBaseline(out).provenance.model).toBe('stories260K');
+    expect(written.join('')).toContain("warning: the SAE's cfg.json names model 'gpt2-small' but the model server calls itself 'stories260K'");
+  }, 60_000);
 
   describe('bad inputs', () => {
     const args = (overrides: Record<string, string>): string[] => {
