@@ -3,6 +3,7 @@
 import { createRequire } from 'node:module';
 import { isSaegateError, SaegateError } from '../common/errors.js';
 import { HelpRequested } from '../common/options.js';
+import { baselineRecord } from './baseline-record.js';
 import { demo } from './demo.js';
 import { modelSample } from './model-sample.js';
 import { modelServe } from './model-serve.js';
@@ -23,6 +24,7 @@ Commands:
   sae encode           encode activation rows from a .npy/safetensors file to JSON
   sae train            train TopK SAEs on a hook's activations over a corpus (SAELens output + report)
   sae features         what each SAE feature responds to over a corpus (JSON + HTML page)
+  baseline record      record a drift baseline: a corpus through the model and an SAE (docs/monitor.md)
   policy check PATH    validate policy files; every problem as file:line:column: path: message
   vectors import FILE  a llama.cpp control vector (.gguf) to saegate's vector file
   vectors export FILE  a saegate vector file to a llama.cpp control vector (.gguf)
@@ -82,6 +84,10 @@ async function main(argv: string[]): Promise<void> {
   }
   if (command === 'sae' && sub === 'encode') {
     await saeEncode(rest);
+    return;
+  }
+  if (command === 'baseline' && sub === 'record') {
+    await baselineRecord(rest);
     return;
   }
   if (command === 'policy' && sub === 'check') {

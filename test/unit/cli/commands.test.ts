@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { SaegateError } from '../../../src/common/errors.js';
 import { flagName, parseCommand, type OptionTable } from '../../../src/common/options.js';
+import { baselineRecordCommand } from '../../../src/cli/baseline-record.js';
 import { demoCommand } from '../../../src/cli/demo.js';
 import { modelSampleCommand } from '../../../src/cli/model-sample.js';
 import { modelServeCommand } from '../../../src/cli/model-serve.js';
@@ -40,6 +41,7 @@ const commands: [string, Command][] = [
   ['sae features', saeFeaturesCommand],
   ['sae info', saeInfoCommand],
   ['sae encode', saeEncodeCommand],
+  ['baseline record', baselineRecordCommand],
 ];
 
 describe.each(commands)('saegate %s option table', (name, command) => {
