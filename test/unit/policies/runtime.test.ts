@@ -80,7 +80,7 @@ function setup(maxRequests?: number) {
   /** Sum of a series' values over the matching labels (`NAME_count` of a histogram too). */
   const metric = async (name: string, labels: Record<string, string> = {}): Promise<number> => {
     const base = registry.getSingleMetric(name) ? name : name.replace(/_count$/, '');
-    const values = (await registry.getSingleMetric(base)!.get()).values.filter((v) => (v.metricName ?? base) === name);
+    const values = (await registry.getSingleMetric(base)!.get()).values.filter((v) => ((v as { metricName?: string }).metricName ?? base) === name);
     return values.filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l)).reduce((sum, v) => sum + v.value, 0);
   };
   return { tap, registry, runtime, records, metric };
