@@ -81,6 +81,10 @@ export interface LagRecord {
   steps: number;
   /** Null while unknown (the first steered step's tokens have not arrived). */
   seconds: number | null;
+  /** Of those seconds: until the triggering row's SAE result fired the rule. */
+  firedSeconds: number;
+  /** Of those seconds: until the model server's `plan_ack` arrived. */
+  ackedSeconds: number;
 }
 
 export type RuntimeRecord = TriggerRecord | LagRecord;
@@ -106,6 +110,7 @@ interface PendingAck {
   item: number;
   itemPrefix: string;
   triggerAt: number;
+  firedAt: number;
 }
 
 interface AwaitingStep {
@@ -318,7 +323,17 @@ export class ConditionRuntime {
     const firstSteeredPosition = Math.max(pending.triggerPosition + 1, live.lastTokenPosition + 1);
     const steps = firstSteeredPosition - pending.triggerPosition;
     this.metrics?.lagSteps.observe(steps);
-    const record: LagRecord = { type: 'lag', requestId: live.requestId, planId: ack.planId, triggerPosition: pending.triggerPosition, firstSteeredPosition, steps, seconds: null };
+    const record: LagRecord = {
+      type: 'lag',
+      requestId: live.requestId,
+      planId: ack.planId,
+      triggerPosition: pending.triggerPosition,
+      firstSteeredPosition,
+      steps,
+      seconds: null,
+      firedSeconds: (pending.firedAt - pending.triggerAt) / 1000,
+      ackedSeconds: (performance.now() - pending.triggerAt) / 1000,
+    };
     live.awaiting.push({ record, triggerAt: pending.triggerAt });
   }
 
@@ -359,7 +374,8 @@ export class ConditionRuntime {
       const item = live.items.length;
       live.items.push(result.delivered ? `${itemPrefix}:${result.planId}` : `${itemPrefix}:skipped`);
       if (result.delivered && !this.acks.has(result.planId)) {
-        this.acks.set(result.planId, { live, triggerPosition: position, item, itemPrefix, triggerAt: live.tokenTime(position + 1) ?? performance.now() });
+        const now = performance.now();
+        this.acks.set(result.planId, { live, triggerPosition: position, item, itemPrefix, triggerAt: live.tokenTime(position + 1) ?? now, firedAt: now });
         live.pendingAcks.add(result.planId);
       }
       this.emit({ type: 'trigger', requestId: live.requestId, policy: event.policy, kind: 'steer', triggerPosition: position, outcome, ...(result.delivered && { planId: result.planId }) });
