@@ -73,7 +73,8 @@ function onRows(frame: ActivationsFrame): void {
   }
 }
 
-async function stream(base: string, id: string, headers: Record<string, string> = {}): Promise<number> {
+/** Streams one completion; returns the rows the model computed and the prompt's token count. */
+async function stream(base: string, id: string, headers: Record<string, string> = {}): Promise<{ fed: number; promptTokens: number }> {
   const res = await fetch(`${base}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', 'x-request-id': id, ...headers },
@@ -83,7 +84,7 @@ async function stream(base: string, id: string, headers: Record<string, string> 
   const raw = await res.text();
   const usage = /"usage":\{"prompt_tokens":(\d+),"completion_tokens":(\d+)/.exec(raw);
   if (!usage) throw new Error(`${id}: no usage in the stream`);
-  return Number(usage[1]) + Number(usage[2]) - 1;
+  return { fed: Number(usage[1]) + Number(usage[2]) - 1, promptTokens: Number(usage[1]) };
 }
 
 function trueFirstSteered(id: string): number {
@@ -164,9 +165,8 @@ async function main(): Promise<void> {
     await waitFor('the tap subscription', () => model.tap?.client.subscription !== null && model.tap?.client.subscription !== undefined);
 
     // Calibration: the first crossing at an early generated position with the widest margin.
-    const fed = await stream(proxy.url, 'cal');
+    const { fed, promptTokens } = await stream(proxy.url, 'cal');
     await waitFor('the calibration rows', () => (featureValues.get('cal')?.size ?? 0) >= fed && (rows.get('cal')?.size ?? 0) >= fed);
-    const promptTokens = fed - MAX_TOKENS + 1;
     const cal = featureValues.get('cal')!;
     let best = { margin: 0, feature: -1, threshold: 0, trigger: -1 };
     for (let f = 0; f < D_SAE; f++) {
@@ -193,7 +193,7 @@ async function main(): Promise<void> {
         const batch = Array.from({ length: concurrent }, (_, i) => `${label}-${round}-${i}`);
         ids.push(...batch);
         const fedRows = await Promise.all(batch.map((id) => stream(proxy.url, id, { 'x-tenant': 'a' })));
-        await waitFor(`rows of ${label} round ${round}`, () => batch.every((id, i) => (rows.get(id)?.size ?? 0) >= fedRows[i]));
+        await waitFor(`rows of ${label} round ${round}`, () => batch.every((id, i) => (rows.get(id)?.size ?? 0) >= fedRows[i].fed));
       }
       return summarize(ids, best.trigger);
     };

@@ -35,7 +35,8 @@ const hasModel = fs.existsSync(MODEL);
 const HOOK = 'blocks.2.hook_resid_post';
 const D_MODEL = 64;
 const D_SAE = 256;
-const MAX_TOKENS = 96;
+/** Long enough that a plan update lands well before the end, even on a loaded machine. */
+const MAX_TOKENS = 160;
 const PROMPT_A = 'Once upon a time, there was a little girl';
 const PROMPT_B = 'The dog ran to the park';
 const SCALE_A = 4;
@@ -94,7 +95,9 @@ interface Completion {
   applied: string | null;
   /** Streams: the value in the final SSE comment. */
   trailer: string | null;
+  /** Rows the model computed: every prompt token and every generated token but the last. */
   fed: number;
+  promptTokens: number;
 }
 
 async function complete(base: string, id: string, prompt: string, options: { headers?: Record<string, string>; stream?: boolean } = {}): Promise<Completion> {
@@ -107,19 +110,23 @@ async function complete(base: string, id: string, prompt: string, options: { hea
   const applied = res.headers.get('x-saegate-applied');
   if (!options.stream) {
     const body = (await res.json()) as { choices: { text: string }[]; usage: { prompt_tokens: number; completion_tokens: number } };
-    return { text: body.choices[0].text, applied, trailer: null, fed: body.usage.prompt_tokens + body.usage.completion_tokens - 1 };
+    return { text: body.choices[0].text, applied, trailer: null, fed: body.usage.prompt_tokens + body.usage.completion_tokens - 1, promptTokens: body.usage.prompt_tokens };
   }
   const raw = await res.text();
   let text = '';
   let fed = 0;
+  let promptTokens = 0;
   for (const line of raw.split('\n')) {
     if (!line.startsWith('data: ') || line === 'data: [DONE]') continue;
     const event = JSON.parse(line.slice(6)) as { choices: { text: string }[]; usage?: { prompt_tokens: number; completion_tokens: number } | null };
     text += event.choices[0]?.text ?? '';
-    if (event.usage) fed = event.usage.prompt_tokens + event.usage.completion_tokens - 1;
+    if (event.usage) {
+      fed = event.usage.prompt_tokens + event.usage.completion_tokens - 1;
+      promptTokens = event.usage.prompt_tokens;
+    }
   }
   const trailer = /^: x-saegate-applied=(.*)$/m.exec(raw)?.[1] ?? null;
-  return { text, applied, trailer, fed };
+  return { text, applied, trailer, fed, promptTokens };
 }
 
 /** Waits until every fed row of the request has been encoded and tapped. */
@@ -182,7 +189,7 @@ beforeAll(async () => {
   // Calibration: unsteered runs (only the monitor policy matches).
   const [a, b] = await Promise.all([complete(proxy.url, 'cal-a', PROMPT_A), complete(proxy.url, 'cal-b', PROMPT_B)]);
   await Promise.all([settled('cal-a', a.fed), settled('cal-b', b.fed)]);
-  const promptA = a.fed - MAX_TOKENS + 1;
+  const promptA = a.promptTokens;
   const valuesA = features.get('cal-a')!;
   const valuesB = features.get('cal-b')!;
   let best = 0;
