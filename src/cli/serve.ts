@@ -64,11 +64,11 @@ export async function startProxyWithSaes(
           workers: options.saeWorkers,
           ...(options.saeTopK !== undefined && options.saeTopK > 0 && { topK: options.saeTopK }),
         }) : undefined;
-  // Conditional policies: evaluated on the SAE results, plan updates through the proxy's tap host
-  // (which exists once the proxy is built, hence the late binding), tokens and plan acks seen
-  // through the sink.
+  // Flags and conditional policies: evaluated on the SAE results (conditions need SAEs; flags
+  // without `when` do not), plan updates through the proxy's tap host (which exists once the
+  // proxy is built, hence the late binding), tokens and plan acks seen through the sink.
   let server: ProxyServer | undefined;
-  const conditions = policies && sink ? new ConditionRuntime({
+  const conditions = policies ? new ConditionRuntime({
     registry,
     saeByHook: new Map(saes.map((sae) => [sae.config.hookName, saeName(sae)])),
     tap: {
@@ -77,9 +77,7 @@ export async function startProxyWithSaes(
         : server.tap.planUpdate(requestId, steering),
     },
   }) : undefined;
-  const planResolver: PlanResolver | undefined = policies && (conditions
-    ? { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) }
-    : policies);
+  const planResolver: PlanResolver | undefined = policies && conditions && { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) };
   const offResults = conditions && sink?.onResult(conditions.onResult);
   try {
     server = await startProxy({ ...options, sink: sink && conditions ? conditions.observing(sink) : sink, registry, ...(planResolver && { planResolver }) });
