@@ -139,7 +139,7 @@ function summarize(ids: string[], trigger: number): Summary {
 function line(label: string, s: Summary): string {
   const f = (list: number[], digits = 0) => `p50 ${quantile(list, 0.5).toFixed(digits)} p99 ${quantile(list, 0.99).toFixed(digits)}`;
   return (
-    `${label.padEnd(12)} n=${s.n} (not steered before the end: ${s.missed})  steps true ${f(s.trueSteps)}  estimated ${f(s.estSteps)}` +
+    `${label.padEnd(12)} n=${s.n} (not steered before the end, or no lag record: ${s.missed})  steps true ${f(s.trueSteps)}  estimated ${f(s.estSteps)}` +
     `  seconds ${f(s.seconds.map((x) => x * 1000), 1)} ms (rule fired ${f(s.fired.map((x) => x * 1000), 1)} ms, acked ${f(s.acked.map((x) => x * 1000), 1)} ms)` +
     `  estimate − true: min ${s.error[0] ?? NaN} max ${s.error.at(-1) ?? NaN}`
   );
@@ -201,6 +201,8 @@ async function main(): Promise<void> {
     const many = await run('concurrent', STREAMS, ROUNDS);
     console.log(line('1 stream', single));
     console.log(line(`${STREAMS} streams`, many));
+    const dropped = sink!.stats()[HOOK].batcher.rowsDropped;
+    console.log(`SAE rows dropped under overload: ${JSON.stringify(dropped)}; lag records: ${lags.size}`);
     const ratio = (a: number[], b: number[], q: number) => (quantile(a, q) / quantile(b, q)).toFixed(2);
     console.log(`ratio ${STREAMS} streams / 1 stream, true steps: p50 ${ratio(many.trueSteps, single.trueSteps, 0.5)}×, p99 ${ratio(many.trueSteps, single.trueSteps, 0.99)}×`);
   } finally {
