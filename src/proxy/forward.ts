@@ -10,7 +10,8 @@
  *   allocation here. When the client's socket is full we pause the upstream and resume on
  *   'drain', so a slow client holds back its own upstream, not saegate's memory.
  * - An event stream that ends cleanly gets one SSE comment line, `: x-saegate-applied=<value>`,
- *   after the upstream's last byte: the only byte saegate adds to a response (docs/proxy.md).
+ *   after the upstream's last byte: the only byte saegate adds to a response (docs/proxy.md). The
+ *   value is asked for again then, so it lists conditional triggers that fired mid-stream.
  * - A failure before the first body byte is an OpenAI-shaped error with its status (502, 504,
  *   503, …). After it, an event stream gets `event: error` with that JSON and is closed: the
  *   client never sees a clean end (or a `[DONE]` saegate made up) for a stream that broke. Other
@@ -51,8 +52,11 @@ export interface ForwardRequest {
   requestId: string;
   /** Sent as `x-saegate-plan-id` when not null. */
   planId: string | null;
-  /** The `x-saegate-applied` value. */
-  applied: string;
+  /**
+   * The `x-saegate-applied` value, or a function giving it when asked: when the response head is
+   * written (a non-streaming body is complete by then) and again for the final SSE comment.
+   */
+  applied: string | (() => string);
   /** The client asked for a stream. */
   stream: boolean;
   /** The client's response, hijacked from fastify. */
@@ -191,7 +195,7 @@ class ForwardExchange implements DispatchHandler, Abortable {
     this.sse = isEventStream(headers['content-type']);
     const encoding = headers['content-encoding'];
     this.sseWritable = this.sse && headers['content-length'] === undefined && (encoding === undefined || encoding === 'identity');
-    this.head = clientResponseHeaders(headers, this.request.requestId, this.request.applied);
+    this.head = clientResponseHeaders(headers, this.request.requestId, '');
   }
 
   onResponseData(controller: DispatchController, chunk: Buffer): void {
@@ -235,8 +239,8 @@ class ForwardExchange implements DispatchHandler, Abortable {
 
   /** Ends the client's response for a policy abort, then cancels the upstream request. */
   private completeAbort(abort: GenerationAbort): void {
-    const { res, route, requestId, body, stream, applied: requestApplied } = this.request;
-    const applied = abortedAppliedValue(requestApplied, abort);
+    const { res, route, requestId, body, stream } = this.request;
+    const applied = abortedAppliedValue(this.applied(), abort);
     const input = { route: route === 'chat_completions' ? ('chat_completions' as const) : ('completions' as const), requestId, body, firstChunk: this.firstChunk, nowSeconds: Math.floor(Date.now() / 1000) };
     if (stream) {
       if (!res.headersSent && !res.destroyed) {
@@ -268,7 +272,7 @@ class ForwardExchange implements DispatchHandler, Abortable {
     if (this.done) return;
     const res = this.request.res;
     if (this.head !== null) this.writeHead();
-    if (this.sseWritable) res.end(`: ${APPLIED_HEADER}=${this.request.applied}\n\n`);
+    if (this.sseWritable) res.end(`: ${APPLIED_HEADER}=${this.applied()}\n\n`);
     else res.end();
     this.finish(null);
   }
@@ -303,8 +307,16 @@ class ForwardExchange implements DispatchHandler, Abortable {
 
   private writeHead(): void {
     const res = this.request.res;
-    res.writeHead(this.status, this.head ?? undefined);
+    const head = this.head;
+    // Asked now, not at the upstream's headers: a live plan may have more to say by the first byte.
+    if (head !== null) head[APPLIED_HEADER] = this.applied();
+    res.writeHead(this.status, head ?? undefined);
     this.head = null;
+  }
+
+  private applied(): string {
+    const applied = this.request.applied;
+    return typeof applied === 'string' ? applied : applied();
   }
 
   private writeError(error: SaegateError): void {
@@ -316,7 +328,7 @@ class ForwardExchange implements DispatchHandler, Abortable {
       'content-type': 'application/json; charset=utf-8',
       'content-length': Buffer.byteLength(body),
       [REQUEST_ID_HEADER]: this.request.requestId,
-      [APPLIED_HEADER]: this.request.applied,
+      [APPLIED_HEADER]: this.applied(),
       ...(error.status === 503 || error.status === 429 ? { 'retry-after': String(this.shared.retryAfterSeconds) } : {}),
     });
     res.end(body);

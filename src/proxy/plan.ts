@@ -33,6 +33,20 @@ export interface RequestPlan {
    * with 503 SAEGATE_ERR_STEERING_UNAVAILABLE, false forwards it unsteered (and says so). Default false.
    */
   failClosed?: boolean;
+  /**
+   * Set when what applies is decided while the request runs (conditional steering, flags): the
+   * `x-saegate-applied` value is then asked for when the response head is written and again for
+   * the final SSE comment, so it can list triggers that happened in between.
+   */
+  outcome?: PlanOutcome;
+}
+
+/** A plan whose outcome unfolds while the request runs (src/policies/runtime.ts). */
+export interface PlanOutcome {
+  /** The `x-saegate-applied` value now, given what follows `steering=` (as for `appliedValue`; null = skipped). */
+  applied(steering: string | null): string;
+  /** The exchange is over, however it ended (or it was never forwarded). Called once. */
+  done(): void;
 }
 
 /** Resolves a request's plan. May answer synchronously, which keeps the common path free of promises. */
