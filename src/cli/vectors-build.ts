@@ -1,0 +1,189 @@
+/**
+ * `saegate vectors build`: a steering vector from two prompt sets (docs/steering.md, "Building a
+ * vector"). The logic is in src/lab/vectors/; this file parses flags, runs the model (in-process or
+ * an external tap-speaking server) once per hook, draws the progress bar, prints the separation
+ * report and writes the file.
+ */
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { z } from 'zod';
+import { err } from '../common/errors.js';
+import { writeTextAtomically } from '../common/json-file.js';
+import { custom, decimal, integer, oneOf, parseCommand, text, type CommandSpec } from '../common/options.js';
+import { readCorpus } from '../lab/corpus/read.js';
+import { buildVectors, type BuildProgress, type BuildVectorsResult } from '../lab/vectors/build.js';
+import { loadModel } from '../model/load.js';
+import { allHookPoints } from '../model/types.js';
+import { writeVectorFile } from '../steering/formats.js';
+import { makeSteeringVector } from '../steering/vector.js';
+import { defaultModel } from './default-model.js';
+import { openModelRun, type ModelRun } from './model-run.js';
+import { StatusLine } from './status-line.js';
+
+const PROMPTS = 'Prompts and model';
+const VECTOR = 'Vector';
+
+/** `--hooks blocks.1.hook_resid_post,blocks.2.hook_resid_post`: distinct names, in the order given. */
+const hookList = custom(
+  z.union([
+    z.array(z.string().min(1)).min(1),
+    z
+      .string()
+      .regex(/^[^,\s]+(,[^,\s]+)*$/)
+      .transform((s) => [...new Set(s.split(','))]),
+  ]),
+  'hook point names separated by commas, e.g. blocks.2.hook_resid_post,blocks.3.hook_resid_post',
+  'H[,H…]',
+);
+
+const vectorsBuildOptions = {
+  positive: { type: text('FILE'), group: PROMPTS, required: true, help: 'prompts the vector steers towards: text (prompts separated by blank lines) or JSONL (docs/corpus.md)' },
+  negative: { type: text('FILE'), group: PROMPTS, required: true, help: 'prompts it steers away from, same formats' },
+  hooks: { type: hookList, group: PROMPTS, required: true, help: 'hook points to build a direction at (one pass over the prompts per hook)' },
+  model: { type: text('FILE|DIR'), group: PROMPTS, defaultText: 'as for demo', help: 'model run in-process ($SAEGATE_DEMO_MODEL, else ../shared/models/stories260K, else a seeded synthetic model)' },
+  tokenizer: { type: text('FILE'), group: PROMPTS, defaultText: 'beside the model', help: 'tokenizer file' },
+  upstream: { type: custom(z.url(), 'a URL', 'URL'), group: PROMPTS, help: 'an external tap-speaking model server instead; start it with --tap <the URL this prints>' },
+  tapPort: { type: integer(0, 65535), group: PROMPTS, defaultText: 'any', help: "port the collector's tap listens on with --upstream (kept for every hook's pass)" },
+  concurrency: { type: integer(1), group: PROMPTS, default: 8, help: 'prompts in flight at once' },
+  out: { type: text('FILE'), group: VECTOR, required: true, help: 'vector file to write (.safetensors; .json and .gguf also work)' },
+  method: { type: oneOf(['mean-diff', 'pca']), group: VECTOR, default: 'mean-diff', help: 'difference of the centroids, or the first principal component of paired differences' },
+  position: { type: oneOf(['last', 'mean']), group: VECTOR, default: 'last', help: "a prompt's row: its last token, or the mean over its tokens after BOS" },
+  heldOut: { type: decimal({ min: 0, max: 0.9 }, 'F'), group: VECTOR, default: 0.25, help: 'fraction of each set held out for the separation report' },
+  seed: { type: integer(0), group: VECTOR, default: 0, help: 'seed of the held-out split and of the PCA pairing' },
+  report: { type: text('FILE'), group: VECTOR, help: 'also write the separation report as JSON' },
+  device: { type: oneOf(['cpu', 'cuda']), group: PROMPTS, default: 'cpu', help: 'execution provider of the in-process model' },
+  threads: { type: integer(1), group: PROMPTS, defaultText: 'one per core', help: 'onnxruntime threads of the in-process model' },
+} as const;
+
+export const vectorsBuildCommand = {
+  name: 'vectors build',
+  synopsis: 'saegate vectors build --positive FILE --negative FILE --hooks H[,H…] --out FILE.safetensors [options]',
+  description:
+    'Runs both prompt sets through the model (in-process, or any tap-speaking server with --upstream) and\n' +
+    'writes, per hook, the raw difference of the positive and negative centroids (scale 1 moves the\n' +
+    'negative centroid onto the positive one) or the first principal component of paired differences,\n' +
+    'with metadata. Prints, per hook, how well the direction separates the held-out prompts\n' +
+    "(projection means and spread, Cohen's d, AUROC). Deterministic under --seed.",
+  options: vectorsBuildOptions,
+  check: (f) => {
+    if (f.model !== undefined && f.upstream !== undefined) return { option: 'upstream', message: 'give --model or --upstream, not both' };
+    return undefined;
+  },
+} as const satisfies CommandSpec<typeof vectorsBuildOptions>;
+
+function saegateVersion(): string {
+  return (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
+}
+
+function progressBar(p: BuildProgress): string {
+  const width = 24;
+  const filled = Math.round((width * p.done) / p.total);
+  return `hook ${p.hookIndex + 1}/${p.hooks} ${p.hook} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.done}/${p.total} prompts`;
+}
+
+const fixed = (x: number | null, digits: number): string => (x === null ? 'n/a' : x.toFixed(digits));
+
+/** The separation report as aligned lines: one row per hook. */
+export function reportLines(result: BuildVectorsResult): string[] {
+  const header = ['hook', 'norm', 'pos mean', 'pos sd', 'neg mean', 'neg sd', "Cohen's d", 'AUROC'];
+  const rows = result.hooks.map((h) => [
+    h.hook,
+    fixed(h.norm, 4),
+    fixed(h.separation.positive.mean, 4),
+    fixed(h.separation.positive.std, 4),
+    fixed(h.separation.negative.mean, 4),
+    fixed(h.separation.negative.std, 4),
+    fixed(h.separation.cohensD, 3),
+    fixed(h.separation.auroc, 3),
+  ]);
+  const widths = header.map((title, c) => Math.max(title.length, ...rows.map((r) => r[c].length)));
+  const line = (cells: string[]): string => cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ');
+  const evaluated = result.hooks[0]?.evaluatedOn === 'held-out' ? `${result.heldOut.positive} positive and ${result.heldOut.negative} negative held-out prompts (direction fitted on the others)` : 'the training prompts (too few prompts to hold any out)';
+  return [`separation on ${evaluated}; projections on the unit direction:`, line(header), ...rows.map(line)];
+}
+
+/** Runs the command; returns the lines to print on stdout. */
+export async function vectorsBuild(argv: string[]): Promise<string[]> {
+  const flags = parseCommand(vectorsBuildCommand, argv);
+  const status = new StatusLine(process.stderr);
+  const [positive, negative] = await Promise.all([readCorpus(flags.positive), readCorpus(flags.negative)]);
+
+  // Hooks are checked before anything runs: in-process against the model's hook points here,
+  // with --upstream against the server's hello once it connects (below).
+  let modelName: string | null = null;
+  if (flags.upstream === undefined) {
+    const loaded = await loadModel({ model: flags.model ?? defaultModel(), tokenizer: flags.tokenizer });
+    modelName = loaded.name;
+    const available = allHookPoints(loaded.weights.config);
+    for (const hook of flags.hooks) if (!available.includes(hook)) throw err('SAEGATE_ERR_UNKNOWN_HOOK', loaded.name, hook, available.join(', '));
+  }
+
+  let tapPort = flags.tapPort;
+  const open = async (hook: string): Promise<ModelRun> => {
+    const run = await openModelRun({ hook, model: flags.model, tokenizer: flags.tokenizer, upstream: flags.upstream, tapPort, device: flags.device, threads: flags.threads, log: (line) => status.log(line) });
+    // An external server keeps dialling the same tap URL, so every later pass listens where the first did.
+    tapPort ??= Number(new URL(run.collector.tapUrl).port);
+    modelName ??= run.server.modelId;
+    const missing = flags.hooks.find((h) => !run.server.hookPoints.includes(h));
+    if (missing !== undefined) {
+      await run.close();
+      throw err('SAEGATE_ERR_UNKNOWN_HOOK', run.server.modelId, missing, run.server.hookPoints.join(', '));
+    }
+    return run;
+  };
+
+  const result = await buildVectors({
+    hooks: flags.hooks,
+    positive: { source: flags.positive, documents: positive },
+    negative: { source: flags.negative, documents: negative },
+    method: flags.method,
+    position: flags.position,
+    heldOut: flags.heldOut,
+    seed: flags.seed,
+    async *collect(hook, documents) {
+      const run = await open(hook);
+      try {
+        yield* run.collector.collect(documents, { upstream: run.upstream, concurrency: flags.concurrency, tooLong: 'skip' });
+      } finally {
+        await run.close();
+      }
+    },
+    onProgress: (p) => status.draw(progressBar(p)),
+  }).catch((error: unknown) => {
+    status.clear();
+    throw error;
+  });
+  status.clear();
+
+  // No creation time: the same prompts, model and seed give the same bytes.
+  const vector = makeSteeringVector(flags.out, new Map(result.hooks.map((h) => [h.hook, h.direction])), {
+    ...(modelName !== null && { model: modelName }),
+    method: result.method,
+    position: result.position,
+    counts: result.counts,
+    seed: flags.seed,
+    saegateVersion: saegateVersion(),
+    description: `${result.method} of '${path.basename(flags.positive)}' (positive) against '${path.basename(flags.negative)}' (negative)`,
+  });
+  writeVectorFile(flags.out, vector);
+  if (flags.report !== undefined) {
+    const report = {
+      version: 1,
+      vector: flags.out,
+      id: vector.id,
+      model: modelName,
+      method: result.method,
+      position: result.position,
+      seed: flags.seed,
+      counts: result.counts,
+      heldOut: result.heldOut,
+      hooks: result.hooks.map((h) => ({ hook: h.hook, norm: h.norm, evaluatedOn: h.evaluatedOn, ...h.separation })),
+    };
+    writeTextAtomically(flags.report, `${JSON.stringify(report, null, 2)}\n`, 'SAEGATE_ERR_CONFIG');
+  }
+  return [
+    ...reportLines(result),
+    `${flags.out}: ${result.hooks.length} direction(s) of ${result.dModel} values from ${result.counts.positive} positive and ${result.counts.negative} negative prompts, id ${vector.id.slice(0, 16)}…`,
+  ];
+}
+
