@@ -49,7 +49,7 @@ const vectorsBuildOptions = {
   method: { type: oneOf(['mean-diff', 'pca']), group: VECTOR, default: 'mean-diff', help: 'difference of the centroids, or the first principal component of paired differences' },
   position: { type: oneOf(['last', 'mean']), group: VECTOR, default: 'last', help: "a prompt's row: its last token, or the mean over its tokens after BOS" },
   heldOut: { type: decimal({ min: 0, max: 0.9 }, 'F'), group: VECTOR, default: 0.25, help: 'fraction of each set held out for the separation report' },
-  seed: { type: integer(0), group: VECTOR, default: 0, help: 'seed of the held-out split and of the PCA pairing' },
+  seed: { type: integer(0), group: VECTOR, default: 0, help: 'seed of the held-out split and of the PCA start' },
   report: { type: text('FILE'), group: VECTOR, help: 'also write the separation report as JSON' },
   device: { type: oneOf(['cpu', 'cuda']), group: PROMPTS, default: 'cpu', help: 'execution provider of the in-process model' },
   threads: { type: integer(1), group: PROMPTS, defaultText: 'one per core', help: 'onnxruntime threads of the in-process model' },

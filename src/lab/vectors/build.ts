@@ -6,7 +6,7 @@
  * The written direction uses every prompt. The separation report is honest about overfitting: a
  * direction is fitted again on the prompts outside a seeded held-out fraction of each set and
  * evaluated on the held-out prompts only (on the training prompts, and said so, when a set is too
- * small to hold any out). Splits, PCA pairing and PCA start are all drawn from `seed`, so the same
+ * small to hold any out). The split and the PCA start are drawn from `seed`, so the same
  * activations and seed give the same bytes.
  *
  * The activations come through `collect`, which the caller wires to an ActivationCollector (one
@@ -145,7 +145,8 @@ export async function buildVectors(options: BuildVectorsOptions): Promise<BuildV
     // The same split at every hook: a fresh generator from the seed each time.
     const random = new SeededRandom(seed);
     const pos = holdOut(sets.positive.count, heldOutFraction, random);
-    const neg = holdOut(sets.negative.count, heldOutFraction, random);
+    // Sets of one size share the split, so PCA's pairs (prompt i with prompt i) stay pairs.
+    const neg = sets.negative.count === sets.positive.count ? pos : holdOut(sets.negative.count, heldOutFraction, random);
     heldOut = { positive: pos.heldOut.length, negative: neg.heldOut.length };
     const canHoldOut = pos.heldOut.length > 0 && neg.heldOut.length > 0;
     const report = canHoldOut

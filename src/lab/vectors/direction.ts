@@ -5,11 +5,12 @@
  * AUROC). Everything accumulates in float64; rows come in as float32 from the tap.
  *
  * Directions are raw, not normalised: `mean-diff` is exactly `mean(positive) − mean(negative)`,
- * so adding it at scale 1 moves the negative centroid onto the positive one. `pca` takes the unit
- * first component u of the paired differences (uncentred, so it is the direction along which the
- * pairs differ most, mean difference included) and gives it the length of the centroid difference
- * projected on it, `u · (u · (mean(positive) − mean(negative)))`: scale 1 moves the negative
- * centroid's projection onto the positive one's.
+ * so adding it at scale 1 moves the negative centroid onto the positive one. `pca` pairs prompt i of
+ * the positive set with prompt i of the negative set (contrastive pairs, written line by line; the
+ * first min(counts) of each), takes the unit first component u of their differences (uncentred,
+ * so it is the direction along which the pairs differ most, mean difference included), and gives
+ * it the length of the centroid difference projected on it, `u · (u · (mean(positive) −
+ * mean(negative)))`: scale 1 moves the negative centroid's projection onto the positive one's.
  */
 import { SeededRandom, shuffledIndices } from '../../common/random.js';
 
@@ -78,21 +79,15 @@ const POWER_TOLERANCE = 1e-12;
 
 /**
  * Unit first right-singular vector of the `m × d` matrix of paired differences (positive prompt i
- * minus negative prompt i, in a seeded pairing of min(counts) pairs), by power iteration on DᵀD
- * from a seeded start. Sign: positive along the centroid difference.
+ * minus negative prompt i, m = min(counts)), by power iteration on DᵀD from a seeded start. Sign:
+ * positive along the centroid difference.
  */
 function firstComponent(positive: RowSet, negative: RowSet, seed: number, meanDiff: Float64Array): Float64Array {
   const D = positive.dModel;
   const random = new SeededRandom(seed);
   const m = Math.min(positive.count, negative.count);
-  const posOrder = shuffledIndices(positive.count, random);
-  const negOrder = shuffledIndices(negative.count, random);
   const diffs = new Float64Array(m * D);
-  for (let i = 0; i < m; i++) {
-    const p = posOrder[i] * D;
-    const n = negOrder[i] * D;
-    for (let d = 0; d < D; d++) diffs[i * D + d] = positive.rows[p + d] - negative.rows[n + d];
-  }
+  for (let i = 0; i < m * D; i++) diffs[i] = positive.rows[i] - negative.rows[i];
   let v = new Float64Array(D);
   for (let d = 0; d < D; d++) v[d] = random.next() - 0.5;
   v = v.map((x) => x / norm(v));
@@ -182,9 +177,13 @@ export function separation(positive: RowSet, negative: RowSet, direction: Float6
   };
 }
 
-/** A seeded split of `count` prompts: the first ⌊count × fraction⌋ of a seeded order are held out (at least one when count ≥ 2 and fraction > 0). */
+/**
+ * A seeded split of `count` prompts: ⌊count × fraction⌋ prompts of a seeded order are held out
+ * (at least one when count ≥ 2 and fraction > 0). Both parts are in ascending order, so two sets
+ * of the same size split with the same draw keep their pairs aligned.
+ */
 export function holdOut(count: number, fraction: number, random: SeededRandom): { train: Uint32Array; heldOut: Uint32Array } {
   const order = shuffledIndices(count, random);
   const held = fraction > 0 && count >= 2 ? Math.min(count - 1, Math.max(1, Math.floor(count * fraction))) : 0;
-  return { heldOut: order.subarray(0, held), train: order.subarray(held) };
+  return { heldOut: order.slice(0, held).sort(), train: order.slice(held).sort() };
 }
