@@ -1,8 +1,13 @@
 /**
  * `saegate vectors build`: a steering vector from two prompt sets (docs/steering.md, "Building a
- * vector"). The logic is in src/lab/vectors/; this file parses flags, runs the model (in-process or
- * an external tap-speaking server) once per hook, draws the progress bar, prints the separation
- * report and writes the file.
+ * vector"). The logic is in src/lab/vectors/; this file parses flags, composes the model and the
+ * collectors, draws the progress bar, prints the separation report and writes the file.
+ *
+ * A collector gathers one hook point, so each hook is one pass with a collector of its own. The
+ * model server is started once (in-process) and kept: every later collector listens on the port
+ * the first one got, and the server's tap client reconnects to it (its backoff starts at 100 ms),
+ * which costs far less than loading and compiling a model per hook (seconds at d_model 512). An
+ * external server (--upstream) is pointed at that same URL once, for the same reason.
  */
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -10,14 +15,15 @@ import { z } from 'zod';
 import { err } from '../common/errors.js';
 import { writeTextAtomically } from '../common/json-file.js';
 import { custom, decimal, integer, oneOf, parseCommand, text, type CommandSpec } from '../common/options.js';
+import { ActivationCollector, type CollectServerInfo } from '../lab/collect.js';
 import { readCorpus } from '../lab/corpus/read.js';
 import { buildVectors, type BuildProgress, type BuildVectorsResult } from '../lab/vectors/build.js';
 import { loadModel } from '../model/load.js';
-import { allHookPoints } from '../model/types.js';
+import { startModelServer, type ModelServer } from '../model/server.js';
+import { allHookPoints, type LoadedModel } from '../model/types.js';
 import { writeVectorFile } from '../steering/formats.js';
 import { makeSteeringVector } from '../steering/vector.js';
 import { defaultModel } from './default-model.js';
-import { openModelRun, type ModelRun } from './model-run.js';
 import { StatusLine } from './status-line.js';
 
 const PROMPTS = 'Prompts and model';
@@ -102,6 +108,51 @@ export function reportLines(result: BuildVectorsResult): string[] {
   return [`separation on ${evaluated}; projections on the unit direction:`, line(header), ...rows.map(line)];
 }
 
+interface HookPassesOptions {
+  /** The in-process model; null with `upstream`. */
+  loaded: LoadedModel | null;
+  upstream: string | undefined;
+  tapPort: number | undefined;
+  device: 'cpu' | 'cuda';
+  threads: number | undefined;
+  log: (line: string) => void;
+}
+
+/** One collector per hook pass in turn, on one tap port, in front of one model server (see the file comment). */
+class HookPasses {
+  private collector: ActivationCollector | null = null;
+  private server: ModelServer | null = null;
+  private tapPort: number | undefined;
+  /** The connected model server's hello, once the first pass connected. */
+  info: CollectServerInfo | null = null;
+
+  constructor(private readonly options: HookPassesOptions) {
+    this.tapPort = options.tapPort;
+  }
+
+  /** Closes the previous pass's collector, opens one for `hook`, and waits for the model server to connect to it. */
+  async open(hook: string): Promise<{ collector: ActivationCollector; upstream: string }> {
+    const { options } = this;
+    await this.collector?.close();
+    this.collector = null;
+    const collector = await ActivationCollector.start({ hook, tapPort: this.tapPort ?? 0, log: options.log });
+    this.collector = collector;
+    this.tapPort ??= Number(new URL(collector.tapUrl).port);
+    if (options.loaded && this.server === null) {
+      this.server = await startModelServer({ model: options.loaded.source, loaded: options.loaded, port: 0, tapUrl: collector.tapUrl, device: options.device, threads: options.threads, maxBatch: 8 });
+    } else if (options.upstream !== undefined && this.info === null) {
+      options.log(`waiting for the model server at ${options.upstream} to connect its tap to ${collector.tapUrl} (start it with --tap ${collector.tapUrl})`);
+    }
+    this.info = await collector.waitForServer(options.upstream !== undefined && this.info === null ? 120_000 : 30_000);
+    return { collector, upstream: this.server?.url ?? options.upstream! };
+  }
+
+  async close(): Promise<void> {
+    await this.server?.close();
+    await this.collector?.close();
+  }
+}
+
 /** Runs the command; returns the lines to print on stdout. */
 export async function vectorsBuild(argv: string[]): Promise<string[]> {
   const flags = parseCommand(vectorsBuildCommand, argv);
@@ -110,28 +161,14 @@ export async function vectorsBuild(argv: string[]): Promise<string[]> {
 
   // Hooks are checked before anything runs: in-process against the model's hook points here,
   // with --upstream against the server's hello once it connects (below).
-  let modelName: string | null = null;
+  let loaded: LoadedModel | null = null;
   if (flags.upstream === undefined) {
-    const loaded = await loadModel({ model: flags.model ?? defaultModel(), tokenizer: flags.tokenizer });
-    modelName = loaded.name;
+    loaded = await loadModel({ model: flags.model ?? defaultModel(), tokenizer: flags.tokenizer });
     const available = allHookPoints(loaded.weights.config);
     for (const hook of flags.hooks) if (!available.includes(hook)) throw err('SAEGATE_ERR_UNKNOWN_HOOK', loaded.name, hook, available.join(', '));
   }
 
-  let tapPort = flags.tapPort;
-  const open = async (hook: string): Promise<ModelRun> => {
-    const run = await openModelRun({ hook, model: flags.model, tokenizer: flags.tokenizer, upstream: flags.upstream, tapPort, device: flags.device, threads: flags.threads, log: (line) => status.log(line) });
-    // An external server keeps dialling the same tap URL, so every later pass listens where the first did.
-    tapPort ??= Number(new URL(run.collector.tapUrl).port);
-    modelName ??= run.server.modelId;
-    const missing = flags.hooks.find((h) => !run.server.hookPoints.includes(h));
-    if (missing !== undefined) {
-      await run.close();
-      throw err('SAEGATE_ERR_UNKNOWN_HOOK', run.server.modelId, missing, run.server.hookPoints.join(', '));
-    }
-    return run;
-  };
-
+  const passes = new HookPasses({ loaded, upstream: flags.upstream, tapPort: flags.tapPort, device: flags.device, threads: flags.threads, log: (line) => status.log(line) });
   const result = await buildVectors({
     hooks: flags.hooks,
     positive: { source: flags.positive, documents: positive },
@@ -141,19 +178,17 @@ export async function vectorsBuild(argv: string[]): Promise<string[]> {
     heldOut: flags.heldOut,
     seed: flags.seed,
     async *collect(hook, documents) {
-      const run = await open(hook);
-      try {
-        yield* run.collector.collect(documents, { upstream: run.upstream, concurrency: flags.concurrency, tooLong: 'skip' });
-      } finally {
-        await run.close();
-      }
+      const { collector, upstream } = await passes.open(hook);
+      const missing = flags.hooks.find((h) => !passes.info!.hookPoints.includes(h));
+      if (missing !== undefined) throw err('SAEGATE_ERR_UNKNOWN_HOOK', passes.info!.modelId, missing, passes.info!.hookPoints.join(', '));
+      yield* collector.collect(documents, { upstream, concurrency: flags.concurrency, tooLong: 'skip' });
     },
     onProgress: (p) => status.draw(progressBar(p)),
-  }).catch((error: unknown) => {
+  }).finally(async () => {
     status.clear();
-    throw error;
+    await passes.close();
   });
-  status.clear();
+  const modelName = loaded?.name ?? passes.info?.modelId ?? null;
 
   // No creation time: the same prompts, model and seed give the same bytes.
   const vector = makeSteeringVector(flags.out, new Map(result.hooks.map((h) => [h.hook, h.direction])), {

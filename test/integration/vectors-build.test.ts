@@ -9,12 +9,14 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { vectorsBuild } from '../../src/cli/vectors-build.js';
 import { loadModel } from '../../src/model/load.js';
+import { startModelServer } from '../../src/model/server.js';
 import type { LoadedModel } from '../../src/model/types.js';
 import { VectorStore } from '../../src/steering/store.js';
 import type { SteeringVector } from '../../src/steering/vector.js';
 import { runCliToExit } from '../helpers/cli.js';
 import { expectSaegateRejection } from '../helpers/errors.js';
 import { hasSharedModels, makeTempDir, needsSharedModels, stories260K } from '../helpers/fixtures.js';
+import { freePort } from '../helpers/ports.js';
 import { referenceForward } from '../helpers/reference-forward.js';
 
 const examples = path.resolve(import.meta.dirname, '../../examples/prompts');
@@ -123,6 +125,24 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate vectors build on st
     expect(pca.metadata).toMatchObject({ method: 'pca', position: 'mean', seed: 5 });
     const u = pca.hooks.get(HOOKS[1])!;
     expect(u.reduce((s, v, d) => s + v * vector.hooks.get(HOOKS[1])![d], 0)).toBeGreaterThan(0);
+  }, 120_000);
+
+  it('runs through an external server with --upstream, which reconnects its tap for every pass, giving the in-process directions', async () => {
+    const tapPort = await freePort();
+    const server = await startModelServer({ model: stories260K.model, tokenizer: stories260K.tokenizer, port: 0, tapUrl: `ws://127.0.0.1:${tapPort}/v1/tap` });
+    try {
+      const file = path.join(dir, 'upstream.safetensors');
+      await vectorsBuild(['--positive', happy, '--negative', sad, '--hooks', HOOKS.join(','), '--upstream', server.url, '--tap-port', String(tapPort), '--out', file]);
+      const upstream = new VectorStore({ baseDir: dir }).resolve('upstream.safetensors');
+      expect(upstream.metadata.model).toBe('stories260K');
+      for (const hook of HOOKS) {
+        const a = upstream.hooks.get(hook)!;
+        const b = vector.hooks.get(hook)!;
+        a.forEach((v, d) => expect(Math.abs(v - b[d]), `${hook}[${d}]`).toBeLessThan(1e-5));
+      }
+    } finally {
+      await server.close();
+    }
   }, 120_000);
 
   it('refuses an empty prompt set with SAEGATE_ERR_PROMPT_SET_EMPTY naming the file', async () => {
