@@ -165,7 +165,7 @@ class GenerationRun {
           promptLogprobs: {
             top: input.promptLogprobs,
             onResult: (result) => {
-              this.echoLogprobs = promptLogprobsObject(deps.tokenizer, echoPrompt(deps.tokenizer, input.promptTokens), result);
+              this.echoLogprobs = promptLogprobsObject(deps.tokenizer, input.promptTokens, echoPrompt(deps.tokenizer, input.promptTokens), result);
             },
           },
         }),

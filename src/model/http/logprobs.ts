@@ -50,8 +50,19 @@ export function echoPrompt(tokenizer: Tokenizer, promptTokens: readonly number[]
   return { text: done, pieces, offsets };
 }
 
-/** OpenAI's logprobs object for an echoed prompt. `decodeToken` names the alternatives. */
-export function promptLogprobsObject(tokenizer: Tokenizer, echoed: EchoedPrompt, result: PromptLogprobs): CompletionLogprobs {
+/**
+ * An alternative's text as it would read in place: decoded after the token before it and cut off
+ * that token's text, so the rule that drops a piece's leading space right after BOS applies to
+ * the alternatives as it does to `tokens` (`Once`, not ` Once`, as the first word).
+ */
+function alternativeText(tokenizer: Tokenizer, previous: number, id: number): string {
+  const before = tokenizer.decode([previous]);
+  const both = tokenizer.decode([previous, id]);
+  return both.startsWith(before) ? both.slice(before.length) : tokenizer.decode([id]);
+}
+
+/** OpenAI's logprobs object for an echoed prompt (the prompt's ids in `promptTokens`). */
+export function promptLogprobsObject(tokenizer: Tokenizer, promptTokens: readonly number[], echoed: EchoedPrompt, result: PromptLogprobs): CompletionLogprobs {
   const n = echoed.pieces.length;
   const tokenLogprobs: Array<number | null> = [null];
   const topLogprobs: Array<Record<string, number> | null> = [null];
@@ -59,7 +70,7 @@ export function promptLogprobsObject(tokenizer: Tokenizer, echoed: EchoedPrompt,
     tokenLogprobs.push(result.tokenLogprobs[t]);
     const top: Record<string, number> = {};
     for (let k = 0; k < result.top; k++) {
-      const name = tokenizer.decode([result.topIds[t * result.top + k]]);
+      const name = alternativeText(tokenizer, promptTokens[t], result.topIds[t * result.top + k]);
       // Two ids may decode alike (a byte token and a piece); the likelier one, first, keeps the key.
       if (!(name in top)) top[name] = result.topLogprobs[t * result.top + k];
     }
