@@ -183,7 +183,11 @@ export async function vectorsBuild(argv: string[]): Promise<string[]> {
       if (missing !== undefined) throw err('SAEGATE_ERR_UNKNOWN_HOOK', passes.info!.modelId, missing, passes.info!.hookPoints.join(', '));
       yield* collector.collect(documents, { upstream, concurrency: flags.concurrency, tooLong: 'skip' });
     },
-    onProgress: (p) => status.draw(progressBar(p)),
+    onProgress: (p) => {
+      status.draw(progressBar(p));
+      // Without a terminal there is no bar to redraw: one line per finished hook instead.
+      if (!status.interactive && p.done === p.total) status.log(progressBar(p));
+    },
   }).finally(async () => {
     status.clear();
     await passes.close();
