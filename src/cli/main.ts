@@ -12,6 +12,7 @@ import { saeEncode, saeInfo } from './sae.js';
 import { saeFeatures } from './sae-features.js';
 import { saeTrain } from './sae-train.js';
 import { serve } from './serve.js';
+import { vectorsBuild } from './vectors-build.js';
 
 const usage = `Usage: saegate <command> [options]
 
@@ -28,6 +29,7 @@ Commands:
   policy check PATH    validate policy files; every problem as file:line:column: path: message
   vectors import FILE  a llama.cpp control vector (.gguf) to saegate's vector file
   vectors export FILE  a saegate vector file to a llama.cpp control vector (.gguf)
+  vectors build        a steering vector from positive and negative prompt sets, with a separation report
 
 Run 'saegate <command> --help' for a command's options.`;
 
@@ -98,6 +100,10 @@ async function main(argv: string[]): Promise<void> {
   }
   if (command === 'vectors' && (sub === 'import' || sub === 'export')) {
     process.stdout.write(`${vectorsConvert(sub, rest)}\n`);
+    return;
+  }
+  if (command === 'vectors' && sub === 'build') {
+    process.stdout.write(`${(await vectorsBuild(rest)).join('\n')}\n`);
     return;
   }
   if (command === 'model' && sub === 'serve') {

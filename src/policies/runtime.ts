@@ -374,8 +374,10 @@ export class ConditionRuntime {
         this.emit({ type: 'trigger', requestId: live.requestId, policy: event.policy, kind: 'flag', flag, triggerPosition: event.triggerPosition });
       } else if (event.kind === 'abort') {
         this.metrics?.triggers.inc({ policy: policyName(event.policy), kind: 'abort' });
+        // Listed before the proxy writes its ending, which reads the applied value at once.
+        const item = live.items.push(`abort=${event.policy}:${event.triggerPosition}`) - 1;
         const taken = this.options.aborter?.abortRequest(live.requestId, { policy: event.policy, ...(event.detail !== undefined && { reason: event.detail }) }) ?? false;
-        live.items.push(`abort=${event.policy}:${event.triggerPosition}${taken ? '' : ':skipped'}`);
+        if (!taken) live.items[item] += ':skipped';
         this.emit({ type: 'trigger', requestId: live.requestId, policy: event.policy, kind: 'abort', triggerPosition: event.triggerPosition });
       } else if (event.kind === 'steer') {
         live.steering.push(...(event.terms ?? []));

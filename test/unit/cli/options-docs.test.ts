@@ -14,6 +14,7 @@ import { saeEncodeCommand, saeInfoCommand } from '../../../src/cli/sae.js';
 import { saeFeaturesCommand } from '../../../src/cli/sae-features.js';
 import { saeTrainCommand } from '../../../src/cli/sae-train.js';
 import { serveCommand } from '../../../src/cli/serve.js';
+import { vectorsBuildCommand } from '../../../src/cli/vectors-build.js';
 import { proxyCommand } from '../../../src/proxy/config.js';
 
 interface Command {
@@ -22,7 +23,7 @@ interface Command {
   configFile?: { env: string };
 }
 
-const commands: Command[] = [serveCommand, demoCommand, modelServeCommand, modelSampleCommand, saeTrainCommand, saeFeaturesCommand, saeInfoCommand, saeEncodeCommand, baselineRecordCommand];
+const commands: Command[] = [serveCommand, demoCommand, modelServeCommand, modelSampleCommand, saeTrainCommand, saeFeaturesCommand, saeInfoCommand, saeEncodeCommand, baselineRecordCommand, vectorsBuildCommand];
 
 /** `--flag` -> default as the code states it, for every flag of a command (`--config` included). */
 function expectedFlags(command: Command): Map<string, string> {
