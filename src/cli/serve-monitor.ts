@@ -15,6 +15,7 @@ import { custom, flagName, integer, text } from '../common/options.js';
 import { readFeatureLabels } from '../lab/features/labels.js';
 import { readAlertRules } from '../monitor/alert-rules.js';
 import type { WatchedFeature } from '../monitor/metrics.js';
+import { saeWeightsHash } from '../monitor/sae-hash.js';
 import { MonitorService, UNKNOWN_MODEL } from '../monitor/service.js';
 import { readWatchFile } from '../monitor/watch-file.js';
 import { DEFAULT_WINDOWS } from '../monitor/windows.js';
@@ -118,6 +119,7 @@ export function createMonitor(saes: readonly SaeWeights[], flags: MonitorFlags, 
     sae: saeName(sae),
     hook: sae.config.hookName,
     dSae: sae.config.dSae,
+    saeHash: saeWeightsHash(sae),
     watched: watched.get(saeName(sae)) ?? [],
     labels: labels.get(saeName(sae)),
   }));

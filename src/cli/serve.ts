@@ -5,10 +5,12 @@
  */
 import path from 'node:path';
 import { Registry } from 'prom-client';
-import { SaegateError } from '../common/errors.js';
+import { err, SaegateError } from '../common/errors.js';
 import { parseCommand, text, type CommandSpec } from '../common/options.js';
 import { formatProblem } from '../policies/load.js';
 import { PolicyManager } from '../policies/manager.js';
+import { ConditionRuntime } from '../policies/runtime.js';
+import type { PlanResolver } from '../proxy/plan.js';
 import { VectorStore } from '../steering/store.js';
 import { isBodySteeringMode, type UpstreamSteeringMode } from '../steering/upstream.js';
 import { proxyCommand, proxyOptions } from '../proxy/config.js';
@@ -51,7 +53,7 @@ export async function startProxyWithSaes(
   saes: SaeWeights[],
   policyDir?: string,
   monitorFlags: MonitorFlags = {},
-): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; monitor: MonitorService | undefined }> {
+): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined; monitor: MonitorService | undefined }> {
   const registry = new Registry();
   const upstreamSteering = options.upstreamSteering ?? 'tap';
   if (saes.length > 0 && isBodySteeringMode(upstreamSteering)) {
@@ -69,11 +71,28 @@ export async function startProxyWithSaes(
           workers: options.saeWorkers,
           ...(options.saeTopK !== undefined && options.saeTopK > 0 && { topK: options.saeTopK }),
         }) : undefined;
-  const tapSide = sink && monitor ? monitoredSink(sink, monitor) : undefined;
-  let server: ProxyServer;
+  // Flags and conditional policies: evaluated on the SAE results (conditions need SAEs; flags
+  // without `when` do not), plan updates through the proxy's tap host (which exists once the
+  // proxy is built, hence the late binding), tokens and plan acks seen through the sink.
+  let server: ProxyServer | undefined;
+  const conditions = policies ? new ConditionRuntime({
+    registry,
+    saeByHook: new Map(saes.map((sae) => [sae.config.hookName, saeName(sae)])),
+    tap: {
+      planUpdate: (requestId, steering) => server === undefined
+        ? { delivered: false, error: err('SAEGATE_ERR_TAP_UNROUTED', requestId, 'the proxy is not started') }
+        : server.tap.planUpdate(requestId, steering),
+    },
+    aborter: { abortRequest: (requestId, abort) => server?.abortRequest(requestId, abort) ?? false },
+  }) : undefined;
+  const planResolver: PlanResolver | undefined = policies && conditions && { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) };
+  const offResults = conditions && sink?.onResult(conditions.onResult);
+  const observed = sink && conditions ? conditions.observing(sink) : sink;
+  const tapSide = observed && monitor ? monitoredSink(observed, monitor) : undefined;
   try {
-    server = await startProxy({ ...options, sink: tapSide?.sink ?? sink, registry, monitor, ...(policies && { planResolver: policies }) });
+    server = await startProxy({ ...options, sink: tapSide?.sink ?? observed, registry, monitor, ...(planResolver && { planResolver }) });
   } catch (error) {
+    offResults?.();
     policies?.close();
     await sink?.close();
     await monitor?.close();
@@ -97,7 +116,7 @@ export async function startProxyWithSaes(
       await monitor?.close(); // writes a recording in progress
     };
   }
-  return { server, sink, policies, monitor };
+  return { server, sink, policies, conditions, monitor };
 }
 
 /** Feeds the monitor the SAE results, logs through the proxy's logger, starts its timer and a recording. */
@@ -110,12 +129,17 @@ function startMonitor(monitor: MonitorService, sink: SaeSink, tapSide: Monitored
   return off;
 }
 
+/** An SAE's name in policy files: its directory's name. */
+function saeName(sae: SaeWeights): string {
+  return path.basename(path.resolve(sae.config.source));
+}
+
 /**
  * Loads the policy directory before anything listens: an invalid set stops start-up with every
  * problem listed; later invalid changes keep the last good set (PolicyManager).
  */
 function startPolicies(dir: string, saes: SaeWeights[], registry: Registry, upstreamSteering: UpstreamSteeringMode): PolicyManager {
-  const byName = new Map(saes.map((sae) => [path.basename(path.resolve(sae.config.source)), sae] as const));
+  const byName = new Map(saes.map((sae) => [saeName(sae), sae] as const));
   const manager = new PolicyManager({
     path: dir,
     registry,

@@ -56,6 +56,8 @@ export interface MonitorSaeSpec {
   readonly sae: string;
   readonly hook: string;
   readonly dSae: number;
+  /** `saeWeightsHash` of the SAE: compared with a baseline's `sae.hash`, written into recordings. Not compared when absent. */
+  readonly saeHash?: string;
   /** Features whose firing rate is exported. */
   readonly watched?: readonly WatchedFeature[];
   /** Feature labels (from the SAE's features.yaml), for the admin API's JSON only. */
@@ -466,7 +468,7 @@ export class MonitorService implements MonitorMetricsSource {
     }
     const spec = entry.spec;
     const stats = entry.stats;
-    checkCompatible(baseline, { model: spec.model === UNKNOWN_MODEL ? baseline.provenance.model : spec.model, saeId: spec.sae, hook: spec.hook, dSae: spec.dSae, l0Edges: stats.l0Edges, fvuEdges: stats.fvuEdges }, source);
+    checkCompatible(baseline, { model: spec.model === UNKNOWN_MODEL ? baseline.provenance.model : spec.model, saeId: spec.sae, ...(spec.saeHash !== undefined && { saeHash: spec.saeHash }), hook: spec.hook, dSae: spec.dSae, l0Edges: stats.l0Edges, fvuEdges: stats.fvuEdges }, source);
     const reference = new BaselineReference(baseline);
     // The calibrator refuses a baseline it cannot resample (fewer than 2 documents): a file problem.
     let calibrator: DriftCalibrator;
@@ -501,7 +503,7 @@ export class MonitorService implements MonitorMetricsSource {
     for (const entry of this.entries) {
       entry.recording = new LiveBaselineRecording({
         model: entry.spec.model !== UNKNOWN_MODEL ? entry.spec.model : () => this.tapModel() ?? UNKNOWN_MODEL,
-        sae: { id: entry.spec.sae, hash: 'unknown' },
+        sae: { id: entry.spec.sae, hash: entry.spec.saeHash ?? 'unknown' },
         hook: entry.spec.hook,
         dSae: entry.spec.dSae,
         saegateVersion,

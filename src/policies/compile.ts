@@ -92,15 +92,27 @@ function resolveVector(context: PolicyContext, source: PolicySource, at: (string
   }
 }
 
-function checkVectorAgainstModel(context: PolicyContext, source: PolicySource, at: (string | number)[], vector: SteeringVector, hooks: readonly string[], problems: PolicyProblem[]): void {
+/**
+ * Checks a vector's width and `hooks` against the model. A width problem points at `at` (the
+ * vector reference); a missing hook at `hookAt(i)` when the policy named the hook, else at `at`.
+ */
+function checkVectorAgainstModel(
+  context: PolicyContext,
+  source: PolicySource,
+  at: (string | number)[],
+  vector: SteeringVector,
+  hooks: readonly string[],
+  problems: PolicyProblem[],
+  hookAt: ((index: number) => (string | number)[]) | null = null,
+): void {
   const model = context.model;
   if (!model) return;
   if (vector.dModel !== model.dModel) {
     problems.push(problemAt(source, at, `the vector has ${vector.dModel} values per hook but the model's d_model is ${model.dModel}`));
   }
-  for (const hook of hooks) {
-    if (!model.hookPoints.has(hook)) problems.push(problemAt(source, at, `the model has no hook point '${hook}'`));
-  }
+  hooks.forEach((hook, i) => {
+    if (!model.hookPoints.has(hook)) problems.push(problemAt(source, hookAt ? hookAt(i) : at, `the model has no hook point '${hook}'`));
+  });
 }
 
 function checkCondition(
@@ -125,7 +137,7 @@ function checkCondition(
     if (vector && !vector.hooks.has(hook)) {
       problems.push(problemAt(source, [...at, 'projection', 'hook'], `the vector has no direction for '${hook}' (it has ${[...vector.hooks.keys()].join(', ')})`));
     }
-    if (vector) checkVectorAgainstModel(context, source, [...at, 'projection', 'vector'], vector, [hook], problems);
+    if (vector) checkVectorAgainstModel(context, source, [...at, 'projection', 'vector'], vector, [hook], problems, () => [...at, 'projection', 'hook']);
   }
 }
 
@@ -174,7 +186,7 @@ function compileOne(context: PolicyContext, source: PolicySource, watched: Reado
       steer.hooks?.forEach((hook, h) => {
         if (!vector.hooks.has(hook)) problems.push(problemAt(source, [...at, 'steer', 'hooks', h], `the vector has no direction for '${hook}' (it has ${[...vector.hooks.keys()].join(', ')})`));
       });
-      checkVectorAgainstModel(context, source, [...at, 'steer', 'vector'], vector, hooks, problems);
+      checkVectorAgainstModel(context, source, [...at, 'steer', 'vector'], vector, hooks, problems, steer.hooks ? (h) => [...at, 'steer', 'hooks', h] : null);
       if (steer.when) checkCondition(context, source, [...at, 'steer', 'when'], steer.when, watched, problems);
       checkUpstreamSteer(context, source, at, steer, hooks, problems);
       if (steer.forTokens !== undefined && !steer.when) problems.push(problemAt(source, [...at, 'steer', 'forTokens'], 'forTokens applies to conditional steering only (give `when`, or use positions {from, until})'));

@@ -20,7 +20,7 @@ import { Forwarder } from './forward.js';
 import { APPLIED_HEADER, REQUEST_ID_HEADER, requestIdFrom } from './headers.js';
 import { InFlightExchanges, StreamSlots } from './limits.js';
 import { ProxyMetrics, type RouteLabel } from './metrics.js';
-import { emptyPlanResolver, type PlanResolver } from './plan.js';
+import { emptyPlanResolver, type GenerationAbort, type PlanResolver, type RequestAborter } from './plan.js';
 import { Readiness } from './readiness.js';
 import { registerAdminRoutes } from './routes-admin.js';
 import { registerOpenAIRoutes, type ProxyState } from './routes-openai.js';
@@ -58,7 +58,7 @@ export interface ProxyAppOptions {
 }
 
 /** The app and the parts server.ts and tests reach into. */
-export interface ProxyApp {
+export interface ProxyApp extends RequestAborter {
   app: FastifyInstance;
   config: ProxyConfig;
   tap: TapHost;
@@ -167,5 +167,6 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
     await closeResources();
   });
 
-  return { app, config, tap, sink, upstream, metrics, readiness, inFlight, streams, state, steering, closeResources };
+  const abortRequest = (requestId: string, abort: GenerationAbort): boolean => forwarder.abortGeneration(requestId, abort);
+  return { app, config, tap, sink, upstream, metrics, readiness, inFlight, streams, state, steering, closeResources, abortRequest };
 }

@@ -14,7 +14,7 @@ import type { TapServerStats } from '../tap/server.js';
 export type RouteLabel = 'chat_completions' | 'completions' | 'passthrough' | 'tap' | 'ops' | 'admin' | 'not_found';
 
 /** Which side ended a stream early. */
-export type AbortSide = 'client' | 'upstream' | 'timeout' | 'shutdown';
+export type AbortSide = 'client' | 'upstream' | 'timeout' | 'shutdown' | 'policy';
 
 /** Upstream failure kinds (`saegate_upstream_failures_total{kind}`). */
 export type UpstreamFailureKind =
@@ -111,7 +111,7 @@ export class ProxyMetrics {
     this.activeStreams = new Gauge({ name: 'saegate_active_streams', help: 'Streaming requests being served.', registers });
     this.streamAborts = new Counter({
       name: 'saegate_stream_aborts_total',
-      help: 'Streams that ended early, by the side that ended them (client, upstream, timeout, shutdown).',
+      help: 'Streams that ended early, by the side that ended them (client, upstream, timeout, shutdown, policy).',
       labelNames: ['side'],
       registers,
     });

@@ -58,10 +58,17 @@ export function registerOpenAIRoutes(app: FastifyInstance, options: OpenAIRoutes
     let planId: string | null = null;
     let applied: string | null = null;
     let body = clientBody;
+    const outcome = plan.outcome;
     if (plan.steering.length > 0) {
-      ({ planId, applied, body } = steering.deliver(request.id, plan.steering, clientBody));
+      try {
+        ({ planId, applied, body } = steering.deliver(request.id, plan.steering, clientBody));
+      } catch (error) {
+        outcome?.done();
+        throw error;
+      }
       if (applied === null && plan.failClosed === true) {
         metrics.plans.inc({ outcome: 'refused' });
+        outcome?.done();
         throw new SaegateError('SAEGATE_ERR_STEERING_UNAVAILABLE', [request.id, plan.policies.join(', ') || 'steering']);
       }
       metrics.plans.inc({ outcome: applied === null ? 'skipped' : planId === null ? 'upstream' : 'sent' });
@@ -71,8 +78,14 @@ export function registerOpenAIRoutes(app: FastifyInstance, options: OpenAIRoutes
     // The client may have gone while the plan was resolved; then there is nobody to forward for.
     if (request.raw.socket?.destroyed === true) {
       if (fields.stream) releaseStream();
+      outcome?.done();
       return;
     }
+    const steeringItem = applied;
+    const onDone = outcome === undefined ? (fields.stream ? releaseStream : undefined) : () => {
+      if (fields.stream) releaseStream();
+      outcome.done();
+    };
     forwarder.forward({
       route,
       method: 'POST',
@@ -81,11 +94,11 @@ export function registerOpenAIRoutes(app: FastifyInstance, options: OpenAIRoutes
       body,
       requestId: request.id,
       planId,
-      applied: appliedValue(plan, applied),
+      applied: outcome === undefined ? appliedValue(plan, applied) : () => outcome.applied(steeringItem),
       stream: fields.stream,
       res: reply.raw,
       arrivedAt: arrivedAt(reply),
-      onDone: fields.stream ? releaseStream : undefined,
+      onDone,
     });
   }
 
