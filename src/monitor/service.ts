@@ -177,6 +177,8 @@ export class MonitorService implements MonitorMetricsSource {
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   private lastAssessedMs: number | null = null;
+  private assessing = false;
+  private assessment: Promise<void> = Promise.resolve();
   private recordingState: { file: string; startedAt: string; endsAtMs: number | null; timer: NodeJS.Timeout | null } | null = null;
   private recordingResult: RecordingStatus = { state: 'off', file: null, startedAt: null, endsAtMs: null, documents: 0, tokens: 0, error: null };
   private readonly events: AlertEvent[] = [];
@@ -231,7 +233,7 @@ export class MonitorService implements MonitorMetricsSource {
   /** Starts the assessment timer (unref'd: it never keeps the process alive). */
   start(): void {
     if (this.timer !== null || this.closed) return;
-    this.timer = setInterval(() => this.assess(), this.options.assessIntervalMs ?? 5000);
+    this.timer = setInterval(() => this.assessInTurns(), this.options.assessIntervalMs ?? 5000);
     this.timer.unref();
   }
 
@@ -329,27 +331,70 @@ export class MonitorService implements MonitorMetricsSource {
 
   // ---- assessment -----------------------------------------------------------------------------
 
-  /** Drains the queue, scores every window, evaluates the alert rules. */
+  /** Drains the queue, scores every window, evaluates the alert rules, all now (admin API, tests). */
   assess(): void {
+    this.beginAssessment();
+    for (const entry of this.entries) for (const spec of this.windows) this.assessOne(entry, spec);
+    this.finishAssessment();
+  }
+
+  /**
+   * The timer's assessment: the same steps, one SAE window per event-loop turn, so requests and
+   * scrapes interleave with a long assessment (each window's feature tests are O(d_sae); a new
+   * token bucket's calibration is a bootstrap). A tick that finds the previous one still running
+   * is skipped.
+   */
+  private assessInTurns(): void {
+    if (this.assessing || this.closed) return;
+    this.assessing = true;
+    let done!: () => void;
+    this.assessment = new Promise((resolve) => (done = resolve));
+    this.beginAssessment();
+    const tasks = this.entries.flatMap((entry) => this.windows.map((spec) => ({ entry, spec })));
+    const step = (i: number): void => {
+      if (this.closed) {
+        this.assessing = false;
+        done();
+        return;
+      }
+      if (i < tasks.length) {
+        this.assessOne(tasks[i].entry, tasks[i].spec);
+        setImmediate(() => step(i + 1));
+        return;
+      }
+      this.finishAssessment();
+      this.assessing = false;
+      done();
+    };
+    step(0);
+  }
+
+  /** Resolves when the timer's assessment in progress (if any) has finished. */
+  assessed(): Promise<void> {
+    return this.assessment;
+  }
+
+  private beginAssessment(): void {
     this.drain();
     for (const id of this.endsReady) this.finishRequest(id);
     this.endsReady = this.endsNext;
     this.endsNext = [];
-    const top = this.options.topFeatures ?? 10;
-    for (const entry of this.entries) {
-      const calibrator = entry.baseline === null ? null : this.calibrator(entry, this.alpha);
-      for (const spec of this.windows) {
-        const snapshot = entry.stats.snapshot(spec.name);
-        const n = entry.watchedIndex.length;
-        const state: WindowState = { tokens: snapshot.tokens, watchedFirings: new Float64Array(n), watchedSums: new Float64Array(n), assessment: null };
-        for (let i = 0; i < n; i++) {
-          state.watchedFirings[i] = snapshot.firingCounts[entry.watchedIndex[i]];
-          state.watchedSums[i] = snapshot.activationSums[entry.watchedIndex[i]];
-        }
-        if (calibrator !== null) state.assessment = assessWindow(snapshot, calibrator, { ...this.options.featureTests, top });
-        entry.windows.set(spec.name, state);
-      }
+  }
+
+  private assessOne(entry: Entry, spec: WindowSpec): void {
+    const calibrator = entry.baseline === null ? null : this.calibrator(entry, this.alpha);
+    const snapshot = entry.stats.snapshot(spec.name);
+    const n = entry.watchedIndex.length;
+    const state: WindowState = { tokens: snapshot.tokens, watchedFirings: new Float64Array(n), watchedSums: new Float64Array(n), assessment: null };
+    for (let i = 0; i < n; i++) {
+      state.watchedFirings[i] = snapshot.firingCounts[entry.watchedIndex[i]];
+      state.watchedSums[i] = snapshot.activationSums[entry.watchedIndex[i]];
     }
+    if (calibrator !== null) state.assessment = assessWindow(snapshot, calibrator, { ...this.options.featureTests, top: this.options.topFeatures ?? 10 });
+    entry.windows.set(spec.name, state);
+  }
+
+  private finishAssessment(): void {
     this.lastAssessedMs = this.now();
     this.alerts?.evaluate(this.lastAssessedMs, (rule, hook) => this.readRule(rule, hook));
     this.checkRecordingDeadline();

@@ -136,13 +136,20 @@ describe('alert state machine', () => {
       service.start();
       const rows = new SyntheticTraffic({ dSae: 64, seed: 4 });
       for (let d = 0; d < 5; d++) service.offerRows(hook, rows.document());
-      vi.advanceTimersByTime(5000);
+      // Each tick assesses one window per event-loop turn; `assessed()` resolves when it is done.
+      const tick = async (ms: number): Promise<void> => {
+        for (let t = 0; t < ms; t += 5000) {
+          vi.advanceTimersByTime(5000);
+          await service.assessed();
+        }
+      };
+      await tick(5000);
       expect(service.alerts!.status()[0].state).toBe('pending');
-      vi.advanceTimersByTime(15_000);
+      await tick(15_000);
       expect(service.alerts!.status()[0].state).toBe('pending');
-      vi.advanceTimersByTime(5000);
+      await tick(5000);
       expect([...service.firingAlerts()]).toEqual(['Hot']);
-      vi.advanceTimersByTime(70_000);
+      await tick(70_000);
       expect(service.firingAlerts().size).toBe(0);
       await service.close();
     });
