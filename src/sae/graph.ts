@@ -74,6 +74,16 @@ export interface SaeEncoderGraphOptions {
    * after it (TopK, activation, errors) stays float32. Default `f32`.
    */
   weights?: 'f32' | 'f16';
+  /**
+   * Widest list (the batch's largest L0) whose reconstruction is a sparse decode, gathering the
+   * listed rows of `W_dec`; a wider batch of a standard, JumpReLU or gated SAE is decoded densely,
+   * `f · W_dec` (TopK SAEs are always decoded sparsely: their lists are at most k wide). Both are
+   * exact; the sparse decode is cheaper for narrow lists, while the dense one costs one more
+   * encoder-sized product but needs no `[rows, width, dIn]` block, whose size would grow with the
+   * largest L0. Default `ceil(dSae / 64)`, about where the two cost the same on this project's CPU
+   * (`docs/sae-formats.md`, "Encoding").
+   */
+  sparseDecodeMaxWidth?: number;
 }
 
 /**
@@ -96,11 +106,15 @@ const LAYER_NORM_EPS = 1e-5;
  */
 const MIN_ROW_NORM = 1e-30;
 
-function validate(sae: SaeWeights, topK: number | undefined): void {
+function validate(sae: SaeWeights, options: SaeEncoderGraphOptions): void {
   const { config } = sae;
+  const { topK, sparseDecodeMaxWidth } = options;
   const where = `${config.source} (SAE encoder)`;
   if (topK !== undefined && (!Number.isInteger(topK) || topK < 1)) {
     throw err('SAEGATE_ERR_CONFIG', where, `topK (the list cap) must be a positive integer, got ${topK}`);
+  }
+  if (sparseDecodeMaxWidth !== undefined && !(sparseDecodeMaxWidth >= 0)) {
+    throw err('SAEGATE_ERR_CONFIG', where, `sparseDecodeMaxWidth must be a number ≥ 0, got ${sparseDecodeMaxWidth}`);
   }
   const expect = (name: string, actual: number, wanted: number): void => {
     if (actual !== wanted) throw err('SAEGATE_ERR_CONFIG', where, `${name} has ${actual} elements, expected ${wanted}`);
@@ -133,7 +147,7 @@ function validate(sae: SaeWeights, topK: number | undefined): void {
  */
 export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOptions = {}): Uint8Array {
   const { topK } = options;
-  validate(sae, topK);
+  validate(sae, options);
   const cfg = sae.config;
   const { dIn, dSae } = cfg;
   const F = DataType.FLOAT;
@@ -182,6 +196,8 @@ export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOp
   let slotIndices: string;
   let l0Float: string;
   let widthFloat: string;
+  /** The dense activations `[rows, dSae]`, for the architectures that compute them. */
+  let denseActs: string | null = null;
   const countActive = (acts: string): string =>
     g.op('ReduceSum', [g.op('Cast', [g.op('Greater', [acts, zero])], { to: F }), g.constI64([-1])], { keepdims: 0 });
   // float32 [1]: max(1, largest L0). Counts ≤ dSae are exact in float32; at least 1 keeps every
@@ -220,6 +236,7 @@ export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOp
       }
     }
     // L0 is counted before the TopK, so the TopK's K can be the batch's largest L0.
+    denseActs = dense;
     l0Float = countActive(dense);
     widthFloat = batchWidth(l0Float);
     [values, slotIndices] = g.opMulti('TopK', [dense, asCount(widthFloat)], 2, { axis: -1, largest: 1, sorted: 1 });
@@ -240,13 +257,32 @@ export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOp
   g.output(SaeEncoderNames.values, listedValues, F, ['rows', 'width']);
   g.output(SaeEncoderNames.l0, g.op('Cast', [l0Float], { to: DataType.INT64 }), DataType.INT64, ['rows']);
 
-  // Sparse decode of every active feature: [rows, 1, width] · [rows, width, dIn] → [rows, 1, dIn],
-  // never touching the other rows of W_dec.
+  // Reconstruction from every active feature. Sparse: [rows, 1, width] · [rows, width, dIn] →
+  // [rows, 1, dIn], never touching the other rows of W_dec. Dense: f · W_dec, in half precision
+  // with f16 weights like the encoder product. An If picks one per run by the list width.
   const wDec = half ? g.weightF16('W_dec', float32ToFloat16(sae.W_dec), [dSae, dIn]) : g.weightF32('W_dec', sae.W_dec, [dSae, dIn]);
-  const gathered = g.op('Gather', [wDec, slotIndices], { axis: 0 });
-  const decoderRows = half ? g.op('Cast', [gathered], { to: F }) : gathered;
-  const weighted = g.op('MatMul', [g.op('Unsqueeze', [values, g.constI64([1])]), decoderRows]);
-  const reconstruction = g.op('Add', [g.op('Squeeze', [weighted, g.constI64([1])]), bDec]);
+  const sparseDecode = (b: GraphBuilder): string => {
+    const gathered = b.op('Gather', [wDec, slotIndices], { axis: 0 });
+    const decoderRows = half ? b.op('Cast', [gathered], { to: F }) : gathered;
+    const weighted = b.op('MatMul', [b.op('Unsqueeze', [values, b.constI64([1])]), decoderRows]);
+    return b.op('Add', [b.op('Squeeze', [weighted, b.constI64([1])]), bDec]);
+  };
+  let reconstruction: string;
+  if (denseActs === null) {
+    reconstruction = sparseDecode(g);
+  } else {
+    const dense = denseActs;
+    const denseDecode = (b: GraphBuilder): string => {
+      const product = half ? b.op('Cast', [b.op('MatMul', [b.op('Cast', [dense], { to: DataType.FLOAT16 }), wDec])], { to: F }) : b.op('MatMul', [dense, wDec]);
+      return b.op('Add', [product, bDec]);
+    };
+    const maxSparse = options.sparseDecodeMaxWidth ?? Math.ceil(dSae / 64);
+    const out = [{ dataType: F, shape: ['rows', dIn] }] as const;
+    reconstruction = g.op('If', [g.op('Greater', [widthFloat, g.constF32([maxSparse], [1])])], {
+      then_branch: g.subgraph('dense_decode', (b) => [{ value: denseDecode(b), ...out[0] }]),
+      else_branch: g.subgraph('sparse_decode', (b) => [{ value: sparseDecode(b), ...out[0] }]),
+    });
+  }
   const sqError = g.op('ReduceSumSquare', [g.op('Sub', [xn, reconstruction])], { axes: [-1], keepdims: 0 });
   const rowEnergy = g.op('ReduceSumSquare', [g.op('Sub', [xn, g.op('ReduceMean', [xn], { axes: [-1], keepdims: 1 })])], { axes: [-1], keepdims: 0 });
   g.output(SaeEncoderNames.sqError, sqError, F, ['rows']);

@@ -210,9 +210,18 @@ describe.each(cases)('SAE encoder graph: $architecture, normalize=$normalization
   const { x, refs } = makeRows(sae, seed + 1);
 
   // Uncapped, the width is the batch's largest L0 and every list is its row's full active set; a
-  // cap below every L0 cuts every list to CAP and leaves L0 and the errors exact.
-  it.each([undefined, CAP])('matches the float64 reference with list cap %s: ordered features, L0 and the exact reconstruction error', async (topK) => {
-    const out = await runGraph(buildSaeEncoderGraph(sae, topK === undefined ? {} : { topK }), x, ROWS);
+  // cap below every L0 cuts every list to CAP and leaves L0 and the errors exact. The error comes
+  // from the sparse decode (gathered decoder rows) or the dense one (f · W_dec): both are checked.
+  it.each([
+    { topK: undefined, decode: 'sparse', sparseDecodeMaxWidth: D_SAE },
+    { topK: undefined, decode: 'dense', sparseDecodeMaxWidth: 0 },
+    { topK: CAP, decode: 'default', sparseDecodeMaxWidth: undefined },
+  ])('matches the float64 reference with list cap $topK and the $decode decode: ordered features, L0 and the exact reconstruction error', async ({ topK, sparseDecodeMaxWidth }) => {
+    const out = await runGraph(
+      buildSaeEncoderGraph(sae, { ...(topK !== undefined && { topK }), ...(sparseDecodeMaxWidth !== undefined && { sparseDecodeMaxWidth }) }),
+      x,
+      ROWS,
+    );
     const width = Math.min(topK ?? Infinity, Math.max(...refs.map((ref) => ref.order.length)));
     const indices = out[SaeEncoderNames.indices].data as BigInt64Array;
     const values = out[SaeEncoderNames.values].data as Float32Array;
@@ -279,6 +288,7 @@ describe('SAE encoder graph: shapes and limits', () => {
   it('rejects a list cap that is not a positive integer and a topk SAE without k, with SAEGATE_ERR_CONFIG naming the source', () => {
     const sae = makeSae('standard', 'none', true, 3);
     expect(() => buildSaeEncoderGraph(sae, { topK: D_SAE + 1 })).not.toThrow();
+    expect(() => buildSaeEncoderGraph(sae, { sparseDecodeMaxWidth: -1 })).toThrow(/sparseDecodeMaxWidth/);
     for (const topK of [0, -3, 2.5]) {
       expect(() => buildSaeEncoderGraph(sae, { topK })).toThrow(/test-standard-none/);
       try {
@@ -298,6 +308,8 @@ describe('SAE encoder graph with float16 weights (the CUDA default)', () => {
     const { x } = makeRows(sae, 22);
     const f32 = await runGraph(buildSaeEncoderGraph(sae, { topK: CAP }), x, ROWS);
     const f16 = await runGraph(buildSaeEncoderGraph(sae, { topK: CAP, weights: 'f16' }), x, ROWS);
+    // The sparse decode in f16 (the default above decodes these lists densely).
+    const f16Sparse = await runGraph(buildSaeEncoderGraph(sae, { topK: CAP, weights: 'f16', sparseDecodeMaxWidth: D_SAE }), x, ROWS);
     const v32 = f32.feature_values.data as Float32Array;
     const v16 = f16.feature_values.data as Float32Array;
     const scale = Math.max(...v32.map(Math.abs));
@@ -309,7 +321,11 @@ describe('SAE encoder graph with float16 weights (the CUDA default)', () => {
     expect(same / i32.length).toBeGreaterThan(0.85);
     const fvu32 = f32.fvu.data as Float32Array;
     const fvu16 = f16.fvu.data as Float32Array;
-    for (let r = 0; r < ROWS; r++) expect(Math.abs(fvu16[r] - fvu32[r])).toBeLessThan(0.05 * Math.max(fvu32[r], 0.1));
+    const fvu16Sparse = f16Sparse.fvu.data as Float32Array;
+    for (let r = 0; r < ROWS; r++) {
+      expect(Math.abs(fvu16[r] - fvu32[r])).toBeLessThan(0.05 * Math.max(fvu32[r], 0.1));
+      expect(Math.abs(fvu16Sparse[r] - fvu32[r])).toBeLessThan(0.05 * Math.max(fvu32[r], 0.1));
+    }
   });
 
   it('keeps float32 where the weights do not fit float16', () => {
