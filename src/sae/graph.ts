@@ -9,10 +9,12 @@
  * The list width is decided inside the graph, per batch: it is the batch's largest L0 (at least 1),
  * so every row's list is its full active set and rows with fewer active features are padded with
  * index −1 and value 0. TopK takes K as a tensor, and the L0 count comes before the TopK, so this
- * costs no second run and no state. The error is a *sparse* decode from that full list: the decoder
- * rows of the listed features are gathered and weighted, so it is exact (every active feature takes
- * part) and costs `O(rows · width · dIn)` instead of the dense `O(rows · dSae · dIn)`; its transient
- * memory, the gathered `[rows, width, dIn]` block, grows with the batch's largest L0 too.
+ * costs no second run and no state. The reconstruction uses every active feature, so the error is
+ * exact. For a narrow list it is a *sparse* decode: the decoder rows of the listed features are
+ * gathered and weighted, `O(rows · width · dIn)` instead of the dense `O(rows · dSae · dIn)`. The
+ * gathered `[rows, width, dIn]` block grows with the largest L0, though, so a batch wider than
+ * `sparseDecodeMaxWidth` is decoded densely (`f · W_dec`), chosen per run by an ONNX If: the
+ * transient memory stays at most `rows · sparseDecodeMaxWidth · dIn` floats.
  *
  * An optional cap (`topK`) shortens the *listed* features to the strongest `topK` of each row after
  * the decode, for display; L0 and the errors stay exact.
