@@ -3,8 +3,9 @@
  * `docs/sae-formats.md`, section "Encoding").
  *
  * One graph per SAE (and optional list cap). Per row of `x` (`[rows, dIn]`, float32, any number of
- * rows) it yields the row's active features (indices and values, ordered by value, descending), L0
- * (the count of active features) and the exact reconstruction error.
+ * rows from 1: onnxruntime dies of SIGFPE on 0 rows, as it did with the former graph, and the pool
+ * refuses them) it yields the row's active features (indices and values, ordered by value,
+ * descending), L0 (the count of active features) and the exact reconstruction error.
  *
  * The list width is decided inside the graph, per batch: it is the batch's largest L0 (at least 1),
  * so every row's list is its full active set and rows with fewer active features are padded with
@@ -203,8 +204,9 @@ export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOp
   const countActive = (acts: string): string =>
     g.op('ReduceSum', [g.op('Cast', [g.op('Greater', [acts, zero])], { to: F }), g.constI64([-1])], { keepdims: 0 });
   // float32 [1]: max(1, largest L0). Counts ≤ dSae are exact in float32; at least 1 keeps every
-  // shape non-empty when no feature fires anywhere in the batch.
-  const batchWidth = (l0: string): string => g.op('Max', [g.op('ReduceMax', [l0], { keepdims: 1 }), g.constF32([1], [1])]);
+  // shape non-empty when no feature fires anywhere in the batch. The 1 joins the counts before the
+  // reduction, so a batch of 0 rows still gives a [1] tensor (TopK's K must be one).
+  const batchWidth = (l0: string): string => g.op('ReduceMax', [g.op('Concat', [l0, g.constF32([1], [1])], { axis: 0 })], { keepdims: 1 });
   const asCount = (width: string): string => g.op('Cast', [width], { to: DataType.INT64 });
 
   if (cfg.architecture === 'topk') {
