@@ -412,6 +412,17 @@ export function proxyAndTap(): Dashboard {
     )
     .withPanel(
       timeseries({
+        title: 'Conditional steering: trigger lag in steps (p50, p99)',
+        description:
+          'Decode steps from the token whose SAE row fired a conditional steer to the first step the model server steered (1 = the very next step; estimated from the tap, docs/policies.md). A rising lag means the SAE path (tap, micro-batcher, workers) is falling behind generation: steering lands later in every response.',
+        queries: [
+          { expr: `histogram_quantile(0.5, sum by (le) (rate(saegate_policy_trigger_lag_steps_bucket{${INSTANCE}}[$__rate_interval])))`, legend: 'p50' },
+          { expr: `histogram_quantile(0.99, sum by (le) (rate(saegate_policy_trigger_lag_steps_bucket{${INSTANCE}}[$__rate_interval])))`, legend: 'p99' },
+        ],
+      }),
+    )
+    .withPanel(
+      timeseries({
         title: 'Tap: rows and bytes received',
         description: 'Activation rows and bytes per second from the model servers. Should track generated tokens × hooks; 0 with traffic means no model server is connected.',
         queries: [

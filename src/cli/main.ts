@@ -3,6 +3,7 @@
 import { createRequire } from 'node:module';
 import { isSaegateError, SaegateError } from '../common/errors.js';
 import { HelpRequested } from '../common/options.js';
+import { baselineRecord } from './baseline-record.js';
 import { demo } from './demo.js';
 import { modelSample } from './model-sample.js';
 import { modelServe } from './model-serve.js';
@@ -11,6 +12,7 @@ import { saeEncode, saeInfo } from './sae.js';
 import { saeFeatures } from './sae-features.js';
 import { saeTrain } from './sae-train.js';
 import { serve } from './serve.js';
+import { vectorsBuild } from './vectors-build.js';
 
 const usage = `Usage: saegate <command> [options]
 
@@ -23,9 +25,11 @@ Commands:
   sae encode           encode activation rows from a .npy/safetensors file to JSON
   sae train            train TopK SAEs on a hook's activations over a corpus (SAELens output + report)
   sae features         what each SAE feature responds to over a corpus (JSON + HTML page)
+  baseline record      record a drift baseline: a corpus through the model and an SAE (docs/monitor.md)
   policy check PATH    validate policy files; every problem as file:line:column: path: message
   vectors import FILE  a llama.cpp control vector (.gguf) to saegate's vector file
   vectors export FILE  a saegate vector file to a llama.cpp control vector (.gguf)
+  vectors build        a steering vector from positive and negative prompt sets, with a separation report
 
 Run 'saegate <command> --help' for a command's options.`;
 
@@ -84,6 +88,10 @@ async function main(argv: string[]): Promise<void> {
     await saeEncode(rest);
     return;
   }
+  if (command === 'baseline' && sub === 'record') {
+    await baselineRecord(rest);
+    return;
+  }
   if (command === 'policy' && sub === 'check') {
     const { code, lines } = await policyCheck(rest);
     (code === 0 ? process.stdout : process.stderr).write(`${lines.join('\n')}\n`);
@@ -92,6 +100,10 @@ async function main(argv: string[]): Promise<void> {
   }
   if (command === 'vectors' && (sub === 'import' || sub === 'export')) {
     process.stdout.write(`${vectorsConvert(sub, rest)}\n`);
+    return;
+  }
+  if (command === 'vectors' && sub === 'build') {
+    process.stdout.write(`${(await vectorsBuild(rest)).join('\n')}\n`);
     return;
   }
   if (command === 'model' && sub === 'serve') {

@@ -5,11 +5,14 @@
  */
 import path from 'node:path';
 import { Registry } from 'prom-client';
-import { SaegateError } from '../common/errors.js';
+import { err, SaegateError } from '../common/errors.js';
 import { parseCommand, text, type CommandSpec } from '../common/options.js';
 import { formatProblem } from '../policies/load.js';
 import { PolicyManager } from '../policies/manager.js';
+import { ConditionRuntime } from '../policies/runtime.js';
+import type { PlanResolver } from '../proxy/plan.js';
 import { VectorStore } from '../steering/store.js';
+import { isBodySteeringMode, type UpstreamSteeringMode } from '../steering/upstream.js';
 import { proxyCommand, proxyOptions } from '../proxy/config.js';
 import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
@@ -45,9 +48,13 @@ export async function startProxyWithSaes(
   options: StartProxyOptions,
   saes: SaeWeights[],
   policyDir?: string,
-): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined }> {
+): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined }> {
   const registry = new Registry();
-  const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry);
+  const upstreamSteering = options.upstreamSteering ?? 'tap';
+  if (saes.length > 0 && isBodySteeringMode(upstreamSteering)) {
+    throw new SaegateError('SAEGATE_ERR_CONFIG', ['sae', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations for an SAE to read; drop --sae or use --upstream-steering tap`]);
+  }
+  const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry, upstreamSteering);
   const sink = saes.length > 0 ? await SaeSink.create({
           saes,
           registry,
@@ -57,10 +64,26 @@ export async function startProxyWithSaes(
           workers: options.saeWorkers,
           ...(options.saeTopK !== undefined && options.saeTopK > 0 && { topK: options.saeTopK }),
         }) : undefined;
-  let server: ProxyServer;
+  // Flags and conditional policies: evaluated on the SAE results (conditions need SAEs; flags
+  // without `when` do not), plan updates through the proxy's tap host (which exists once the
+  // proxy is built, hence the late binding), tokens and plan acks seen through the sink.
+  let server: ProxyServer | undefined;
+  const conditions = policies ? new ConditionRuntime({
+    registry,
+    saeByHook: new Map(saes.map((sae) => [sae.config.hookName, saeName(sae)])),
+    tap: {
+      planUpdate: (requestId, steering) => server === undefined
+        ? { delivered: false, error: err('SAEGATE_ERR_TAP_UNROUTED', requestId, 'the proxy is not started') }
+        : server.tap.planUpdate(requestId, steering),
+    },
+    aborter: { abortRequest: (requestId, abort) => server?.abortRequest(requestId, abort) ?? false },
+  }) : undefined;
+  const planResolver: PlanResolver | undefined = policies && conditions && { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) };
+  const offResults = conditions && sink?.onResult(conditions.onResult);
   try {
-    server = await startProxy({ ...options, sink, registry, ...(policies && { planResolver: policies }) });
+    server = await startProxy({ ...options, sink: sink && conditions ? conditions.observing(sink) : sink, registry, ...(planResolver && { planResolver }) });
   } catch (error) {
+    offResults?.();
     policies?.close();
     await sink?.close();
     throw error;
@@ -80,21 +103,27 @@ export async function startProxyWithSaes(
       await sink.close();
     };
   }
-  return { server, sink, policies };
+  return { server, sink, policies, conditions };
+}
+
+/** An SAE's name in policy files: its directory's name. */
+function saeName(sae: SaeWeights): string {
+  return path.basename(path.resolve(sae.config.source));
 }
 
 /**
  * Loads the policy directory before anything listens: an invalid set stops start-up with every
  * problem listed; later invalid changes keep the last good set (PolicyManager).
  */
-function startPolicies(dir: string, saes: SaeWeights[], registry: Registry): PolicyManager {
-  const byName = new Map(saes.map((sae) => [path.basename(path.resolve(sae.config.source)), sae] as const));
+function startPolicies(dir: string, saes: SaeWeights[], registry: Registry, upstreamSteering: UpstreamSteeringMode): PolicyManager {
+  const byName = new Map(saes.map((sae) => [saeName(sae), sae] as const));
   const manager = new PolicyManager({
     path: dir,
     registry,
     context: () => ({
       vectors: new VectorStore({ baseDir: path.resolve(dir), saes: new Map([...byName].map(([name, sae]) => [name, { hook: sae.config.hookName, weights: sae }])) }),
       saes: new Map([...byName].map(([name, sae]) => [name, { dSae: sae.config.dSae, hook: sae.config.hookName }])),
+      upstreamSteering,
     }),
   });
   const first = manager.start();
@@ -112,6 +141,7 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
     `saegate proxy: forwarding to ${config.upstream}\n` +
       `  OpenAI API   ${server.url}/v1\n` +
       `  tap          ${server.tapUrl} (${config.tapToken === null ? 'no token: loopback only' : 'bearer token required'})\n` +
+      (isBodySteeringMode(config.upstreamSteering) ? `  steering     ${server.steering.description} (--upstream-steering ${config.upstreamSteering})\n` : '') +
       `  metrics      ${server.url}/metrics   health ${server.url}/healthz, ${server.url}/readyz\n` +
       `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
       (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : '') +

@@ -110,6 +110,9 @@ const specs = {
   SAEGATE_ERR_COLLECT_SERVER: { message: "model server '%s' cannot serve this collection: %s", status: 400, type: 'invalid_request_error', kind: 'upstream' },
   SAEGATE_ERR_COLLECT_UPSTREAM: { message: 'upstream %s failed for %s: %s', status: 502, type: 'server_error', kind: 'upstream' },
   SAEGATE_ERR_COLLECT_INCOMPLETE: { message: "document '%s' came back from the tap incomplete, twice: %s", status: 502, type: 'server_error', kind: 'upstream' },
+  SAEGATE_ERR_PROMPT_SET_EMPTY: { message: "prompt set '%s' holds no prompts: %s", status: 400, type: 'invalid_request_error', kind: 'client' },
+  SAEGATE_ERR_PROMPT_TOO_LONG: { message: "prompt set '%s': %s", status: 400, type: 'invalid_request_error', kind: 'client' },
+  SAEGATE_ERR_UNKNOWN_HOOK: { message: "model '%s' has no hook point '%s'; it has: %s", status: 400, type: 'invalid_request_error', kind: 'client' },
   // Proxy
   SAEGATE_ERR_UPSTREAM_UNAVAILABLE: { message: 'upstream %s is unavailable: %s', status: 502, type: 'server_error', kind: 'upstream' },
   SAEGATE_ERR_UPSTREAM_TIMEOUT: { message: 'upstream %s timeout: %s (%s = %s ms)', status: 504, type: 'timeout_error', kind: 'upstream' },

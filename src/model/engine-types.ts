@@ -2,7 +2,10 @@
  * The contract between the generation engine (scheduler + runtime worker) and its callers (the
  * OpenAI HTTP API, benchmarks, tests). Token ids in, token ids out; text belongs to the caller.
  */
+import type { PromptLogprobs } from './runtime-protocol.js';
 import type { ModelConfig } from './types.js';
+
+export type { PromptLogprobs } from './runtime-protocol.js';
 
 /**
  * One additive steering term: at hook point `hook`, for token positions in
@@ -49,6 +52,18 @@ export interface GenerateRequest {
   planId?: string | null;
   /** Aborting ends generation at the next step with finishReason 'abort'. */
   signal?: AbortSignal;
+  /**
+   * Asks for the prompt tokens' log-probabilities (OpenAI's `echo` with `logprobs`): computed in
+   * the prefill pass, steering applied, and handed to `onResult` before any generated token.
+   */
+  promptLogprobs?: PromptLogprobsRequest;
+}
+
+/** What {@link GenerateRequest.promptLogprobs} asks for. */
+export interface PromptLogprobsRequest {
+  /** Most likely alternatives to report per position (0 = only each token's own). */
+  top: number;
+  onResult: (result: PromptLogprobs) => void;
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort';

@@ -9,7 +9,7 @@ import { SaegateError } from '../common/errors.js';
 import type { Device } from '../common/ort.js';
 import { siblingModule } from '../common/worker.js';
 import { WorkerHost } from '../common/worker-host.js';
-import type { Engine, GenerateRequest, GenerateResult, TokenCallback } from './engine-types.js';
+import type { Engine, GenerateRequest, GenerateResult, PromptLogprobs, TokenCallback } from './engine-types.js';
 import { buildDecoderGraph } from './graph.js';
 import type { RuntimeNotice, RuntimeStep, RuntimeWorkerProtocol, TapSubscription, WorkerSteeringEntry } from './runtime-protocol.js';
 import { allHookPoints, type ModelConfig, type ModelWeights } from './types.js';
@@ -43,6 +43,7 @@ export type EndListener = (requestId: string, result: GenerateResult) => void;
 
 interface Pending {
   onToken: TokenCallback;
+  onPromptLogprobs: ((result: PromptLogprobs) => void) | null;
   reject: (error: Error) => void;
   cleanup: () => void;
 }
@@ -111,6 +112,8 @@ export class LocalEngine implements Engine {
     else this.stats.decodeSteps++;
     this.stats.runMs += step.runMs;
     this.stats.generatedTokens += step.tokens.tokenIds.length;
+    // Before the step's tokens: a response echoing the prompt writes its log-probabilities first.
+    for (const result of step.promptLogprobs ?? []) this.deliver(result.requestId, (p) => p.onPromptLogprobs?.(result));
     const { requestIds, tokenIds, positions } = step.tokens;
     for (let i = 0; i < requestIds.length; i++) this.deliverToken(requestIds[i], tokenIds[i], positions[i]);
     for (const listener of this.stepListeners) listener(step);
@@ -121,10 +124,15 @@ export class LocalEngine implements Engine {
    * is cancelled and its promise rejects); it must not take the process down from a worker event.
    */
   private deliverToken(requestId: string, tokenId: number, position: number): void {
+    this.deliver(requestId, (p) => p.onToken(tokenId, position));
+  }
+
+  /** Runs one of a request's callbacks; one that throws fails that request (see deliverToken). */
+  private deliver(requestId: string, call: (p: Pending) => void): void {
     const p = this.pending.get(requestId);
     if (!p) return;
     try {
-      p.onToken(tokenId, position);
+      call(p);
     } catch (error) {
       this.pending.delete(requestId);
       this.post({ type: 'cancel', requestId });
@@ -143,8 +151,15 @@ export class LocalEngine implements Engine {
         throw new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`prompt token ${t} is outside the vocabulary [0, ${cfg.vocabSize})`], { param: 'prompt' });
       }
     }
-    if (!Number.isInteger(request.maxTokens) || request.maxTokens < 1) {
-      throw new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`max_tokens must be a positive integer, got ${request.maxTokens}`], { param: 'max_tokens' });
+    // 0 only scores the prompt, which makes sense only when its log-probabilities are wanted.
+    const minTokens = request.promptLogprobs ? 0 : 1;
+    if (!Number.isInteger(request.maxTokens) || request.maxTokens < minTokens) {
+      const expected = minTokens === 0 ? 'a non-negative integer' : 'a positive integer (0 only with prompt log-probabilities)';
+      throw new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`max_tokens must be ${expected}, got ${request.maxTokens}`], { param: 'max_tokens' });
+    }
+    const top = request.promptLogprobs?.top;
+    if (top !== undefined && (!Number.isInteger(top) || top < 0 || top > this.config.vocabSize)) {
+      throw new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`logprobs must be an integer in [0, ${this.config.vocabSize}], got ${top}`], { param: 'logprobs' });
     }
     const total = request.promptTokens.length + request.maxTokens;
     if (total > cfg.maxSeqLen) {
@@ -184,7 +199,7 @@ export class LocalEngine implements Engine {
       const onAbort = (): void => this.post({ type: 'cancel', requestId: request.requestId });
       request.signal?.addEventListener('abort', onAbort, { once: true });
       const cleanup = (): void => request.signal?.removeEventListener('abort', onAbort);
-      this.pending.set(request.requestId, { onToken, reject, cleanup });
+      this.pending.set(request.requestId, { onToken, onPromptLogprobs: request.promptLogprobs?.onResult ?? null, reject, cleanup });
       // Settles after every step event of this request (the worker answers after its last step).
       // A request already failed here (its token callback threw, or close()) stays failed: the
       // pending entry is gone and settling the promise again does nothing.
@@ -197,6 +212,7 @@ export class LocalEngine implements Engine {
           stopTokenIds: [...request.stopTokenIds],
           steering: request.steering,
           planSteering: planEntries,
+          promptLogprobs: request.promptLogprobs?.top ?? null,
         })
         .then(
           (done) => {

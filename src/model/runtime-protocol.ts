@@ -46,6 +46,28 @@ export interface SubmitRequest {
   steering: WorkerSteeringEntry[];
   /** Steering from saegate's plan; part of the submit so it is in place before prefill. */
   planSteering: WorkerSteeringEntry[];
+  /**
+   * Most likely alternatives to report per prompt position when the prompt's own log-probabilities
+   * are wanted (`echo` with `logprobs`); null = none computed.
+   */
+  promptLogprobs: number | null;
+}
+
+/**
+ * Log-probabilities of a prompt's tokens under the model, from the prefill pass (steering
+ * applied). Entry i is about prompt token i + 1 (the first token has no prediction): its own
+ * log-probability, and the `top` most likely tokens at that position with theirs, best first.
+ */
+export interface PromptLogprobs {
+  requestId: string;
+  /** Alternatives per position. */
+  top: number;
+  /** n − 1 values. */
+  tokenLogprobs: Float32Array;
+  /** (n − 1) × top token ids. */
+  topIds: Int32Array;
+  /** (n − 1) × top values, matching `topIds`. */
+  topLogprobs: Float32Array;
 }
 
 /** The answer to a submit. */
@@ -88,6 +110,8 @@ export interface RuntimeStep {
   phase: 'prefill' | 'decode';
   /** Time inside onnxruntime, milliseconds. */
   runMs: number;
+  /** Prefill only: prompt log-probabilities of the requests that asked for them. */
+  promptLogprobs?: PromptLogprobs[];
 }
 
 export interface RuntimeWorkerProtocol {

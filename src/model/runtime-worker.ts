@@ -14,7 +14,7 @@ import { createSession, loadOrt, runSession, type Ort } from '../common/ort.js';
 import { serveWorker } from '../common/worker-port.js';
 import type { FinishReason, SamplingParams } from './engine-types.js';
 import { GraphNames } from './graph.js';
-import type { ActivationBatch, RequestDone, RuntimeInit, RuntimeWorkerProtocol, SubmitRequest, TapSubscription, WorkerSteeringEntry } from './runtime-protocol.js';
+import type { ActivationBatch, PromptLogprobs, RequestDone, RuntimeInit, RuntimeWorkerProtocol, SubmitRequest, TapSubscription, WorkerSteeringEntry } from './runtime-protocol.js';
 import { SeededRandom, sampleToken } from './sampling.js';
 import { ropeTables } from './rope.js';
 import { allHookPoints, type ModelConfig } from './types.js';
@@ -29,6 +29,8 @@ interface Sequence {
   stopTokenIds: Set<number>;
   bodySteering: WorkerSteeringEntry[];
   planSteering: WorkerSteeringEntry[];
+  /** Alternatives per prompt position when the prompt's log-probabilities are wanted; null = off. */
+  promptLogprobs: number | null;
   rng: SeededRandom;
   /** Tokens whose keys/values are in the cache. */
   length: number;
@@ -116,6 +118,10 @@ function steeringFeed(hook: string, batch: Sequence[], T: number, startPositions
 }
 
 interface ForwardResult {
+  /**
+   * `[N, vocab]`: first one row per sequence (its last valid position, for sampling), then, in a
+   * prefill, rows 0..len−2 of every sequence that asked for prompt log-probabilities, in batch order.
+   */
   logits: Float32Array;
   activations: ActivationBatch[];
   runMs: number;
@@ -151,6 +157,7 @@ async function forward(batch: Sequence[], firstSlot: number, tokens: number[][],
       for (let j = 0; j <= t; j++) bias[row + P + j] = 0;
     }
   }
+  const logitRows = logitRowsOf(batch, lengths, T, phase);
   const feeds: Record<string, Tensor> = {
     [GraphNames.inputIds]: i64(ids, [B, T]),
     [GraphNames.ropeCos]: f32(cos, [B, T, half]),
@@ -158,7 +165,7 @@ async function forward(batch: Sequence[], firstSlot: number, tokens: number[][],
     [GraphNames.attnBias]: f32(bias, [B, T, S]),
     [GraphNames.cacheStart]: i64([firstSlot, 0], [2]),
     [GraphNames.cacheEnd]: i64([firstSlot + B, P], [2]),
-    [GraphNames.logitRows]: i64(lengths.map((len, b) => b * T + len - 1), [B]),
+    [GraphNames.logitRows]: i64(logitRows, [logitRows.length]),
   };
   const cacheDims = [maxSlots, config.nKvHeads, config.maxSeqLen, headDim];
   for (let l = 0; l < config.nLayers; l++) {
@@ -228,11 +235,83 @@ async function forward(batch: Sequence[], firstSlot: number, tokens: number[][],
   return { logits: out[GraphNames.logits].data as Float32Array, activations, runMs };
 }
 
+/**
+ * Flat `[B·T]` indices whose logits a pass needs: each sequence's last valid position, then, in a
+ * prefill, every position but the last of the sequences that want prompt log-probabilities (the
+ * logits after position t predict token t + 1).
+ */
+function logitRowsOf(batch: Sequence[], lengths: number[], T: number, phase: 'prefill' | 'decode'): number[] {
+  const rows = lengths.map((len, b) => b * T + len - 1);
+  if (phase === 'prefill') {
+    batch.forEach((seq, b) => {
+      if (seq.promptLogprobs === null) return;
+      for (let t = 0; t < lengths[b] - 1; t++) rows.push(b * T + t);
+    });
+  }
+  return rows;
+}
+
+/**
+ * Log-softmax over the samplable vocabulary of the extra prefill rows (see logitRowsOf): each
+ * prompt token's log-probability and the `top` best alternatives per position. float64 sums, so
+ * the values match a float64 reference to float32 precision.
+ */
+function promptLogprobsOf(batch: Sequence[], logits: Float32Array): PromptLogprobs[] {
+  const V = config.vocabSize;
+  const out: PromptLogprobs[] = [];
+  let row = batch.length;
+  for (const seq of batch) {
+    const top = seq.promptLogprobs;
+    if (top === null) continue;
+    const n = seq.prompt.length - 1;
+    const result: PromptLogprobs = {
+      requestId: seq.requestId,
+      top,
+      tokenLogprobs: new Float32Array(n),
+      topIds: new Int32Array(n * top),
+      topLogprobs: new Float32Array(n * top),
+    };
+    for (let t = 0; t < n; t++, row++) {
+      const base = row * V;
+      let max = -Infinity;
+      for (let v = 0; v < samplableVocab; v++) max = Math.max(max, logits[base + v]);
+      let sum = 0;
+      for (let v = 0; v < samplableVocab; v++) sum += Math.exp(logits[base + v] - max);
+      const logZ = max + Math.log(sum);
+      const next = seq.prompt[t + 1];
+      result.tokenLogprobs[t] = next < samplableVocab ? logits[base + next] - logZ : -Infinity;
+      // Insertion into a sorted list of `top` entries: top is small (≤ 5 through the API).
+      const ids = result.topIds.subarray(t * top, (t + 1) * top);
+      const values = result.topLogprobs.subarray(t * top, (t + 1) * top);
+      let filled = 0;
+      for (let v = 0; v < samplableVocab && top > 0; v++) {
+        const x = logits[base + v];
+        if (filled === top && x <= logits[base + ids[top - 1]]) continue;
+        let i = Math.min(filled, top - 1);
+        while (i > 0 && logits[base + ids[i - 1]] < x) {
+          ids[i] = ids[i - 1];
+          i--;
+        }
+        ids[i] = v;
+        if (filled < top) filled++;
+      }
+      for (let i = 0; i < top; i++) values[i] = logits[base + ids[i]] - logZ;
+    }
+    out.push(result);
+  }
+  return out;
+}
+
 /** Samples each sequence's next token from its logits row; returns the tokens emitted this step. */
 function advance(batch: Sequence[], logits: Float32Array, emitted: { ids: string[]; positions: number[]; tokens: number[] }): void {
   const V = config.vocabSize;
   batch.forEach((seq, b) => {
     if (seq.finish) return;
+    // max_tokens 0 (scoring a prompt): the prefill was the whole request.
+    if (seq.maxTokens === 0) {
+      seq.finish = 'length';
+      return;
+    }
     // Rows are V wide; ids past the tokenizer's vocabulary (padded embeddings) are never sampled.
     const token = sampleToken(logits, b * V, samplableVocab, seq.sampling, seq.rng, logitScratch);
     const position = seq.length;
@@ -275,15 +354,21 @@ function compact(): void {
   }
 }
 
-function postStep(phase: 'prefill' | 'decode', batchSize: number, emitted: { ids: string[]; positions: number[]; tokens: number[] }, result: ForwardResult): void {
+function postStep(
+  phase: 'prefill' | 'decode',
+  batchSize: number,
+  emitted: { ids: string[]; positions: number[]; tokens: number[] },
+  result: ForwardResult,
+  promptLogprobs: PromptLogprobs[] = [],
+): void {
   const transfer: ArrayBuffer[] = [];
   const seen = new Set<ArrayBufferLike>();
-  for (const a of result.activations) {
-    for (const buf of [a.data.buffer, a.positions.buffer]) {
-      if (!seen.has(buf)) {
-        seen.add(buf);
-        transfer.push(buf as ArrayBuffer);
-      }
+  const buffers = result.activations.flatMap((a) => [a.data.buffer, a.positions.buffer]);
+  for (const p of promptLogprobs) buffers.push(p.tokenLogprobs.buffer, p.topIds.buffer, p.topLogprobs.buffer);
+  for (const buf of buffers) {
+    if (!seen.has(buf)) {
+      seen.add(buf);
+      transfer.push(buf as ArrayBuffer);
     }
   }
   worker.emit(
@@ -293,6 +378,7 @@ function postStep(phase: 'prefill' | 'decode', batchSize: number, emitted: { ids
       runMs: result.runMs,
       tokens: { requestIds: emitted.ids, positions: Int32Array.from(emitted.positions), tokenIds: Int32Array.from(emitted.tokens) },
       activations: result.activations,
+      ...(promptLogprobs.length > 0 && { promptLogprobs }),
     },
     transfer,
   );
@@ -321,9 +407,10 @@ async function iterate(): Promise<void> {
     const result = await forward(admitted, firstSlot, admitted.map((s) => s.prompt), 'prefill');
     for (const seq of admitted) seq.length = seq.prompt.length;
     const emitted = { ids: [] as string[], positions: [] as number[], tokens: [] as number[] };
+    const promptLogprobs = admitted.some((s) => s.promptLogprobs !== null) ? promptLogprobsOf(admitted, result.logits) : [];
     advance(admitted, result.logits, emitted);
     running.push(...admitted);
-    postStep('prefill', admitted.length, emitted, result);
+    postStep('prefill', admitted.length, emitted, result, promptLogprobs);
     compact();
   }
 
@@ -374,6 +461,7 @@ function submit(msg: SubmitRequest): Promise<{ body: RequestDone }> {
       stopTokenIds: new Set(msg.stopTokenIds),
       bodySteering: msg.steering,
       planSteering: msg.planSteering,
+      promptLogprobs: msg.promptLogprobs,
       rng: new SeededRandom(msg.sampling.seed ?? Math.floor(Math.random() * 2 ** 32)),
       length: 0,
       pending: 0,

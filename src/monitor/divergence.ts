@@ -44,28 +44,38 @@ export function firingJsd(a: Float64Array, b: Float64Array): number {
 
 /**
  * Population stability index between two histograms on the same bins:
- * PSI = Σ (aᵢ − bᵢ) ln(aᵢ / bᵢ) over proportions aᵢ = (countᵢ + ½) / (N + ½·bins) (likewise b).
+ * PSI = Σ (aᵢ − bᵢ) ln(aᵢ / bᵢ) over proportions aᵢ = (countᵢ + ½) / (N + ½·k) (likewise b), the
+ * sum and k over the bins that are non-empty on at least one side. A bin empty on both sides
+ * carries no evidence; smoothing it anyway would make the score a function of the two totals alone
+ * (with every row in one bin, as a TopK SAE's L0 histogram has, PSI fell by ~6·10⁻⁴ per window
+ * token at 256 tokens, so its calibrated threshold measured window sizes, not drift).
  * 0 when either side is empty. Rule of thumb (uncalibrated): < 0.1 stable, > 0.25 shifted.
  */
 export function psi(a: Float64Array, b: Float64Array): number {
   const bins = a.length;
   let totalA = 0;
   let totalB = 0;
+  let used = 0;
   for (let i = 0; i < bins; i++) {
     totalA += a[i];
     totalB += b[i];
+    if (a[i] > 0 || b[i] > 0) used++;
   }
-  if (totalA === 0 || totalB === 0) return 0;
+  // One bin in use: both proportions are 1 (computed, they can differ by rounding, which would
+  // score ~1e-32 and exceed a calibrated threshold of 0).
+  if (totalA === 0 || totalB === 0 || used < 2) return 0;
   const eps = PSI_PSEUDO_COUNT;
-  const za = 1 / (totalA + eps * bins);
-  const zb = 1 / (totalB + eps * bins);
+  const za = 1 / (totalA + eps * used);
+  const zb = 1 / (totalB + eps * used);
   let sum = 0;
   for (let i = 0; i < bins; i++) {
+    if (a[i] === 0 && b[i] === 0) continue;
     const p = (a[i] + eps) * za;
     const q = (b[i] + eps) * zb;
     sum += (p - q) * Math.log(p / q);
   }
-  return sum;
+  // Rounding can leave a tiny negative sum for identical distributions.
+  return Math.max(0, sum);
 }
 
 /** The window-level scores; all 0 for an empty window. */

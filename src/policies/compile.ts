@@ -16,6 +16,7 @@
  */
 import { SaegateError } from '../common/errors.js';
 import type { VectorStore } from '../steering/store.js';
+import { isBodySteeringMode, termProblem, type UpstreamSteeringMode } from '../steering/upstream.js';
 import type { SteeringVector } from '../steering/vector.js';
 import { formatPath, type PolicyProblem, type PolicySource } from './load.js';
 import type { Policy, PolicyCondition, PolicyMatch, PolicyPositions } from './schema.js';
@@ -26,6 +27,12 @@ export interface PolicyContext {
   model?: { dModel: number; hookPoints: ReadonlySet<string> };
   /** SAEs by name (as loaded by `serve --sae`): their width, hook and feature labels. */
   saes?: ReadonlyMap<string, { dSae: number; hook: string; labels?: ReadonlyMap<number, { label: string }> }>;
+  /**
+   * How steering reaches the model server (`serve --upstream-steering`). Default `tap`. With a
+   * body-field mode (a server without the tap) conditions are refused — nothing streams the
+   * activations they are evaluated on — and so is a steer the server's field cannot express.
+   */
+  upstreamSteering?: UpstreamSteeringMode;
 }
 
 export interface CompiledSteer {
@@ -85,15 +92,27 @@ function resolveVector(context: PolicyContext, source: PolicySource, at: (string
   }
 }
 
-function checkVectorAgainstModel(context: PolicyContext, source: PolicySource, at: (string | number)[], vector: SteeringVector, hooks: readonly string[], problems: PolicyProblem[]): void {
+/**
+ * Checks a vector's width and `hooks` against the model. A width problem points at `at` (the
+ * vector reference); a missing hook at `hookAt(i)` when the policy named the hook, else at `at`.
+ */
+function checkVectorAgainstModel(
+  context: PolicyContext,
+  source: PolicySource,
+  at: (string | number)[],
+  vector: SteeringVector,
+  hooks: readonly string[],
+  problems: PolicyProblem[],
+  hookAt: ((index: number) => (string | number)[]) | null = null,
+): void {
   const model = context.model;
   if (!model) return;
   if (vector.dModel !== model.dModel) {
     problems.push(problemAt(source, at, `the vector has ${vector.dModel} values per hook but the model's d_model is ${model.dModel}`));
   }
-  for (const hook of hooks) {
-    if (!model.hookPoints.has(hook)) problems.push(problemAt(source, at, `the model has no hook point '${hook}'`));
-  }
+  hooks.forEach((hook, i) => {
+    if (!model.hookPoints.has(hook)) problems.push(problemAt(source, hookAt ? hookAt(i) : at, `the model has no hook point '${hook}'`));
+  });
 }
 
 function checkCondition(
@@ -118,7 +137,28 @@ function checkCondition(
     if (vector && !vector.hooks.has(hook)) {
       problems.push(problemAt(source, [...at, 'projection', 'hook'], `the vector has no direction for '${hook}' (it has ${[...vector.hooks.keys()].join(', ')})`));
     }
-    if (vector) checkVectorAgainstModel(context, source, [...at, 'projection', 'vector'], vector, [hook], problems);
+    if (vector) checkVectorAgainstModel(context, source, [...at, 'projection', 'vector'], vector, [hook], problems, () => [...at, 'projection', 'hook']);
+  }
+}
+
+/** A condition under a body-field `upstreamSteering` mode: refused, nothing streams activations. */
+function checkNoTapCondition(context: PolicyContext, source: PolicySource, at: (string | number)[], problems: PolicyProblem[]): void {
+  const mode = context.upstreamSteering ?? 'tap';
+  if (!isBodySteeringMode(mode)) return;
+  problems.push(
+    problemAt(source, at, `policy '${source.policy.metadata.name}': conditions need activations from the tap, but --upstream-steering ${mode} sends steering in the request body and receives no activations; remove 'when' or use --upstream-steering tap`),
+  );
+}
+
+/** A steer under a body-field mode: no condition, and every hook and position range expressible. */
+function checkUpstreamSteer(context: PolicyContext, source: PolicySource, at: (string | number)[], steer: { when?: PolicyCondition; positions: PolicyPositions }, hooks: readonly string[], problems: PolicyProblem[]): void {
+  const mode = context.upstreamSteering ?? 'tap';
+  if (!isBodySteeringMode(mode)) return;
+  if (steer.when) checkNoTapCondition(context, source, [...at, 'steer', 'when'], problems);
+  const range = typeof steer.positions === 'object' ? { fromPosition: steer.positions.from, untilPosition: steer.positions.until ?? null } : { fromPosition: 0, untilPosition: null };
+  for (const hook of hooks) {
+    const problem = termProblem(mode, { hook, ...range });
+    if (problem !== null) problems.push(problemAt(source, [...at, 'steer'], `policy '${source.policy.metadata.name}': ${problem}`));
   }
 }
 
@@ -146,8 +186,9 @@ function compileOne(context: PolicyContext, source: PolicySource, watched: Reado
       steer.hooks?.forEach((hook, h) => {
         if (!vector.hooks.has(hook)) problems.push(problemAt(source, [...at, 'steer', 'hooks', h], `the vector has no direction for '${hook}' (it has ${[...vector.hooks.keys()].join(', ')})`));
       });
-      checkVectorAgainstModel(context, source, [...at, 'steer', 'vector'], vector, hooks, problems);
+      checkVectorAgainstModel(context, source, [...at, 'steer', 'vector'], vector, hooks, problems, steer.hooks ? (h) => [...at, 'steer', 'hooks', h] : null);
       if (steer.when) checkCondition(context, source, [...at, 'steer', 'when'], steer.when, watched, problems);
+      checkUpstreamSteer(context, source, at, steer, hooks, problems);
       if (steer.forTokens !== undefined && !steer.when) problems.push(problemAt(source, [...at, 'steer', 'forTokens'], 'forTokens applies to conditional steering only (give `when`, or use positions {from, until})'));
       if (typeof steer.positions === 'object' && steer.positions.until !== undefined && steer.positions.until <= steer.positions.from) {
         problems.push(problemAt(source, [...at, 'steer', 'positions', 'until'], `until (${steer.positions.until}) must be greater than from (${steer.positions.from})`));
@@ -174,9 +215,11 @@ function compileOne(context: PolicyContext, source: PolicySource, watched: Reado
       });
     } else if ('flag' in action) {
       if (action.flag.when) checkCondition(context, source, [...at, 'flag', 'when'], action.flag.when, watched, problems);
+      if (action.flag.when) checkNoTapCondition(context, source, [...at, 'flag', 'when'], problems);
       compiled.flags.push({ name: action.flag.name, when: action.flag.when });
     } else {
       checkCondition(context, source, [...at, 'abort', 'when'], action.abort.when, watched, problems);
+      checkNoTapCondition(context, source, [...at, 'abort', 'when'], problems);
       compiled.aborts.push({ when: action.abort.when, reason: action.abort.reason });
     }
   });

@@ -19,7 +19,7 @@ import { Forwarder } from './forward.js';
 import { APPLIED_HEADER, REQUEST_ID_HEADER, requestIdFrom } from './headers.js';
 import { InFlightExchanges, StreamSlots } from './limits.js';
 import { ProxyMetrics, type RouteLabel } from './metrics.js';
-import { emptyPlanResolver, type PlanResolver } from './plan.js';
+import { emptyPlanResolver, type GenerationAbort, type PlanResolver, type RequestAborter } from './plan.js';
 import { Readiness } from './readiness.js';
 import { registerAdminRoutes } from './routes-admin.js';
 import { registerOpenAIRoutes, type ProxyState } from './routes-openai.js';
@@ -27,6 +27,7 @@ import { registerOpsRoutes } from './routes-ops.js';
 import { TapHost } from '../tap/host.js';
 import { CountingSink, type ActivationSink } from '../tap/sink.js';
 import { UpstreamClient } from './upstream.js';
+import { createSteeringStrategy, type SteeringStrategy } from './upstream-steering.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -54,7 +55,7 @@ export interface ProxyAppOptions {
 }
 
 /** The app and the parts server.ts and tests reach into. */
-export interface ProxyApp {
+export interface ProxyApp extends RequestAborter {
   app: FastifyInstance;
   config: ProxyConfig;
   tap: TapHost;
@@ -65,6 +66,8 @@ export interface ProxyApp {
   inFlight: InFlightExchanges;
   streams: StreamSlots;
   state: ProxyState;
+  /** How steering reaches the model server (`upstreamSteering`). */
+  steering: SteeringStrategy;
   /** Closes the tap and the upstream sockets (idempotent); also run by `app.close()`. */
   closeResources(): Promise<void>;
 }
@@ -94,6 +97,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
   const tap = new TapHost({ sink, token: config.tapToken, maxFrameBytes: config.tapMaxFrameBytes, logger: app.log });
   const metrics = new ProxyMetrics({ registry: options.registry, tapStats: () => tap.stats, sinkDroppedRows: () => tap.sinkDroppedRows });
   const upstream = new UpstreamClient({ ...config, connections: config.upstreamConnections, metrics });
+  const steering = createSteeringStrategy(config.upstreamSteering, { tap, vectorDir: config.upstreamSteeringVectorDir });
   const state: ProxyState = { phase: 'serving' };
   const inFlight = new InFlightExchanges();
   const streams = new StreamSlots(config.maxStreams);
@@ -103,6 +107,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
     cacheMs: config.readinessCacheMs,
     requireTap: config.requireTap,
     tapConnections: () => tap.connections.length,
+    steering,
     draining: () => state.phase !== 'serving',
   });
   const forwarder = new Forwarder({
@@ -146,7 +151,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
   });
 
   registerOpsRoutes(app, { readiness, metrics });
-  registerOpenAIRoutes(app, { forwarder, streams, planResolver: options.planResolver ?? emptyPlanResolver, tap, metrics, state });
+  registerOpenAIRoutes(app, { forwarder, streams, planResolver: options.planResolver ?? emptyPlanResolver, steering, metrics, state });
   registerAdminRoutes(app, { config, tap, streams, inFlight, state, startedAt: performance.now() });
 
   let closing: Promise<void> | null = null;
@@ -158,5 +163,6 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
     await closeResources();
   });
 
-  return { app, config, tap, sink, upstream, metrics, readiness, inFlight, streams, state, closeResources };
+  const abortRequest = (requestId: string, abort: GenerationAbort): boolean => forwarder.abortGeneration(requestId, abort);
+  return { app, config, tap, sink, upstream, metrics, readiness, inFlight, streams, state, steering, closeResources, abortRequest };
 }

@@ -10,7 +10,9 @@
  */
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { custom, deriveEnv, flag, integer, resolveOptions, type CommandSpec, type OptionSources, type OptionTable } from '../common/options.js';
+import { err } from '../common/errors.js';
+import { custom, deriveEnv, flag, integer, oneOf, resolveOptions, type CommandSpec, type OptionSources, type OptionTable } from '../common/options.js';
+import { isBodySteeringMode, upstreamSteeringModes, type UpstreamSteeringMode } from '../steering/upstream.js';
 
 /** Everything `startProxy` needs to know; see docs/proxy.md for each option. */
 export interface ProxyConfig {
@@ -26,6 +28,14 @@ export interface ProxyConfig {
   adminToken: string | null;
   /** `/readyz` fails until at least one model server is connected to the tap. Default false. */
   requireTap: boolean;
+  /**
+   * How steering reaches the model server: `tap` (plans over the tap), `none` (never steer), or a
+   * server's own body field for servers without the tap (`reference`, `easysteer`, `vllm-xargs`;
+   * steering only, no activations). Default `tap`.
+   */
+  upstreamSteering: UpstreamSteeringMode;
+  /** `easysteer`: directory the vector GGUF files are exported to, at the same path on the model server. Default none. */
+  upstreamSteeringVectorDir: string | null;
   /** TCP (and TLS) connect timeout to the upstream, ms; 0 disables. Default 5000. */
   connectTimeoutMs: number;
   /** From the request being sent to the upstream's response headers, ms; 0 disables. Default 300000. */
@@ -131,6 +141,8 @@ export const proxyOptions = deriveEnv({
   tapToken: { type: secret, default: null, help: 'bearer token model servers present on /v1/tap (required off loopback)' },
   adminToken: { type: secret, default: null, help: 'bearer token for /admin/* (without one the admin API is off)' },
   requireTap: { type: flag, default: false, help: '/readyz fails until a model server is connected to the tap' },
+  upstreamSteering: { type: oneOf(upstreamSteeringModes), default: 'tap', help: 'how steering reaches the model server: tap, none, or a body field (reference, easysteer, vllm-xargs; no activations)' },
+  upstreamSteeringVectorDir: { type: custom(z.string().min(1), 'a directory path', 'DIR'), default: null, help: 'easysteer: directory vectors are exported to as GGUF (the server must see it at the same path)' },
   connectTimeoutMs: { type: msUpToADay, default: 5000, help: 'upstream connect timeout, ms (0 = none)' },
   headersTimeoutMs: { type: msUpToADay, default: 300_000, help: 'request sent -> response headers, ms (0 = none)' },
   firstTokenTimeoutMs: { type: msUpToADay, default: 60_000, help: 'streams: headers -> first body chunk, ms (0 = none)' },
@@ -202,7 +214,22 @@ export type ConfigSources = Omit<OptionSources<typeof proxyOptions>, 'positional
  */
 export function resolveProxyConfig(sources: ConfigSources): ProxyConfig {
   const config: ProxyConfig = resolveOptions(proxyCommand, sources);
+  checkUpstreamSteering(config);
   return config;
+}
+
+/** Throws SAEGATE_ERR_CONFIG for `upstreamSteering` settings that contradict each other. */
+export function checkUpstreamSteering(config: Pick<ProxyConfig, 'upstreamSteering' | 'upstreamSteeringVectorDir' | 'requireTap'>): void {
+  const mode = config.upstreamSteering;
+  if (config.requireTap && isBodySteeringMode(mode)) {
+    throw err('SAEGATE_ERR_CONFIG', 'requireTap', `--upstream-steering ${mode} is for servers without the tap, so no model server would ever connect to it; drop --require-tap or use --upstream-steering tap`);
+  }
+  if (mode === 'easysteer' && config.upstreamSteeringVectorDir === null) {
+    throw err('SAEGATE_ERR_CONFIG', 'upstreamSteeringVectorDir', '--upstream-steering easysteer needs --upstream-steering-vector-dir: EasySteer reads vectors from files on the server');
+  }
+  if (mode !== 'easysteer' && config.upstreamSteeringVectorDir !== null) {
+    throw err('SAEGATE_ERR_CONFIG', 'upstreamSteeringVectorDir', `only --upstream-steering easysteer exports vector files (the mode is ${mode})`);
+  }
 }
 
 /** The config without secrets, for `/admin/status` and the startup line. */

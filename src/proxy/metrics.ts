@@ -14,7 +14,7 @@ import type { TapServerStats } from '../tap/server.js';
 export type RouteLabel = 'chat_completions' | 'completions' | 'passthrough' | 'tap' | 'ops' | 'admin' | 'not_found';
 
 /** Which side ended a stream early. */
-export type AbortSide = 'client' | 'upstream' | 'timeout' | 'shutdown';
+export type AbortSide = 'client' | 'upstream' | 'timeout' | 'shutdown' | 'policy';
 
 /** Upstream failure kinds (`saegate_upstream_failures_total{kind}`). */
 export type UpstreamFailureKind =
@@ -111,7 +111,7 @@ export class ProxyMetrics {
     this.activeStreams = new Gauge({ name: 'saegate_active_streams', help: 'Streaming requests being served.', registers });
     this.streamAborts = new Counter({
       name: 'saegate_stream_aborts_total',
-      help: 'Streams that ended early, by the side that ended them (client, upstream, timeout, shutdown).',
+      help: 'Streams that ended early, by the side that ended them (client, upstream, timeout, shutdown, policy).',
       labelNames: ['side'],
       registers,
     });
@@ -124,7 +124,7 @@ export class ProxyMetrics {
     this.retries = new Counter({ name: 'saegate_upstream_retries_total', help: 'Upstream attempts retried, by reason.', labelNames: ['reason'], registers });
     this.plans = new Counter({
       name: 'saegate_steering_plans_total',
-      help: 'Requests with steering, by outcome (sent to the model server, skipped: no tap could apply it, refused: fail-closed).',
+      help: 'Requests with steering, by outcome (sent: plan over the tap, upstream: written into the body for a server without the tap, skipped: nothing could apply it, refused: fail-closed).',
       labelNames: ['outcome'],
       registers,
     });

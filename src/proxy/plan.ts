@@ -33,11 +33,50 @@ export interface RequestPlan {
    * with 503 SAEGATE_ERR_STEERING_UNAVAILABLE, false forwards it unsteered (and says so). Default false.
    */
   failClosed?: boolean;
+  /**
+   * Set when what applies is decided while the request runs (conditional steering, flags): the
+   * `x-saegate-applied` value is then asked for when the response head is written and again for
+   * the final SSE comment, so it can list triggers that happened in between.
+   */
+  outcome?: PlanOutcome;
+}
+
+/** A plan whose outcome unfolds while the request runs (src/policies/runtime.ts). */
+export interface PlanOutcome {
+  /** The `x-saegate-applied` value now, given what follows `steering=` (as for `appliedValue`; null = skipped). */
+  applied(steering: string | null): string;
+  /** The exchange is over, however it ended (or it was never forwarded). Called once. */
+  done(): void;
 }
 
 /** Resolves a request's plan. May answer synchronously, which keeps the common path free of promises. */
 export interface PlanResolver {
   resolve(request: PlanRequest): RequestPlan | Promise<RequestPlan>;
+}
+
+/** A policy's decision to stop a request's generation (an `abort` action that fired). */
+export interface GenerationAbort {
+  /** The policy that fired (`NAME@VERSION`); it appears as `abort=POLICY` in `x-saegate-applied`. */
+  policy: string;
+  /** Free text for the log; never sent to the client. */
+  reason?: string;
+}
+
+/**
+ * How the policies side stops a running request: the proxy cancels the upstream request (which is
+ * how a model server learns to stop generating; the tap protocol has no abort message) and ends
+ * the client's response with `finish_reason: "content_filter"` (src/proxy/abort.ts). The proxy
+ * app implements it; `saegate serve` hands it to whatever evaluates conditions. The policies layer
+ * cannot import this file and declares the same shape structurally.
+ */
+export interface RequestAborter {
+  /**
+   * Stops the generation request `requestId` if it is still being answered. True when the abort
+   * was taken: the response ends with content_filter (a stream mid-event first finishes the event
+   * in progress). False when there is no such request, it already ended, its response is an
+   * upstream error, or a non-streaming body already started (generation is then over anyway).
+   */
+  abortRequest(requestId: string, abort: GenerationAbort): boolean;
 }
 
 /** The plan of a request nothing applies to. */
@@ -48,8 +87,9 @@ export const emptyPlanResolver: PlanResolver = { resolve: () => EMPTY_PLAN };
 
 /**
  * The `x-saegate-applied` value: `none`, or comma-separated items `policy=<name>` and
- * `steering=<planId>` (the plan went to the model server with the request) or `steering=skipped`
- * (steering was asked for but no connected model server could apply it).
+ * `steering=<planId>` (the plan went to the model server with the request), `steering=upstream:<mode>`
+ * (it was written into the body for a server without the tap) or `steering=skipped` (steering was
+ * asked for but nothing could apply it). `planId` is what follows `steering=`; null = skipped.
  */
 export function appliedValue(plan: RequestPlan, planId: string | null): string {
   if (plan.policies.length === 0 && plan.steering.length === 0) return 'none';

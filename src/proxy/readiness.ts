@@ -6,6 +6,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import type { ProbeResult, UpstreamClient } from './upstream.js';
+import type { SteeringStrategy } from './upstream-steering.js';
 
 export interface ReadinessOptions {
   upstream: UpstreamClient;
@@ -15,6 +16,8 @@ export interface ReadinessOptions {
   requireTap: boolean;
   /** Open tap connections now. */
   tapConnections: () => number;
+  /** How steering reaches the model server; reported, never a reason to be unready. */
+  steering: Pick<SteeringStrategy, 'mode' | 'activations' | 'description'>;
   /** True once shutdown has begun. */
   draining: () => boolean;
 }
@@ -25,6 +28,8 @@ export interface ReadinessReport {
   draining: boolean;
   upstream: { ok: boolean; url: string; status: number | null; error: string | null };
   tap: { ok: boolean; required: boolean; connections: number };
+  /** `details`: e.g. `steering via easysteer, no activations` for a server without the tap. */
+  steering: { mode: string; activations: boolean; details: string };
 }
 
 export class Readiness {
@@ -34,6 +39,7 @@ export class Readiness {
   constructor(private readonly options: ReadinessOptions) {}
 
   async check(): Promise<ReadinessReport> {
+    const { steering } = this.options;
     const draining = this.options.draining();
     const connections = this.options.tapConnections();
     const tapOk = !this.options.requireTap || connections > 0;
@@ -43,6 +49,7 @@ export class Readiness {
       draining,
       upstream: { ok: probe.ok, url: this.options.upstream.url, status: probe.status, error: probe.error },
       tap: { ok: tapOk, required: this.options.requireTap, connections },
+      steering: { mode: steering.mode, activations: steering.activations, details: steering.description },
     };
   }
 

@@ -1,7 +1,8 @@
 /**
  * The OpenAI routes: `POST /v1/chat/completions` and `POST /v1/completions` resolve the request's
  * plan and are forwarded with it; every other `/v1/*` route is forwarded as is. Bodies arrive as
- * raw Buffers (app.ts installs a buffer parser) and leave unchanged.
+ * raw Buffers (app.ts installs a buffer parser) and leave unchanged, except that a steering plan
+ * for a server without the tap is written into its JSON body (upstream-steering.ts).
  *
  * The handlers are synchronous while the plan resolver answers synchronously, so the common path
  * allocates no promise of its own.
@@ -14,7 +15,7 @@ import type { StreamSlots } from './limits.js';
 import type { ProxyMetrics } from './metrics.js';
 import { appliedValue, type PlanResolver, type RequestPlan } from './plan.js';
 import { readRequestFields, type RequestFields } from './request-fields.js';
-import type { TapHost } from '../tap/host.js';
+import type { SteeringStrategy } from './upstream-steering.js';
 
 /** Where the proxy is in its life: serving, draining (readyz 503, still serving) or closing (refusing). */
 export interface ProxyState {
@@ -25,7 +26,8 @@ export interface OpenAIRoutesOptions {
   forwarder: Forwarder;
   streams: StreamSlots;
   planResolver: PlanResolver;
-  tap: TapHost;
+  /** Delivers a plan's steering: over the tap, or in the body for servers without one. */
+  steering: SteeringStrategy;
   metrics: ProxyMetrics;
   state: ProxyState;
 }
@@ -44,31 +46,46 @@ function arrivedAt(reply: FastifyReply): number {
 }
 
 export function registerOpenAIRoutes(app: FastifyInstance, options: OpenAIRoutesOptions): void {
-  const { forwarder, streams, planResolver, tap, metrics, state } = options;
+  const { forwarder, streams, planResolver, steering, metrics, state } = options;
   const releaseStream = (): void => streams.release();
 
   function refuseWhenClosing(): void {
     if (state.phase === 'closing') throw err('SAEGATE_ERR_SHUTTING_DOWN');
   }
 
-  /** Sends the plan down the tap (when it steers) and forwards the request. Throws before the hijack only. */
-  function forwardWithPlan(route: GenerationRoute, request: FastifyRequest, reply: FastifyReply, body: Buffer, fields: RequestFields, plan: RequestPlan): void {
+  /** Delivers the plan's steering (tap or body field) and forwards the request. Throws before the hijack only. */
+  function forwardWithPlan(route: GenerationRoute, request: FastifyRequest, reply: FastifyReply, clientBody: Buffer, fields: RequestFields, plan: RequestPlan): void {
     let planId: string | null = null;
+    let applied: string | null = null;
+    let body = clientBody;
+    const outcome = plan.outcome;
     if (plan.steering.length > 0) {
-      planId = tap.deliverPlan(request.id, plan.steering);
-      if (planId === null && plan.failClosed === true) {
+      try {
+        ({ planId, applied, body } = steering.deliver(request.id, plan.steering, clientBody));
+      } catch (error) {
+        outcome?.done();
+        throw error;
+      }
+      if (applied === null && plan.failClosed === true) {
         metrics.plans.inc({ outcome: 'refused' });
+        outcome?.done();
         throw new SaegateError('SAEGATE_ERR_STEERING_UNAVAILABLE', [request.id, plan.policies.join(', ') || 'steering']);
       }
-      metrics.plans.inc({ outcome: planId === null ? 'skipped' : 'sent' });
+      metrics.plans.inc({ outcome: applied === null ? 'skipped' : planId === null ? 'upstream' : 'sent' });
     }
     request.saegateForwarded = true;
     reply.hijack();
     // The client may have gone while the plan was resolved; then there is nobody to forward for.
     if (request.raw.socket?.destroyed === true) {
       if (fields.stream) releaseStream();
+      outcome?.done();
       return;
     }
+    const steeringItem = applied;
+    const onDone = outcome === undefined ? (fields.stream ? releaseStream : undefined) : () => {
+      if (fields.stream) releaseStream();
+      outcome.done();
+    };
     forwarder.forward({
       route,
       method: 'POST',
@@ -77,11 +94,11 @@ export function registerOpenAIRoutes(app: FastifyInstance, options: OpenAIRoutes
       body,
       requestId: request.id,
       planId,
-      applied: appliedValue(plan, planId),
+      applied: outcome === undefined ? appliedValue(plan, applied) : () => outcome.applied(steeringItem),
       stream: fields.stream,
       res: reply.raw,
       arrivedAt: arrivedAt(reply),
-      onDone: fields.stream ? releaseStream : undefined,
+      onDone,
     });
   }
 

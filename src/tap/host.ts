@@ -5,7 +5,7 @@
  * - registry: which model servers are connected, and which of them the sink admitted;
  * - subscription fan-out: one subscription, kept on every admitted connection (new ones
  *   included), each connection getting the hooks it offers and the first dtype it offers;
- * - routing: rows, tokens and ends go to the ActivationSink with the connection they came on,
+ * - routing: rows, tokens, ends and plan acks go to the ActivationSink with the connection they came on,
  *   and the host learns which connection serves a request from the request's first frame;
  * - steering: a request's plan (vectors first) and later `plan_update`s go down to the
  *   connections that can apply them.
@@ -263,6 +263,7 @@ export class TapHost {
       this.route(message.requestIds, connection);
       sink.tokens?.(message, source);
     });
+    if (sink.planAck) connection.on('planAck', (ack) => sink.planAck?.(ack, source));
     connection.on('end', (end) => {
       if (this.servedBy.get(end.requestId) === connection) this.servedBy.delete(end.requestId);
       sink.end?.(end, source);

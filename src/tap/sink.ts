@@ -8,7 +8,7 @@
  * many it dropped instead of waiting (ARCHITECTURE decision 4). Dropped rows are counted in
  * `saegate_tap_rows_dropped_total{reason="sink"}`.
  */
-import type { Hello, RequestEnd, StreamDtype, TokensMessage } from './messages.js';
+import type { Hello, PlanAck, RequestEnd, StreamDtype, TokensMessage } from './messages.js';
 import type { ActivationsFrame } from './server.js';
 
 /** The connection a frame came from. */
@@ -33,6 +33,8 @@ export interface ActivationSink {
   tokens?(message: TokensMessage, source: TapSource): void;
   /** A request finished on the model server; its per-request state can go. */
   end?(end: RequestEnd, source: TapSource): void;
+  /** The model server acknowledged (or rejected) a `plan` or `plan_update` (conditional steering measures its lag from it). */
+  planAck?(ack: PlanAck, source: TapSource): void;
   /**
    * A model server finished its handshake. Return null to use it, or why not: a refused
    * connection stays open but gets no subscription and no plans, and none of its traffic reaches

@@ -16,6 +16,7 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MonitorMetrics, type MonitoredSae, type MonitorMetricsSource } from '../../src/monitor/metrics.js';
 import { DEFAULT_WINDOWS } from '../../src/monitor/windows.js';
+import { PolicyRuntimeMetrics } from '../../src/policies/metrics.js';
 import { ProxyMetrics } from '../../src/proxy/metrics.js';
 import type { MicroBatcherStats } from '../../src/sae/batcher.js';
 import { SaeMetrics, type SaeHookStats } from '../../src/sae/metrics.js';
@@ -77,6 +78,8 @@ describe.skipIf(skipPrometheusTests)(needsPrometheus('dashboards and rules on a 
     const saeStats: SaeHookStats = { batcher, pool: { batches: 0, rowsEncoded: 0, workerRestarts: 0, rowsLost: 0, runMs: 0 }, rowsRejected: 0, queuedRows: 3 };
     const sae = new SaeMetrics({ registry, hooks: [HOOK], stats: () => ({ [HOOK]: saeStats }) });
     const observer = sae.observer(HOOK);
+    // Conditional policies.
+    const policy = new PolicyRuntimeMetrics(registry);
 
     // Every scrape brings new traffic, so counters increase and rates are positive.
     let seed = 100;
@@ -111,6 +114,9 @@ describe.skipIf(skipPrometheusTests)(needsPrometheus('dashboards and rules on a 
       batcher.rowsDropped.queue_full += 10;
       batcher.batches += 4;
       saeStats.pool.workerRestarts += 1;
+      policy.lagSteps.observe(3);
+      policy.lagSeconds.observe(0.02);
+      policy.planUpdates.inc({ outcome: 'sent' });
       observer.batchSent(50);
       observer.batchSettled({ rowCount: 50, ok: true, encodeSeconds: 0.004, latencySeconds: 0.01 });
     };

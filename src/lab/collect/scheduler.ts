@@ -45,6 +45,12 @@ export interface CollectOptions {
   model?: string;
   /** Bearer token for the upstream's API (`Authorization`). Default none. */
   apiKey?: string;
+  /**
+   * Extra fields of every request body (the readiness probe's too), e.g. the reference
+   * server's `steering` field to collect steered activations. They cannot replace `model`,
+   * `prompt`, `max_tokens` or `temperature`. Default none.
+   */
+  requestFields?: Readonly<Record<string, unknown>>;
   /** Documents in flight at once, and the most yielded ahead of the consumer. Default 8. */
   concurrency?: number;
   /**
@@ -175,6 +181,7 @@ export class CollectScheduler {
         upstream: options.upstream,
         model: options.model ?? info.modelId,
         apiKey: options.apiKey,
+        requestFields: options.requestFields,
         connections: concurrency + 1,
         signal: controller.signal,
       });

@@ -59,6 +59,8 @@ export interface CompletionsClientOptions {
   model: string;
   /** Bearer token for the upstream's API. Default none. */
   apiKey?: string;
+  /** Extra body fields of every request (`CollectOptions.requestFields`). Default none. */
+  requestFields?: Readonly<Record<string, unknown>>;
   /** Sockets to the upstream at most (documents in flight plus the probe). */
   connections: number;
   /** Aborts every request in flight. */
@@ -73,6 +75,7 @@ export class CompletionsClient {
   private readonly url: string;
   private readonly model: string;
   private readonly headers: Record<string, string>;
+  private readonly requestFields: Readonly<Record<string, unknown>>;
   private readonly agent: Agent;
   private readonly signal: AbortSignal;
 
@@ -82,6 +85,7 @@ export class CompletionsClient {
     this.url = completionsUrl(options.upstream);
     this.model = options.model;
     this.headers = { 'content-type': 'application/json', ...(options.apiKey === undefined ? {} : { authorization: `Bearer ${options.apiKey}` }) };
+    this.requestFields = options.requestFields ?? {};
     this.agent = new Agent({ connections: options.connections });
     this.signal = options.signal;
   }
@@ -89,7 +93,8 @@ export class CompletionsClient {
   /**
    * Runs `prompt` as a one-token completion under `requestId`. Resolves with the answer (any
    * status); rejects with the signal's reason on abort and SAEGATE_ERR_COLLECT_UPSTREAM when no
-   * response came at all (`label` names what the request was for).
+   * response came at all (`label` names what the request was for). The body carries
+   * `requestFields` too.
    */
   async complete(requestId: string, prompt: string, label: string): Promise<CompletionAnswer> {
     let status: number;
@@ -98,7 +103,8 @@ export class CompletionsClient {
       const response = await request(this.url, {
         method: 'POST',
         headers: { ...this.headers, 'x-request-id': requestId },
-        body: JSON.stringify({ model: this.model, prompt, max_tokens: 1, temperature: 0 }),
+        // The fixed fields last: requestFields cannot turn a collection request into something else.
+        body: JSON.stringify({ ...this.requestFields, model: this.model, prompt, max_tokens: 1, temperature: 0 }),
         signal: this.signal,
         dispatcher: this.agent,
       });

@@ -3,6 +3,7 @@
  * generate.ts is shared and never asks which endpoint it serves.
  */
 import { randomUUID } from 'node:crypto';
+import type { CompletionLogprobs } from './logprobs.js';
 
 /** OpenAI's finish reasons that this server produces. */
 export type OpenAIFinishReason = 'stop' | 'length';
@@ -26,7 +27,8 @@ export interface ResponseMeta {
 export interface CompletionChoice {
   index: 0;
   text: string;
-  logprobs: null;
+  /** With `echo` and `logprobs`: the prompt's log-probabilities (docs/model-server.md). */
+  logprobs: CompletionLogprobs | null;
   finish_reason: OpenAIFinishReason | null;
 }
 
@@ -71,12 +73,12 @@ export interface ChatCompletionChunk extends ResponseMeta {
 export interface ResponseFormat {
   /** Prefix of response ids: `cmpl-` or `chatcmpl-`. */
   readonly idPrefix: string;
-  /** The non-streaming response. */
-  complete(meta: ResponseMeta, text: string, finishReason: OpenAIFinishReason, usage: Usage): CompletionObject | ChatCompletionObject;
+  /** The non-streaming response; `logprobs` only for completions (echo). */
+  complete(meta: ResponseMeta, text: string, finishReason: OpenAIFinishReason, usage: Usage, logprobs?: CompletionLogprobs | null): CompletionObject | ChatCompletionObject;
   /** The chunk sent before any text, or null when the endpoint has none. */
   opening(meta: ResponseMeta, withUsage: boolean): ChatCompletionChunk | null;
-  /** A chunk carrying new text. */
-  delta(meta: ResponseMeta, text: string, withUsage: boolean): CompletionObject | ChatCompletionChunk;
+  /** A chunk carrying new text; `logprobs` only for completions (the echoed prompt). */
+  delta(meta: ResponseMeta, text: string, withUsage: boolean, logprobs?: CompletionLogprobs | null): CompletionObject | ChatCompletionChunk;
   /** The chunk that carries the finish reason. */
   final(meta: ResponseMeta, finishReason: OpenAIFinishReason, withUsage: boolean): CompletionObject | ChatCompletionChunk;
   /** The usage chunk (stream_options.include_usage): no choices. */
@@ -90,15 +92,15 @@ function withUsageField<T extends object>(chunk: T, withUsage: boolean): T & { u
 /** Shapes of `/v1/completions`. */
 export const completionFormat: ResponseFormat = {
   idPrefix: 'cmpl-',
-  complete: (meta, text, finishReason, usage): CompletionObject => ({
+  complete: (meta, text, finishReason, usage, logprobs): CompletionObject => ({
     ...meta,
     object: 'text_completion',
-    choices: [{ index: 0, text, logprobs: null, finish_reason: finishReason }],
+    choices: [{ index: 0, text, logprobs: logprobs ?? null, finish_reason: finishReason }],
     usage,
   }),
   opening: () => null,
-  delta: (meta, text, withUsage): CompletionObject =>
-    withUsageField({ ...meta, object: 'text_completion', choices: [{ index: 0, text, logprobs: null, finish_reason: null }] }, withUsage),
+  delta: (meta, text, withUsage, logprobs): CompletionObject =>
+    withUsageField({ ...meta, object: 'text_completion', choices: [{ index: 0, text, logprobs: logprobs ?? null, finish_reason: null }] }, withUsage),
   final: (meta, finishReason, withUsage): CompletionObject =>
     withUsageField({ ...meta, object: 'text_completion', choices: [{ index: 0, text: '', logprobs: null, finish_reason: finishReason }] }, withUsage),
   usage: (meta, usage): CompletionObject => ({ ...meta, object: 'text_completion', choices: [], usage }),

@@ -13,6 +13,7 @@ import type { Engine, GenerateResult, SamplingParams, SteeringEntry } from '../e
 import type { Tokenizer } from '../types.js';
 import { StopSequenceDetokenizer } from './detokenizer.js';
 import { toSaegateError } from './errors.js';
+import { echoPrompt, promptLogprobsObject, type CompletionLogprobs } from './logprobs.js';
 import { responseMeta, type OpenAIFinishReason, type ResponseFormat, type ResponseMeta, type Usage } from './format.js';
 import { SseWriter } from './sse.js';
 
@@ -35,6 +36,10 @@ export interface GenerationInput {
   stream: boolean;
   /** stream_options.include_usage: send a usage chunk before [DONE]. */
   includeUsage: boolean;
+  /** `/v1/completions` echo: the prompt's text comes before the completion's. */
+  echo: boolean;
+  /** With echo: alternatives per position of the prompt's log-probabilities; null = none. */
+  promptLogprobs: number | null;
 }
 
 /** The app-wide things a generation needs. */
@@ -117,6 +122,8 @@ class GenerationRun {
   private readonly meta: ResponseMeta;
   private readonly watch: DisconnectWatch;
   private sse: SseWriter | null = null;
+  /** The echoed prompt's logprobs object, once the prefill delivered them. */
+  private echoLogprobs: CompletionLogprobs | null = null;
 
   constructor(
     private readonly deps: GenerationDeps,
@@ -154,6 +161,14 @@ class GenerationRun {
         steering: input.steering,
         planId: input.planId,
         signal: controller.signal,
+        ...(input.promptLogprobs !== null && {
+          promptLogprobs: {
+            top: input.promptLogprobs,
+            onResult: (result) => {
+              this.echoLogprobs = promptLogprobsObject(deps.tokenizer, input.promptTokens, echoPrompt(deps.tokenizer, input.promptTokens), result);
+            },
+          },
+        }),
       },
       (tokenId) => {
         // The engine may run a step after an abort before it sees it; those tokens go nowhere.
@@ -165,6 +180,12 @@ class GenerationRun {
     );
   }
 
+  /** The echoed prompt's text ('' without echo). */
+  private echoText(): string {
+    if (!this.input.echo) return '';
+    return this.echoLogprobs ? this.echoLogprobs.tokens.join('') : echoPrompt(this.deps.tokenizer, this.input.promptTokens).text;
+  }
+
   private async complete(): Promise<object | undefined> {
     const result = await this.generate(() => {});
     this.text.finish();
@@ -174,7 +195,7 @@ class GenerationRun {
       this.target.reply.hijack();
       return undefined;
     }
-    return this.format.complete(this.meta, this.text.text, finishReason, usageOf(result, this.text));
+    return this.format.complete(this.meta, this.echoText() + this.text.text, finishReason, usageOf(result, this.text), this.echoLogprobs);
   }
 
   /**
@@ -189,6 +210,9 @@ class GenerationRun {
     this.sse = new SseWriter(reply.raw, reply.getHeaders());
     const opening = this.format.opening(this.meta, this.input.includeUsage);
     if (opening) this.sse.data(opening);
+    // The echoed prompt is the first text; its log-probabilities arrived with the prefill, before
+    // any generated token, so they are known whenever the stream opens.
+    if (this.input.echo) this.sse.data(this.format.delta(this.meta, this.echoText(), this.input.includeUsage, this.echoLogprobs));
     return this.sse;
   }
 

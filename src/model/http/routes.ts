@@ -42,6 +42,8 @@ interface ResolveOptions {
   requestId: string;
   planId: string | null;
   config: ModelConfig;
+  /** `/v1/completions` only: echo the prompt, and its log-probabilities with this many alternatives. */
+  echo?: { logprobs: number | null };
 }
 
 function checkModel(model: string, served: string): void {
@@ -79,7 +81,32 @@ function resolveInput(options: ResolveOptions): GenerationInput {
     steering: toSteeringEntries(body.steering ?? [], config, promptLength),
     stream: body.stream === true,
     includeUsage: body.stream === true && body.stream_options?.include_usage === true,
+    echo: options.echo !== undefined,
+    promptLogprobs: options.echo?.logprobs ?? null,
   };
+}
+
+/**
+ * `echo`, `logprobs` and `max_tokens: 0` of `/v1/completions`. This server reports log-probabilities
+ * of prompt tokens only (scoring a prompt: `echo: true, logprobs: N, max_tokens: 0`); combinations
+ * that would need them for generated tokens are refused rather than answered without them.
+ */
+function checkEcho(body: CompletionBody): { logprobs: number | null } | undefined {
+  const logprobs = body.logprobs ?? null;
+  if (logprobs !== null && body.echo !== true) {
+    throw new SaegateError('SAEGATE_ERR_BAD_REQUEST', ['logprobs: log-probabilities of generated tokens are not supported; send echo: true and max_tokens: 0 for the prompt\'s'], {
+      param: 'logprobs',
+    });
+  }
+  if (logprobs !== null && body.max_tokens !== 0) {
+    throw new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`max_tokens: with echo and logprobs it must be 0 (log-probabilities of generated tokens are not supported), got ${body.max_tokens ?? 'the default'}`], {
+      param: 'max_tokens',
+    });
+  }
+  if (body.max_tokens === 0 && logprobs === null) {
+    throw new SaegateError('SAEGATE_ERR_BAD_REQUEST', ['max_tokens: 0 scores the prompt and needs echo: true with logprobs'], { param: 'max_tokens' });
+  }
+  return body.echo === true ? { logprobs } : undefined;
 }
 
 /** Registers the routes on `app`. */
@@ -136,6 +163,7 @@ export function registerModelRoutes(app: FastifyInstance, options: ModelRoutesOp
         requestId: request.id,
         planId,
         config,
+        echo: checkEcho(body),
       });
     }),
   );

@@ -65,10 +65,19 @@ const promptSchema = z.union(
   { error: 'expected a string, an array of one string, or an array of token ids (one prompt per request)' },
 );
 
+/** Most alternatives per position in `logprobs`, as in OpenAI's legacy completions API. */
+export const MAX_LOGPROBS = 5;
+
 /** Body of `POST /v1/completions`. */
 export const completionBodySchema = z.object({
   ...samplingFields,
+  // 0 scores the prompt without generating; routes.ts allows it only with echo and logprobs.
+  max_tokens: z.int().min(0).nullish(),
   prompt: promptSchema,
+  /** Prepend the prompt to the returned text. */
+  echo: z.boolean().nullish(),
+  /** With echo: the prompt tokens' log-probabilities and this many alternatives per position. */
+  logprobs: z.int().min(0).max(MAX_LOGPROBS).nullish(),
 });
 
 /** A parsed `/v1/completions` body. */

@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { SaegateError } from '../../../src/common/errors.js';
 import { flagName, parseCommand, type OptionTable } from '../../../src/common/options.js';
+import { baselineRecordCommand } from '../../../src/cli/baseline-record.js';
 import { demoCommand } from '../../../src/cli/demo.js';
 import { modelSampleCommand } from '../../../src/cli/model-sample.js';
 import { modelServeCommand } from '../../../src/cli/model-serve.js';
@@ -13,6 +14,7 @@ import { saeEncodeCommand, saeInfoCommand } from '../../../src/cli/sae.js';
 import { saeFeaturesCommand } from '../../../src/cli/sae-features.js';
 import { saeTrainCommand } from '../../../src/cli/sae-train.js';
 import { serveCommand } from '../../../src/cli/serve.js';
+import { vectorsBuildCommand } from '../../../src/cli/vectors-build.js';
 
 function usageError(fn: () => unknown): string {
   try {
@@ -40,6 +42,8 @@ const commands: [string, Command][] = [
   ['sae features', saeFeaturesCommand],
   ['sae info', saeInfoCommand],
   ['sae encode', saeEncodeCommand],
+  ['baseline record', baselineRecordCommand],
+  ['vectors build', vectorsBuildCommand],
 ];
 
 describe.each(commands)('saegate %s option table', (name, command) => {
@@ -104,6 +108,13 @@ describe('flags and defaults kept from before the options system', () => {
     expect(parseCommand(saeEncodeCommand, ['--sae', 's', '--input', 'i.npy', '--output', 'o.json', '--top-k', '3'])).toMatchObject({ topK: 3, tensor: undefined });
   });
 
+  it('vectors build', () => {
+    expect(parseCommand(vectorsBuildCommand, ['--positive', 'p.txt', '--negative', 'n.txt', '--hooks', 'blocks.1.hook_resid_post,blocks.2.hook_resid_post,blocks.1.hook_resid_post', '--out', 'v.safetensors'])).toEqual({
+      positive: 'p.txt', negative: 'n.txt', hooks: ['blocks.1.hook_resid_post', 'blocks.2.hook_resid_post'], out: 'v.safetensors',
+      model: undefined, tokenizer: undefined, upstream: undefined, tapPort: undefined, concurrency: 8, method: 'mean-diff', position: 'last', heldOut: 0.25, seed: 0, report: undefined, device: 'cpu', threads: undefined,
+    });
+  });
+
   it('demo', () => {
     expect(parseCommand(demoCommand, [])).toEqual({ port: 9000, modelPort: 8000, host: '127.0.0.1', sae: undefined, noSae: false });
   });
@@ -123,6 +134,7 @@ const parsers: Record<string, (argv: string[]) => unknown> = {
   'sae info': (argv) => parseCommand(saeInfoCommand, argv),
   'sae encode': (argv) => parseCommand(saeEncodeCommand, argv),
   demo: (argv) => parseCommand(demoCommand, argv),
+  'vectors build': (argv) => parseCommand(vectorsBuildCommand, argv),
 };
 
 describe('bad flags are refused in-process, naming the flag', () => {
@@ -134,6 +146,11 @@ describe('bad flags are refused in-process, naming the flag', () => {
     ['model sample', ['--out', 'x', '--seed', '1.5'], '--seed: expected an integer ≥ 0, got "1.5"'],
     ['model sample', ['--out', 'x', '--steps', '3'], "Unknown option '--steps'"],
     ['sae train', ['--out', 'o'], '--corpus: give exactly one of --corpus and --activations'],
+    ['vectors build', ['--positive', 'p', '--negative', 'n', '--out', 'v'], '--hooks: is required'],
+    ['vectors build', ['--positive', 'p', '--negative', 'n', '--out', 'v', '--hooks', 'a,,b'], '--hooks: expected hook point names separated by commas, e.g. blocks.2.hook_resid_post,blocks.3.hook_resid_post, got "a,,b"'],
+    ['vectors build', ['--positive', 'p', '--negative', 'n', '--out', 'v', '--hooks', 'h', '--method', 'svd'], '--method: expected one of mean-diff, pca, got "svd"'],
+    ['vectors build', ['--positive', 'p', '--negative', 'n', '--out', 'v', '--hooks', 'h', '--held-out', '0.95'], '--held-out: expected a number ≥ 0 and ≤ 0.9, got "0.95"'],
+    ['vectors build', ['--positive', 'p', '--negative', 'n', '--out', 'v', '--hooks', 'h', '--model', 'm', '--upstream', 'http://h:1'], '--upstream: give --model or --upstream, not both'],
     ['sae train', ['--out', 'o', '--corpus', 'c', '--activations', 'a'], '--corpus: give exactly one of --corpus and --activations'],
     ['sae train', ['--out', 'o', '--activations', 'a', '--model', 'm'], '--activations: --model/--upstream run a --corpus; --activations needs neither'],
     ['sae train', ['--out', 'o', '--corpus', 'c', '--model', 'm', '--upstream', 'http://h:1'], '--upstream: give --model or --upstream, not both'],

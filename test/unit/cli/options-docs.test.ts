@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { defaultLabel, envName, flagName, type OptionSpec, type OptionTable } from '../../../src/common/options.js';
+import { baselineRecordCommand } from '../../../src/cli/baseline-record.js';
 import { demoCommand } from '../../../src/cli/demo.js';
 import { modelSampleCommand } from '../../../src/cli/model-sample.js';
 import { modelServeCommand } from '../../../src/cli/model-serve.js';
@@ -13,6 +14,7 @@ import { saeEncodeCommand, saeInfoCommand } from '../../../src/cli/sae.js';
 import { saeFeaturesCommand } from '../../../src/cli/sae-features.js';
 import { saeTrainCommand } from '../../../src/cli/sae-train.js';
 import { serveCommand } from '../../../src/cli/serve.js';
+import { vectorsBuildCommand } from '../../../src/cli/vectors-build.js';
 import { proxyCommand } from '../../../src/proxy/config.js';
 
 interface Command {
@@ -21,7 +23,7 @@ interface Command {
   configFile?: { env: string };
 }
 
-const commands: Command[] = [serveCommand, demoCommand, modelServeCommand, modelSampleCommand, saeTrainCommand, saeFeaturesCommand, saeInfoCommand, saeEncodeCommand];
+const commands: Command[] = [serveCommand, demoCommand, modelServeCommand, modelSampleCommand, saeTrainCommand, saeFeaturesCommand, saeInfoCommand, saeEncodeCommand, baselineRecordCommand, vectorsBuildCommand];
 
 /** `--flag` -> default as the code states it, for every flag of a command (`--config` included). */
 function expectedFlags(command: Command): Map<string, string> {

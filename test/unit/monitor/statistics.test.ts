@@ -67,6 +67,17 @@ describe('divergences', () => {
     expect(psi(b, b)).toBe(0);
     expect(psi(new Float64Array(3), b)).toBe(0);
   });
+
+  it('PSI ignores bins empty on both sides, so one-bin histograms score 0 whatever their totals', () => {
+    expect(psi(Float64Array.of(0, 256, 0, 0), Float64Array.of(0, 77962, 0, 0))).toBe(0);
+    // Exactly 0, not ~1e-32 from rounding (n = 24 against 11757 gave 1.2e-32, above a calibrated threshold of 0).
+    for (const total of [11757, 77962]) for (let n = 1; n < 400; n++) expect(psi(Float64Array.of(0, n, 0, 0), Float64Array.of(0, total, 0, 0))).toBe(0);
+    // Extra empty bins change nothing; a row in a new bin is what raises the score.
+    const a = Float64Array.of(10, 0, 30);
+    const b = Float64Array.of(20, 20, 20);
+    expect(psi(Float64Array.of(10, 0, 0, 30, 0), Float64Array.of(20, 20, 0, 20, 0))).toBeCloseTo(psi(a, b), 12);
+    expect(psi(Float64Array.of(1, 255, 0), Float64Array.of(0, 77962, 0))).toBeGreaterThan(0);
+  });
 });
 
 describe('benjaminiHochberg', () => {

@@ -1,0 +1,477 @@
+/**
+ * Conditional policies on live traffic: the loop from SAE results back to the model server.
+ *
+ * `resolve` wraps a request's resolved plan. When a matched policy has a conditional `steer` or
+ * `flag` on a feature, the request gets a `LiveRequest`: one `RequestConditions` per SAE its rules
+ * read (each SAE's results come in their own batches, and positions must be fed in order), fed
+ * from `SaeSink.onResult` row by row. When a steer fires at position p its terms (from p + 1) join
+ * the request's steering, and the whole steering goes to the connection serving the request as one
+ * `plan_update` (`TapHost.planUpdate`); a flag adds `flag=NAME:p` to the request's
+ * `x-saegate-applied` and counts in `saegate_policy_flags_total`. The proxy calls `done()` when the
+ * exchange is over, however it ended, which releases the request.
+ *
+ * **Lag.** A plan update takes effect from the model server's next decode step, and the tap says
+ * nothing about which step that was. What it does say, in order on one socket: the `tokens` of
+ * every step the server had finished when it took the update, then the `plan_ack` it sends as it
+ * takes it. A `tokens` entry at position t means the step that fed position t − 1 is done, and
+ * the server's next step (possibly already running) feeds t; so the first steered position is
+ * taken as `max(p + 1, t + 1)` with t the last token position seen before the ack, and the lag in
+ * steps is that minus p (1 = the very next step). It can be one step high (the server was idle
+ * between steps) or low (its decode loop ran ahead of its own event loop). Seconds run from the
+ * arrival of the tokens of the step that computed row p (entry p + 1) to the arrival of those of
+ * the first steered step (entry `first + 1`).
+ *
+ * **Bounds.** At most `maxRequests` requests are evaluated at once (the oldest is released
+ * first); each request's reorder window is `RequestConditions`'; token arrival times are kept in a
+ * fixed ring per request. When no request has conditional rules, a result batch costs one check.
+ *
+ * Projection conditions are not evaluated: the SAE path carries feature activations, not the raw
+ * residual rows (`projection()` answers NaN, which never exceeds a threshold). Features outside a
+ * row's reported top-K count as 0. A fired `abort` calls the proxy's `abortRequest` (`aborter`).
+ */
+import { performance } from 'node:perf_hooks';
+import type { Registry } from 'prom-client';
+import type { SaeResultBatch } from '../sae/batcher.js';
+import type { PlanUpdateResult, SteeringTerm } from '../tap/host.js';
+import type { Hello, PlanAck, RequestEnd, TokensMessage } from '../tap/messages.js';
+import type { ActivationsFrame } from '../tap/server.js';
+import type { ActivationSink, SubscribeResult, TapSource } from '../tap/sink.js';
+import { RequestConditions, type ConditionEvent, type PositionValues } from './conditions.js';
+import { PolicyRuntimeMetrics, type PlanUpdateOutcome } from './metrics.js';
+import type { PlannedTerm, ResolvedRequestPlan } from './resolve.js';
+import type { PolicyCondition } from './schema.js';
+
+/** Where plan updates go (the proxy's `TapHost`). */
+export interface PlanUpdater {
+  planUpdate(requestId: string, steering: readonly SteeringTerm[]): PlanUpdateResult;
+}
+
+/** What the proxy holds for a request with live policies (structurally the proxy's `PlanOutcome`). */
+export interface RequestOutcome {
+  /** The `x-saegate-applied` value now, given what follows `steering=` (a plan id, `upstream:<mode>`; null = skipped). */
+  applied(steering: string | null): string;
+  /** The exchange is over, however it ended; called once. */
+  done(): void;
+}
+
+/** A resolved plan, with its outcome when live policies apply to it. */
+export type LivePlan = ResolvedRequestPlan & { outcome?: RequestOutcome };
+
+/** A conditional rule fired (listeners: tests, benchmarks, the admin API later). */
+export interface TriggerRecord {
+  type: 'trigger';
+  requestId: string;
+  /** `name@version`. */
+  policy: string;
+  kind: 'steer' | 'flag' | 'abort';
+  flag?: string;
+  triggerPosition: number;
+  /** Steer: what became of its plan update. */
+  outcome?: PlanUpdateOutcome;
+  planId?: string;
+}
+
+/** A plan update's lag, once known. */
+export interface LagRecord {
+  type: 'lag';
+  requestId: string;
+  planId: string;
+  triggerPosition: number;
+  firstSteeredPosition: number;
+  steps: number;
+  /** Null while unknown (the first steered step's tokens have not arrived). */
+  seconds: number | null;
+  /** Of those seconds: until the triggering row's SAE result fired the rule. */
+  firedSeconds: number;
+  /** Of those seconds: until the model server's `plan_ack` arrived. */
+  ackedSeconds: number;
+}
+
+export type RuntimeRecord = TriggerRecord | LagRecord;
+
+export interface ConditionRuntimeOptions {
+  /** Where plan updates go. */
+  tap: PlanUpdater;
+  /** The SAE name (as policies name it) of each hook an SAE reads. */
+  saeByHook: ReadonlyMap<string, string>;
+  /** Registers `saegate_policy_*` run-time metrics here. Default: none. */
+  registry?: Registry;
+  /** Requests evaluated at once; beyond, the oldest is released. Default 4096. */
+  maxRequests?: number;
+  /**
+   * Stops a request's generation when an `abort` condition fires (the proxy's `abortRequest`,
+   * declared here structurally: policies cannot import the proxy). Without it, aborts are counted
+   * and listed but nothing stops.
+   */
+  aborter?: PolicyAborter;
+}
+
+/** The proxy side of `abort` (src/proxy/plan.ts `RequestAborter`). */
+export interface PolicyAborter {
+  abortRequest(requestId: string, abort: { policy: string; reason?: string }): boolean;
+}
+
+/** Token arrival times kept per request (positions modulo this). */
+const TOKEN_RING = 256;
+
+interface PendingAck {
+  live: LiveRequest;
+  triggerPosition: number;
+  /** Index in `live.items` of the trigger's header item. */
+  item: number;
+  itemPrefix: string;
+  triggerAt: number;
+  firedAt: number;
+}
+
+interface AwaitingStep {
+  record: LagRecord;
+  triggerAt: number;
+}
+
+/** Reads one result row's feature values. */
+class RowValues implements PositionValues {
+  constructor(
+    private readonly batch: SaeResultBatch,
+    private readonly row: number,
+  ) {}
+
+  feature(_sae: string, index: number): number {
+    const { indices, values, topK } = this.batch;
+    const base = this.row * topK;
+    for (let k = 0; k < topK; k++) {
+      const at = indices[base + k];
+      if (at === index) return values[base + k];
+      if (at < 0) break; // −1 pads the unused slots at the end
+    }
+    return 0;
+  }
+
+  projection(): number {
+    return Number.NaN;
+  }
+}
+
+class LiveRequest {
+  /** Conditions per SAE name. */
+  readonly groups = new Map<string, RequestConditions>();
+  readonly steering: PlannedTerm[];
+  /** Header items added while the request runs (flags, triggers), in order. */
+  readonly items: string[];
+  lastTokenPosition = -1;
+  readonly tokenTimes = new Float64Array(TOKEN_RING);
+  readonly tokenSlots = new Int32Array(TOKEN_RING).fill(-1);
+  readonly pendingAcks = new Set<string>();
+  readonly awaiting: AwaitingStep[] = [];
+
+  constructor(
+    readonly requestId: string,
+    readonly plan: ResolvedRequestPlan,
+    initialItems: string[],
+  ) {
+    this.steering = [...plan.steering];
+    this.items = initialItems;
+  }
+
+  /** When the tokens entry at `position` arrived, or undefined when not seen (or overwritten). */
+  tokenTime(position: number): number | undefined {
+    const slot = position % TOKEN_RING;
+    return this.tokenSlots[slot] === position ? this.tokenTimes[slot] : undefined;
+  }
+}
+
+function featureSae(when: PolicyCondition): string | null {
+  return 'feature' in when ? when.feature.sae : null;
+}
+
+/** `name@version` → `name` (metric labels stay put across reloads). */
+function policyName(qualified: string): string {
+  const at = qualified.lastIndexOf('@');
+  return at < 0 ? qualified : qualified.slice(0, at);
+}
+
+function outcomeOf(result: PlanUpdateResult): PlanUpdateOutcome {
+  if (result.delivered) return 'sent';
+  const code = result.error.code;
+  return code === 'SAEGATE_ERR_TAP_UNROUTED' ? 'unrouted' : code === 'SAEGATE_ERR_TAP_CLOSED' ? 'closed' : 'refused';
+}
+
+export class ConditionRuntime {
+  private readonly requests = new Map<string, LiveRequest>();
+  private readonly acks = new Map<string, PendingAck>();
+  private readonly listeners = new Set<(record: RuntimeRecord) => void>();
+  private readonly metrics: PolicyRuntimeMetrics | null;
+  private readonly maxRequests: number;
+
+  constructor(private readonly options: ConditionRuntimeOptions) {
+    this.metrics = options.registry ? new PolicyRuntimeMetrics(options.registry) : null;
+    this.maxRequests = options.maxRequests ?? 4096;
+  }
+
+  /** Requests being evaluated now. */
+  get activeRequests(): number {
+    return this.requests.size;
+  }
+
+  /** Called with every trigger and lag record; returns the unsubscribe function. */
+  onRecord(listener: (record: RuntimeRecord) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /**
+   * Wraps a request's plan: unchanged when no flag or conditional rule applies, else with an
+   * `outcome` whose `applied()` lists flags and triggers as they happen. Unconditional flags count
+   * now.
+   */
+  resolve(requestId: string, plan: ResolvedRequestPlan): LivePlan {
+    const items: string[] = [];
+    const saes = new Set<string>();
+    for (const policy of plan.matched) {
+      for (const flag of policy.flags) {
+        if (flag.when === undefined) {
+          items.push(`flag=${flag.name}`);
+          this.metrics?.flags.inc({ policy: policy.name, flag: flag.name });
+        } else {
+          const sae = featureSae(flag.when);
+          if (sae !== null) saes.add(sae);
+        }
+      }
+      for (const steer of policy.steers) {
+        const sae = steer.when === undefined ? null : featureSae(steer.when);
+        if (sae !== null) saes.add(sae);
+      }
+      for (const abort of policy.aborts) {
+        const sae = featureSae(abort.when);
+        if (sae !== null) saes.add(sae);
+      }
+    }
+    if (saes.size === 0 && items.length === 0) return plan;
+    if (saes.size === 0) {
+      return { ...plan, outcome: { applied: (planId) => this.appliedValue(plan, planId, items), done: () => {} } };
+    }
+    const live = new LiveRequest(requestId, plan, items);
+    for (const sae of saes) {
+      const accept = (_kind: 'steer' | 'flag' | 'abort', when: PolicyCondition): boolean => featureSae(when) === sae;
+      live.groups.set(sae, new RequestConditions(requestId, plan.matched, [], 0, accept));
+    }
+    const previous = this.requests.get(requestId);
+    if (previous !== undefined) this.release(previous);
+    this.requests.set(requestId, live);
+    if (this.requests.size > this.maxRequests) {
+      const oldest = this.requests.values().next();
+      if (oldest.done !== true) this.release(oldest.value);
+    }
+    this.metrics?.requests.set(this.requests.size);
+    let finished = false;
+    return {
+      ...plan,
+      outcome: {
+        applied: (planId) => this.appliedValue(plan, planId, live.items),
+        done: () => {
+          if (finished) return;
+          finished = true;
+          if (this.requests.get(requestId) === live) this.release(live);
+        },
+      },
+    };
+  }
+
+  /** `SaeSink.onResult` listener: evaluates every row of a request with conditional rules. */
+  readonly onResult = (batch: SaeResultBatch): void => {
+    if (this.requests.size === 0) return;
+    const sae = this.options.saeByHook.get(batch.hook);
+    if (sae === undefined) return;
+    const table = batch.requestIds;
+    // Per request of the batch (not per row): its request and its conditions on this SAE.
+    let lives: (LiveRequest | undefined)[] | null = null;
+    let groups: (RequestConditions | undefined)[] | null = null;
+    for (let i = 0; i < table.length; i++) {
+      const live = this.requests.get(table[i]);
+      const group = live?.groups.get(sae);
+      if (group === undefined) continue;
+      lives ??= new Array<LiveRequest | undefined>(table.length);
+      groups ??= new Array<RequestConditions | undefined>(table.length);
+      lives[i] = live;
+      groups[i] = group;
+    }
+    if (lives === null || groups === null) return;
+    const { rowRequestIndexes, positions, rowCount } = batch;
+    for (let r = 0; r < rowCount; r++) {
+      const k = rowRequestIndexes[r];
+      const group = groups[k];
+      if (group === undefined) continue;
+      const events = group.observe(positions[r], new RowValues(batch, r));
+      if (events.length > 0) this.fired(lives[k] as LiveRequest, events);
+    }
+  };
+
+  /** Tap tokens: the last position each running request reached and when. */
+  tokens(message: TokensMessage): void {
+    if (this.requests.size === 0) return;
+    const now = performance.now();
+    const { requestIds, rowRequestIndexes, positions } = message;
+    for (let i = 0; i < positions.length; i++) {
+      const live = this.requests.get(requestIds[rowRequestIndexes[i]]);
+      if (live === undefined) continue;
+      const position = positions[i];
+      const slot = position % TOKEN_RING;
+      live.tokenSlots[slot] = position;
+      live.tokenTimes[slot] = now;
+      if (position > live.lastTokenPosition) live.lastTokenPosition = position;
+      if (live.awaiting.length > 0) this.stepsDone(live, position, now);
+    }
+  }
+
+  /** Tap plan acks: the lag of a fired steer's update, or its rejection. */
+  planAck(ack: PlanAck): void {
+    const pending = this.acks.get(ack.planId);
+    if (pending === undefined) return;
+    this.acks.delete(ack.planId);
+    const live = pending.live;
+    live.pendingAcks.delete(ack.planId);
+    if (!ack.accepted) {
+      this.metrics?.planUpdates.inc({ outcome: 'rejected' });
+      live.items[pending.item] = `${pending.itemPrefix}:rejected`;
+      return;
+    }
+    const firstSteeredPosition = Math.max(pending.triggerPosition + 1, live.lastTokenPosition + 1);
+    const steps = firstSteeredPosition - pending.triggerPosition;
+    this.metrics?.lagSteps.observe(steps);
+    const record: LagRecord = {
+      type: 'lag',
+      requestId: live.requestId,
+      planId: ack.planId,
+      triggerPosition: pending.triggerPosition,
+      firstSteeredPosition,
+      steps,
+      seconds: null,
+      firedSeconds: (pending.firedAt - pending.triggerAt) / 1000,
+      ackedSeconds: (performance.now() - pending.triggerAt) / 1000,
+    };
+    live.awaiting.push({ record, triggerAt: pending.triggerAt });
+  }
+
+  /** Tap end: no more steps will come for the request; its lags still waiting stay unknown. */
+  end(end: RequestEnd): void {
+    const live = this.requests.get(end.requestId);
+    if (live !== undefined) live.awaiting.length = 0;
+  }
+
+  /** The proxy's activation sink with this runtime listening to its tokens, ends and plan acks. */
+  observing(inner: ActivationSink): ActivationSink {
+    return new ObservingSink(inner, this);
+  }
+
+  private fired(live: LiveRequest, events: ConditionEvent[]): void {
+    let steered: ConditionEvent[] | null = null;
+    for (const event of events) {
+      if (event.kind === 'flag') {
+        const flag = event.detail ?? 'flag';
+        live.items.push(`flag=${flag}:${event.triggerPosition}`);
+        this.metrics?.triggers.inc({ policy: policyName(event.policy), kind: 'flag' });
+        this.metrics?.flags.inc({ policy: policyName(event.policy), flag });
+        this.emit({ type: 'trigger', requestId: live.requestId, policy: event.policy, kind: 'flag', flag, triggerPosition: event.triggerPosition });
+      } else if (event.kind === 'abort') {
+        this.metrics?.triggers.inc({ policy: policyName(event.policy), kind: 'abort' });
+        // Listed before the proxy writes its ending, which reads the applied value at once.
+        const item = live.items.push(`abort=${event.policy}:${event.triggerPosition}`) - 1;
+        const taken = this.options.aborter?.abortRequest(live.requestId, { policy: event.policy, ...(event.detail !== undefined && { reason: event.detail }) }) ?? false;
+        if (!taken) live.items[item] += ':skipped';
+        this.emit({ type: 'trigger', requestId: live.requestId, policy: event.policy, kind: 'abort', triggerPosition: event.triggerPosition });
+      } else if (event.kind === 'steer') {
+        live.steering.push(...(event.terms ?? []));
+        this.metrics?.triggers.inc({ policy: policyName(event.policy), kind: 'steer' });
+        (steered ??= []).push(event);
+      }
+    }
+    if (steered === null) return;
+    // Steers firing together go down as one update: the request's whole steering from now on.
+    const result = this.options.tap.planUpdate(live.requestId, live.steering);
+    const outcome = outcomeOf(result);
+    this.metrics?.planUpdates.inc({ outcome });
+    for (const event of steered) {
+      const position = event.triggerPosition;
+      const itemPrefix = `trigger=${event.policy}:${position}`;
+      const item = live.items.length;
+      live.items.push(result.delivered ? `${itemPrefix}:${result.planId}` : `${itemPrefix}:skipped`);
+      if (result.delivered && !this.acks.has(result.planId)) {
+        const now = performance.now();
+        this.acks.set(result.planId, { live, triggerPosition: position, item, itemPrefix, triggerAt: live.tokenTime(position + 1) ?? now, firedAt: now });
+        live.pendingAcks.add(result.planId);
+      }
+      this.emit({ type: 'trigger', requestId: live.requestId, policy: event.policy, kind: 'steer', triggerPosition: position, outcome, ...(result.delivered && { planId: result.planId }) });
+    }
+  }
+
+  /** Observes the seconds of lags whose first steered step's tokens (entry `first + 1`) arrived. */
+  private stepsDone(live: LiveRequest, position: number, now: number): void {
+    const awaiting = live.awaiting;
+    for (let i = awaiting.length - 1; i >= 0; i--) {
+      const { record, triggerAt } = awaiting[i];
+      if (position < record.firstSteeredPosition + 1) continue;
+      record.seconds = (now - triggerAt) / 1000;
+      this.metrics?.lagSeconds.observe(record.seconds);
+      awaiting.splice(i, 1);
+      this.emit(record);
+    }
+  }
+
+  private appliedValue(plan: ResolvedRequestPlan, planId: string | null, items: readonly string[]): string {
+    const out = plan.policies.map((name) => `policy=${name}`);
+    if (plan.steering.length > 0) out.push(`steering=${planId ?? 'skipped'}`);
+    out.push(...items);
+    return out.length === 0 ? 'none' : out.join(', ');
+  }
+
+  private release(live: LiveRequest): void {
+    this.requests.delete(live.requestId);
+    for (const planId of live.pendingAcks) this.acks.delete(planId);
+    live.pendingAcks.clear();
+    live.awaiting.length = 0;
+    this.metrics?.requests.set(this.requests.size);
+  }
+
+  private emit(record: RuntimeRecord): void {
+    for (const listener of this.listeners) listener(record);
+  }
+}
+
+/** Passes everything to the inner sink and tells the runtime about tokens, ends and plan acks. */
+class ObservingSink implements ActivationSink {
+  constructor(
+    private readonly inner: ActivationSink,
+    private readonly runtime: ConditionRuntime,
+  ) {}
+
+  write(frame: ActivationsFrame, source: TapSource): number {
+    return this.inner.write(frame, source);
+  }
+
+  tokens(message: TokensMessage, source: TapSource): void {
+    this.inner.tokens?.(message, source);
+    this.runtime.tokens(message);
+  }
+
+  end(end: RequestEnd, source: TapSource): void {
+    this.inner.end?.(end, source);
+    this.runtime.end(end);
+  }
+
+  planAck(ack: PlanAck, source: TapSource): void {
+    this.inner.planAck?.(ack, source);
+    this.runtime.planAck(ack);
+  }
+
+  admit(hello: Hello, source: TapSource): string | null {
+    return this.inner.admit?.(hello, source) ?? null;
+  }
+
+  connected(source: TapSource, subscription: SubscribeResult | null): void {
+    this.inner.connected?.(source, subscription);
+  }
+
+  disconnected(source: TapSource): void {
+    this.inner.disconnected?.(source);
+  }
+}

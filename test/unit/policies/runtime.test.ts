@@ -1,0 +1,199 @@
+import { Registry } from 'prom-client';
+import { describe, expect, it } from 'vitest';
+import { err } from '../../../src/common/errors.js';
+import type { CompiledPolicy } from '../../../src/policies/compile.js';
+import { POLICY_RUNTIME_METRIC_NAMES } from '../../../src/policies/metrics.js';
+import type { ResolvedRequestPlan } from '../../../src/policies/resolve.js';
+import { ConditionRuntime, type PlanUpdater, type RuntimeRecord } from '../../../src/policies/runtime.js';
+import type { SaeResultBatch } from '../../../src/sae/batcher.js';
+import { makeSteeringVector } from '../../../src/steering/vector.js';
+import type { PlanUpdateResult, SteeringTerm } from '../../../src/tap/host.js';
+import type { TokensMessage } from '../../../src/tap/messages.js';
+import { documentedMetrics } from '../../helpers/metrics-doc.js';
+
+const HOOK = 'blocks.2.hook_resid_post';
+const vector = makeSteeringVector('<memory>', new Map([[HOOK, Float32Array.of(1, 2, 3, 4)]]));
+const when = (above: number, forTokens = 1) => ({ feature: { sae: 'demo', index: 7, above, forTokens } });
+
+function policy(over: Partial<CompiledPolicy>): CompiledPolicy {
+  return { name: 'p', qualifiedName: 'p@3', priority: 100, failClosed: false, match: {}, steers: [], watches: [], flags: [], aborts: [], file: 'p.yaml', ...over };
+}
+
+function plan(...matched: CompiledPolicy[]): ResolvedRequestPlan {
+  return { policies: matched.map((p) => p.qualifiedName), steering: [], failClosed: false, matched, setVersion: 3 };
+}
+
+const conditionalSteer = policy({ steers: [{ vector, hooks: [HOOK], scale: -2, positions: 'all', when: when(1), forTokens: undefined }], flags: [{ name: 'hot', when: when(4) }, { name: 'always', when: undefined }] });
+
+/** A result batch of SAE `demo`'s hook: rows (request, position, value of feature 7); topK 2 with −1 padding. */
+function batch(rows: [string, number, number][]): SaeResultBatch {
+  const requestIds = [...new Set(rows.map((r) => r[0]))];
+  const n = rows.length;
+  const indices = new Int32Array(n * 2).fill(-1);
+  const values = new Float32Array(n * 2);
+  rows.forEach(([, , value], i) => {
+    indices[i * 2] = 3; // another feature first, so the lookup must scan
+    values[i * 2] = 9;
+    if (value > 0) {
+      indices[i * 2 + 1] = 7;
+      values[i * 2 + 1] = value;
+    }
+  });
+  return {
+    hook: HOOK,
+    rowCount: n,
+    topK: 2,
+    requestIds,
+    rowRequestIndexes: Uint16Array.from(rows.map((r) => requestIds.indexOf(r[0]))),
+    positions: Int32Array.from(rows.map((r) => r[1])),
+    tokenIds: new Int32Array(n).fill(-1),
+    tokenTexts: rows.map(() => ''),
+    indices,
+    values,
+    l0: new Int32Array(n),
+    sqError: new Float32Array(n),
+    fvu: new Float32Array(n),
+  };
+}
+
+function tokens(requestId: string, ...positions: number[]): TokensMessage {
+  return { type: 'tokens', requestIds: [requestId], rowRequestIndexes: new Uint16Array(positions.length), positions: Int32Array.from(positions), tokenIds: new Int32Array(positions.length), texts: positions.map(() => 'x') };
+}
+
+/** Records plan updates and answers with `answer`. */
+class RecordingTap implements PlanUpdater {
+  readonly updates: { requestId: string; steering: SteeringTerm[] }[] = [];
+  answer: (requestId: string) => PlanUpdateResult = () => ({ delivered: true, planId: `plan-${this.updates.length}`, sessionId: 's' });
+
+  planUpdate(requestId: string, steering: readonly SteeringTerm[]): PlanUpdateResult {
+    this.updates.push({ requestId, steering: [...steering] });
+    return this.answer(requestId);
+  }
+}
+
+function setup(maxRequests?: number) {
+  const tap = new RecordingTap();
+  const registry = new Registry();
+  const aborts: { requestId: string; policy: string; reason?: string }[] = [];
+  const aborter = { taken: true, abortRequest: (requestId: string, abort: { policy: string; reason?: string }) => (aborts.push({ requestId, ...abort }), aborter.taken) };
+  const runtime = new ConditionRuntime({ tap, saeByHook: new Map([[HOOK, 'demo']]), registry, maxRequests, aborter });
+  const records: RuntimeRecord[] = [];
+  runtime.onRecord((r) => records.push(r));
+  /** Sum of a series' values over the matching labels (`NAME_count` of a histogram too). */
+  const metric = async (name: string, labels: Record<string, string> = {}): Promise<number> => {
+    const base = registry.getSingleMetric(name) ? name : name.replace(/_count$/, '');
+    const values = (await registry.getSingleMetric(base)!.get()).values.filter((v) => ((v as { metricName?: string }).metricName ?? base) === name);
+    return values.filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l)).reduce((sum, v) => sum + v.value, 0);
+  };
+  return { tap, registry, runtime, records, metric, aborts, aborter };
+}
+
+describe('conditional policies at run time', () => {
+  it('leaves a plan without flags or conditions as it is', () => {
+    const { runtime } = setup();
+    const resolved = plan(policy({ steers: [{ vector, hooks: [HOOK], scale: 1, positions: 'all', when: undefined, forTokens: undefined }] }));
+    expect(runtime.resolve('r', resolved)).toBe(resolved);
+    expect(runtime.activeRequests).toBe(0);
+  });
+
+  it('fires a steer at the first crossing, sends the whole steering as one plan update from the next position, and lists it', async () => {
+    const { runtime, tap, records, metric } = setup();
+    const { outcome } = runtime.resolve('r', plan(conditionalSteer));
+    expect(outcome!.applied(null)).toBe('policy=p@3, flag=always');
+    // Position 2 arrives before 1: evaluation waits for 1, then fires at 2 (value 1.5 > 1).
+    runtime.onResult(batch([['r', 0, 0], ['other', 0, 5], ['r', 2, 1.5]]));
+    expect(tap.updates).toEqual([]);
+    runtime.onResult(batch([['r', 1, 0.5], ['r', 3, 5]]));
+    expect(tap.updates).toHaveLength(1);
+    expect(tap.updates[0].requestId).toBe('r');
+    expect(tap.updates[0].steering.map((t) => [t.hook, t.scale, t.fromPosition, t.untilPosition])).toEqual([[HOOK, -2, 3, null]]);
+    expect(outcome!.applied(null)).toBe('policy=p@3, flag=always, trigger=p@3:2:plan-1, flag=hot:3');
+    expect(records.map((r) => (r.type === 'trigger' ? [r.kind, r.triggerPosition, r.outcome ?? r.flag] : r.type))).toEqual([['steer', 2, 'sent'], ['flag', 3, 'hot']]);
+    expect(await metric('saegate_policy_flags_total', { policy: 'p', flag: 'always' })).toBe(1);
+    expect(await metric('saegate_policy_flags_total', { policy: 'p', flag: 'hot' })).toBe(1);
+    expect(await metric('saegate_policy_triggers_total', { policy: 'p', kind: 'steer' })).toBe(1);
+    expect(await metric('saegate_policy_plan_updates_total', { outcome: 'sent' })).toBe(1);
+    // Fired once: later crossings send nothing more.
+    runtime.onResult(batch([['r', 4, 9]]));
+    expect(tap.updates).toHaveLength(1);
+  });
+
+  it('measures the lag from the tokens seen before the plan ack, in steps and seconds', async () => {
+    const { runtime, records, metric } = setup();
+    runtime.resolve('r', plan(conditionalSteer));
+    runtime.tokens(tokens('r', 0, 1, 2, 3)); // prefill: prompt 0..2, first generated token at 3
+    runtime.onResult(batch([['r', 0, 0], ['r', 1, 2]])); // fires at 1
+    runtime.tokens(tokens('r', 4));
+    runtime.tokens(tokens('r', 5));
+    runtime.planAck({ requestId: 'r', planId: 'plan-1', accepted: true });
+    // Last token seen at the ack: 5, so the step feeding 5 may be running: first steered 6, lag 5 steps.
+    expect(await metric('saegate_policy_trigger_lag_steps_count')).toBe(1);
+    expect(records.filter((r) => r.type === 'lag')).toEqual([]);
+    runtime.tokens(tokens('r', 6));
+    expect(records.filter((r) => r.type === 'lag')).toEqual([]);
+    runtime.tokens(tokens('r', 7)); // the first steered step (feeding 6) is done
+    const lag = records.find((r) => r.type === 'lag');
+    expect(lag).toMatchObject({ requestId: 'r', planId: 'plan-1', triggerPosition: 1, firstSteeredPosition: 6, steps: 5 });
+    expect(lag?.type === 'lag' && lag.seconds !== null && lag.seconds >= 0).toBe(true);
+    expect(await metric('saegate_policy_trigger_lag_seconds_count')).toBe(1);
+  });
+
+  it('says skipped when the update went nowhere, and rejected when the model server refused it', async () => {
+    const { runtime, tap, metric } = setup();
+    tap.answer = (requestId) => ({ delivered: false, error: err('SAEGATE_ERR_TAP_UNROUTED', requestId, 'it has ended') });
+    const a = runtime.resolve('a', plan(conditionalSteer)).outcome!;
+    runtime.onResult(batch([['a', 0, 3]]));
+    expect(a.applied(null)).toBe('policy=p@3, flag=always, trigger=p@3:0:skipped');
+    expect(await metric('saegate_policy_plan_updates_total', { outcome: 'unrouted' })).toBe(1);
+    tap.answer = () => ({ delivered: true, planId: 'plan-b', sessionId: 's' });
+    const b = runtime.resolve('b', plan(conditionalSteer)).outcome!;
+    runtime.onResult(batch([['b', 0, 3]]));
+    runtime.planAck({ requestId: 'b', planId: 'plan-b', accepted: false, reason: 'request already finished' });
+    expect(b.applied('plan-0')).toBe('policy=p@3, flag=always, trigger=p@3:0:rejected');
+    expect(await metric('saegate_policy_plan_updates_total', { outcome: 'rejected' })).toBe(1);
+  });
+
+  it('releases a request when its exchange is done, and holds at most maxRequests', async () => {
+    const { runtime, tap, metric } = setup(2);
+    const first = runtime.resolve('r1', plan(conditionalSteer)).outcome!;
+    runtime.resolve('r2', plan(conditionalSteer));
+    expect(await metric('saegate_policy_conditional_requests')).toBe(2);
+    first.done();
+    first.done();
+    expect(runtime.activeRequests).toBe(1);
+    runtime.onResult(batch([['r1', 0, 3]]));
+    expect(tap.updates).toEqual([]);
+    runtime.resolve('r3', plan(conditionalSteer));
+    runtime.resolve('r4', plan(conditionalSteer)); // r2, the oldest, goes
+    expect(runtime.activeRequests).toBe(2);
+    runtime.onResult(batch([['r2', 0, 3], ['r4', 0, 3]]));
+    expect(tap.updates.map((u) => u.requestId)).toEqual(['r4']);
+    expect(await metric('saegate_policy_conditional_requests')).toBe(2);
+  });
+
+  it('stops the generation through the aborter when an abort condition fires, once, and lists it', async () => {
+    const { runtime, aborts, aborter, metric } = setup();
+    const aborting = policy({ name: 'stop', qualifiedName: 'stop@3', aborts: [{ when: when(2, 2), reason: 'too hot' }] });
+    const outcome = runtime.resolve('r', plan(aborting)).outcome!;
+    runtime.onResult(batch([['r', 0, 3], ['r', 1, 1], ['r', 2, 3]]));
+    expect(aborts).toEqual([]); // two consecutive positions above 2 are needed
+    runtime.onResult(batch([['r', 3, 2.5], ['r', 4, 9]]));
+    expect(aborts).toEqual([{ requestId: 'r', policy: 'stop@3', reason: 'too hot' }]);
+    expect(outcome.applied(null)).toBe('policy=stop@3, abort=stop@3:3');
+    expect(await metric('saegate_policy_triggers_total', { policy: 'stop', kind: 'abort' })).toBe(1);
+    // An abort the proxy could not take (the request already ended) is listed as skipped.
+    aborter.taken = false;
+    const late = runtime.resolve('late', plan(aborting)).outcome!;
+    runtime.onResult(batch([['late', 0, 5], ['late', 1, 5]]));
+    expect(late.applied(null)).toBe('policy=stop@3, abort=stop@3:1:skipped');
+  });
+
+  it('registers exactly the metrics docs/metrics.md lists under Policies, besides the policy manager\'s', () => {
+    const { registry } = setup();
+    const exported = registry.getMetricsAsArray().map((m) => m.name);
+    expect([...exported].sort()).toEqual([...POLICY_RUNTIME_METRIC_NAMES].sort());
+    const manager = ['saegate_policy_set_version', 'saegate_policy_reload_ok', 'saegate_policy_reloads_total', 'saegate_policies'];
+    expect([...documentedMetrics('Policies')].sort()).toEqual([...exported, ...manager].sort());
+  });
+});
+
