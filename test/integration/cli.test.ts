@@ -209,8 +209,9 @@ describe('saegate sae info and sae encode', () => {
       fs.writeFileSync(path.join(dir, 'rows.npy'), npyBytes);
       const enc = await runCliToExit(['sae', 'encode', '--sae', dir, '--input', path.join(dir, 'rows.npy'), '--output', path.join(dir, 'out.json')]);
       expect(enc.code).toBe(0);
-      const out = JSON.parse(fs.readFileSync(path.join(dir, 'out.json'), 'utf8')) as { top_k: number; rows: { indices: number[]; values: number[]; l0: number }[] };
-      expect(out.top_k).toBe(4);
+      const out = JSON.parse(fs.readFileSync(path.join(dir, 'out.json'), 'utf8')) as { top_k: number | null; rows: { indices: number[]; values: number[]; l0: number }[] };
+      // No --top-k: no cap, every active feature is listed (at most k = 4 for this TopK SAE).
+      expect(out.top_k).toBeNull();
       expect(out.rows).toHaveLength(3);
       const w = values(dIn * dSae);
       const bEnc = values(dSae);
