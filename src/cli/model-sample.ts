@@ -102,6 +102,9 @@ export async function modelSample(argv: string[]): Promise<boolean> {
       documents: flags.n,
       seed: flags.seed,
       maxTokens: flags.maxTokens,
+      // Read back as a prompt (collection, feature reports ask for one more token), a document's
+      // text must encode within the context less one; cut back the few that decode to longer text.
+      maxTextTokens: context - 1,
       temperature: flags.temperature,
       topP: flags.topP,
       concurrency: flags.concurrency,
@@ -114,7 +117,7 @@ export async function modelSample(argv: string[]): Promise<boolean> {
     const seconds = summary.elapsedMs / 1000;
     const rate = seconds > 0 ? Math.round(summary.tokens / seconds) : 0;
     process.stderr.write(
-      `saegate model sample: ${summary.documents} documents from ${model.name} (${summary.empty} empty; ${summary.stopped} ended with EOS or BOS, ${summary.truncated} at --max-tokens), ` +
+      `saegate model sample: ${summary.documents} documents from ${model.name} (${summary.empty} empty; ${summary.stopped} ended with EOS or BOS, ${summary.truncated} at --max-tokens${summary.shortened > 0 ? `, ${summary.shortened} of them cut back to fit the context when encoded again` : ''}), ` +
         `${summary.tokens} tokens in ${seconds.toFixed(1)} s (${rate} tokens/s) → ${writer.target}\n`,
     );
     return true;
