@@ -17,9 +17,9 @@ import { serveCommand } from '../../src/cli/serve.js';
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const deployDir = path.join(repoRoot, 'deploy');
 
-/** Every YAML document of a file, as plain values. Throws on a YAML error. */
+/** Every YAML document of a file, as plain values, `<<` merge keys resolved (compose uses them). Throws on a YAML error. */
 export function readYamlDocuments(file: string): unknown[] {
-  const docs = parseAllDocuments(fs.readFileSync(file, 'utf8'));
+  const docs = parseAllDocuments(fs.readFileSync(file, 'utf8'), { merge: true });
   return docs.map((doc) => {
     if (doc.errors.length > 0) throw new Error(`${file}: ${doc.errors.map((e) => e.message).join('; ')}`);
     return doc.toJS() as unknown;

@@ -95,6 +95,7 @@ describe('deploy/Dockerfile', () => {
 
 interface ComposeService {
   image?: string;
+  build?: { context: string; dockerfile: string; args?: Record<string, string> };
   command?: string[];
   environment?: Record<string, string>;
   volumes?: string[];
@@ -135,7 +136,13 @@ describe('deploy/compose', () => {
   };
 
   it("runs saegate commands with flags and variables from saegate's option tables", () => {
-    for (const [name, service] of Object.entries(compose.services).filter(([, s]) => s.image?.startsWith('saegate'))) {
+    const saegateServices = Object.entries(compose.services).filter(([, s]) => s.image?.startsWith('saegate:'));
+    expect(saegateServices.map(([name]) => name).sort()).toEqual(['model-server', 'saegate']);
+    for (const [name, service] of saegateServices) {
+      // Built from deploy/Dockerfile with the repository as the context, CPU onnxruntime by default.
+      expect(path.resolve(composeDir, service.build?.context ?? '', service.build?.dockerfile ?? ''), name).toBe(dockerfile);
+      expect(path.resolve(composeDir, service.build?.context ?? ''), name).toBe(repoRoot);
+      expect(service.build?.args?.ONNXRUNTIME_NODE_INSTALL, name).toBe('skip');
       const { name: command, args } = splitCommand(service.command ?? []);
       const spec = commandSpecs[command];
       const known = Object.keys(spec.options).map((key) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
