@@ -15,7 +15,7 @@ import { writeFeatureReport } from '../lab/features/report.js';
 import { loadSae } from '../sae/load.js';
 import { SaePool, type EncodeResult } from '../sae/pool.js';
 import { openModelRun } from './model-run.js';
-import { StatusLine } from './status-line.js';
+import { StatusLine, type ToolReporting } from './status-line.js';
 
 const saeFeaturesOptions = {
   sae: { type: text('DIR'), required: true, help: 'SAELens or sparsify directory' },
@@ -52,9 +52,11 @@ export const saeFeaturesCommand = {
 /** Rows encoded per pool call. */
 const ENCODE_ROWS = 2048;
 
-export async function saeFeatures(argv: string[]): Promise<void> {
+/** Runs `sae features`; `reporting` redirects its progress and lines and maps the paths its report names. */
+export async function saeFeatures(argv: string[], reporting: ToolReporting = {}): Promise<void> {
   const flags = parseCommand(saeFeaturesCommand, argv);
-  const status = new StatusLine(process.stderr);
+  const status = reporting.status ?? new StatusLine(process.stderr);
+  const finalPath = reporting.finalPath ?? ((file: string) => file);
   const sae = loadSae(flags.sae, flags.hook === undefined ? {} : { hookName: flags.hook });
   const { dSae } = sae.config;
   const topK = flags.topK;
@@ -111,9 +113,9 @@ export async function saeFeatures(argv: string[]): Promise<void> {
     await pool?.close();
   }
   let report = accumulator.finish({
-    sae: { path: path.resolve(flags.sae), hookName: sae.config.hookName, dIn: sae.config.dIn, dSae, architecture: sae.config.architecture, ...(sae.config.k !== null && { k: sae.config.k }) },
+    sae: { path: finalPath(path.resolve(flags.sae)), hookName: sae.config.hookName, dIn: sae.config.dIn, dSae, architecture: sae.config.architecture, ...(sae.config.k !== null && { k: sae.config.k }) },
     model: run.server.modelId,
-    corpus: { path: path.resolve(flags.corpus) },
+    corpus: { path: finalPath(path.resolve(flags.corpus)) },
   });
   if (labels) report = applyLabels(report, labels);
   const jsonFile = path.join(outDir, 'features.json');
@@ -122,10 +124,10 @@ export async function saeFeatures(argv: string[]): Promise<void> {
   fs.writeFileSync(htmlFile, renderFeaturePage(report));
   status.clear();
   if (truncatedRows > 0 && topK !== undefined) {
-    process.stderr.write(`warning: ${truncatedRows} of ${rows} tokens had more than --top-k ${topK} active features; only their ${topK} strongest are counted (frequencies of weak features are undercounted; raise or drop --top-k)\n`);
+    status.log(`warning: ${truncatedRows} of ${rows} tokens had more than --top-k ${topK} active features; only their ${topK} strongest are counted (frequencies of weak features are undercounted; raise or drop --top-k)`);
   }
-  process.stderr.write(
+  status.log(
     `saegate sae features: ${done} documents, ${rows} tokens; ${report.summary.dead} dead and ${report.summary.dense} dense of ${dSae} features, mean L0 ${report.summary.meanL0.toFixed(2)}\n` +
-      `  ${jsonFile}\n  ${htmlFile}\n`,
+      `  ${finalPath(jsonFile)}\n  ${finalPath(htmlFile)}`,
   );
 }
