@@ -78,6 +78,18 @@ export interface MonitorFlags {
   assessIntervalMs?: number;
 }
 
+/**
+ * Splits serve's resolved options into the proxy's and the monitor's, so a caller may hand
+ * `startProxyWithSaes` everything `parseCommand(serveCommand)` gave (the proxy refuses keys it
+ * does not know).
+ */
+export function splitMonitorFlags<O extends object>(options: O): { proxy: Omit<O, keyof MonitorFlags>; flags: MonitorFlags } {
+  const { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, assessIntervalMs, ...proxy } = options as O & MonitorFlags;
+  const flags: MonitorFlags = { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, assessIntervalMs };
+  for (const key of Object.keys(flags) as (keyof MonitorFlags)[]) if (flags[key] === undefined) delete flags[key];
+  return { proxy: proxy as Omit<O, keyof MonitorFlags>, flags };
+}
+
 /** The SAE's id in the monitor, policies and baselines: its directory name. */
 export function saeName(sae: SaeWeights): string {
   return path.basename(path.resolve(sae.config.source));

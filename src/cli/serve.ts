@@ -19,7 +19,7 @@ import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
 import { monitoredSink, type MonitoredSink } from '../monitor/monitored-sink.js';
 import type { MonitorService } from '../monitor/service.js';
-import { createMonitor, monitorOptions, type MonitorFlags } from './serve-monitor.js';
+import { createMonitor, monitorOptions, splitMonitorFlags, type MonitorFlags } from './serve-monitor.js';
 import type { SaeWeights } from '../sae/types.js';
 
 const serveOptions = {
@@ -54,6 +54,10 @@ export async function startProxyWithSaes(
   policyDir?: string,
   monitorFlags: MonitorFlags = {},
 ): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined; monitor: MonitorService | undefined }> {
+  // Serve's whole option set may come in `options`: the monitor's flags are taken out of it.
+  const split = splitMonitorFlags(options);
+  options = split.proxy as StartProxyOptions;
+  monitorFlags = { ...split.flags, ...monitorFlags };
   const registry = new Registry();
   const upstreamSteering = options.upstreamSteering ?? 'tap';
   if (saes.length > 0 && isBodySteeringMode(upstreamSteering)) {
