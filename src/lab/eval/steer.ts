@@ -10,7 +10,8 @@
  *   check when the steered rate's interval lies wholly below the unsteered rate.
  * - **Control.** Each control text's next-token cross-entropy (mean −log p per token, from the
  *   server's prompt log-probabilities) without and with steering; ΔCE is the mean of the per-text
- *   differences with a paired bootstrap interval. And the greedy continuation of each control text
+ *   differences with a paired bootstrap interval. The control texts are steered at every position,
+ *   whatever `positions` the setting uses. And the greedy continuation of each control text
  *   with and without steering: the fraction that are identical.
  *
  * Completion j of prompt i samples with seed `seed + i·samples + j` in both arms, so the two arms
@@ -115,7 +116,11 @@ export async function runArm(plan: EvalPlan, steering: readonly SteeringEntry[],
   const continuations = new Array<string>(plan.control.length).fill('');
   plan.control.forEach((doc, i) => {
     tasks.push(async () => {
-      controlCe[i] = meanNll(await plan.client.promptLogprobs(doc.text, steering, `control text ${doc.id} log-probabilities (${armLabel})`));
+      // Every position steered, whatever the setting's `positions`: the control CE stands for
+      // text read and written under steering, and a generated-only setting would otherwise score
+      // an untouched prompt and show no cost at all.
+      const everywhere = steering.map((entry) => ({ ...entry, positions: 'all' as const }));
+      controlCe[i] = meanNll(await plan.client.promptLogprobs(doc.text, everywhere, `control text ${doc.id} log-probabilities (${armLabel})`));
     });
     tasks.push(async () => {
       continuations[i] = await plan.client.generate(
