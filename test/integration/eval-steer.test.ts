@@ -32,6 +32,7 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate eval steer on stori
     flags = [
       '--prompts', path.join(examples, 'prompts/lost-or-broken.txt'),
       '--control', path.join(examples, 'prompts/control.txt'),
+      '--retain', path.join(examples, 'prompts/sad.txt'),
       '--behaviour', path.join(examples, 'behaviours/negative-emotion.txt'),
       '--vector', vectorFile, '--hook', HOOK, '--scale', '4', '--samples', '2', '--max-tokens', '32', '--seed', '3',
     ];
@@ -71,9 +72,17 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate eval steer on stori
     expect(md).toContain(json.command);
     expect(md).toContain(json.vector.id);
     const lines = fs.readFileSync(path.join(dir, 'a', 'samples.jsonl'), 'utf8').trim().split('\n');
-    expect(lines).toHaveLength(160);
-    const hits = lines.map((l) => JSON.parse(l) as { setting: string; match: boolean }).filter((s) => s.setting === 'unsteered' && s.match).length;
-    expect(hits).toBe(first.report.results[0].target.before.hits);
+    // 40 target and 40 retain prompts, 2 samples each, in two arms.
+    expect(lines).toHaveLength(320);
+    const samples = lines.map((l) => JSON.parse(l) as { setting: string; set: string; match: boolean });
+    const hits = (setting: string, set: string): number => samples.filter((s) => s.setting === setting && s.set === set && s.match).length;
+    const [r] = first.report.results;
+    expect(hits('unsteered', 'prompts')).toBe(r.target.before.hits);
+    expect(hits(`${HOOK} × 4`, 'prompts')).toBe(r.target.after.hits);
+    expect(hits('unsteered', 'retain')).toBe(r.retain!.before.hits);
+    expect(hits(`${HOOK} × 4`, 'retain')).toBe(r.retain!.after.hits);
+    expect(r.retain!.before.n).toBe(80);
+    expect(r.retain!.held).toBe(r.retain!.after.high >= r.retain!.before.value);
   });
 
   it('gives the same report bytes for the same seed, and the same numbers from a running server through --upstream', async () => {
