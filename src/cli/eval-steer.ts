@@ -39,7 +39,7 @@ const evalSteerOptions = {
   behaviour: { type: text('FILE'), group: SETS, defaultText: 'refusal phrases', help: 'phrases and /regular expressions/, one per line, that mark the behaviour in a completion' },
   vector: { type: text('FILE'), group: STEERING, required: true, help: 'steering vector file (.safetensors, .json or .gguf)' },
   hook: { type: text('H'), group: STEERING, help: "the vector's hook point to apply (needed without --sweep; default: the vector's only hook)" },
-  scale: { type: decimal({}, 'X'), group: STEERING, help: 'scale the vector is added at (negative steers away); needed without --sweep' },
+  scale: { type: decimal({}, 'X'), group: STEERING, help: 'scale the vector is added at; a negative one steers away (write it --scale=-0.5); needed without --sweep' },
   sweep: { type: custom(sweepSchema, 'layers=L[,L…],scales=X[,X…]', 'layers=…,scales=…'), group: STEERING, help: 'every layer (blocks.L.hook_resid_post) at every scale, instead of --hook/--scale' },
   positions: { type: oneOf(['all', 'prompt', 'generated']), group: STEERING, default: 'all', help: 'token positions steered' },
   ceBudget: { type: decimal({ min: 0 }, 'NATS'), group: STEERING, default: 0.1, help: 'control ΔCE allowed when naming the best setting' },
