@@ -32,7 +32,7 @@ const baselineRecordOptions = {
   documents: { type: integer(2), defaultText: 'all', help: 'documents recorded: a seeded random subset of the corpus (kept in corpus order) when it has more' },
   maxTokens: { type: integer(1), defaultText: 'all', help: 'positions kept per document (the first ones, BOS included)' },
   seed: { type: integer(0), default: 0, help: 'seed of the --documents subset' },
-  topK: { type: integer(1), defaultText: 'k for TopK SAEs, else 64', help: 'most active latents read per token' },
+  topK: { type: integer(1), defaultText: 'all', help: 'most active latents read per token, the strongest (the monitor reads all)' },
   device: { type: oneOf(['cpu', 'cuda']), default: 'cpu', help: 'execution provider for the SAE (and the in-process model)' },
   threads: { type: integer(1), defaultText: 'one per core', help: 'onnxruntime threads of the in-process model' },
 } as const;
@@ -77,13 +77,13 @@ export async function baselineRecord(argv: string[]): Promise<void> {
     documents = chosen.map((i) => documents[i]);
   }
   checkWritable(flags.out);
-  const topK = Math.min(dSae, flags.topK ?? sae.config.k ?? 64);
+  const topK = flags.topK;
   const started = performance.now();
   const run = await openModelRun({ hook: hookName, model: flags.model, tokenizer: flags.tokenizer, upstream: flags.upstream, tapPort: flags.tapPort, device: flags.device, threads: flags.threads, log: (line) => status.log(line) });
   let pool: SaePool | null = null;
   try {
     bindSaeToModel(sae, { dModel: run.server.dModel, hookPoints: run.server.hookPoints });
-    pool = await SaePool.create({ sae, topK, device: flags.device });
+    pool = await SaePool.create({ sae, ...(topK !== undefined && { topK }), device: flags.device });
     const recorded = await recordBaseline({
       collector: run.collector,
       upstream: run.upstream,
@@ -101,8 +101,8 @@ export async function baselineRecord(argv: string[]): Promise<void> {
     }
     writeBaseline(flags.out, baseline);
     status.clear();
-    if (truncatedRows > 0) {
-      process.stderr.write(`warning: ${truncatedRows} of ${baseline.provenance.tokens} tokens had more than --top-k ${topK} active latents; only their ${topK} strongest are counted (raise --top-k)\n`);
+    if (truncatedRows > 0 && topK !== undefined) {
+      process.stderr.write(`warning: ${truncatedRows} of ${baseline.provenance.tokens} tokens had more than --top-k ${topK} active latents; only their ${topK} strongest are counted (raise or drop --top-k)\n`);
     }
     const p = baseline.provenance;
     if (sae.config.modelName !== null && sae.config.modelName !== p.model) {

@@ -14,9 +14,12 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { z } from 'zod';
+import { readJsonFile } from '../common/json-file.js';
 import { modelSample } from './model-sample.js';
 import { saeFeatures } from './sae-features.js';
 import { saeTrain } from './sae-train.js';
+import { QuietPhase, StatusLine, type ToolReporting } from './status-line.js';
 
 /** Bump when the recipe changes, so caches of the old recipe are not reused. */
 const RECIPE_VERSION = 1;
@@ -105,10 +108,36 @@ function removeAbandoned(dir: string): void {
   }
 }
 
+/** The numbers of report.json the demo's summary line quotes. */
+const trainReportSummary = z.object({
+  heldOut: z.object({ fvu: z.number(), l0: z.number(), deadFraction: z.number() }),
+  splice: z.object({ ceRecovered: z.number() }).nullable(),
+});
+
+/** One line on the SAE in `dir`, from its report.json. */
+function summaryLine(dir: string): string {
+  let parsed;
+  try {
+    parsed = trainReportSummary.safeParse(readJsonFile(path.join(dir, 'report.json'), 'SAEGATE_ERR_CONFIG'));
+  } catch {
+    parsed = null;
+  }
+  // The SAE is cached and usable either way; the line is a courtesy.
+  if (!parsed?.success) return 'its report.json is unreadable';
+  const { heldOut, splice } = parsed.data;
+  return (
+    `held-out FVU ${heldOut.fvu.toFixed(3)}, L0 ${heldOut.l0.toFixed(1)}, dead ${(100 * heldOut.deadFraction).toFixed(1)}%` +
+    (splice ? `, ${(100 * splice.ceRecovered).toFixed(1)}% of CE loss recovered` : '')
+  );
+}
+
 /**
- * The cached demo SAE for `model` at `hook`, trained first when there is none. Progress goes to
- * stderr. Throws what the tools throw (typed errors) when training fails; the cache is then left
- * as it was.
+ * The cached demo SAE for `model` at `hook`, trained first when there is none. The first start is
+ * quiet: one progress line per phase (drawn in place on a terminal), a line as each phase ends, and
+ * a summary; what the tools say along the way (their summaries, skipped documents) is kept and
+ * printed only when a phase fails. The reports and the feature page name the cache directory they
+ * end up in, not the work directory they are built in. Throws what the tools throw (typed errors)
+ * when training fails; the cache is then left as it was.
  */
 export async function ensureDemoSae(options: { model: string; hook: string; contextLength: number; log: (line: string) => void }): Promise<DemoSae> {
   const { model, hook, log } = options;
@@ -123,33 +152,54 @@ export async function ensureDemoSae(options: { model: string; hook: string; cont
   fs.mkdirSync(path.dirname(dir), { recursive: true });
   removeAbandoned(dir);
   const work = fs.mkdtempSync(`${dir}.partial-${process.pid}-`);
+  const corpus = path.join(work, 'corpus.jsonl');
+  const sae = path.join(work, 'sae');
+  // Built in `work`, renamed to `dir`: the files name where they will be.
+  const finalPath = (file: string): string => {
+    if (file === corpus) return path.join(dir, 'corpus.jsonl');
+    if (file === sae || file.startsWith(`${sae}${path.sep}`)) return path.join(dir, path.relative(sae, file));
+    return file;
+  };
+  const line = new StatusLine(process.stderr);
+  let phase = new QuietPhase(line, 'setup');
   let step = 'setup';
+  /** Runs one phase of the recipe with its own progress line; one line when it ends. */
+  const run = async <T>(label: string, tool: string, body: (reporting: ToolReporting) => Promise<T>): Promise<T> => {
+    phase = new QuietPhase(line, `saegate demo: ${label}`);
+    step = tool;
+    const started = performance.now();
+    const result = await body({ status: phase, finalPath });
+    phase.clear();
+    log(`saegate demo: ${label}: done in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
+    return result;
+  };
   try {
-    const corpus = path.join(work, 'corpus.jsonl');
-    const sae = path.join(work, 'sae');
     // The prompt is BOS alone: a document fills the rest of the context at most.
     const maxTokens = Math.max(1, Math.min(r.maxTokens, options.contextLength - 1));
-    step = 'model sample';
     // model sample stops cleanly on Ctrl-C (SIGINT/SIGTERM); the later steps install no handler,
     // so a signal ends the process there and the next start removes the work directory.
-    if (!(await modelSample(['--model', model, '--n', String(r.documents), '--max-tokens', String(maxTokens), '--seed', String(r.seed), '--out', corpus]))) {
-      throw new DemoSaeInterrupted();
-    }
-    step = 'sae train';
-    await saeTrain([
-      '--corpus', corpus,
-      '--model', model,
-      '--hook', hook,
-      '--k', String(r.k),
-      '--steps', String(r.steps),
-      '--lr', String(r.lr),
-      '--seed', String(r.seed),
-      '--splice-documents', String(r.spliceDocuments),
-      '--checkpoint-every', '0',
-      '--out', sae,
-    ]);
-    step = 'sae features';
-    await saeFeatures(['--sae', sae, '--corpus', corpus, '--model', model]);
+    const sampled = await run('[1/3] sampling a corpus', 'model sample', (reporting) =>
+      modelSample(['--model', model, '--n', String(r.documents), '--max-tokens', String(maxTokens), '--seed', String(r.seed), '--out', corpus], reporting),
+    );
+    if (!sampled) throw new DemoSaeInterrupted();
+    await run('[2/3] training the SAE', 'sae train', (reporting) =>
+      saeTrain(
+        [
+          '--corpus', corpus,
+          '--model', model,
+          '--hook', hook,
+          '--k', String(r.k),
+          '--steps', String(r.steps),
+          '--lr', String(r.lr),
+          '--seed', String(r.seed),
+          '--splice-documents', String(r.spliceDocuments),
+          '--checkpoint-every', '0',
+          '--out', sae,
+        ],
+        reporting,
+      ),
+    );
+    await run('[3/3] feature pages', 'sae features', (reporting) => saeFeatures(['--sae', sae, '--corpus', corpus, '--model', model], reporting));
     step = 'caching';
     fs.renameSync(corpus, path.join(sae, 'corpus.jsonl'));
     try {
@@ -159,12 +209,17 @@ export async function ensureDemoSae(options: { model: string; hook: string; cont
       if (!fs.existsSync(path.join(dir, 'cfg.json'))) throw error;
     }
   } catch (error) {
-    // The tools' messages speak of their own flags; say which step of the demo's recipe it was.
-    if (!(error instanceof DemoSaeInterrupted)) log(`saegate demo: the demo SAE's '${step}' step failed (${work} is removed; the paths above were temporary)\n`);
+    phase.clear();
+    // The tools' messages speak of their own flags; say which step of the demo's recipe it was,
+    // with what the step said before it failed.
+    if (!(error instanceof DemoSaeInterrupted)) {
+      log(phase.logged.map((text) => `${text}\n`).join(''));
+      log(`saegate demo: the demo SAE's '${step}' step failed; nothing was cached (the work directory ${work} is removed)\n`);
+    }
     throw error;
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
-  log(`saegate demo: demo SAE ready in ${dir} (report.md, features.html)\n`);
+  log(`saegate demo: demo SAE ready in ${dir}: ${summaryLine(dir)} (report.md, features.html)\n`);
   return { dir, featuresPage: featuresPage(dir) };
 }

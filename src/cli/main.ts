@@ -3,6 +3,7 @@
 import { createRequire } from 'node:module';
 import { isSaegateError, SaegateError } from '../common/errors.js';
 import { HelpRequested } from '../common/options.js';
+import { alertsExport } from './alerts.js';
 import { baselineRecord } from './baseline-record.js';
 import { demo } from './demo.js';
 import { evalSteer } from './eval-steer.js';
@@ -28,6 +29,7 @@ Commands:
   sae features         what each SAE feature responds to over a corpus (JSON + HTML page)
   baseline record      record a drift baseline: a corpus through the model and an SAE (docs/monitor.md)
   policy check PATH    validate policy files; every problem as file:line:column: path: message
+  alerts export RULES  the monitor's alert rules (serve --alert-rules) as Prometheus alerting rules
   vectors import FILE  a llama.cpp control vector (.gguf) to saegate's vector file
   vectors export FILE  a saegate vector file to a llama.cpp control vector (.gguf)
   vectors build        a steering vector from positive and negative prompt sets, with a separation report
@@ -98,6 +100,10 @@ async function main(argv: string[]): Promise<void> {
     const { code, lines } = await policyCheck(rest);
     (code === 0 ? process.stdout : process.stderr).write(`${lines.join('\n')}\n`);
     process.exitCode = code;
+    return;
+  }
+  if (command === 'alerts' && sub === 'export') {
+    process.stdout.write(`${alertsExport(rest)}\n`);
     return;
   }
   if (command === 'vectors' && (sub === 'import' || sub === 'export')) {

@@ -9,7 +9,7 @@ import { sampleCorpus, type SampledDocument } from '../lab/corpus/sample.js';
 import { AtomicFileWriter } from '../lab/corpus/write.js';
 import { LocalEngine } from '../model/engine.js';
 import { loadModel } from '../model/load.js';
-import { StatusLine } from './status-line.js';
+import { StatusLine, type ToolReporting } from './status-line.js';
 import { defaultModel } from './default-model.js';
 
 const modelSampleOptions = {
@@ -68,8 +68,11 @@ function abortOnSignals(controller: AbortController, onSignal: (signal: NodeJS.S
   };
 }
 
-/** Writes the corpus; resolves false when a signal interrupted it (nothing written, exit code 130 set). */
-export async function modelSample(argv: string[]): Promise<boolean> {
+/**
+ * Writes the corpus; resolves false when a signal interrupted it (nothing written, exit code 130
+ * set). `reporting` redirects its progress and summary line (the demo's quiet first start).
+ */
+export async function modelSample(argv: string[], reporting: ToolReporting = {}): Promise<boolean> {
   const flags = parseCommand(modelSampleCommand, argv);
   // Before the model loads, so a bad --out fails in milliseconds.
   const writer = await AtomicFileWriter.open(flags.out);
@@ -77,7 +80,8 @@ export async function modelSample(argv: string[]): Promise<boolean> {
   const controller = new AbortController();
   let interruptedBy: NodeJS.Signals | null = null;
   const uninstall = abortOnSignals(controller, (signal) => (interruptedBy = signal));
-  const progress = new StatusLine(process.stderr);
+  const progress = reporting.status ?? new StatusLine(process.stderr);
+  const finalPath = reporting.finalPath ?? ((file: string) => file);
   try {
     const modelSource = flags.model ?? defaultModel();
     const model = await loadModel({ model: modelSource, tokenizer: flags.tokenizer });
@@ -102,6 +106,9 @@ export async function modelSample(argv: string[]): Promise<boolean> {
       documents: flags.n,
       seed: flags.seed,
       maxTokens: flags.maxTokens,
+      // Read back as a prompt (collection, feature reports ask for one more token), a document's
+      // text must encode within the context less one; cut back the few that decode to longer text.
+      maxTextTokens: context - 1,
       temperature: flags.temperature,
       topP: flags.topP,
       concurrency: flags.concurrency,
@@ -113,16 +120,16 @@ export async function modelSample(argv: string[]): Promise<boolean> {
     progress.clear();
     const seconds = summary.elapsedMs / 1000;
     const rate = seconds > 0 ? Math.round(summary.tokens / seconds) : 0;
-    process.stderr.write(
-      `saegate model sample: ${summary.documents} documents from ${model.name} (${summary.empty} empty; ${summary.stopped} ended with EOS or BOS, ${summary.truncated} at --max-tokens), ` +
-        `${summary.tokens} tokens in ${seconds.toFixed(1)} s (${rate} tokens/s) → ${writer.target}\n`,
+    progress.log(
+      `saegate model sample: ${summary.documents} documents from ${model.name} (${summary.empty} empty; ${summary.stopped} ended with EOS or BOS, ${summary.truncated} at --max-tokens${summary.shortened > 0 ? `, ${summary.shortened} of them cut back to fit the context when encoded again` : ''}), ` +
+        `${summary.tokens} tokens in ${seconds.toFixed(1)} s (${rate} tokens/s) → ${finalPath(writer.target)}`,
     );
     return true;
   } catch (error) {
     progress.clear();
     await writer.abort();
     if (interruptedBy === null) throw error;
-    process.stderr.write(`${interruptedBy}: interrupted; ${flags.out} was not written\n`);
+    progress.log(`${interruptedBy}: interrupted; ${flags.out} was not written`);
     process.exitCode = 130;
     return false;
   } finally {

@@ -13,9 +13,9 @@ import { renderFeaturePage } from '../lab/features/html.js';
 import { applyLabels, readFeatureLabels } from '../lab/features/labels.js';
 import { writeFeatureReport } from '../lab/features/report.js';
 import { loadSae } from '../sae/load.js';
-import { SaePool } from '../sae/pool.js';
+import { SaePool, type EncodeResult } from '../sae/pool.js';
 import { openModelRun } from './model-run.js';
-import { StatusLine } from './status-line.js';
+import { StatusLine, type ToolReporting } from './status-line.js';
 
 const saeFeaturesOptions = {
   sae: { type: text('DIR'), required: true, help: 'SAELens or sparsify directory' },
@@ -28,7 +28,7 @@ const saeFeaturesOptions = {
   tapPort: { type: integer(0, 65535), defaultText: 'any', help: "port the collector's tap listens on with --upstream" },
   hook: { type: text('NAME'), defaultText: "the SAE's", help: 'hook point, when the SAE files do not name one (sparsify)' },
   maxDocuments: { type: integer(1), defaultText: 'all', help: 'documents read from the corpus' },
-  topK: { type: integer(1), defaultText: 'k for TopK SAEs, else 64', help: 'active features read per token' },
+  topK: { type: integer(1), defaultText: 'all', help: 'most active features read per token, the strongest' },
   contexts: { type: integer(0), default: 10, help: 'examples kept per feature' },
   windowBefore: { type: integer(0), default: 12, help: 'tokens shown before the activating token' },
   windowAfter: { type: integer(0), default: 4, help: 'tokens shown after it' },
@@ -52,12 +52,14 @@ export const saeFeaturesCommand = {
 /** Rows encoded per pool call. */
 const ENCODE_ROWS = 2048;
 
-export async function saeFeatures(argv: string[]): Promise<void> {
+/** Runs `sae features`; `reporting` redirects its progress and lines and maps the paths its report names. */
+export async function saeFeatures(argv: string[], reporting: ToolReporting = {}): Promise<void> {
   const flags = parseCommand(saeFeaturesCommand, argv);
-  const status = new StatusLine(process.stderr);
+  const status = reporting.status ?? new StatusLine(process.stderr);
+  const finalPath = reporting.finalPath ?? ((file: string) => file);
   const sae = loadSae(flags.sae, flags.hook === undefined ? {} : { hookName: flags.hook });
   const { dSae } = sae.config;
-  const topK = Math.min(dSae, flags.topK ?? sae.config.k ?? 64);
+  const topK = flags.topK;
   const labelsFile = flags.labels ?? (fs.existsSync(path.join(flags.sae, 'features.yaml')) ? path.join(flags.sae, 'features.yaml') : null);
   // Labels are read before the long run so a bad file fails in milliseconds.
   const labels = labelsFile === null ? null : readFeatureLabels(labelsFile, { dSae });
@@ -73,23 +75,35 @@ export async function saeFeatures(argv: string[]): Promise<void> {
   /** Rows with more active features than --top-k: their weaker features are not counted. */
   let truncatedRows = 0;
   try {
-    pool = await SaePool.create({ sae, topK, device: flags.device });
+    pool = await SaePool.create({ sae, ...(topK !== undefined && { topK }), device: flags.device });
     if (run.server.dModel !== sae.config.dIn) {
       throw new SaegateError('SAEGATE_ERR_SAE_FILE', [sae.config.source, `d_in ${sae.config.dIn} does not match the model's d_model ${run.server.dModel}`]);
     }
     for await (const doc of run.collector.collect(documents, { upstream: run.upstream })) {
       const T = doc.tokenCount;
       if (doc.tokenIds.length < T) throw new SaegateError('SAEGATE_ERR_COLLECT_SERVER', [run.server.modelId, `it sent no prompt tokens for document '${doc.id}'; feature contexts need them (the reference server sends them)`]);
-      const indices = new Int32Array(T * topK);
-      const values = new Float32Array(T * topK);
+      // Each chunk lists every active feature (at most --top-k) in slots as wide as its largest L0;
+      // the document gets the widest chunk's width, narrower chunks padded with −1.
+      const chunks: EncodeResult[] = [];
+      let width = 1;
       for (let start = 0; start < T; start += ENCODE_ROWS) {
         const n = Math.min(ENCODE_ROWS, T - start);
         const result = await pool.encode(doc.rows.slice(start * sae.config.dIn, (start + n) * sae.config.dIn), n);
-        indices.set(result.indices, start * topK);
-        values.set(result.values, start * topK);
-        for (let r = 0; r < n; r++) if (result.l0[r] > topK) truncatedRows++;
+        chunks.push(result);
+        width = Math.max(width, result.topK);
+        if (topK !== undefined) for (let r = 0; r < n; r++) if (result.l0[r] > topK) truncatedRows++;
       }
-      accumulator.addDocument({ id: doc.id, tokens: Array.from({ length: T }, (_, p) => ({ id: doc.tokenIds[p], text: doc.tokenTexts[p] })), indices, values, k: topK });
+      const indices = new Int32Array(T * width).fill(-1);
+      const values = new Float32Array(T * width);
+      chunks.forEach((result, c) => {
+        const first = c * ENCODE_ROWS;
+        const w = result.topK;
+        for (let r = 0; r < result.rowCount; r++) {
+          indices.set(result.indices.subarray(r * w, (r + 1) * w), (first + r) * width);
+          values.set(result.values.subarray(r * w, (r + 1) * w), (first + r) * width);
+        }
+      });
+      accumulator.addDocument({ id: doc.id, tokens: Array.from({ length: T }, (_, p) => ({ id: doc.tokenIds[p], text: doc.tokenTexts[p] })), indices, values, k: width });
       rows += T;
       done++;
       status.draw(`features: ${done}/${documents.length} documents, ${rows} tokens`);
@@ -99,9 +113,9 @@ export async function saeFeatures(argv: string[]): Promise<void> {
     await pool?.close();
   }
   let report = accumulator.finish({
-    sae: { path: path.resolve(flags.sae), hookName: sae.config.hookName, dIn: sae.config.dIn, dSae, architecture: sae.config.architecture, ...(sae.config.k !== null && { k: sae.config.k }) },
+    sae: { path: finalPath(path.resolve(flags.sae)), hookName: sae.config.hookName, dIn: sae.config.dIn, dSae, architecture: sae.config.architecture, ...(sae.config.k !== null && { k: sae.config.k }) },
     model: run.server.modelId,
-    corpus: { path: path.resolve(flags.corpus) },
+    corpus: { path: finalPath(path.resolve(flags.corpus)) },
   });
   if (labels) report = applyLabels(report, labels);
   const jsonFile = path.join(outDir, 'features.json');
@@ -109,11 +123,11 @@ export async function saeFeatures(argv: string[]): Promise<void> {
   writeFeatureReport(jsonFile, report);
   fs.writeFileSync(htmlFile, renderFeaturePage(report));
   status.clear();
-  if (truncatedRows > 0) {
-    process.stderr.write(`warning: ${truncatedRows} of ${rows} tokens had more than --top-k ${topK} active features; only their ${topK} strongest are counted (frequencies of weak features are undercounted; raise --top-k)\n`);
+  if (truncatedRows > 0 && topK !== undefined) {
+    status.log(`warning: ${truncatedRows} of ${rows} tokens had more than --top-k ${topK} active features; only their ${topK} strongest are counted (frequencies of weak features are undercounted; raise or drop --top-k)`);
   }
-  process.stderr.write(
+  status.log(
     `saegate sae features: ${done} documents, ${rows} tokens; ${report.summary.dead} dead and ${report.summary.dense} dense of ${dSae} features, mean L0 ${report.summary.meanL0.toFixed(2)}\n` +
-      `  ${jsonFile}\n  ${htmlFile}\n`,
+      `  ${finalPath(jsonFile)}\n  ${finalPath(htmlFile)}`,
   );
 }

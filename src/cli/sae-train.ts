@@ -14,7 +14,7 @@ import { frontierMarkdown, trainReportMarkdown, writeReport, type FrontierReport
 import { spliceEvaluation, type SpliceEvaluation } from '../lab/train/splice.js';
 import { defaultTrainConfig, evaluateSae, toSaeWeights, trainTopKSae, writeSaeLensDirectory } from '../lab/train/trainer.js';
 import { openModelRun } from './model-run.js';
-import { StatusLine } from './status-line.js';
+import { StatusLine, type Status, type ToolReporting } from './status-line.js';
 
 const DATA = 'Data';
 const SAE = 'SAE and optimiser';
@@ -148,7 +148,7 @@ function activationsDataset(flags: Flags, file: string): Dataset {
   };
 }
 
-async function corpusDataset(flags: Flags, file: string, status: StatusLine): Promise<Dataset & { model: ModelWeights | null }> {
+async function corpusDataset(flags: Flags, file: string, status: Status, finalPath: (file: string) => string): Promise<Dataset & { model: ModelWeights | null }> {
   const documents = await readCorpus(file);
   const { train, heldOut } = splitCorpus(documents, { heldOutFraction: flags.heldOut, seed: flags.seed });
   if (train.length === 0) throw new SaegateError('SAEGATE_ERR_CONFIG', ['corpus', `${file}: no training documents after holding out ${flags.heldOut}`]);
@@ -192,7 +192,7 @@ async function corpusDataset(flags: Flags, file: string, status: StatusLine): Pr
       trainDocuments,
       heldOutDocuments,
       heldOutTokens,
-      source: `corpus ${file} through ${run.describe}`,
+      source: `corpus ${finalPath(file)} through ${run.describe}`,
       modelName: run.loaded?.name ?? run.server.modelId,
       spliceSkipped: run.loaded ? null : 'the model ran in an external server (--upstream); the splice needs it in-process (--model)',
       model: run.loaded?.weights ?? null,
@@ -208,13 +208,15 @@ function progressText(p: { step: number; steps: number; loss: number; fvu: numbe
   return `k=${k} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.step}/${p.steps}  loss ${p.loss.toFixed(4)}  FVU ${p.fvu.toFixed(4)}  L0 ${p.l0.toFixed(2)}  dead ${(100 * p.deadFraction).toFixed(1)}%  auxK ${p.auxFvu.toFixed(3)}  ${Math.round(p.rowsPerSecond)} rows/s`;
 }
 
-export async function saeTrain(argv: string[]): Promise<void> {
+/** Runs `sae train`; `reporting` redirects its progress and lines and maps the paths its reports name. */
+export async function saeTrain(argv: string[], reporting: ToolReporting = {}): Promise<void> {
   const flags = parseCommand(saeTrainCommand, argv);
-  const status = new StatusLine(process.stderr);
+  const status = reporting.status ?? new StatusLine(process.stderr);
+  const finalPath = reporting.finalPath ?? ((file: string) => file);
   const outDir = path.resolve(flags.out);
   fs.mkdirSync(outDir, { recursive: true });
 
-  const data = flags.activations !== undefined ? { ...activationsDataset(flags, flags.activations), model: null } : await corpusDataset(flags, flags.corpus!, status);
+  const data = flags.activations !== undefined ? { ...activationsDataset(flags, flags.activations), model: null } : await corpusDataset(flags, flags.corpus!, status, finalPath);
   if (data.trainRows < flags.batch) status.log(`note: ${data.trainRows} training rows is fewer than one batch of ${flags.batch}; rows repeat within a step`);
   const dSae = flags.dSae ?? 16 * data.dIn;
   const multi = flags.k.length > 1;
@@ -284,7 +286,7 @@ export async function saeTrain(argv: string[]): Promise<void> {
     const report: TrainReport = {
       version: 1,
       createdAt: new Date().toISOString(),
-      sae: { directory: dir, hookName: flags.hook, model: data.modelName, dIn: data.dIn, dSae, k },
+      sae: { directory: finalPath(dir), hookName: flags.hook, model: data.modelName, dIn: data.dIn, dSae, k },
       data: { source: data.source, trainRows: data.trainRows, heldOutRows: data.heldOutRows, trainDocuments: data.trainDocuments, heldOutDocuments: data.heldOutDocuments },
       config,
       training: {
@@ -299,16 +301,16 @@ export async function saeTrain(argv: string[]): Promise<void> {
       spliceSkipped: splice ? null : spliceSkipped,
     };
     writeReport(dir, report, trainReportMarkdown(report));
-    frontier.points.push({ k, directory: dir, heldOutFvu: report.heldOut.fvu, l0: report.heldOut.l0, deadFraction: report.heldOut.deadFraction, ceIncrease: splice?.ceIncrease ?? null, ceRecovered: splice?.ceRecovered ?? null, seconds: result.trainSeconds });
+    frontier.points.push({ k, directory: finalPath(dir), heldOutFvu: report.heldOut.fvu, l0: report.heldOut.l0, deadFraction: report.heldOut.deadFraction, ceIncrease: splice?.ceIncrease ?? null, ceRecovered: splice?.ceRecovered ?? null, seconds: result.trainSeconds });
     status.log(
       `k=${k}: held-out FVU ${report.heldOut.fvu.toFixed(4)}, L0 ${report.heldOut.l0.toFixed(2)}, dead ${(100 * report.heldOut.deadFraction).toFixed(2)}%` +
         (splice ? `, CE +${splice.ceIncrease.toFixed(4)} nats (${(100 * splice.ceRecovered).toFixed(1)}% recovered)` : '') +
-        ` → ${dir}`,
+        ` → ${finalPath(dir)}`,
     );
   }
   if (multi) {
     writeReport(outDir, frontier, frontierMarkdown(frontier));
-    status.log(`frontier → ${path.join(outDir, 'report.md')}`);
+    status.log(`frontier → ${finalPath(path.join(outDir, 'report.md'))}`);
   }
   status.clear();
 }

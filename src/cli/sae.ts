@@ -33,8 +33,8 @@ const saeEncodeOptions = {
   output: { type: text('FILE'), required: true, help: 'JSON to write' },
   topK: {
     type: integer(1),
-    defaultText: 'k for TopK SAEs, else 64',
-    help: 'most active features listed per row; sq_error and fvu come from the listed features (a sparse decode)',
+    defaultText: 'all',
+    help: 'most features listed per row, the strongest; l0, sq_error and fvu are exact either way (every active feature is decoded)',
   },
   tensor: { type: text('NAME'), help: 'tensor to read from a safetensors input holding several' },
   hook: { type: text('NAME'), defaultText: "the SAE's", help: 'hook point, when the SAE files do not name one (sparsify)' },
@@ -45,7 +45,8 @@ export const saeEncodeCommand = {
   synopsis: 'saegate sae encode --sae DIR --input FILE --output FILE.json [--top-k N] [--tensor NAME] [--hook NAME]',
   description:
     'Encodes activation rows offline (for debugging and for checking against other tools) and writes\n' +
-    '{"rows": [{"indices", "values", "l0", "sq_error", "fvu"}, ...]}, active features ordered by value.',
+    '{"rows": [{"indices", "values", "l0", "sq_error", "fvu"}, ...]}: every active feature of each row\n' +
+    '(the strongest --top-k when given), ordered by value; "top_k" is the cap, or null.',
   options: saeEncodeOptions,
 } as const satisfies CommandSpec<typeof saeEncodeOptions>;
 
@@ -60,22 +61,23 @@ export async function saeEncode(argv: string[]): Promise<void> {
   if (input.width !== sae.config.dIn) {
     throw new SaegateError('SAEGATE_ERR_ROWS_FILE', [flags.input, `rows are ${input.width} wide, the SAE's d_in is ${sae.config.dIn}`]);
   }
-  const topK = Math.min(sae.config.dSae, flags.topK ?? sae.config.k ?? 64);
-  const pool = await SaePool.create({ sae, topK });
+  const pool = await SaePool.create({ sae, ...(flags.topK !== undefined && { topK: flags.topK }) });
   const rows: { indices: number[]; values: number[]; l0: number; sq_error: number; fvu: number }[] = [];
   try {
     for (let start = 0; start < input.rowCount; start += ENCODE_CHUNK_ROWS) {
       const count = Math.min(ENCODE_CHUNK_ROWS, input.rowCount - start);
       const chunk = input.rows.slice(start * input.width, (start + count) * input.width);
       const result = await pool.encode(chunk, count);
+      // Slots per row in this chunk: its largest L0 (or the cap), so each row's list is complete.
+      const width = result.topK;
       for (let r = 0; r < count; r++) {
         const indices: number[] = [];
         const values: number[] = [];
-        for (let j = 0; j < topK; j++) {
-          const index = result.indices[r * topK + j];
+        for (let j = 0; j < width; j++) {
+          const index = result.indices[r * width + j];
           if (index < 0) break; // padding after the last active feature
           indices.push(index);
-          values.push(result.values[r * topK + j]);
+          values.push(result.values[r * width + j]);
         }
         rows.push({ indices, values, l0: result.l0[r], sq_error: result.sqError[r], fvu: result.fvu[r] });
       }
@@ -83,6 +85,6 @@ export async function saeEncode(argv: string[]): Promise<void> {
   } finally {
     await pool.close();
   }
-  fs.writeFileSync(flags.output, JSON.stringify({ sae: sae.config.source, hook: sae.config.hookName, top_k: topK, rows }));
+  fs.writeFileSync(flags.output, JSON.stringify({ sae: sae.config.source, hook: sae.config.hookName, top_k: flags.topK ?? null, rows }));
   process.stdout.write(`encoded ${input.rowCount} rows of ${flags.input} with ${sae.config.architecture} ${sae.config.dIn}×${sae.config.dSae} → ${flags.output}\n`);
 }

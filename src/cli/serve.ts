@@ -17,6 +17,9 @@ import { proxyCommand, proxyOptions } from '../proxy/config.js';
 import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
+import { monitoredSink, type MonitoredSink } from '../monitor/monitored-sink.js';
+import type { MonitorService } from '../monitor/service.js';
+import { createMonitor, monitorOptions, splitMonitorFlags, type MonitorFlags } from './serve-monitor.js';
 import type { SaeWeights } from '../sae/types.js';
 
 const serveOptions = {
@@ -32,6 +35,7 @@ const serveOptions = {
     noConfigFile: true,
     help: 'policy directory (docs/policies.md), watched and hot-reloaded; SAEs are named by their directory name',
   },
+  ...monitorOptions,
 } as const;
 
 /** `saegate serve`: the proxy's option table plus the repeatable `--sae DIR`. */
@@ -48,12 +52,19 @@ export async function startProxyWithSaes(
   options: StartProxyOptions,
   saes: SaeWeights[],
   policyDir?: string,
-): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined }> {
+  monitorFlags: MonitorFlags = {},
+): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined; monitor: MonitorService | undefined }> {
+  // Serve's whole option set may come in `options`: the monitor's flags are taken out of it.
+  const split = splitMonitorFlags(options);
+  options = split.proxy as StartProxyOptions;
+  monitorFlags = { ...split.flags, ...monitorFlags };
   const registry = new Registry();
   const upstreamSteering = options.upstreamSteering ?? 'tap';
   if (saes.length > 0 && isBodySteeringMode(upstreamSteering)) {
     throw new SaegateError('SAEGATE_ERR_CONFIG', ['sae', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations for an SAE to read; drop --sae or use --upstream-steering tap`]);
   }
+  // The drift monitor runs over every SAE; its files are read before anything starts (it starts nothing itself yet).
+  const monitor = createMonitor(saes, monitorFlags, registry);
   const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry, upstreamSteering);
   const sink = saes.length > 0 ? await SaeSink.create({
           saes,
@@ -80,12 +91,15 @@ export async function startProxyWithSaes(
   }) : undefined;
   const planResolver: PlanResolver | undefined = policies && conditions && { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) };
   const offResults = conditions && sink?.onResult(conditions.onResult);
+  const observed = sink && conditions ? conditions.observing(sink) : sink;
+  const tapSide = observed && monitor ? monitoredSink(observed, monitor) : undefined;
   try {
-    server = await startProxy({ ...options, sink: sink && conditions ? conditions.observing(sink) : sink, registry, ...(planResolver && { planResolver }) });
+    server = await startProxy({ ...options, sink: tapSide?.sink ?? observed, registry, monitor, ...(planResolver && { planResolver }) });
   } catch (error) {
     offResults?.();
     policies?.close();
     await sink?.close();
+    await monitor?.close();
     throw error;
   }
   if (policies) {
@@ -97,13 +111,26 @@ export async function startProxyWithSaes(
   }
   if (sink) {
     server.tap.subscribeAll({ hooks: sink.hooks, dtype: 'f16', includePrompt: true });
+    const unsubscribe = monitor && tapSide ? startMonitor(monitor, sink, tapSide, server, monitorFlags) : () => {};
     const closeProxy = server.close.bind(server);
     server.close = async (closeOptions) => {
       await closeProxy(closeOptions);
       await sink.close();
+      unsubscribe();
+      await monitor?.close(); // writes a recording in progress
     };
   }
-  return { server, sink, policies, conditions };
+  return { server, sink, policies, conditions, monitor };
+}
+
+/** Feeds the monitor the SAE results, logs through the proxy's logger, starts its timer and a recording. */
+function startMonitor(monitor: MonitorService, sink: SaeSink, tapSide: MonitoredSink, server: ProxyServer, flags: MonitorFlags): () => void {
+  monitor.logger = server.app.log;
+  monitor.tapModel = tapSide.modelId;
+  const off = sink.onResult((batch) => monitor.offerResults(batch));
+  monitor.start();
+  if (flags.recordBaseline !== undefined) monitor.startRecording(flags.recordBaseline, flags.duration ?? null);
+  return off;
 }
 
 /** An SAE's name in policy files: its directory's name. */
@@ -135,8 +162,9 @@ function startPolicies(dir: string, saes: SaeWeights[], registry: Registry, upst
 }
 
 export async function serve(argv: string[]): Promise<ProxyServer> {
-  const { sae: saeDirs, policies: policyDir, ...config } = parseCommand(serveCommand, argv, process.env);
-  const { server, sink, policies } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)), policyDir);
+  const { sae: saeDirs, policies: policyDir, baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, ...config } = parseCommand(serveCommand, argv, process.env);
+  const monitorFlags = { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration };
+  const { server, sink, policies, monitor } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)), policyDir, monitorFlags);
   process.stdout.write(
     `saegate proxy: forwarding to ${config.upstream}\n` +
       `  OpenAI API   ${server.url}/v1\n` +
@@ -145,6 +173,7 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
       `  metrics      ${server.url}/metrics   health ${server.url}/healthz, ${server.url}/readyz\n` +
       `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
       (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : '') +
+      (monitor ? `  drift        ${config.adminToken === null ? '' : `${server.url}/admin/drift; `}baselines: ${monitor.readiness().saes.map((m) => `${m.sae} ${m.drift ? 'loaded' : (m.problem?.code ?? 'none')}`).join(', ')}${recordBaseline === undefined ? '' : `; recording to ${recordBaseline}`}\n` : '') +
       (policies ? `  policies     ${policyDir} (set version ${policies.current?.version ?? 0}: ${policies.policies().map((p) => p.name).join(', ') || 'none'}; watched)\n` : ''),
   );
   return server;

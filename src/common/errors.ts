@@ -58,6 +58,8 @@ const specs = {
   // Drift monitoring (src/monitor)
   SAEGATE_ERR_BASELINE_FILE: { message: "baseline file '%s': %s", status: 500, type: 'server_error', kind: 'client' },
   SAEGATE_ERR_BASELINE_MISMATCH: { message: "baseline '%s' does not match the monitored SAE: %s", status: 500, type: 'server_error', kind: 'client' },
+  SAEGATE_ERR_WATCH_FILE: { message: "watched-features file '%s': %s", status: 500, type: 'server_error', kind: 'client' },
+  SAEGATE_ERR_ALERT_RULES: { message: "alert rules '%s': %s", status: 500, type: 'server_error', kind: 'client' },
   SAEGATE_ERR_MONITOR_ARGUMENT: { message: 'invalid monitor argument: %s', status: 500, type: 'server_error', kind: 'bug' },
   SAEGATE_ERR_FEATURE_ARGUMENT: { message: 'invalid feature statistics argument: %s', status: 500, type: 'server_error', kind: 'bug' },
   // Runtime

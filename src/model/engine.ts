@@ -11,7 +11,7 @@ import { siblingModule } from '../common/worker.js';
 import { WorkerHost } from '../common/worker-host.js';
 import type { Engine, GenerateRequest, GenerateResult, PromptLogprobs, TokenCallback } from './engine-types.js';
 import { buildDecoderGraph } from './graph.js';
-import type { RuntimeNotice, RuntimeStep, RuntimeWorkerProtocol, TapSubscription, WorkerSteeringEntry } from './runtime-protocol.js';
+import { absoluteSteering, type PlanSteeringEntry, type RuntimeNotice, type RuntimeStep, type RuntimeWorkerProtocol, type TapSubscription, type WorkerSteeringEntry } from './runtime-protocol.js';
 import { allHookPoints, type ModelConfig, type ModelWeights } from './types.js';
 
 export interface LocalEngineOptions {
@@ -34,7 +34,7 @@ export interface LocalEngineOptions {
    * Resolves the steering plan that saegate announced for a request (`planId`), waiting for it
    * to arrive. Without it, a request that names a plan is refused.
    */
-  resolvePlan?: (requestId: string, planId: string, signal: AbortSignal | undefined) => Promise<WorkerSteeringEntry[]>;
+  resolvePlan?: (requestId: string, planId: string, signal: AbortSignal | undefined) => Promise<PlanSteeringEntry[]>;
 }
 
 /** One decode or prefill step, as seen by the tap. */
@@ -42,6 +42,8 @@ export type StepListener = (step: RuntimeStep) => void;
 export type EndListener = (requestId: string, result: GenerateResult) => void;
 
 interface Pending {
+  /** Prompt tokens: where a plan's `prompt` span ends and its `generated` span starts. */
+  promptLength: number;
   onToken: TokenCallback;
   onPromptLogprobs: ((result: PromptLogprobs) => void) | null;
   reject: (error: Error) => void;
@@ -191,7 +193,7 @@ export class LocalEngine implements Engine {
     let planEntries: WorkerSteeringEntry[] = [];
     if (request.planId) {
       if (!this.resolvePlan) throw new SaegateError('SAEGATE_ERR_PLAN_TIMEOUT', [request.planId, request.requestId, 0]);
-      planEntries = await this.resolvePlan(request.requestId, request.planId, request.signal);
+      planEntries = absoluteSteering(await this.resolvePlan(request.requestId, request.planId, request.signal), request.promptTokens.length);
       this.validateSteering(planEntries);
     }
 
@@ -199,7 +201,7 @@ export class LocalEngine implements Engine {
       const onAbort = (): void => this.post({ type: 'cancel', requestId: request.requestId });
       request.signal?.addEventListener('abort', onAbort, { once: true });
       const cleanup = (): void => request.signal?.removeEventListener('abort', onAbort);
-      this.pending.set(request.requestId, { onToken, onPromptLogprobs: request.promptLogprobs?.onResult ?? null, reject, cleanup });
+      this.pending.set(request.requestId, { promptLength: request.promptTokens.length, onToken, onPromptLogprobs: request.promptLogprobs?.onResult ?? null, reject, cleanup });
       // Settles after every step event of this request (the worker answers after its last step).
       // A request already failed here (its token callback threw, or close()) stays failed: the
       // pending entry is gone and settling the promise again does nothing.
@@ -232,9 +234,11 @@ export class LocalEngine implements Engine {
   }
 
   /** Replaces the plan-derived steering of a running request from its next step on. */
-  updatePlan(requestId: string, entries: WorkerSteeringEntry[]): void {
-    this.validateSteering(entries);
-    this.post({ type: 'plan', requestId, entries });
+  updatePlan(requestId: string, entries: PlanSteeringEntry[]): void {
+    const pending = this.pending.get(requestId);
+    const absolute = absoluteSteering(entries, pending?.promptLength ?? 0);
+    this.validateSteering(absolute);
+    this.post({ type: 'plan', requestId, entries: absolute });
   }
 
   /** Whether a request is queued or running. */

@@ -17,6 +17,30 @@ export interface WorkerSteeringEntry {
   untilPosition: number | null;
 }
 
+/**
+ * A plan's steering term as the tap delivers it: positions absolute, or counted within the prompt
+ * or the generation (`span`), which the engine turns absolute once it knows the prompt's length.
+ */
+export interface PlanSteeringEntry extends WorkerSteeringEntry {
+  span?: 'prompt' | 'generated';
+}
+
+/** `entries` with absolute positions, for a request whose prompt has `promptLength` tokens. */
+export function absoluteSteering(entries: readonly PlanSteeringEntry[], promptLength: number): WorkerSteeringEntry[] {
+  const out: WorkerSteeringEntry[] = [];
+  for (const { span, ...entry } of entries) {
+    if (span === undefined) {
+      out.push(entry);
+    } else if (span === 'prompt') {
+      const until = Math.min(entry.untilPosition ?? promptLength, promptLength);
+      if (entry.fromPosition < until) out.push({ ...entry, untilPosition: until });
+    } else {
+      out.push({ ...entry, fromPosition: promptLength + entry.fromPosition, untilPosition: entry.untilPosition === null ? null : promptLength + entry.untilPosition });
+    }
+  }
+  return out;
+}
+
 export interface TapSubscription {
   hooks: string[];
   /** Element type the rows are delivered in. */

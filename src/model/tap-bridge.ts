@@ -25,7 +25,7 @@ import type { TapLogger } from '../tap/logger.js';
 import type { LocalEngine } from './engine.js';
 import type { Engine } from './engine-types.js';
 import { TokenPieceDecoder } from './http/detokenizer.js';
-import type { ActivationBatch, StepTokens, WorkerSteeringEntry } from './runtime-protocol.js';
+import type { ActivationBatch, StepTokens, PlanSteeringEntry } from './runtime-protocol.js';
 import type { Tokenizer } from './types.js';
 
 export interface TapBridgeOptions {
@@ -83,6 +83,7 @@ export class TapBridge {
         hookPoints: [...engine.hookPoints],
         dtypes: ['f32', 'f16'],
         canSteer: true,
+        relativeSpans: true,
       },
       maxQueueBytes: options.maxQueueBytes,
       logger: options.logger,
@@ -245,12 +246,12 @@ export class TapBridge {
   }
 
   /** The engine's `resolvePlan`: waits for plan `planId` and checks it is this request's. */
-  async resolvePlan(requestId: string, planId: string, signal: AbortSignal | undefined): Promise<WorkerSteeringEntry[]> {
+  async resolvePlan(requestId: string, planId: string, signal: AbortSignal | undefined): Promise<PlanSteeringEntry[]> {
     const plan = await this.client.waitForPlan(planId, { requestId, timeoutMs: this.planWaitTimeoutMs, signal });
     if (plan.requestId !== requestId) {
       throw new SaegateError('SAEGATE_ERR_STEERING', [`plan '${planId}' belongs to request '${plan.requestId}', not '${requestId}'`]);
     }
-    return plan.entries.map((e) => ({ hook: e.hook, vector: e.vector, scale: e.scale, fromPosition: e.fromPosition, untilPosition: e.untilPosition }));
+    return plan.entries.map((e) => ({ hook: e.hook, vector: e.vector, scale: e.scale, fromPosition: e.fromPosition, untilPosition: e.untilPosition, ...(e.span !== undefined && { span: e.span }) }));
   }
 
   start(): void {

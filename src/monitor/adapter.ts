@@ -3,8 +3,9 @@
  * row, −1 padding) into the monitor's compact `EncodedRows` (CSR offsets, no padding). The batch's
  * request table is shared, not copied, so nothing is allocated per row beyond the typed columns.
  *
- * The engine lists every active latent of every row (its list width grows to fit the largest L0 it
- * has seen), so the CSR rows are the rows' full active sets and `l0` equals their lengths.
+ * The engine lists every active latent of every row (a batch's list width is its largest L0), so the
+ * CSR rows are the rows' full active sets and `l0` equals their lengths, unless the SAE runs with a
+ * `topK` list cap (`--sae-top-k`), which cuts them.
  */
 import type { SaeResultBatch } from '../sae/batcher.js';
 import type { EncodedRows } from './rows.js';

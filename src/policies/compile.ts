@@ -155,7 +155,9 @@ function checkUpstreamSteer(context: PolicyContext, source: PolicySource, at: (s
   const mode = context.upstreamSteering ?? 'tap';
   if (!isBodySteeringMode(mode)) return;
   if (steer.when) checkNoTapCondition(context, source, [...at, 'steer', 'when'], problems);
-  const range = typeof steer.positions === 'object' ? { fromPosition: steer.positions.from, untilPosition: steer.positions.until ?? null } : { fromPosition: 0, untilPosition: null };
+  const range = typeof steer.positions === 'object'
+    ? { fromPosition: steer.positions.from, untilPosition: steer.positions.until ?? null }
+    : { fromPosition: 0, untilPosition: null, ...(steer.positions !== 'all' && { span: steer.positions }) };
   for (const hook of hooks) {
     const problem = termProblem(mode, { hook, ...range });
     if (problem !== null) problems.push(problemAt(source, [...at, 'steer'], `policy '${source.policy.metadata.name}': ${problem}`));
@@ -192,11 +194,6 @@ function compileOne(context: PolicyContext, source: PolicySource, watched: Reado
       if (steer.forTokens !== undefined && !steer.when) problems.push(problemAt(source, [...at, 'steer', 'forTokens'], 'forTokens applies to conditional steering only (give `when`, or use positions {from, until})'));
       if (typeof steer.positions === 'object' && steer.positions.until !== undefined && steer.positions.until <= steer.positions.from) {
         problems.push(problemAt(source, [...at, 'steer', 'positions', 'until'], `until (${steer.positions.until}) must be greater than from (${steer.positions.from})`));
-      }
-      if (steer.positions === 'prompt' || steer.positions === 'generated') {
-        // The tap's plan entries carry absolute positions and only the model server knows the
-        // prompt's token count; until plans carry relative spans these cannot be honoured exactly.
-        problems.push(problemAt(source, [...at, 'steer', 'positions'], `positions '${steer.positions}' is not supported through the tap yet; use 'all' or {from, until}`));
       }
       compiled.steers.push({ vector, hooks, scale: steer.scale, positions: steer.positions, when: steer.when, forTokens: steer.forTokens });
     } else if ('monitor' in action) {

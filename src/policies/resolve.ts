@@ -25,6 +25,8 @@ export interface PlannedTerm {
   scale: number;
   fromPosition: number;
   untilPosition: number | null;
+  /** Positions counted within the prompt or the generation (the model server knows where they meet). */
+  span?: 'prompt' | 'generated';
 }
 
 /** What a request looks like to matching (structurally the proxy's `PlanRequest`). */
@@ -132,10 +134,10 @@ export class PolicyResolver {
       for (const steer of policy.steers) {
         steers = true;
         if (steer.when) continue; // conditional: sent as a plan_update once it fires
-        const { from, until } = absolutePositions(steer.positions);
+        const { from, until, span } = planPositions(steer.positions);
         for (const hook of steer.hooks) {
           const vector = steer.vector.hooks.get(hook);
-          if (vector) steering.push({ hook, vector, scale: steer.scale, fromPosition: from, untilPosition: until });
+          if (vector) steering.push({ hook, vector, scale: steer.scale, fromPosition: from, untilPosition: until, ...(span !== undefined && { span }) });
         }
       }
       if (steers && policy.failClosed) failClosed = true;
@@ -144,8 +146,8 @@ export class PolicyResolver {
   }
 }
 
-/** Absolute position range of a steer (`prompt`/`generated` are refused when the set compiles). */
-function absolutePositions(positions: CompiledPolicy['steers'][number]['positions']): { from: number; until: number | null } {
+/** A steer's position range: absolute `{from, until}`, everything, or a whole span the model server resolves. */
+function planPositions(positions: CompiledPolicy['steers'][number]['positions']): { from: number; until: number | null; span?: 'prompt' | 'generated' } {
   if (typeof positions === 'object') return { from: positions.from, until: positions.until ?? null };
-  return { from: 0, until: null };
+  return positions === 'all' ? { from: 0, until: null } : { from: 0, until: null, span: positions };
 }

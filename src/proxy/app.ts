@@ -13,6 +13,7 @@ import type { Registry } from 'prom-client';
 import { SaegateError } from '../common/errors.js';
 import { clientErrorHandler, frameworkErrorHandler, prepareErrorReply } from '../common/errors-fastify.js';
 import { applyConnectionCap, fastifyLimitOptions } from '../common/http-server.js';
+import type { MonitorService } from '../monitor/service.js';
 import type { ProxyConfig } from './config.js';
 import { toClientError } from './errors.js';
 import { Forwarder } from './forward.js';
@@ -52,6 +53,8 @@ export interface ProxyAppOptions {
   registry?: Registry;
   /** Fastify logger option. Default: `config.log`. */
   logger?: FastifyServerOptions['logger'];
+  /** The drift monitor: `/readyz` details and the admin API's drift and baseline routes. Default none. */
+  monitor?: MonitorService;
 }
 
 /** The app and the parts server.ts and tests reach into. */
@@ -109,6 +112,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
     tapConnections: () => tap.connections.length,
     steering,
     draining: () => state.phase !== 'serving',
+    ...(options.monitor && { monitor: options.monitor.readiness.bind(options.monitor) }),
   });
   const forwarder = new Forwarder({
     upstream,
@@ -152,7 +156,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
 
   registerOpsRoutes(app, { readiness, metrics });
   registerOpenAIRoutes(app, { forwarder, streams, planResolver: options.planResolver ?? emptyPlanResolver, steering, metrics, state });
-  registerAdminRoutes(app, { config, tap, streams, inFlight, state, startedAt: performance.now() });
+  registerAdminRoutes(app, { config, tap, streams, inFlight, state, startedAt: performance.now(), monitor: options.monitor });
 
   let closing: Promise<void> | null = null;
   const closeResources = (): Promise<void> => {

@@ -90,7 +90,7 @@ export interface ProxyConfig {
   saeMaxQueuedRows: number;
   /** Worker threads (onnxruntime sessions) per SAE. Default 1. */
   saeWorkers: number;
-  /** Active features reported per row; 0 = k for TopK SAEs, else 64. Default 0. */
+  /** Most active features listed per row (a display cap; L0 and errors stay exact); 0 = every active feature. Default 0. */
   saeTopK: number;
   /** Log requests as JSON lines on stdout. Default false. */
   log: boolean;
@@ -170,7 +170,7 @@ export const proxyOptions = deriveEnv({
   saeMaxDelayMs: { type: integer(0, 60_000), default: 2, help: 'longest a row waits for its SAE batch to fill, ms' },
   saeMaxQueuedRows: { type: integer(1, 16 * MiB), default: 8192, help: 'rows queued per SAE before drops (sampling from half)' },
   saeWorkers: { type: integer(1, 64), default: 1, help: 'worker threads per SAE' },
-  saeTopK: { type: integer(0, 1 << 20), default: 0, help: 'features reported per row (0: k for TopK SAEs, else 64)' },
+  saeTopK: { type: integer(0, 1 << 20), default: 0, help: 'most features listed per row, the strongest (0: every active feature; L0 and errors are exact either way)' },
   log: { type: flag, default: false, help: 'log requests (JSON lines on stdout)' },
 } as const satisfies OptionTable);
 

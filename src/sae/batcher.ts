@@ -128,6 +128,10 @@ export interface PushMeta {
 export interface SaeResultBatch {
   hook: string;
   rowCount: number;
+  /**
+   * Feature slots per row in this batch: its largest L0 (at least 1), so every row lists every
+   * active feature, or the SAE's list cap when that is smaller. It changes from batch to batch.
+   */
   topK: number;
   /** The batch's request table: each request with rows in the batch, once, in order of its first row. */
   requestIds: string[];

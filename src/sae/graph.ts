@@ -2,14 +2,23 @@
  * The SAE encoder as an ONNX graph, built in code from loaded weights (SAELens equations; see
  * `docs/sae-formats.md`, section "Encoding").
  *
- * One graph per SAE and top-k cap. Per row of `x` (`[rows, dIn]`, float32, any number of rows) it
- * yields the `topK` largest active features (indices and values, ordered by value, descending;
- * padded with index −1 and value 0 when fewer are active), L0 (the count of active features, all
- * of them, not only the top-K), and the reconstruction error of a *sparse* decode from the top-K
- * features only: the K decoder rows are gathered and weighted, so the decode costs
- * `O(rows · K · dIn)` instead of the dense `O(rows · dSae · dIn)`. When more than `topK` features
- * are active the error is therefore that of the truncated reconstruction, by design: it is what a
- * steering or monitoring decision based on those K features actually sees.
+ * One graph per SAE (and optional list cap). Per row of `x` (`[rows, dIn]`, float32, any number of
+ * rows from 1: onnxruntime dies of SIGFPE on 0 rows, as it did with the former graph, and the pool
+ * refuses them) it yields the row's active features (indices and values, ordered by value,
+ * descending), L0 (the count of active features) and the exact reconstruction error.
+ *
+ * The list width is decided inside the graph, per batch: it is the batch's largest L0 (at least 1),
+ * so every row's list is its full active set and rows with fewer active features are padded with
+ * index −1 and value 0. TopK takes K as a tensor, and the L0 count comes before the TopK, so this
+ * costs no second run and no state. The reconstruction uses every active feature, so the error is
+ * exact. For a narrow list it is a *sparse* decode: the decoder rows of the listed features are
+ * gathered and weighted, `O(rows · width · dIn)` instead of the dense `O(rows · dSae · dIn)`. The
+ * gathered `[rows, width, dIn]` block grows with the largest L0, though, so a batch wider than
+ * `sparseDecodeMaxWidth` is decoded densely (`f · W_dec`), chosen per run by an ONNX If: the
+ * transient memory stays at most `rows · sparseDecodeMaxWidth · dIn` floats.
+ *
+ * An optional cap (`topK`) shortens the *listed* features to the strongest `topK` of each row after
+ * the decode, for display; L0 and the errors stay exact.
  *
  * Errors are measured in the space the SAE works in, after input normalisation and before
  * `b_dec` is subtracted: `sq_error = ‖x_n − x̂‖²` and `fvu = sq_error / ‖x_n − mean(x_n)‖²`, with the
@@ -17,7 +26,8 @@
  * evals instead centre on the batch mean of each dimension).
  *
  * The graph has exactly one input, `x`: every weight is an initializer and none is listed as an
- * input, because onnxruntime-node only passes feeds named in `session.inputNames`.
+ * input, because onnxruntime-node only passes feeds named in `session.inputNames`; the list width
+ * is computed in the graph, not fed.
  */
 import { err } from '../common/errors.js';
 import { DataType, GraphBuilder } from '../common/onnx/builder.js';
@@ -29,13 +39,17 @@ import type { SaeWeights } from './types.js';
 export const SaeEncoderNames = {
   /** float32 `[rows, dIn]`: activations at the SAE's hook point, un-normalised. */
   input: 'x',
-  /** int64 `[rows, topK]`: feature indices by value, descending; −1 pads unused slots. */
+  /**
+   * int64 `[rows, width]`: every active feature of the row by value, descending (the strongest
+   * `topK` when capped); −1 pads unused slots. `width` is the batch's largest L0 (at least 1), or
+   * the cap when that is smaller.
+   */
   indices: 'feature_indices',
-  /** float32 `[rows, topK]`: feature activations matching `indices`; 0 pads unused slots. */
+  /** float32 `[rows, width]`: feature activations matching `indices`; 0 pads unused slots. */
   values: 'feature_values',
   /** int64 `[rows]`: number of active (> 0) features, counted over all `dSae` latents. */
   l0: 'l0',
-  /** float32 `[rows]`: squared error of the top-K reconstruction, in normalised space. */
+  /** float32 `[rows]`: squared error of the reconstruction from every active feature, in normalised space. */
   sqError: 'sq_error',
   /** float32 `[rows]`: `sq_error` over the row's own centred energy `‖x_n − mean(x_n)‖²`. */
   fvu: 'fvu',
@@ -52,16 +66,27 @@ export const saeEncoderOutputNames: readonly string[] = [
 
 export interface SaeEncoderGraphOptions {
   /**
-   * Most active features reported per row, and the ones the reconstruction error is computed
-   * from. An integer in `[1, dSae]`; it fixes the width of the `indices` / `values` outputs.
+   * Most features listed per row (the strongest ones), an integer ≥ 1; a display cap only: L0 and
+   * the errors are computed from every active feature either way. Default: no cap, every active
+   * feature is listed (what firing counts need).
    */
-  topK: number;
+  topK?: number;
   /**
    * Storage and matmul precision of `W_enc` and `W_dec`. `f16` halves their memory and runs the
    * encoder product in half precision (what the CUDA provider's tensor cores want); everything
    * after it (TopK, activation, errors) stays float32. Default `f32`.
    */
   weights?: 'f32' | 'f16';
+  /**
+   * Widest list (the batch's largest L0) whose reconstruction is a sparse decode, gathering the
+   * listed rows of `W_dec`; a wider batch of a standard, JumpReLU or gated SAE is decoded densely,
+   * `f · W_dec` (TopK SAEs are always decoded sparsely: their lists are at most k wide). Both are
+   * exact; the sparse decode is cheaper for narrow lists, while the dense one costs one more
+   * encoder-sized product but needs no `[rows, width, dIn]` block, whose size would grow with the
+   * largest L0. Default `ceil(dSae / 64)`, about where the two cost the same on this project's CPU
+   * (`docs/sae-formats.md`, "Encoding").
+   */
+  sparseDecodeMaxWidth?: number;
 }
 
 /**
@@ -84,11 +109,15 @@ const LAYER_NORM_EPS = 1e-5;
  */
 const MIN_ROW_NORM = 1e-30;
 
-function validate(sae: SaeWeights, topK: number): void {
+function validate(sae: SaeWeights, options: SaeEncoderGraphOptions): void {
   const { config } = sae;
+  const { topK, sparseDecodeMaxWidth } = options;
   const where = `${config.source} (SAE encoder)`;
-  if (!Number.isInteger(topK) || topK < 1 || topK > config.dSae) {
-    throw err('SAEGATE_ERR_CONFIG', where, `topK must be an integer in [1, ${config.dSae}], got ${topK}`);
+  if (topK !== undefined && (!Number.isInteger(topK) || topK < 1)) {
+    throw err('SAEGATE_ERR_CONFIG', where, `topK (the list cap) must be a positive integer, got ${topK}`);
+  }
+  if (sparseDecodeMaxWidth !== undefined && !(sparseDecodeMaxWidth >= 0)) {
+    throw err('SAEGATE_ERR_CONFIG', where, `sparseDecodeMaxWidth must be a number ≥ 0, got ${sparseDecodeMaxWidth}`);
   }
   const expect = (name: string, actual: number, wanted: number): void => {
     if (actual !== wanted) throw err('SAEGATE_ERR_CONFIG', where, `${name} has ${actual} elements, expected ${wanted}`);
@@ -114,13 +143,14 @@ function validate(sae: SaeWeights, topK: number): void {
 }
 
 /**
- * Builds the ONNX bytes (opset 17) of the encoder for `sae`, reporting at most `options.topK`
- * features per row. Weight arrays are referenced, not copied, until serialisation. Throws
- * `SAEGATE_ERR_CONFIG` when `topK` is out of range or the weights do not match the config.
+ * Builds the ONNX bytes (opset 17) of the encoder for `sae`, listing every active feature of each
+ * row (at most `options.topK` when given). Weight arrays are referenced, not copied, until
+ * serialisation. Throws `SAEGATE_ERR_CONFIG` when `topK` is not a positive integer or the weights do
+ * not match the config.
  */
-export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOptions): Uint8Array {
+export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOptions = {}): Uint8Array {
   const { topK } = options;
-  validate(sae, topK);
+  validate(sae, options);
   const cfg = sae.config;
   const { dIn, dSae } = cfg;
   const F = DataType.FLOAT;
@@ -163,30 +193,34 @@ export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOp
   const encode = (input: string): string =>
     half ? g.op('Cast', [g.op('MatMul', [g.op('Cast', [input], { to: DataType.FLOAT16 }), wEnc])], { to: F }) : g.op('MatMul', [input, wEnc]);
 
-  // --- Activation: `acts` holds, per row, candidates sorted by value with inactive ones at 0.
+  // --- Activation, then per row its features by value (descending), `width` of them: the batch's
+  // largest L0, so every active feature of every row is among them.
   let values: string;
   let slotIndices: string;
   let l0Float: string;
+  let widthFloat: string;
+  /** The dense activations `[rows, dSae]`, for the architectures that compute them. */
+  let denseActs: string | null = null;
   const countActive = (acts: string): string =>
     g.op('ReduceSum', [g.op('Cast', [g.op('Greater', [acts, zero])], { to: F }), g.constI64([-1])], { keepdims: 0 });
+  // float32 [1]: max(1, largest L0). Counts ≤ dSae are exact in float32; at least 1 keeps every
+  // shape non-empty when no feature fires anywhere in the batch. The 1 joins the counts before the
+  // reduction, so a batch of 0 rows still gives a [1] tensor (TopK's K must be one).
+  const batchWidth = (l0: string): string => g.op('ReduceMax', [g.op('Concat', [l0, g.constF32([1], [1])], { axis: 0 })], { keepdims: 1 });
+  const asCount = (width: string): string => g.op('Cast', [width], { to: DataType.INT64 });
 
   if (cfg.architecture === 'topk') {
-    // One TopK on the pre-activations serves both SAELens' activation (top k, then ReLU) and our
-    // report of topK features: take max(k, topK) candidates and zero the ones past k.
+    // SAELens' activation: the k largest pre-activations, then ReLU. TopK sorts them, and ReLU keeps
+    // the order, so the active ones come first and the first `width` columns hold every one.
     const k = cfg.k ?? 0;
-    const candidates = Math.max(k, topK);
     const pre = g.op('Add', [encode(xc), g.weightF32('b_enc', sae.b_enc, [dSae])]);
-    const [preTop, preIdx] = g.opMulti('TopK', [pre, g.constI64([candidates])], 2, { axis: -1, largest: 1, sorted: 1 });
-    let acts = g.op('Relu', [preTop]);
-    if (candidates > k) {
-      const keep = new Float32Array(candidates);
-      keep.fill(1, 0, k);
-      acts = g.op('Mul', [acts, g.constF32(keep, [candidates])]);
-    }
+    const [preTop, preIdx] = g.opMulti('TopK', [pre, g.constI64([k])], 2, { axis: -1, largest: 1, sorted: 1 });
+    const acts = g.op('Relu', [preTop]);
     l0Float = countActive(acts);
-    // Sorted input and a monotone activation: the first topK columns are the topK largest.
-    values = candidates > topK ? g.op('Slice', [acts, g.constI64([0]), g.constI64([topK]), g.constI64([1])]) : acts;
-    slotIndices = candidates > topK ? g.op('Slice', [preIdx, g.constI64([0]), g.constI64([topK]), g.constI64([1])]) : preIdx;
+    widthFloat = batchWidth(l0Float);
+    const width = asCount(widthFloat);
+    values = g.op('Slice', [acts, g.constI64([0]), width, g.constI64([1])]);
+    slotIndices = g.op('Slice', [preIdx, g.constI64([0]), width, g.constI64([1])]);
   } else {
     let dense: string;
     if (cfg.architecture === 'gated' && sae.gated) {
@@ -205,23 +239,54 @@ export function buildSaeEncoderGraph(sae: SaeWeights, options: SaeEncoderGraphOp
         dense = g.op('Mul', [dense, g.op('Cast', [open], { to: F })]);
       }
     }
+    // L0 is counted before the TopK, so the TopK's K can be the batch's largest L0.
+    denseActs = dense;
     l0Float = countActive(dense);
-    [values, slotIndices] = g.opMulti('TopK', [dense, g.constI64([topK])], 2, { axis: -1, largest: 1, sorted: 1 });
+    widthFloat = batchWidth(l0Float);
+    [values, slotIndices] = g.opMulti('TopK', [dense, asCount(widthFloat)], 2, { axis: -1, largest: 1, sorted: 1 });
   }
 
-  // --- Outputs. Inactive slots keep their (valid) TopK index for the gather below, where their
-  // zero weight cancels them, but are reported as −1.
-  const active = g.op('Greater', [values, zero]);
-  g.output(SaeEncoderNames.indices, g.op('Where', [active, slotIndices, g.constI64([-1], [])]), DataType.INT64, ['rows', topK]);
-  g.output(SaeEncoderNames.values, values, F, ['rows', topK]);
+  // --- Outputs. The listed features: all `width`, or the strongest `topK` when capped (the decode
+  // below still uses all of them). Inactive slots are reported as −1; in the decode they keep their
+  // (valid) TopK index, where their zero weight cancels them.
+  let listedValues = values;
+  let listedIndices = slotIndices;
+  if (topK !== undefined) {
+    const listed = asCount(g.op('Min', [widthFloat, g.constF32([topK], [1])]));
+    listedValues = g.op('Slice', [values, g.constI64([0]), listed, g.constI64([1])]);
+    listedIndices = g.op('Slice', [slotIndices, g.constI64([0]), listed, g.constI64([1])]);
+  }
+  const active = g.op('Greater', [listedValues, zero]);
+  g.output(SaeEncoderNames.indices, g.op('Where', [active, listedIndices, g.constI64([-1], [])]), DataType.INT64, ['rows', 'width']);
+  g.output(SaeEncoderNames.values, listedValues, F, ['rows', 'width']);
   g.output(SaeEncoderNames.l0, g.op('Cast', [l0Float], { to: DataType.INT64 }), DataType.INT64, ['rows']);
 
-  // Sparse decode: [rows, 1, K] · [rows, K, dIn] → [rows, 1, dIn], never touching the other rows of W_dec.
+  // Reconstruction from every active feature. Sparse: [rows, 1, width] · [rows, width, dIn] →
+  // [rows, 1, dIn], never touching the other rows of W_dec. Dense: f · W_dec, in half precision
+  // with f16 weights like the encoder product. An If picks one per run by the list width.
   const wDec = half ? g.weightF16('W_dec', float32ToFloat16(sae.W_dec), [dSae, dIn]) : g.weightF32('W_dec', sae.W_dec, [dSae, dIn]);
-  const gathered = g.op('Gather', [wDec, slotIndices], { axis: 0 });
-  const decoderRows = half ? g.op('Cast', [gathered], { to: F }) : gathered;
-  const weighted = g.op('MatMul', [g.op('Unsqueeze', [values, g.constI64([1])]), decoderRows]);
-  const reconstruction = g.op('Add', [g.op('Squeeze', [weighted, g.constI64([1])]), bDec]);
+  const sparseDecode = (b: GraphBuilder): string => {
+    const gathered = b.op('Gather', [wDec, slotIndices], { axis: 0 });
+    const decoderRows = half ? b.op('Cast', [gathered], { to: F }) : gathered;
+    const weighted = b.op('MatMul', [b.op('Unsqueeze', [values, b.constI64([1])]), decoderRows]);
+    return b.op('Add', [b.op('Squeeze', [weighted, b.constI64([1])]), bDec]);
+  };
+  let reconstruction: string;
+  if (denseActs === null) {
+    reconstruction = sparseDecode(g);
+  } else {
+    const dense = denseActs;
+    const denseDecode = (b: GraphBuilder): string => {
+      const product = half ? b.op('Cast', [b.op('MatMul', [b.op('Cast', [dense], { to: DataType.FLOAT16 }), wDec])], { to: F }) : b.op('MatMul', [dense, wDec]);
+      return b.op('Add', [product, bDec]);
+    };
+    const maxSparse = options.sparseDecodeMaxWidth ?? Math.ceil(dSae / 64);
+    const out = [{ dataType: F, shape: ['rows', dIn] }] as const;
+    reconstruction = g.op('If', [g.op('Greater', [widthFloat, g.constF32([maxSparse], [1])])], {
+      then_branch: g.subgraph('dense_decode', (b) => [{ value: denseDecode(b), ...out[0] }]),
+      else_branch: g.subgraph('sparse_decode', (b) => [{ value: sparseDecode(b), ...out[0] }]),
+    });
+  }
   const sqError = g.op('ReduceSumSquare', [g.op('Sub', [xn, reconstruction])], { axes: [-1], keepdims: 0 });
   const rowEnergy = g.op('ReduceSumSquare', [g.op('Sub', [xn, g.op('ReduceMean', [xn], { axes: [-1], keepdims: 1 })])], { axes: [-1], keepdims: 0 });
   g.output(SaeEncoderNames.sqError, sqError, F, ['rows']);

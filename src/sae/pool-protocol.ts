@@ -12,7 +12,6 @@ export interface PoolWorkerInit {
   /** Encoder graph bytes from `buildSaeEncoderGraph`. */
   model: Uint8Array;
   dIn: number;
-  topK: number;
   device: Device;
   intraOpThreads?: number;
 }
@@ -28,6 +27,8 @@ export interface EncodeRequest {
 
 export interface EncodeResponse {
   rowCount: number;
+  /** Feature slots per row in this batch: its largest L0 (at least 1), or the graph's cap when smaller. */
+  topK: number;
   /** The input buffer, returned for reuse. */
   rows: Float32Array | Uint16Array;
   /** [rowCount · topK]; −1 pads unused slots. */

@@ -13,7 +13,6 @@ import type { EncodeRequest, EncodeResponse, PoolWorkerProtocol } from './pool-p
 let ort: Ort;
 let session: InferenceSession;
 let dIn = 0;
-let topK = 0;
 
 /**
  * int64 → int32 by taking the low word of each value (little-endian, as on every platform
@@ -56,13 +55,15 @@ async function encode({ rows, rowCount }: EncodeRequest): Promise<WorkerReply<En
   const t0 = performance.now();
   const out = await runSession(session, { [SaeEncoderNames.input]: new ort.Tensor('float32', input, [rowCount, dIn]) }, outputNames);
   const runMs = performance.now() - t0;
+  // The graph chose the list width for this batch (its largest L0, or the cap).
+  const topK = out[SaeEncoderNames.indices].dims[1];
   const indices = lowWords(out[SaeEncoderNames.indices].data as BigInt64Array, rowCount * topK);
   const l0 = lowWords(out[SaeEncoderNames.l0].data as BigInt64Array, rowCount);
   const values = owned(out[SaeEncoderNames.values].data as Float32Array);
   const sqError = owned(out[SaeEncoderNames.sqError].data as Float32Array);
   const fvu = owned(out[SaeEncoderNames.fvu].data as Float32Array);
   return {
-    body: { rowCount, rows, indices, values, l0, sqError, fvu, runMs },
+    body: { rowCount, topK, rows, indices, values, l0, sqError, fvu, runMs },
     transfer: [rows.buffer, indices.buffer, values.buffer, l0.buffer, sqError.buffer, fvu.buffer] as ArrayBuffer[],
   };
 }
@@ -70,7 +71,6 @@ async function encode({ rows, rowCount }: EncodeRequest): Promise<WorkerReply<En
 serveWorker<PoolWorkerProtocol>({
   async init(init) {
     dIn = init.dIn;
-    topK = init.topK;
     ort = await loadOrt();
     session = await createSession(init.model, { device: init.device, intraOpThreads: init.intraOpThreads, spinning: false });
   },

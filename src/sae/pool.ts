@@ -19,8 +19,11 @@ import type { SaeWeights } from './types.js';
 
 export interface SaePoolOptions {
   sae: SaeWeights;
-  /** Most active features reported per row (see `SaeEncoderGraphOptions.topK`). */
-  topK: number;
+  /**
+   * Most features listed per row, a display cap (`SaeEncoderGraphOptions.topK`): L0 and the errors
+   * are exact either way. Default: none, every active feature of every row is listed.
+   */
+  topK?: number;
   /** Worker threads, each with its own session. Default 1. */
   workers?: number;
   /** Default 'cpu'. */
@@ -57,6 +60,10 @@ export function defaultIntraOpThreads(sae: SaeWeights, device: Device): number {
 /** Encoder outputs for `rowCount` rows, row-major. Each array is the whole of its own ArrayBuffer. */
 export interface EncodeResult {
   rowCount: number;
+  /**
+   * Feature slots per row in this batch, chosen by the graph per batch: the batch's largest L0 (at
+   * least 1), so every row's list is its full active set; or the pool's cap when that is smaller.
+   */
   topK: number;
   /** [rowCount · topK] feature indices by value, descending; −1 pads unused slots. */
   indices: Int32Array;
@@ -64,7 +71,7 @@ export interface EncodeResult {
   values: Float32Array;
   /** [rowCount] active features per row. */
   l0: Int32Array;
-  /** [rowCount] squared error of the top-K reconstruction. */
+  /** [rowCount] squared error of the reconstruction from every active feature. */
   sqError: Float32Array;
   /** [rowCount] fraction of variance unexplained. */
   fvu: Float32Array;
@@ -77,7 +84,6 @@ export interface EncodeResult {
 /** What the micro-batcher needs from a pool; the pool implements it, tests may fake it. */
 export interface SaeEncoder {
   readonly workers: number;
-  readonly topK: number;
   /** `rows`: float32 values, or float16 bits (a Uint16Array) that the worker widens. */
   encode(rows: Float32Array | Uint16Array, rowCount: number): Promise<EncodeResult>;
 }
@@ -96,7 +102,8 @@ export interface SaePoolStats {
 
 export class SaePool implements SaeEncoder {
   readonly workers: number;
-  readonly topK: number;
+  /** The list cap; null: every active feature is listed. */
+  readonly topK: number | null;
   readonly dIn: number;
   /** Precision the encoder graph holds its weights in. */
   readonly weights: 'f32' | 'f16';
@@ -118,7 +125,7 @@ export class SaePool implements SaeEncoder {
   ) {
     this.weights = weights;
     this.workers = options.workers ?? 1;
-    this.topK = options.topK;
+    this.topK = options.topK ?? null;
     this.dIn = options.sae.config.dIn;
     this.intraOpThreads = options.intraOpThreads ?? defaultIntraOpThreads(options.sae, options.device ?? 'cpu');
   }
@@ -132,7 +139,7 @@ export class SaePool implements SaeEncoder {
       throw new SaegateError('SAEGATE_ERR_CONFIG', ['intraOpThreads', `a positive integer, or 0 for onnxruntime's choice, got ${threads}`]);
     }
     const weights = options.weights ?? (options.device === 'cuda' && fitsFloat16(options.sae) ? 'f16' : 'f32');
-    const model = buildSaeEncoderGraph(options.sae, { topK: options.topK, weights });
+    const model = buildSaeEncoderGraph(options.sae, { ...(options.topK !== undefined && { topK: options.topK }), weights });
     const pool = new SaePool(model, options, weights);
     const started = await Promise.allSettled(Array.from({ length: workers }, () => pool.startWorker()));
     for (const result of started) if (result.status === 'fulfilled') pool.hosts.push(result.value);
@@ -155,7 +162,6 @@ export class SaePool implements SaeEncoder {
           init: {
             model,
             dIn: this.dIn,
-            topK: this.topK,
             device: this.options.device ?? 'cpu',
             intraOpThreads: this.intraOpThreads === 0 ? undefined : this.intraOpThreads,
           },
@@ -195,7 +201,7 @@ export class SaePool implements SaeEncoder {
           this.stats.batches++;
           this.stats.rowsEncoded += msg.rowCount;
           this.stats.runMs += msg.runMs;
-          return { ...msg, topK: this.topK };
+          return msg;
         },
         (error: unknown) => {
           // The rows went with a thread that died; closing the pool loses nothing worth counting.

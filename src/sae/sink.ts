@@ -26,7 +26,10 @@ import type { SaeWeights } from './types.js';
 export interface SaeSinkOptions {
   /** SAEs to run, at most one per hook point. */
   saes: SaeWeights[];
-  /** Most active features reported per row. Default: k for TopK SAEs, else 64. */
+  /**
+   * Most features listed per row, the strongest (a cap for display; L0 and errors stay exact). Default:
+   * none, every active feature of every row is listed, which the monitor's firing counts need.
+   */
   topK?: number;
   /** Worker threads per SAE. Default 1. */
   workers?: number;
@@ -87,8 +90,7 @@ export class SaeSink implements ActivationSink {
     try {
       for (const sae of options.saes) {
         const hook = sae.config.hookName;
-        const topK = Math.min(sae.config.dSae, options.topK ?? sae.config.k ?? 64);
-        const pool = await SaePool.create({ sae, topK, workers: options.workers, device: options.device });
+        const pool = await SaePool.create({ sae, ...(options.topK !== undefined && { topK: options.topK }), workers: options.workers, device: options.device });
         const batcher = new MicroBatcher({
           pool,
           dIn: sae.config.dIn,

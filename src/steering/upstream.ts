@@ -54,13 +54,17 @@ export const VLLM_XARGS_KEY = 'saegate_steering';
  * by this mode, or null when it can. `tap` and `none` accept everything (the tap host checks
  * hooks against each connected server; `none` sends nothing).
  */
-export function termProblem(mode: UpstreamSteeringMode, term: Pick<SteeringTerm, 'hook' | 'fromPosition' | 'untilPosition'>): string | null {
+export function termProblem(mode: UpstreamSteeringMode, term: Pick<SteeringTerm, 'hook' | 'fromPosition' | 'untilPosition' | 'span'>): string | null {
+  if (mode === 'reference' && term.span !== undefined && (term.fromPosition !== 0 || term.untilPosition !== null)) {
+    return `the reference server's steering field takes positions '${term.span}' or an absolute {from, until}, not a window within '${term.span}'`;
+  }
   if (mode !== 'easysteer') return null;
   const layer = hookLayer(term.hook);
   if (layer === undefined || !term.hook.endsWith('.hook_resid_post')) {
     return `EasySteer's direct algorithm adds to decoder-layer outputs (blocks.N.hook_resid_post), not '${term.hook}'`;
   }
   if (layer < 1) return `EasySteer vectors are exported as GGUF direction.N, which has no layer 0; '${term.hook}' cannot be sent`;
+  if (term.span !== undefined) return `positions '${term.span}' are not sent to EasySteer yet; use positions 'all'`;
   if (term.fromPosition !== 0 || term.untilPosition !== null) {
     // EasySteer selects prompt positions and decode steps separately; saegate's absolute positions
     // would need the prompt's token count, which only the server knows.
@@ -140,7 +144,8 @@ class ReferenceBackend implements BodySteeringBackend {
     if (existing !== undefined && existing !== null && !Array.isArray(existing)) throw conflict('steering', 'not an array');
     const entries = Array.isArray(existing) ? existing.map((entry) => JSON.stringify(entry)) : [];
     for (const term of terms) {
-      const positions = JSON.stringify({ from: term.fromPosition, until: term.untilPosition });
+      // A whole span is the reference server's own 'prompt'/'generated' (termProblem refuses windows in one).
+      const positions = JSON.stringify(term.span ?? { from: term.fromPosition, until: term.untilPosition });
       entries.push(`{"hook":${JSON.stringify(term.hook)},"vector":${this.vectorJson(term.vector)},"scale":${JSON.stringify(term.scale)},"positions":${positions}}`);
     }
     return withField(body, 'steering', `[${entries.join(',')}]`);
@@ -232,7 +237,7 @@ class VllmXargsBackend implements BodySteeringBackend {
     // (which needs no escaping at either level) spliced as it is.
     const planTerms = terms.map((term) => {
       const { id, base64 } = this.encoded(term.vector);
-      const fields = JSON.stringify({ hook: term.hook, layer: hookLayer(term.hook) ?? null, scale: term.scale, from: term.fromPosition, until: term.untilPosition, id, dModel: term.vector.length });
+      const fields = JSON.stringify({ hook: term.hook, layer: hookLayer(term.hook) ?? null, scale: term.scale, from: term.fromPosition, until: term.untilPosition, ...(term.span !== undefined && { span: term.span }), id, dModel: term.vector.length });
       return `${JSON.stringify(fields.slice(0, -1)).slice(1, -1)},\\"vectorF32Base64\\":\\"${base64}\\"}`;
     });
     const planString = `"{\\"version\\":1,\\"terms\\":[${planTerms.join(',')}]}"`;

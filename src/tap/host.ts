@@ -43,6 +43,11 @@ export interface SteeringTerm {
   fromPosition: number;
   /** First position no longer steered; null = to the end. */
   untilPosition: number | null;
+  /**
+   * Count `fromPosition`/`untilPosition` from the start of the prompt (and stop at its end) or of
+   * the generation, as only the model server knows the prompt's token count; absent = absolute.
+   */
+  span?: 'prompt' | 'generated';
 }
 
 /**
@@ -323,6 +328,7 @@ export class TapHost {
     for (const term of steering) {
       if (term.vector.length !== hello.dModel) return `a vector has ${term.vector.length} values, '${hello.modelId}' has d_model ${hello.dModel}`;
       if (!hello.hookPoints.includes(term.hook)) return `'${hello.modelId}' offers no hook point '${term.hook}'`;
+      if (term.span !== undefined && hello.relativeSpans !== true) return `'${hello.modelId}' cannot steer '${term.span}' positions (its hello has no relativeSpans)`;
     }
     return null;
   }
@@ -335,6 +341,7 @@ export class TapHost {
       scale: term.scale,
       fromPosition: term.fromPosition,
       untilPosition: term.untilPosition,
+      ...(term.span !== undefined && { span: term.span }),
     }));
   }
 

@@ -81,6 +81,8 @@ export const helloSchema = z.object({
   hookPoints: z.array(hookPointSchema).max(MAX_HOOK_POINTS).refine(uniqueStrings, 'hook points must be unique'),
   dtypes: z.array(z.enum(['f32', 'f16', 'bf16'])).min(1),
   canSteer: z.boolean(),
+  /** The server honours plan entries with a `span` (positions counted from the start of the prompt or of the generation). */
+  relativeSpans: z.boolean().optional(),
   serverId: z.string().max(1024).optional(),
 });
 
@@ -102,6 +104,12 @@ export const planEntrySchema = z
     scale: z.number(),
     fromPosition: z.int().min(0).max(MAX_POSITION),
     untilPosition: z.int().min(0).max(MAX_POSITION).nullable(),
+    /**
+     * Absent: positions are absolute (0 = first prompt token). `prompt`: counted from the first
+     * prompt token and never past the prompt. `generated`: counted from the first generated
+     * position (the prompt's length). Only sent to servers whose hello says `relativeSpans`.
+     */
+    span: z.enum(['prompt', 'generated']).optional(),
   })
   .refine((e) => e.untilPosition === null || e.untilPosition > e.fromPosition, {
     message: 'untilPosition must be greater than fromPosition',

@@ -29,7 +29,6 @@ const HOOK = 'blocks.0.hook_resid_post';
 /** Answers every encode on the next microtask with zeroed outputs and the rows buffer handed back. */
 class InstantEncoder implements SaeEncoder {
   readonly workers = 2;
-  readonly topK = TOP_K;
   encode(rows: Float32Array | Uint16Array, rowCount: number): Promise<EncodeResult> {
     return Promise.resolve({
       rowCount,

@@ -65,6 +65,7 @@ import { encodeActivationFrame } from '../../src/tap/builders.js';
 import { decodeMessage } from '../../src/tap/codec.js';
 import type { ActivationsMessage } from '../../src/tap/messages.js';
 
+/** k of the synthetic TopK SAE; with no list cap (serve's default) every row lists its ≤ k active features. */
 const TOP_K = 32;
 const HOOK = 'blocks.0.hook_resid_post';
 
@@ -436,7 +437,7 @@ async function main(): Promise<void> {
   const loadAverage = (): string => os.loadavg().map((l) => l.toFixed(1)).join(' ');
   const benchStart = performance.now();
   console.log(
-    `SAE pipeline vs raw onnxruntime: top-k ${TOP_K} reported, 1 pool worker, intra-op threads --threads ${options.threads} for both sessions; ` +
+    `SAE pipeline vs raw onnxruntime: TopK SAE with k = ${TOP_K}, every active feature listed (no cap), 1 pool worker, intra-op threads --threads ${options.threads} for both sessions; ` +
       `maxBatchRows = batch (batch 1: every row is its own batch); each side ≥ ${options.seconds} s and ≥ ${options.minBatches} batches ` +
       `in 4 segments (A-B-B-A twice, median segment reported); latency over ≥ ${options.latencyFrames} frames at 50% of pipeline rows/s`,
   );
@@ -446,10 +447,10 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     const sae = syntheticSae(dIn, dSae);
     const { threads } = options;
-    const pool = await SaePool.create({ sae, topK: TOP_K, workers: 1, intraOpThreads: threads === 'pool' ? undefined : threads });
+    const pool = await SaePool.create({ sae, workers: 1, intraOpThreads: threads === 'pool' ? undefined : threads });
     // Raw gets exactly what the pool's workers got (0: onnxruntime's choice).
     const intraOpThreads = pool.intraOpThreads === 0 ? undefined : pool.intraOpThreads;
-    const raw = await RawRunner.start(buildSaeEncoderGraph(sae, { topK: TOP_K }), intraOpThreads);
+    const raw = await RawRunner.start(buildSaeEncoderGraph(sae), intraOpThreads);
     const threadWords = intraOpThreads === undefined ? "onnxruntime's default intra-op threads" : `${intraOpThreads} intra-op thread${intraOpThreads === 1 ? '' : 's'}`;
     console.log(`${dIn}×${dSae}: weights, graph and two sessions (${threadWords} each) ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     for (const batch of batchSizes) {

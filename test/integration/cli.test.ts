@@ -109,6 +109,7 @@ describe('saegate demo (npm start)', () => {
       const live = `${target}.partial-${process.pid}-def456`;
       for (const d of [abandoned, live]) fs.mkdirSync(path.join(d, 'sae'), { recursive: true });
       // The first start trains (about a minute on two cores) before it listens.
+      let firstErr = '';
       const firstOut = await withCli(['demo', '--port', '0', '--model-port', '0'], async (first) => {
         const url = await waitForApiUrl(first, 200_000);
         expect(first.err()).toContain(`training a demo SAE for ${HOOK}`);
@@ -119,6 +120,7 @@ describe('saegate demo (npm start)', () => {
         expect(counts.saeEncoded).toBe(counts.tapRows);
         first.child.kill('SIGTERM');
         expect(await first.exited).toBe(0);
+        firstErr = first.err();
         return first.out();
       }, { env, deadlineMs: 220_000 });
       // One complete SAE directory in the cache; of the work directories only the live one is left.
@@ -127,8 +129,21 @@ describe('saegate demo (npm start)', () => {
       const dir = target;
       for (const file of ['cfg.json', 'sae_weights.safetensors', 'report.json', 'features.html', 'features.json']) expect(fs.existsSync(path.join(dir, file))).toBe(true);
       expect(firstOut).toContain(`file://${path.join(dir, 'features.html')}`);
-      const report = JSON.parse(fs.readFileSync(path.join(dir, 'report.json'), 'utf8')) as { heldOut: { fvu: number } };
+      const report = JSON.parse(fs.readFileSync(path.join(dir, 'report.json'), 'utf8')) as { heldOut: { fvu: number }; sae: { directory: string }; data: { source: string } };
       expect(report.heldOut.fvu).toBeLessThan(0.5);
+      // The quiet first start: a line per phase and a summary; no line per document, no collector
+      // chatter, and no path of the work directory the SAE was built in.
+      expect(firstErr.match(/^saegate demo: \[\d\/3\] .*: done in [\d.]+ s$/gm)).toHaveLength(3);
+      expect(firstErr).toMatch(new RegExp(`^saegate demo: demo SAE ready in ${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: held-out FVU [\\d.]+, L0 [\\d.]+`, 'm'));
+      expect(firstErr).not.toMatch(/collect:|skipped document|k=8 \[/);
+      expect(firstErr).not.toContain('.partial-');
+      // The report and the feature page name the cache directory, not the work directory.
+      expect(report.sae.directory).toBe(dir);
+      expect(report.data.source).toContain(`corpus ${path.join(dir, 'corpus.jsonl')} through`);
+      const features = JSON.parse(fs.readFileSync(path.join(dir, 'features.json'), 'utf8')) as { sae: { path: string }; corpus: { path: string } };
+      expect([features.sae.path, features.corpus.path]).toEqual([dir, path.join(dir, 'corpus.jsonl')]);
+      for (const file of ['report.json', 'report.md', 'features.json', 'features.html']) expect(fs.readFileSync(path.join(dir, file), 'utf8'), file).not.toContain('.partial-');
+      expect(fs.readFileSync(path.join(dir, 'features.html'), 'utf8')).toContain(dir);
 
       await withCli(['demo', '--port', '0', '--model-port', '0'], async (second) => {
         const url2 = await waitForApiUrl(second);
@@ -209,8 +224,9 @@ describe('saegate sae info and sae encode', () => {
       fs.writeFileSync(path.join(dir, 'rows.npy'), npyBytes);
       const enc = await runCliToExit(['sae', 'encode', '--sae', dir, '--input', path.join(dir, 'rows.npy'), '--output', path.join(dir, 'out.json')]);
       expect(enc.code).toBe(0);
-      const out = JSON.parse(fs.readFileSync(path.join(dir, 'out.json'), 'utf8')) as { top_k: number; rows: { indices: number[]; values: number[]; l0: number }[] };
-      expect(out.top_k).toBe(4);
+      const out = JSON.parse(fs.readFileSync(path.join(dir, 'out.json'), 'utf8')) as { top_k: number | null; rows: { indices: number[]; values: number[]; l0: number }[] };
+      // No --top-k: no cap, every active feature is listed (at most k = 4 for this TopK SAE).
+      expect(out.top_k).toBeNull();
       expect(out.rows).toHaveLength(3);
       const w = values(dIn * dSae);
       const bEnc = values(dSae);

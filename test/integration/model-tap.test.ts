@@ -199,6 +199,38 @@ describe('model server on the tap', () => {
     expect(maxAbsDiff(delta, vector.map((v) => 3 * v))).toBeLessThan(1e-4);
   });
 
+  it("resolves a plan's 'prompt' and 'generated' spans with the prompt's length: each steers only its own positions", async () => {
+    conn.subscribe({ hooks: [HOOK], dtype: 'f32', includePrompt: true });
+    await waitFor("the model server's tap subscribed as f32", () => server.tap!.client.subscription?.dtype === 'f32');
+    expect(conn.hello.relativeSpans).toBe(true);
+    const D = server.model.weights.config.dim;
+    const vector = Float32Array.from({ length: D }, (_, i) => Math.sin(i * 0.53 + 0.2));
+    const vectorId = conn.sendVector(vector);
+    conn.sendPlan({ requestId: 'req-gen', planId: 'plan-gen', entries: [{ hook: HOOK, vectorId, scale: 2, fromPosition: 0, untilPosition: null, span: 'generated' }] });
+    conn.sendPlan({ requestId: 'req-pro', planId: 'plan-pro', entries: [{ hook: HOOK, vectorId, scale: 2, fromPosition: 1, untilPosition: null, span: 'prompt' }] });
+    const body = { prompt: 'Once upon a time', max_tokens: 6 };
+    await Promise.all([
+      complete(server, 'req-gen', body, { 'x-saegate-plan-id': 'plan-gen' }),
+      complete(server, 'req-pro', body, { 'x-saegate-plan-id': 'plan-pro' }),
+      complete(server, 'req-span-plain', body),
+    ]);
+    await waitFor('the ends of the span requests on the tap', () => ['req-gen', 'req-pro', 'req-span-plain'].every((id) => seen.ends.has(id)));
+    const promptTokens = seen.ends.get('req-span-plain')!.promptTokens;
+    const plain = seen.rows.get('req-span-plain')!.get(HOOK)!;
+    const changed = (id: string): number[] => {
+      const rows = seen.rows.get(id)!.get(HOOK)!;
+      return [...rows.keys()].sort((a, b) => a - b).filter((p) => maxAbsDiff(rows.get(p)!, plain.get(p)!) > 1e-4);
+    };
+    // 'generated': the prompt's rows are untouched; the first generated position is exactly + 2 × vector.
+    expect(changed('req-gen')[0]).toBe(promptTokens);
+    const gen = seen.rows.get('req-gen')!.get(HOOK)!.get(promptTokens)!;
+    expect(maxAbsDiff(gen.map((v, d) => v - plain.get(promptTokens)![d]), vector.map((v) => 2 * v))).toBeLessThan(1e-4);
+    // 'prompt' from 1: BOS untouched, steered from position 1; generated rows differ only through the steered prefix.
+    expect(changed('req-pro')[0]).toBe(1);
+    const pro = seen.rows.get('req-pro')!.get(HOOK)!.get(1)!;
+    expect(maxAbsDiff(pro.map((v, d) => v - plain.get(1)![d]), vector.map((v) => 2 * v))).toBeLessThan(1e-4);
+  });
+
   it('applies a plan update to a running request from a later step on', async () => {
     const D = server.model.weights.config.dim;
     const vector = Float32Array.from({ length: D }, (_, i) => Math.sin(i * 0.11));

@@ -218,7 +218,13 @@ beforeAll(async () => {
   const loaded = new Promise<number>((resolve) => policies.onLoad((result) => result.ok && resolve(result.version)));
   fs.writeFileSync(path.join(dir, 'cond-a.yaml'), policyYaml('cond-a', 'a', 'a.safetensors', SCALE_A, `    - flag: {name: tenant-a}\n    - flag: {name: hit, when: {feature: {sae: test, index: ${feature}, above: ${threshold}}}}\n`));
   fs.writeFileSync(path.join(dir, 'cond-b.yaml'), policyYaml('cond-b', 'b', 'b.safetensors', SCALE_B));
+  fs.writeFileSync(
+    path.join(dir, 'cond-stop.yaml'),
+    `apiVersion: saegate/v1\nkind: Policy\nmetadata: {name: cond-stop}\nspec:\n  match:\n    headers: {x-tenant: [stop]}\n  actions:\n` +
+      `    - abort: {reason: calibrated feature, when: {feature: {sae: test, index: ${feature}, above: ${threshold}}}}\n`,
+  );
   expect(await loaded).toBe(2);
+  expect(policies.policies().map((p) => p.name).sort()).toEqual(['cond-a', 'cond-b', 'cond-stop', 'watch']);
 }, 60_000);
 
 afterAll(async () => {
@@ -292,6 +298,27 @@ describe.skipIf(!hasModel)('conditional steering and flags on live traffic', () 
     expect(a.text).not.toBe(b.text);
   });
 
+  it('stops a stream whose abort condition fired, ending it cleanly with content_filter and the trigger position', async () => {
+    const res = await fetch(`${proxy.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-request-id': 'stop-a', 'x-tenant': 'stop' },
+      body: JSON.stringify({ model: 'stories260K', prompt: PROMPT_A, max_tokens: MAX_TOKENS, temperature: 0, stream: true }),
+    });
+    expect(res.status).toBe(200);
+    const raw = await res.text();
+    const events = raw.split('\n').filter((line) => line.startsWith('data: ') && line !== 'data: [DONE]').map((line) => JSON.parse(line.slice(6)) as { choices: { text: string; finish_reason: string | null }[] });
+    const finishes = events.flatMap((e) => e.choices.map((c) => c.finish_reason)).filter((f) => f !== null);
+    expect(finishes).toEqual(['content_filter']);
+    expect(raw).toMatch(/data: \[DONE\]\n\n: x-saegate-applied=[^\n]*\n\n$/);
+    const trailer = /^: x-saegate-applied=(.*)$/m.exec(raw)?.[1] ?? '';
+    expect(trailer).toContain(`abort=cond-stop@2:${triggerA}`);
+    expect(trailer).not.toContain(`abort=cond-stop@2:${triggerA}:skipped`);
+    // Generation stopped: far fewer tokens than asked for (the abort comes a few steps after the trigger).
+    const generated = events.reduce((n, e) => n + (e.choices[0]?.text ? 1 : 0), 0);
+    expect(generated).toBeLessThan(MAX_TOKENS);
+    expect(firstAbove('stop-a')).toBe(triggerA);
+  });
+
   it('counts flags, plan updates and lags in /metrics', async () => {
     const text = await (await fetch(`${proxy.url}/metrics`)).text();
     const value = (series: string): number => Number(new RegExp(`^${series.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(text)?.[1] ?? Number.NaN);
@@ -301,6 +328,7 @@ describe.skipIf(!hasModel)('conditional steering and flags on live traffic', () 
     expect(value('saegate_policy_triggers_total{policy="cond-b",kind="steer"}')).toBe(1);
     expect(value('saegate_policy_plan_updates_total{outcome="sent"}')).toBe(4);
     expect(value('saegate_policy_trigger_lag_steps_count')).toBe(4);
+    expect(value('saegate_policy_triggers_total{policy="cond-stop",kind="abort"}')).toBe(1);
     expect(value('saegate_policy_conditional_requests')).toBe(0);
   });
 });

@@ -2,7 +2,7 @@
  * A small graph-construction DSL over `encodeModel`: every `op()` returns the name of its output
  * tensor, so a graph reads like the math it computes. Shared by the model runtime and the SAE engine.
  */
-import { DataType, encodeModel, type AttributeValue, type DataTypeCode, type InitializerSpec, type NodeSpec, type ValueInfoSpec } from './proto.js';
+import { DataType, encodeModel, type AttributeValue, type DataTypeCode, type GraphValue, type InitializerSpec, type NodeSpec, type ValueInfoSpec } from './proto.js';
 
 function bytesOf(view: ArrayBufferView): Uint8Array {
   // Zero-copy: ONNX raw_data is little-endian, as is every platform onnxruntime-node ships for.
@@ -14,12 +14,29 @@ export class GraphBuilder {
   private readonly initializers: InitializerSpec[] = [];
   private readonly inputs: ValueInfoSpec[] = [];
   private readonly outputs: ValueInfoSpec[] = [];
-  private counter = 0;
+  /** Shared with subgraph builders, so that names stay unique across the whole model. */
+  private readonly names: { next: number };
 
-  constructor(private readonly graphName: string) {}
+  constructor(
+    private readonly graphName: string,
+    names: { next: number } = { next: 0 },
+  ) {
+    this.names = names;
+  }
 
   private fresh(prefix: string): string {
-    return `${prefix}_${this.counter++}`;
+    return `${prefix}_${this.names.next++}`;
+  }
+
+  /**
+   * A subgraph for an `If` branch: `body` adds its nodes on a builder of its own (which may use
+   * any tensor of this graph by name) and returns the values to output, in order. Output names
+   * are made unique.
+   */
+  subgraph(name: string, body: (sub: GraphBuilder) => readonly { value: string; dataType: DataTypeCode; shape: readonly (number | string)[] }[]): GraphValue {
+    const sub = new GraphBuilder(name, this.names);
+    for (const out of body(sub)) sub.output(sub.fresh(`${name}_out`), out.value, out.dataType, out.shape);
+    return { graph: { graphName: name, nodes: sub.nodes, initializers: sub.initializers, inputs: [], outputs: sub.outputs } };
   }
 
   /** Declares a graph input. */

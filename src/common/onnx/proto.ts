@@ -118,7 +118,21 @@ export const DataType = {
 } as const;
 export type DataTypeCode = (typeof DataType)[keyof typeof DataType];
 
-export type AttributeValue = number | string | readonly number[] | { floats: readonly number[] } | TensorValue;
+export type AttributeValue = number | string | readonly number[] | { floats: readonly number[] } | TensorValue | GraphValue;
+
+/** A subgraph attribute (the branches of `If`); it may use names of the enclosing graph. */
+export interface GraphValue {
+  graph: GraphSpec;
+}
+
+/** A graph's contents: the model's main graph, or a subgraph. */
+export interface GraphSpec {
+  graphName: string;
+  nodes: readonly NodeSpec[];
+  initializers: readonly InitializerSpec[];
+  inputs: readonly ValueInfoSpec[];
+  outputs: readonly ValueInfoSpec[];
+}
 
 export interface TensorValue {
   dataType: DataTypeCode;
@@ -148,12 +162,7 @@ export interface InitializerSpec {
   tensor: TensorValue;
 }
 
-export interface ModelSpec {
-  graphName: string;
-  nodes: readonly NodeSpec[];
-  initializers: readonly InitializerSpec[];
-  inputs: readonly ValueInfoSpec[];
-  outputs: readonly ValueInfoSpec[];
+export interface ModelSpec extends GraphSpec {
   opset: number;
   /** Extra opset imports, e.g. `{ 'com.microsoft': 1 }`. */
   extraOpsets?: Readonly<Record<string, number>>;
@@ -170,6 +179,10 @@ function writeTensor(t: TensorValue, name?: string): ProtoWriter {
 
 function isTensorValue(v: AttributeValue): v is TensorValue {
   return typeof v === 'object' && 'raw' in v;
+}
+
+function isGraphValue(v: AttributeValue): v is GraphValue {
+  return typeof v === 'object' && 'graph' in v;
 }
 
 function writeAttribute(name: string, value: AttributeValue): ProtoWriter {
@@ -194,6 +207,9 @@ function writeAttribute(name: string, value: AttributeValue): ProtoWriter {
   } else if (isTensorValue(value as AttributeValue)) {
     w.message(5, writeTensor(value as TensorValue));
     w.int(20, 4);
+  } else if (isGraphValue(value as AttributeValue)) {
+    w.message(6, writeGraph((value as GraphValue).graph));
+    w.int(20, 5);
   } else {
     const floats = (value as { floats: readonly number[] }).floats;
     // Packed repeated float: one length-delimited field of little-endian fixed32 values.
@@ -225,8 +241,7 @@ function writeValueInfo(v: ValueInfoSpec): ProtoWriter {
   return w;
 }
 
-/** Serialises a whole model to ONNX protobuf bytes, ready for `InferenceSession.create`. */
-export function encodeModel(spec: ModelSpec): Uint8Array {
+function writeGraph(spec: GraphSpec): ProtoWriter {
   const graph = new ProtoWriter();
   for (const n of spec.nodes) {
     const node = new ProtoWriter();
@@ -242,7 +257,12 @@ export function encodeModel(spec: ModelSpec): Uint8Array {
   for (const init of spec.initializers) graph.message(5, writeTensor(init.tensor, init.name));
   for (const i of spec.inputs) graph.message(11, writeValueInfo(i));
   for (const o of spec.outputs) graph.message(12, writeValueInfo(o));
+  return graph;
+}
 
+/** Serialises a whole model to ONNX protobuf bytes, ready for `InferenceSession.create`. */
+export function encodeModel(spec: ModelSpec): Uint8Array {
+  const graph = writeGraph(spec);
   const model = new ProtoWriter();
   model.int(1, 8); // ir_version 8 (ONNX 1.10+), understood by every onnxruntime we support
   model.string(2, 'saegate');

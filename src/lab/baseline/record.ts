@@ -24,7 +24,7 @@ export interface RecordBaselineOptions {
   collector: ActivationCollector;
   /** The model server's OpenAI base URL. */
   upstream: string;
-  /** The SAE's worker pool; its `topK` bounds the latents read per row. */
+  /** The SAE's worker pool; every active latent of a row is read unless the pool has a list cap. */
   pool: SaeEncoder;
   /** SAE input width (the model's d_model). */
   dIn: number;
@@ -56,7 +56,7 @@ export interface RecordedBaseline {
   baseline: Baseline;
   /** Documents skipped because they did not fit the model's context. */
   skipped: number;
-  /** Rows with more active latents than the pool's topK (their weakest latents were not counted). */
+  /** Rows with more active latents than were listed, under a list cap (their weakest latents were not counted). */
   truncatedRows: number;
 }
 
@@ -67,7 +67,6 @@ export interface RecordedBaseline {
 export async function recordBaseline(options: RecordBaselineOptions): Promise<RecordedBaseline> {
   const { pool, dIn, dSae } = options;
   const recorder = new BaselineRecorder({ dSae });
-  const topK = pool.topK;
   let tokens = 0;
   let recorded = 0;
   let truncatedRows = 0;
@@ -85,7 +84,8 @@ export async function recordBaseline(options: RecordBaselineOptions): Promise<Re
     for (let start = 0; start < T; start += ENCODE_ROWS) {
       const n = Math.min(ENCODE_ROWS, T - start);
       const result = await pool.encode(doc.rows.slice(start * dIn, (start + n) * dIn), n);
-      for (let r = 0; r < n; r++) if (result.l0[r] > topK) truncatedRows++;
+      // Without a cap the list is as wide as the batch's largest L0, so only a capped list is short.
+      for (let r = 0; r < n; r++) if (result.l0[r] > result.topK) truncatedRows++;
       const positions = new Int32Array(n);
       for (let r = 0; r < n; r++) positions[r] = start + r;
       const batch: SaeResultBatch = {

@@ -11,6 +11,12 @@
  * A document ends at EOS or at BOS. llama2.c models (stories260K) were trained on stories
  * delimited by BOS, not EOS, and sample BOS where a story ends — llama2.c's run.c stops there too.
  * Without it a "document" would run on into the next, unrelated story.
+ *
+ * A corpus is read back as prompts (activation collection, feature reports), and tokenization is
+ * not a round trip: decoded text can encode again to more tokens than were sampled (byte-fallback
+ * pieces that decode to U+FFFD, a synthetic model's random ids). With `maxTextTokens`, a document
+ * whose text would not fit is cut back to a prefix of its generated tokens that does, so every
+ * document is one the model can take back.
  */
 import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
@@ -26,7 +32,7 @@ export interface SampledDocument {
   text: string;
   /** Completion tokens as the engine counts them (the model server's usage): the EOS included when finishReason is 'stop'. */
   tokens: number;
-  /** 'stop': the model sampled EOS (or BOS, a document boundary); 'length': it reached maxTokens (or the context). */
+  /** 'stop': the model sampled EOS (or BOS, a document boundary); 'length': it reached maxTokens (or the context), or was cut back to fit `maxTextTokens`. */
   finishReason: 'stop' | 'length';
 }
 
@@ -48,8 +54,10 @@ export interface SampleSummary extends SampleProgress {
   empty: number;
   /** Documents that ended with EOS or BOS. */
   stopped: number;
-  /** Documents cut at maxTokens or the context length. */
+  /** Documents cut at maxTokens or the context length, or cut back to fit `maxTextTokens`. */
   truncated: number;
+  /** Of `truncated`, the documents cut back because their text encoded again to more than `maxTextTokens`. */
+  shortened: number;
 }
 
 /** Options of {@link sampleCorpus}. */
@@ -65,6 +73,12 @@ export interface SampleCorpusOptions {
   seed: number;
   /** Most tokens generated per document; prompt + maxTokens must fit the model's context. */
   maxTokens: number;
+  /**
+   * Most tokens a document's text may take when the tokenizer encodes it again with BOS, as a model
+   * server reading it as a prompt does; a longer document is cut back to the longest prefix of its
+   * generated tokens found to fit (`tokens` then counts the kept ones). Default: no limit.
+   */
+  maxTextTokens?: number;
   /** Sampling temperature; 0 is greedy (every document the same). */
   temperature: number;
   /** Nucleus mass in (0, 1]; 1 is off. */
@@ -97,6 +111,7 @@ function checkOptions(options: SampleCorpusOptions): void {
   if (!Number.isSafeInteger(options.seed) || options.seed < 0) throw new SaegateError('SAEGATE_ERR_CONFIG', ['seed', `a non-negative integer, got ${options.seed}`]);
   positive('maxTokens', options.maxTokens);
   positive('concurrency', options.concurrency);
+  if (options.maxTextTokens !== undefined) positive('maxTextTokens', options.maxTextTokens);
   if (options.promptTokens.length === 0) throw new SaegateError('SAEGATE_ERR_CONFIG', ['promptTokens', 'at least one token (BOS)']);
 }
 
@@ -108,7 +123,7 @@ export async function sampleCorpus(options: SampleCorpusOptions): Promise<Sample
   checkOptions(options);
   const { engine, tokenizer, promptTokens, documents: total } = options;
   const started = performance.now();
-  const summary: SampleSummary = { documents: 0, total, tokens: 0, elapsedMs: 0, empty: 0, stopped: 0, truncated: 0 };
+  const summary: SampleSummary = { documents: 0, total, tokens: 0, elapsedMs: 0, empty: 0, stopped: 0, truncated: 0, shortened: 0 };
 
   // One controller for every generation: an outside abort, an engine error or a failing
   // onDocument all stop the rest at their next step.
@@ -156,7 +171,32 @@ export async function sampleCorpus(options: SampleCorpusOptions): Promise<Sample
       if (controller.signal.aborted) return null;
       throw new SaegateError('SAEGATE_ERR_RUNTIME', [`the engine aborted document ${index}`]);
     }
-    return { id: index, text: tokenizer.decode([...promptTokens, ...generated]), tokens: result.completionTokens, finishReason: result.finishReason };
+    const text = tokenizer.decode([...promptTokens, ...generated]);
+    if (options.maxTextTokens === undefined) return { id: index, text, tokens: result.completionTokens, finishReason: result.finishReason };
+    const encoded = tokenizer.encode(text, { addBos: true }).length;
+    if (encoded <= options.maxTextTokens) return { id: index, text, tokens: result.completionTokens, finishReason: result.finishReason };
+    return cutBack(index, generated, encoded, options.maxTextTokens);
+  };
+
+  /**
+   * The longest prefix of `generated` found whose text fits `limit` tokens: shrink in proportion
+   * to the overshoot (re-encoded length grows about linearly with the text), at least one token per
+   * try, so a few encodes suffice. Throws when even the prompt alone does not fit.
+   */
+  const cutBack = (index: number, generated: readonly number[], encoded: number, limit: number): SampledDocument => {
+    let kept = generated.length;
+    let length = encoded;
+    let text = '';
+    while (length > limit) {
+      if (kept === 0) {
+        throw new SaegateError('SAEGATE_ERR_CONFIG', ['prompt', `the prompt alone encodes to ${length} tokens, more than the ${limit} a document may take`]);
+      }
+      kept = Math.max(0, Math.min(kept - 1, Math.floor((kept * limit) / length)));
+      text = tokenizer.decode([...promptTokens, ...generated.slice(0, kept)]);
+      length = tokenizer.encode(text, { addBos: true }).length;
+    }
+    summary.shortened++;
+    return { id: index, text, tokens: kept, finishReason: 'length' };
   };
 
   // Each lane takes the next index as soon as its previous document is done, which keeps

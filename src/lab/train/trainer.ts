@@ -188,8 +188,8 @@ export interface SaeEvaluation {
 /** Encodes `rows` with the SAE engine's worker pool and measures reconstruction and sparsity. */
 export async function evaluateSae(sae: SaeWeights, rows: Float32Array, count: number, options: { device?: Device; batchRows?: number } = {}): Promise<SaeEvaluation> {
   const { dIn, dSae } = sae.config;
-  const topK = sae.config.k ?? dSae;
-  const pool = await SaePool.create({ sae, topK, device: options.device });
+  // Every active latent is listed (the batch's largest L0 wide), so firing counts are exact.
+  const pool = await SaePool.create({ sae, device: options.device });
   const batchRows = options.batchRows ?? 4096;
   const mean = new Float64Array(dIn);
   for (let r = 0; r < count; r++) for (let i = 0; i < dIn; i++) mean[i] += rows[r * dIn + i];
@@ -206,8 +206,8 @@ export async function evaluateSae(sae: SaeWeights, rows: Float32Array, count: nu
       for (let r = 0; r < n; r++) {
         sq += result.sqError[r];
         active += result.l0[r];
-        for (let j = 0; j < topK; j++) {
-          const index = result.indices[r * topK + j];
+        for (let j = 0; j < result.topK; j++) {
+          const index = result.indices[r * result.topK + j];
           if (index >= 0) firing[index]++;
         }
       }

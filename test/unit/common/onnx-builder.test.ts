@@ -44,4 +44,25 @@ describe('ONNX graph builder', () => {
     const unbiased = await session.run({ ...feeds, bias: new ort.Tensor('float32', Float32Array.from([0, 0]), [2]) });
     expect([...(unbiased.y.data as Float32Array)]).toEqual([1, 2, 8, 10]);
   });
+
+  it('builds If branches as subgraphs that use the enclosing graph\'s tensors, and runs the branch the condition picks', async () => {
+    const g = new GraphBuilder('if-test');
+    const x = g.input('x', DataType.FLOAT, ['n']);
+    const limit = g.constF32([2], [1]);
+    const scale = g.constF32([10], []);
+    // then: x · 10 (an outer constant), else: x + 1 (a constant of the branch's own).
+    const y = g.op('If', [g.op('Greater', [g.op('ReduceMax', [x], { keepdims: 1 }), limit])], {
+      then_branch: g.subgraph('times_ten', (b) => [{ value: b.op('Mul', [x, scale]), dataType: DataType.FLOAT, shape: ['n'] }]),
+      else_branch: g.subgraph('plus_one', (b) => [{ value: b.op('Add', [x, b.constF32([1], [])]), dataType: DataType.FLOAT, shape: ['n'] }]),
+    });
+    g.output('y', y, DataType.FLOAT, ['n']);
+    const session = await ort.InferenceSession.create(g.build(), { logSeverityLevel: 3 });
+    try {
+      const run = async (values: number[]): Promise<number[]> => [...((await session.run({ x: new ort.Tensor('float32', Float32Array.from(values), [values.length]) })).y.data as Float32Array)];
+      expect(await run([1, 3])).toEqual([10, 30]);
+      expect(await run([1, 2])).toEqual([2, 3]);
+    } finally {
+      await session.release();
+    }
+  });
 });

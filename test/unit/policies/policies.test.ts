@@ -169,6 +169,18 @@ describe('matching and combining', () => {
     expect(plan.steering[0].vector).toBe(plan.steering[2].vector);
   });
 
+  it("sends 'prompt' and 'generated' positions as spans the model server resolves", () => {
+    const r = resolverFor(
+      steerPolicy('gen').replace('scale: -0.5', 'scale: -0.5\n        positions: generated'),
+      steerPolicy('pro').replace('scale: -0.5', 'scale: 1\n        positions: prompt'),
+    );
+    const plan = r.resolve(request());
+    expect(plan.steering.map((t) => [t.scale, t.fromPosition, t.untilPosition, t.span])).toEqual([
+      [-0.5, 0, null, 'generated'],
+      [1, 0, null, 'prompt'],
+    ]);
+  });
+
   it('keeps conditional steers out of the initial plan', () => {
     const r = resolverFor(
       `${steerPolicy('cond').replace('scale: -0.5', 'scale: -0.5\n        when:\n          feature: {sae: demo, index: 7, above: 2, forTokens: 2}')}    - monitor:\n        sae: demo\n        features: [{index: 7}]\n`,

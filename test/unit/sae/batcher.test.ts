@@ -15,7 +15,6 @@ const TOP_K = 4;
  * encode until `release()` is called.
  */
 class FakePool implements SaeEncoder {
-  readonly topK = TOP_K;
   calls = 0;
   private held: (() => void)[] = [];
   constructor(

@@ -7,11 +7,11 @@ import { seededUniform as rng } from '../../../src/common/random.js';
 
 const D_IN = 16;
 const D_SAE = 64;
-/** The `topk` architecture's own k; the report cap `topK` is tested below and above it. */
+/** The `topk` architecture's own k. */
 const ARCH_K = 12;
 const SCALING_FACTOR = 0.37;
-/** Report caps: one truncates (L0 > 6 in every case here), one pads. */
-const TOP_KS = [6, 48] as const;
+/** A list cap below every row's L0 here (checked below), so every capped list is cut. */
+const CAP = 6;
 const ROWS = 7;
 
 
@@ -137,18 +137,21 @@ interface ExpectedRow {
   fvu: number;
 }
 
-/** Reference outputs from the top-K features only, as the graph defines them. */
-function expectedOutputs(sae: SaeWeights, ref: ReferenceRow, topK: number): ExpectedRow {
-  const { dIn } = sae.config;
-  const kept = ref.order.slice(0, topK);
+/**
+ * Reference outputs for a list `width` slots wide: the strongest `width` active features listed (the
+ * rest padded), and L0 and the errors from every active feature, a dense decode.
+ */
+function expectedOutputs(sae: SaeWeights, ref: ReferenceRow, width: number): ExpectedRow {
+  const { dIn, dSae } = sae.config;
+  const kept = ref.order.slice(0, width);
   const recon = Float64Array.from(sae.b_dec);
-  for (const j of kept) for (let i = 0; i < dIn; i++) recon[i] += ref.dense[j] * sae.W_dec[j * dIn + i];
+  for (let j = 0; j < dSae; j++) for (let i = 0; i < dIn; i++) recon[i] += ref.dense[j] * sae.W_dec[j * dIn + i];
   let sqError = 0;
   for (let i = 0; i < dIn; i++) sqError += (ref.xn[i] - recon[i]) ** 2;
   const mean = ref.xn.reduce((a, b) => a + b, 0) / dIn;
   let energy = 0;
   for (const v of ref.xn) energy += (v - mean) ** 2;
-  const pad = topK - kept.length;
+  const pad = width - kept.length;
   return {
     indices: [...kept, ...Array<number>(pad).fill(-1)],
     values: [...kept.map((j) => ref.dense[j]), ...Array<number>(pad).fill(0)],
@@ -206,21 +209,33 @@ describe.each(cases)('SAE encoder graph: $architecture, normalize=$normalization
   const sae = makeSae(architecture, normalization, applyBDecToInput, seed);
   const { x, refs } = makeRows(sae, seed + 1);
 
-  it.each(TOP_KS)('matches the float64 reference with topK = %i: ordered features, L0 and the top-K sparse-decode error', async (topK) => {
-    const out = await runGraph(buildSaeEncoderGraph(sae, { topK }), x, ROWS);
+  // Uncapped, the width is the batch's largest L0 and every list is its row's full active set; a
+  // cap below every L0 cuts every list to CAP and leaves L0 and the errors exact. The error comes
+  // from the sparse decode (gathered decoder rows) or the dense one (f · W_dec): both are checked.
+  it.each([
+    { topK: undefined, decode: 'sparse', sparseDecodeMaxWidth: D_SAE },
+    { topK: undefined, decode: 'dense', sparseDecodeMaxWidth: 0 },
+    { topK: CAP, decode: 'default', sparseDecodeMaxWidth: undefined },
+  ])('matches the float64 reference with list cap $topK and the $decode decode: ordered features, L0 and the exact reconstruction error', async ({ topK, sparseDecodeMaxWidth }) => {
+    const out = await runGraph(
+      buildSaeEncoderGraph(sae, { ...(topK !== undefined && { topK }), ...(sparseDecodeMaxWidth !== undefined && { sparseDecodeMaxWidth }) }),
+      x,
+      ROWS,
+    );
+    const width = Math.min(topK ?? Infinity, Math.max(...refs.map((ref) => ref.order.length)));
     const indices = out[SaeEncoderNames.indices].data as BigInt64Array;
     const values = out[SaeEncoderNames.values].data as Float32Array;
     const l0 = out[SaeEncoderNames.l0].data as BigInt64Array;
     const sqError = out[SaeEncoderNames.sqError].data as Float32Array;
     const fvu = out[SaeEncoderNames.fvu].data as Float32Array;
-    expect(out[SaeEncoderNames.indices].dims).toEqual([ROWS, topK]);
-    expect(out[SaeEncoderNames.values].dims).toEqual([ROWS, topK]);
+    expect(out[SaeEncoderNames.indices].dims).toEqual([ROWS, width]);
+    expect(out[SaeEncoderNames.values].dims).toEqual([ROWS, width]);
     expect(out[SaeEncoderNames.l0].dims).toEqual([ROWS]);
 
     refs.forEach((ref, r) => {
-      const want = expectedOutputs(sae, ref, topK);
-      expect([...indices.subarray(r * topK, (r + 1) * topK)].map(Number), `row ${r} indices`).toEqual(want.indices);
-      want.values.forEach((v, s) => expectClose(values[r * topK + s], v, `row ${r} value ${s}`));
+      const want = expectedOutputs(sae, ref, width);
+      expect([...indices.subarray(r * width, (r + 1) * width)].map(Number), `row ${r} indices`).toEqual(want.indices);
+      want.values.forEach((v, s) => expectClose(values[r * width + s], v, `row ${r} value ${s}`));
       expect(Number(l0[r]), `row ${r} l0`).toBe(want.l0);
       expectClose(sqError[r], want.sqError, `row ${r} sq_error`);
       expectClose(fvu[r], want.fvu, `row ${r} fvu`);
@@ -229,32 +244,52 @@ describe.each(cases)('SAE encoder graph: $architecture, normalize=$normalization
 });
 
 describe('SAE encoder graph: shapes and limits', () => {
-  it('covers both truncation (L0 above topK) and padding (L0 below topK) in the seeded cases', () => {
-    const l0s = cases.flatMap(({ architecture, normalization, applyBDecToInput, seed }) =>
-      makeRows(makeSae(architecture, normalization, applyBDecToInput, seed), seed + 1).refs.map((ref) => ref.order.length),
-    );
-    expect(Math.min(...l0s)).toBeLessThan(TOP_KS[1]);
-    expect(Math.max(...l0s)).toBeGreaterThan(TOP_KS[0]);
-    expect(l0s.filter((l0) => l0 <= TOP_KS[0])).toEqual([]);
+  it('covers padding (rows below their batch\'s largest L0) and a cut in every capped list in the seeded cases', () => {
+    const l0sOf = ({ architecture, normalization, applyBDecToInput, seed }: (typeof cases)[number]): number[] =>
+      makeRows(makeSae(architecture, normalization, applyBDecToInput, seed), seed + 1).refs.map((ref) => ref.order.length);
+    const batches = cases.map(l0sOf);
+    // Every batch but the topk ones (whose rows all have L0 = k here) has a row shorter than its
+    // widest one, so the uncapped case checks padding.
+    const unpadded = cases.filter((c, i) => Math.min(...batches[i]) === Math.max(...batches[i])).map((c) => c.architecture);
+    expect(unpadded.filter((architecture) => architecture !== 'topk')).toEqual([]);
+    expect(batches.flat().filter((l0) => l0 <= CAP)).toEqual([]);
   });
 
-  it('takes any number of rows with one session, and a row encodes the same alone as in a batch', async () => {
+  it('takes any number of rows with one session, and a row encodes the same alone as in a batch (where its list is padded to the batch width)', async () => {
     const sae = makeSae('jumprelu', 'layer_norm', true, 7);
-    const { x } = makeRows(sae, 8);
-    const session = await ort.InferenceSession.create(buildSaeEncoderGraph(sae, { topK: 10 }), { logSeverityLevel: 3 });
+    const { x, refs } = makeRows(sae, 8);
+    const session = await ort.InferenceSession.create(buildSaeEncoderGraph(sae), { logSeverityLevel: 3 });
     try {
       const batch = await session.run({ x: new ort.Tensor('float32', x, [ROWS, D_IN]) });
       const single = await session.run({ x: new ort.Tensor('float32', x.slice(3 * D_IN, 4 * D_IN), [1, D_IN]) });
-      expect([...(single.feature_indices.data as BigInt64Array)]).toEqual([...(batch.feature_indices.data as BigInt64Array).subarray(30, 40)]);
+      const width = batch.feature_indices.dims[1];
+      const l0 = refs[3].order.length;
+      expect(width).toBe(Math.max(...refs.map((ref) => ref.order.length)));
+      expect(l0).toBeLessThan(width);
+      expect(single.feature_indices.dims).toEqual([1, l0]);
+      const row = [...(batch.feature_indices.data as BigInt64Array).subarray(3 * width, 4 * width)];
+      expect(row).toEqual([...(single.feature_indices.data as BigInt64Array), ...Array<bigint>(width - l0).fill(-1n)]);
       expectClose((single.sq_error.data as Float32Array)[0], (batch.sq_error.data as Float32Array)[3], 'sq_error');
     } finally {
       await session.release();
     }
   });
 
-  it('rejects a topK outside [1, dSae] and a topk SAE without k, with SAEGATE_ERR_CONFIG naming the source', () => {
+  it('lists one padded slot per row when no feature fires anywhere in the batch', async () => {
+    const sae = makeSae('standard', 'none', true, 5);
+    // b_enc far below any pre-activation these rows reach: nothing fires.
+    const silent = { ...sae, b_enc: new Float32Array(D_SAE).fill(-1e6) };
+    const out = await runGraph(buildSaeEncoderGraph(silent), new Float32Array(ROWS * D_IN).fill(0.5), ROWS);
+    expect(out[SaeEncoderNames.indices].dims).toEqual([ROWS, 1]);
+    expect([...(out[SaeEncoderNames.indices].data as BigInt64Array)]).toEqual(Array<bigint>(ROWS).fill(-1n));
+    expect([...(out[SaeEncoderNames.l0].data as BigInt64Array)]).toEqual(Array<bigint>(ROWS).fill(0n));
+  });
+
+  it('rejects a list cap that is not a positive integer and a topk SAE without k, with SAEGATE_ERR_CONFIG naming the source', () => {
     const sae = makeSae('standard', 'none', true, 3);
-    for (const topK of [0, D_SAE + 1, 2.5]) {
+    expect(() => buildSaeEncoderGraph(sae, { topK: D_SAE + 1 })).not.toThrow();
+    expect(() => buildSaeEncoderGraph(sae, { sparseDecodeMaxWidth: -1 })).toThrow(/sparseDecodeMaxWidth/);
+    for (const topK of [0, -3, 2.5]) {
       expect(() => buildSaeEncoderGraph(sae, { topK })).toThrow(/test-standard-none/);
       try {
         buildSaeEncoderGraph(sae, { topK });
@@ -271,8 +306,10 @@ describe('SAE encoder graph with float16 weights (the CUDA default)', () => {
   it.each(architectures)('%s: float16 weights give the float32 graph’s features and errors to half-precision accuracy', async (architecture) => {
     const sae = makeSae(architecture, 'none', true, 21);
     const { x } = makeRows(sae, 22);
-    const f32 = await runGraph(buildSaeEncoderGraph(sae, { topK: 6 }), x, ROWS);
-    const f16 = await runGraph(buildSaeEncoderGraph(sae, { topK: 6, weights: 'f16' }), x, ROWS);
+    const f32 = await runGraph(buildSaeEncoderGraph(sae, { topK: CAP }), x, ROWS);
+    const f16 = await runGraph(buildSaeEncoderGraph(sae, { topK: CAP, weights: 'f16' }), x, ROWS);
+    // The sparse decode in f16 (the default above decodes these lists densely).
+    const f16Sparse = await runGraph(buildSaeEncoderGraph(sae, { topK: CAP, weights: 'f16', sparseDecodeMaxWidth: D_SAE }), x, ROWS);
     const v32 = f32.feature_values.data as Float32Array;
     const v16 = f16.feature_values.data as Float32Array;
     const scale = Math.max(...v32.map(Math.abs));
@@ -284,7 +321,11 @@ describe('SAE encoder graph with float16 weights (the CUDA default)', () => {
     expect(same / i32.length).toBeGreaterThan(0.85);
     const fvu32 = f32.fvu.data as Float32Array;
     const fvu16 = f16.fvu.data as Float32Array;
-    for (let r = 0; r < ROWS; r++) expect(Math.abs(fvu16[r] - fvu32[r])).toBeLessThan(0.05 * Math.max(fvu32[r], 0.1));
+    const fvu16Sparse = f16Sparse.fvu.data as Float32Array;
+    for (let r = 0; r < ROWS; r++) {
+      expect(Math.abs(fvu16[r] - fvu32[r])).toBeLessThan(0.05 * Math.max(fvu32[r], 0.1));
+      expect(Math.abs(fvu16Sparse[r] - fvu32[r])).toBeLessThan(0.05 * Math.max(fvu32[r], 0.1));
+    }
   });
 
   it('keeps float32 where the weights do not fit float16', () => {

@@ -1,7 +1,7 @@
 /**
  * SaeSink fed through its ActivationSink methods with messages decoded from real tap frames, over a
- * real SAE worker pool: tokens attached to result rows, their release after a request's end, and
- * the drops reported back to the tap.
+ * real SAE worker pool: tokens attached to result rows, their release after a request's end, the
+ * drops reported back to the tap, and exact results (full active sets) for rows with L0 above 64.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import type { TapSource } from '../../../src/tap/sink.js';
@@ -10,7 +10,9 @@ import { SaeSink, type SaeSinkOptions } from '../../../src/sae/sink.js';
 import { encodeActivationFrame, encodeTokensFrame } from '../../../src/tap/builders.js';
 import { decodeMessage } from '../../../src/tap/codec.js';
 import type { ActivationsFrame } from '../../../src/tap/server.js';
-import { D_IN, makeSmallSae, rng, uniform } from './sae-fixture.js';
+import { encodedRowsFromResults } from '../../../src/monitor/adapter.js';
+import { waitFor } from '../../helpers/wait.js';
+import { D_IN, expectExactRows, LOUD, makeSmallSae, makeWideSae, QUIET, rng, uniform, WIDE_D_IN, WIDE_D_SAE, wideRows, type WideReferenceRow } from './sae-fixture.js';
 
 const HOOK = makeSmallSae().config.hookName;
 const SOURCE: TapSource = { sessionId: 'session-1', modelId: 'tiny', serverId: undefined };
@@ -155,5 +157,63 @@ describe('SaeSink', () => {
     expect(s.write(frame([['r', 0], ['r', 1], ['r', 2]], D_IN + 1), SOURCE)).toBe(3);
     expect(s.stats()[HOOK].rowsRejected).toBe(3);
     expect(s.rowsRejected).toBe(3);
+  });
+});
+
+describe.each([
+  { architecture: 'standard' as const, seed: 700 },
+  { architecture: 'jumprelu' as const, seed: 800 },
+])('SaeSink with a $architecture SAE whose L0 grows mid-stream past 64 (d_sae 512)', ({ architecture, seed }) => {
+  let sink: SaeSink | null = null;
+  afterEach(async () => {
+    await sink?.close();
+    sink = null;
+  });
+
+  it('delivers every active latent of every row, batch by batch, with exact L0, errors and firing counts, and the monitor sees them all', async () => {
+    const sae = makeWideSae(architecture, seed);
+    const BATCH = 8;
+    // Quiet rows, then loud rows (three batches), then quiet rows again, each from its own request.
+    const phases = [
+      { requestId: 'quiet-1', ...wideRows(sae, BATCH, QUIET, seed + 1) },
+      { requestId: 'loud', ...wideRows(sae, 3 * BATCH, LOUD, seed + 2) },
+      { requestId: 'quiet-2', ...wideRows(sae, BATCH, QUIET, seed + 3) },
+    ];
+    const refOf = new Map<string, WideReferenceRow>();
+    for (const phase of phases) phase.refs.forEach((ref, p) => refOf.set(`${phase.requestId}@${p}`, ref));
+    sink = await SaeSink.create({ saes: [sae], maxBatchRows: BATCH, maxDelayMs: 60_000 });
+    const batches: SaeResultBatch[] = [];
+    sink.onResult((batch) => batches.push(batch));
+    for (const phase of phases) {
+      const count = phase.refs.length;
+      const message = decodeMessage(
+        encodeActivationFrame({ hookIndex: 0, dtype: 'f32', dModel: WIDE_D_IN, requestIds: Array<string>(count).fill(phase.requestId), positions: Int32Array.from({ length: count }, (_, p) => p), data: phase.rows }),
+      );
+      if (message.type !== 'activations') throw new Error(`decoded a ${message.type} message`);
+      expect(sink.write({ ...message, hook: sae.config.hookName, rowCount: count }, SOURCE)).toBe(0);
+    }
+    await waitFor('5 result batches', () => batches.length === 5, { observed: () => batches.length });
+
+    const firing = new Uint32Array(WIDE_D_SAE);
+    const wanted = new Uint32Array(WIDE_D_SAE);
+    for (const batch of batches) {
+      const refs = Array.from(batch.positions, (position, r) => refOf.get(`${batch.requestIds[batch.rowRequestIndexes[r]]}@${position}`)!);
+      expectExactRows(batch, refs, WIDE_D_SAE);
+      // The monitor's view of the batch: CSR rows as long as L0, holding the reference's active sets.
+      const encoded = encodedRowsFromResults(batch);
+      refs.forEach((ref, r) => {
+        const features = Array.from(encoded.indices.subarray(encoded.offsets[r], encoded.offsets[r + 1])).sort((a, b) => a - b);
+        expect(features).toEqual(ref.active);
+        expect(encoded.l0[r]).toBe(ref.active.length);
+        for (const j of features) firing[j]++;
+        for (const j of ref.active) wanted[j]++;
+      });
+    }
+    expect(Array.from(firing)).toEqual(Array.from(wanted));
+    // The list width follows each batch's largest L0: narrow, past 64 for the loud rows, narrow again.
+    const widths = batches.map((b) => b.topK);
+    expect(widths[0]).toBeLessThan(64);
+    expect(Math.min(...widths.slice(1, 4))).toBeGreaterThan(100);
+    expect(widths[4]).toBeLessThan(64);
   });
 });

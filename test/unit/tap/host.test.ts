@@ -181,6 +181,20 @@ describe('TapHost', () => {
     expect(host.deliverPlan('req-z', [term(new Float32Array(4))])).not.toBeNull();
   });
 
+  it("sends span terms ('prompt', 'generated') only to servers whose hello says relativeSpans, and carries the span", async () => {
+    const { host, connect } = await rig();
+    await connect(hello({ serverId: 'old' }));
+    const generated = term(new Float32Array(4), { span: 'generated' });
+    expect(host.deliverPlan('req-old', [generated])).toBeNull();
+    const spans = await connect(hello({ serverId: 'spans', relativeSpans: true }));
+    const received = once(spans, 'plan') as Promise<[ResolvedPlan]>;
+    expect(host.deliverPlan('req-new', [generated])).not.toBeNull();
+    const [plan] = await received;
+    expect(plan.entries).toMatchObject([{ span: 'generated', fromPosition: 0, untilPosition: null }]);
+    // An absolute term still goes anywhere.
+    expect(host.deliverPlan('req-abs', [term(new Float32Array(4))])).not.toBeNull();
+  });
+
   it('sends a plan update to the connection serving the request only, vectors first', async () => {
     const { host, connect } = await rig();
     host.subscribeAll({ hooks: HOOKS, dtype: 'f32', includePrompt: true });

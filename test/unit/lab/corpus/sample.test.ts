@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { documentSeed, sampleCorpus, type SampleCorpusOptions, type SampledDocument } from '../../../../src/lab/corpus/sample.js';
-import { BOS_ID, ByteTokenizer, byteTokens, EOS_ID, FakeEngine } from '../../../helpers/fake-engine.js';
+import { BOS_ID, BYTE_OFFSET, ByteTokenizer, byteTokens, EOS_ID, FakeEngine } from '../../../helpers/fake-engine.js';
 
 const tokenizer = new ByteTokenizer();
 const indexOf = (requestId: string): number => Number(/^sample-(\d+)$/.exec(requestId)![1]);
@@ -117,6 +117,37 @@ describe('sampleCorpus', () => {
     await expect(running).rejects.toBe(reason);
     expect(engine.aborted).toHaveLength(4);
     expect(engine.requests).toHaveLength(4);
+  });
+
+  it('cuts back documents whose text encodes again to more than maxTextTokens, so each one fits as a prompt', async () => {
+    // Lone bytes 0xff are invalid UTF-8: each decodes to U+FFFD, which encodes to 3 bytes (3 tokens).
+    const invalid = (n: number): number[] => Array.from({ length: n }, () => 0xff + BYTE_OFFSET);
+    const replies = [invalid(6), byteTokens('abc'), [...byteTokens('ab'), ...invalid(4)], invalid(2)];
+    const engine = new FakeEngine({ respond: (r) => ({ tokens: replies[indexOf(r.requestId)] }) });
+    const { documents, summary } = await run({ engine, documents: 4, maxTokens: 6, maxTextTokens: 8 });
+    for (const d of documents) expect(tokenizer.encode(d.text, { addBos: true }).length, `document ${d.id}`).toBeLessThanOrEqual(8);
+    expect(documents.map((d) => [d.text, d.tokens, d.finishReason])).toEqual([
+      // BOS + 2 × 3 bytes = 7 tokens; a third U+FFFD would make 10.
+      ['\uFFFD'.repeat(2), 2, 'length'],
+      // Fits as sampled (the engine's count includes the EOS).
+      ['abc', 4, 'stop'],
+      // BOS + 2 + 3 = 6; a second U+FFFD would make 9.
+      ['ab\uFFFD', 3, 'length'],
+      ['\uFFFD'.repeat(2), 3, 'stop'],
+    ]);
+    expect(summary).toMatchObject({ documents: 4, stopped: 2, truncated: 2, shortened: 2 });
+    // Without the limit the same replies give the long documents.
+    const unlimited = await run({ engine: new FakeEngine({ respond: (r) => ({ tokens: replies[indexOf(r.requestId)] }) }), documents: 4, maxTokens: 6 });
+    expect(unlimited.documents[0]).toMatchObject({ text: '\uFFFD'.repeat(6), tokens: 6 });
+    expect(unlimited.summary.shortened).toBe(0);
+  });
+
+  it('refuses a prompt that alone encodes to more than maxTextTokens', async () => {
+    const engine = new FakeEngine({ respond: () => ({ tokens: [] }) });
+    await expect(run({ engine, documents: 1, promptTokens: [BOS_ID, ...byteTokens('abcdef')], maxTextTokens: 4 })).rejects.toMatchObject({
+      code: 'SAEGATE_ERR_CONFIG',
+      message: expect.stringContaining('the prompt alone encodes to 7 tokens, more than the 4'),
+    });
   });
 
   it('refuses bad options with SAEGATE_ERR_CONFIG before any request', async () => {
