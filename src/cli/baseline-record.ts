@@ -18,7 +18,7 @@ import { saeWeightsHash } from '../monitor/sae-hash.js';
 import { bindSaeToModel, loadSae } from '../sae/load.js';
 import { SaePool } from '../sae/pool.js';
 import { openModelRun } from './model-run.js';
-import { StatusLine } from './status-line.js';
+import { StatusLine, type ToolReporting } from './status-line.js';
 
 const baselineRecordOptions = {
   sae: { type: text('DIR'), required: true, help: 'SAELens or sparsify directory; the baseline is for its hook and width' },
@@ -64,9 +64,11 @@ function checkWritable(file: string): void {
   }
 }
 
-export async function baselineRecord(argv: string[]): Promise<void> {
+/** Runs the command. `reporting` redirects its progress and lines (the demo's quiet first start). */
+export async function baselineRecord(argv: string[], reporting: ToolReporting = {}): Promise<void> {
   const flags = parseCommand(baselineRecordCommand, argv);
-  const status = new StatusLine(process.stderr);
+  const status = reporting.status ?? new StatusLine(process.stderr);
+  const finalPath = reporting.finalPath ?? ((file: string) => file);
   // Everything that can fail in milliseconds fails before the model starts.
   const sae = loadSae(flags.sae, flags.hook === undefined ? {} : { hookName: flags.hook });
   const { dIn, dSae, hookName } = sae.config;
@@ -102,17 +104,17 @@ export async function baselineRecord(argv: string[]): Promise<void> {
     writeBaseline(flags.out, baseline);
     status.clear();
     if (truncatedRows > 0 && topK !== undefined) {
-      process.stderr.write(`warning: ${truncatedRows} of ${baseline.provenance.tokens} tokens had more than --top-k ${topK} active latents; only their ${topK} strongest are counted (raise or drop --top-k)\n`);
+      status.log(`warning: ${truncatedRows} of ${baseline.provenance.tokens} tokens had more than --top-k ${topK} active latents; only their ${topK} strongest are counted (raise or drop --top-k)`);
     }
     const p = baseline.provenance;
     if (sae.config.modelName !== null && sae.config.modelName !== p.model) {
       // The monitor compares a baseline's model with the SAE's model_name; say so now, not at serve time.
-      process.stderr.write(`warning: the SAE's cfg.json names model '${sae.config.modelName}' but the model server calls itself '${p.model}'; the baseline records '${p.model}', and a monitor that expects '${sae.config.modelName}' will refuse it\n`);
+      status.log(`warning: the SAE's cfg.json names model '${sae.config.modelName}' but the model server calls itself '${p.model}'; the baseline records '${p.model}', and a monitor that expects '${sae.config.modelName}' will refuse it`);
     }
     const seconds = (performance.now() - started) / 1000;
-    process.stderr.write(
+    status.log(
       `saegate baseline record: ${p.documents} documents, ${p.tokens} tokens of ${p.model} at ${p.hook} through ${p.sae.id} (d_sae ${p.dSae})` +
-        `${skipped > 0 ? `, ${skipped} skipped (too long for the context)` : ''} in ${seconds.toFixed(1)} s → ${flags.out}\n`,
+        `${skipped > 0 ? `, ${skipped} skipped (too long for the context)` : ''} in ${seconds.toFixed(1)} s → ${finalPath(flags.out)}`,
     );
   } finally {
     status.clear();

@@ -2,8 +2,9 @@
  * The demo's SAE. `saegate demo` runs an SAE over the hook point it taps, so `npm start` shows the
  * SAE engine at work. No SAE is published for the embedded default model (stories260K, or the
  * synthetic fallback) and model files are never committed, so the first start trains one with the
- * project's own tools — `model sample` → `sae train` → `sae features`, exactly as a user would run
- * them — and caches it; later starts load it at once.
+ * project's own tools — `model sample` → `sae train` → `sae features` → `baseline record` →
+ * `vectors build`, exactly as a user would run them — writes the example policies
+ * (demo-policies.ts) and caches it all; later starts load it at once.
  *
  * The cache key is the model (its resolved path, size and modification time, or the synthetic
  * spec), the hook and the recipe version, so a changed model or recipe trains afresh. Training
@@ -15,14 +16,19 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import { isSaegateError } from '../common/errors.js';
 import { readJsonFile } from '../common/json-file.js';
+import { readFeatureReport } from '../lab/features/report.js';
+import { baselineRecord } from './baseline-record.js';
+import { writeDemoPolicies } from './demo-policies.js';
 import { modelSample } from './model-sample.js';
+import { vectorsBuild } from './vectors-build.js';
 import { saeFeatures } from './sae-features.js';
 import { saeTrain } from './sae-train.js';
 import { QuietPhase, StatusLine, type ToolReporting } from './status-line.js';
 
 /** Bump when the recipe changes, so caches of the old recipe are not reused. */
-const RECIPE_VERSION = 1;
+const RECIPE_VERSION = 2;
 
 /** What the first start trains: small and quick (about a minute on two cores), still meaningful. */
 export const DEMO_SAE_RECIPE = {
@@ -67,6 +73,19 @@ export interface DemoSae {
   dir: string;
   /** features.html of the SAE, when it exists. */
   featuresPage: string | null;
+  /** DIR/baseline.json (the drift baseline recorded on the SAE's corpus), when it exists. */
+  baseline: string | null;
+  /** DIR/policies (the example policies), when it exists. */
+  policies: string | null;
+}
+
+/** The example prompt sets the demo's steering vector is built from (examples/prompts in the repository). */
+const EXAMPLE_PROMPTS = path.resolve(import.meta.dirname, '..', '..', 'examples', 'prompts');
+
+/** What a cached demo directory holds. */
+function cached(dir: string): DemoSae {
+  const existing = (file: string): string | null => (fs.existsSync(path.join(dir, file)) ? path.join(dir, file) : null);
+  return { dir, featuresPage: featuresPage(dir), baseline: existing('baseline.json'), policies: existing('policies') };
 }
 
 /** Thrown when a signal stopped the first start's training; nothing was cached. */
@@ -139,10 +158,10 @@ function summaryLine(dir: string): string {
  * end up in, not the work directory they are built in. Throws what the tools throw (typed errors)
  * when training fails; the cache is then left as it was.
  */
-export async function ensureDemoSae(options: { model: string; hook: string; contextLength: number; log: (line: string) => void }): Promise<DemoSae> {
+export async function ensureDemoSae(options: { model: string; hook: string; steerHook: string; contextLength: number; log: (line: string) => void }): Promise<DemoSae> {
   const { model, hook, log } = options;
   const dir = demoSaeDir(model, hook);
-  if (fs.existsSync(path.join(dir, 'cfg.json'))) return { dir, featuresPage: featuresPage(dir) };
+  if (fs.existsSync(path.join(dir, 'cfg.json'))) return cached(dir);
   const r = DEMO_SAE_RECIPE;
   log(
     `saegate demo: first start for this model, so training a demo SAE for ${hook} ` +
@@ -153,7 +172,8 @@ export async function ensureDemoSae(options: { model: string; hook: string; cont
   removeAbandoned(dir);
   const work = fs.mkdtempSync(`${dir}.partial-${process.pid}-`);
   const corpus = path.join(work, 'corpus.jsonl');
-  const sae = path.join(work, 'sae');
+  // Named as it will be once renamed: the baseline and the policies refer to the SAE by its directory's name.
+  const sae = path.join(work, path.basename(dir));
   // Built in `work`, renamed to `dir`: the files name where they will be.
   const finalPath = (file: string): string => {
     if (file === corpus) return path.join(dir, 'corpus.jsonl');
@@ -178,11 +198,11 @@ export async function ensureDemoSae(options: { model: string; hook: string; cont
     const maxTokens = Math.max(1, Math.min(r.maxTokens, options.contextLength - 1));
     // model sample stops cleanly on Ctrl-C (SIGINT/SIGTERM); the later steps install no handler,
     // so a signal ends the process there and the next start removes the work directory.
-    const sampled = await run('[1/3] sampling a corpus', 'model sample', (reporting) =>
+    const sampled = await run('[1/5] sampling a corpus', 'model sample', (reporting) =>
       modelSample(['--model', model, '--n', String(r.documents), '--max-tokens', String(maxTokens), '--seed', String(r.seed), '--out', corpus], reporting),
     );
     if (!sampled) throw new DemoSaeInterrupted();
-    await run('[2/3] training the SAE', 'sae train', (reporting) =>
+    await run('[2/5] training the SAE', 'sae train', (reporting) =>
       saeTrain(
         [
           '--corpus', corpus,
@@ -199,7 +219,26 @@ export async function ensureDemoSae(options: { model: string; hook: string; cont
         reporting,
       ),
     );
-    await run('[3/3] feature pages', 'sae features', (reporting) => saeFeatures(['--sae', sae, '--corpus', corpus, '--model', model], reporting));
+    await run('[3/5] feature pages', 'sae features', (reporting) => saeFeatures(['--sae', sae, '--corpus', corpus, '--model', model], reporting));
+    // Drift works from the first request: a baseline of the corpus the SAE was trained on.
+    await run('[4/5] drift baseline', 'baseline record', (reporting) => baselineRecord(['--sae', sae, '--corpus', corpus, '--model', model, '--out', path.join(sae, 'baseline.json')], reporting));
+    // The example steer policy's vector, from the prompt sets shipped in the repository.
+    const prompts = { positive: path.join(EXAMPLE_PROMPTS, 'happy.txt'), negative: path.join(EXAMPLE_PROMPTS, 'sad.txt') };
+    let haveVector = fs.existsSync(prompts.positive) && fs.existsSync(prompts.negative);
+    if (haveVector) {
+      try {
+        await run('[5/5] steering vector (happy minus sad openings)', 'vectors build', (reporting) =>
+          vectorsBuild(['--positive', prompts.positive, '--negative', prompts.negative, '--hooks', options.steerHook, '--position', 'last', '--model', model, '--out', path.join(sae, 'less-sad.safetensors')], reporting),
+        );
+      } catch (error) {
+        // The SAE, its baseline and the watch policy are still worth having (a small synthetic
+        // model's context can be too short for the prompt sets): no steer policy, said once.
+        phase.clear();
+        haveVector = false;
+        log(`saegate demo: [5/5] steering vector skipped, so no example steer policy (${isSaegateError(error) ? error.message : String(error)})\n`);
+      }
+    }
+    writeDemoPolicies(sae, path.basename(dir), readFeatureReport(path.join(sae, 'features.json')), haveVector ? { file: '../less-sad.safetensors', hook: options.steerHook } : null);
     step = 'caching';
     fs.renameSync(corpus, path.join(sae, 'corpus.jsonl'));
     try {
@@ -220,6 +259,6 @@ export async function ensureDemoSae(options: { model: string; hook: string; cont
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
-  log(`saegate demo: demo SAE ready in ${dir}: ${summaryLine(dir)} (report.md, features.html)\n`);
-  return { dir, featuresPage: featuresPage(dir) };
+  log(`saegate demo: demo SAE ready in ${dir}: ${summaryLine(dir)} (report.md, features.html, baseline.json, policies/)\n`);
+  return cached(dir);
 }

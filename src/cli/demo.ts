@@ -6,6 +6,7 @@
  * ../shared/models, or a seeded synthetic model when that folder is absent.
  */
 import net from 'node:net';
+import fs from 'node:fs';
 import path from 'node:path';
 import { isSaegateError, SaegateError } from '../common/errors.js';
 import { flag, integer, parseCommand, text, type CommandSpec } from '../common/options.js';
@@ -15,6 +16,7 @@ import { allHookPoints } from '../model/types.js';
 import { bindSaeToModel, loadSae } from '../sae/load.js';
 import type { SaeWeights } from '../sae/types.js';
 import { resolveDefaultModel } from './model-resolve.js';
+import { DEMO_STEER_HEADER } from './demo-policies.js';
 import { cacheRoot, DemoSaeInterrupted, ensureDemoSae, featuresPage } from './demo-sae.js';
 import { startProxyWithSaes } from './serve.js';
 
@@ -77,12 +79,17 @@ function saeSummary(sae: SaeWeights): string {
 }
 
 /** The SAE the demo runs: --sae DIR, the cached demo SAE (trained when missing), or none. */
-async function demoSae(flags: { sae?: string; noSae: boolean }, model: string, hook: string, contextLength: number): Promise<{ sae: SaeWeights; featuresPage: string | null } | null> {
+async function demoSae(
+  flags: { sae?: string; noSae: boolean },
+  model: string,
+  hooks: { sae: string; steer: string },
+  contextLength: number,
+): Promise<{ sae: SaeWeights; featuresPage: string | null; baseline: string | null; policies: string | null } | null> {
   if (flags.noSae) return null;
-  if (flags.sae !== undefined) return { sae: loadSae(flags.sae), featuresPage: featuresPage(flags.sae) };
+  if (flags.sae !== undefined) return { sae: loadSae(flags.sae), featuresPage: featuresPage(flags.sae), baseline: null, policies: null };
   try {
-    const cached = await ensureDemoSae({ model, hook, contextLength, log: (line) => process.stderr.write(line) });
-    return { sae: loadSae(cached.dir), featuresPage: cached.featuresPage };
+    const cached = await ensureDemoSae({ model, hook: hooks.sae, steerHook: hooks.steer, contextLength, log: (line) => process.stderr.write(line) });
+    return { sae: loadSae(cached.dir), featuresPage: cached.featuresPage, baseline: cached.baseline, policies: cached.policies };
   } catch (error) {
     if (error instanceof DemoSaeInterrupted) {
       process.stderr.write(`saegate demo: ${error.message}\n`);
@@ -120,7 +127,9 @@ export async function demo(argv: string[]): Promise<Demo> {
   if (flags.modelPort !== 0) await probePort('127.0.0.1', flags.modelPort, 'model-port');
   // The SAE is ready (trained on a first start) before anything listens, so the model server's
   // tap finds saegate up and the first request already has its rows encoded.
-  const chosen = await demoSae(flags, model, defaultHook, cfg.maxSeqLen);
+  // The example steer policy acts at blocks.3 (the layer docs/steering.md's sweep found best), or the last block of a shallower model.
+  const steerHook = `blocks.${Math.min(3, cfg.nLayers - 1)}.hook_resid_post`;
+  const chosen = await demoSae(flags, model, { sae: defaultHook, steer: steerHook }, cfg.maxSeqLen);
   // An SAE for another model or hook is refused here, naming its file and what did not match.
   if (chosen) bindSaeToModel(chosen.sae, { dModel: cfg.dim, hookPoints: allHookPoints(cfg) });
   // The model server is told saegate's tap URL before saegate listens (it retries until then), so
@@ -130,7 +139,12 @@ export async function demo(argv: string[]): Promise<Demo> {
   const server = await startModelServer({ model, loaded, host: '127.0.0.1', port: flags.modelPort, tapUrl: `ws://${tapHost}:${proxyPort}/v1/tap` });
   let proxy;
   try {
-    ({ server: proxy } = await startProxyWithSaes({ upstream: server.url, host: flags.host, port: proxyPort }, chosen ? [chosen.sae] : []));
+    ({ server: proxy } = await startProxyWithSaes(
+      { upstream: server.url, host: flags.host, port: proxyPort },
+      chosen ? [chosen.sae] : [],
+      chosen?.policies ?? undefined,
+      chosen?.baseline ? { baseline: [chosen.baseline] } : {},
+    ));
   } catch (error) {
     await server.close();
     throw error;
@@ -153,7 +167,15 @@ export async function demo(argv: string[]): Promise<Demo> {
       `\nTry:\n` +
       `  curl -s ${proxy.url}/v1/completions -H 'content-type: application/json' \\\n` +
       `    -d '{"model":"${name}","prompt":"Once upon a time","max_tokens":40,"temperature":0}'\n` +
-      `  curl -s ${proxy.url}/metrics | grep ${chosen ? 'saegate_sae_rows' : 'saegate_tap_rows'}\n\n` +
+      (chosen?.policies && fs.existsSync(path.join(chosen.policies, 'less-sad.yaml'))
+        ? `  the same request steered away from sad stories by the example policy (compare the text and x-saegate-applied):\n` +
+          `  curl -si ${proxy.url}/v1/completions -H 'content-type: application/json' -H '${DEMO_STEER_HEADER.name}: ${DEMO_STEER_HEADER.value}' \\\n` +
+          `    -d '{"model":"${name}","prompt":"Once upon a time","max_tokens":40,"temperature":0}'\n`
+        : '') +
+      `  curl -s ${proxy.url}/metrics | grep ${chosen ? 'saegate_sae_rows' : 'saegate_tap_rows'}\n` +
+      (chosen?.baseline ? `  curl -s ${proxy.url}/metrics | grep saegate_drift_score   (drift against the baseline, per window)\n` : '') +
+      '\n' +
+      (chosen?.policies ? `  files: SAE, baseline and policies in ${chosen.sae.config.source} (policies/ is watched: edit it and the set reloads)\n` : '') +
       `  Steer it directly on the model server: add "steering":[{"hook":"${hook}","vector":[…${cfg.dim} numbers…],"scale":4}]\n` +
       `  (docs/model-server.md). Ctrl-C stops.\n`,
   );

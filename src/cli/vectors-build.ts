@@ -24,7 +24,7 @@ import { allHookPoints, type LoadedModel } from '../model/types.js';
 import { writeVectorFile } from '../steering/formats.js';
 import { makeSteeringVector } from '../steering/vector.js';
 import { defaultModel } from './default-model.js';
-import { StatusLine } from './status-line.js';
+import { StatusLine, type ToolReporting } from './status-line.js';
 
 const PROMPTS = 'Prompts and model';
 const VECTOR = 'Vector';
@@ -154,9 +154,9 @@ class HookPasses {
 }
 
 /** Runs the command; returns the lines to print on stdout. */
-export async function vectorsBuild(argv: string[]): Promise<string[]> {
+export async function vectorsBuild(argv: string[], reporting: ToolReporting = {}): Promise<string[]> {
   const flags = parseCommand(vectorsBuildCommand, argv);
-  const status = new StatusLine(process.stderr);
+  const status = reporting.status ?? new StatusLine(process.stderr);
   const [positive, negative] = await Promise.all([readCorpus(flags.positive), readCorpus(flags.negative)]);
 
   // Hooks are checked before anything runs: in-process against the model's hook points here,
