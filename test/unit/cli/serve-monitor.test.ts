@@ -38,7 +38,7 @@ describe('serve --baseline/--watch/--alert-rules/--record-baseline', () => {
     const registry = new Registry();
     const monitor = createMonitor([sae()], { watch }, registry)!;
     expect(monitor.saes[0]).toMatchObject({ sae: 'res-sae', model: 'unknown', watched: [{ feature: 7, label: 'negation' }, { feature: 9, label: 'dialogue' }, { feature: 11, label: 'own' }] });
-    monitor.assess();
+    await monitor.assess();
     expect(await registry.metrics()).toContain('saegate_feature_firing_rate{model="unknown",sae="res-sae",hook="blocks.0.hook_resid_post",feature="9",label="dialogue",window="1m"} 0');
     await monitor.close();
   });
