@@ -149,6 +149,7 @@ export const MONITOR_METRIC_NAMES = [
   'saegate_sae_fvu',
   'saegate_monitor_rows_total',
   'saegate_monitor_rows_dropped_total',
+  'saegate_monitor_assessment_errors_total',
   'saegate_baseline_info',
   'saegate_baseline_loaded',
   'saegate_alert_webhook_deliveries_total',
