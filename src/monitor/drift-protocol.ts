@@ -3,16 +3,15 @@
  * worker holds each monitored SAE's baseline reference and calibrators, keyed by `monitorKey`; the
  * service sends a baseline once when it is loaded or replaced, then one window's sums per request.
  */
-import type { Baseline } from './baseline.js';
 import type { CalibrationOptions, DriftThresholds } from './calibration.js';
 import type { DriftAssessment } from './drift.js';
 import type { FeatureTestOptions } from './feature-tests.js';
-import type { DistributionSums } from './reference.js';
+import type { BaselineReferenceParts, DistributionSums } from './reference.js';
 
 /** Sent to each worker start (a replacement too): the calibration options and every current baseline. */
 export interface DriftWorkerInit {
   readonly calibration: CalibrationOptions;
-  readonly baselines: readonly { readonly key: string; readonly baseline: Baseline }[];
+  readonly baselines: readonly { readonly key: string; readonly reference: BaselineReferenceParts }[];
 }
 
 /** Scores one window against the SAE's baseline at `alpha`, plus the thresholds at `extraAlphas` (alert rules' own false-alarm rates). */
@@ -29,7 +28,7 @@ export interface AssessRequest {
 export interface BaselineRequest {
   readonly kind: 'baseline';
   readonly key: string;
-  readonly baseline: Baseline;
+  readonly reference: BaselineReferenceParts;
 }
 
 export type DriftRequest = AssessRequest | BaselineRequest;

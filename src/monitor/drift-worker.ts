@@ -7,11 +7,10 @@
  */
 import { err } from '../common/errors.js';
 import { serveWorker, type WorkerReply } from '../common/worker-port.js';
-import type { Baseline } from './baseline.js';
 import { DriftCalibrator, type CalibrationOptions } from './calibration.js';
 import { assessWindow } from './drift.js';
 import type { AssessRequest, DriftResponse, DriftWorkerProtocol } from './drift-protocol.js';
-import { BaselineReference } from './reference.js';
+import { BaselineReference, type BaselineReferenceParts } from './reference.js';
 
 interface Held {
   readonly reference: BaselineReference;
@@ -21,8 +20,8 @@ interface Held {
 const held = new Map<string, Held>();
 let calibration: CalibrationOptions = {};
 
-function install(key: string, baseline: Baseline): void {
-  held.set(key, { reference: new BaselineReference(baseline), calibrators: new Map() });
+function install(key: string, parts: BaselineReferenceParts): void {
+  held.set(key, { reference: new BaselineReference(parts), calibrators: new Map() });
 }
 
 function calibrator(entry: Held, alpha: number): DriftCalibrator {
@@ -45,11 +44,11 @@ function assess(request: AssessRequest): WorkerReply<DriftResponse> {
 serveWorker<DriftWorkerProtocol>({
   init(init) {
     calibration = init.calibration;
-    for (const { key, baseline } of init.baselines) install(key, baseline);
+    for (const { key, reference } of init.baselines) install(key, reference);
   },
   request(body) {
     if (body.kind === 'baseline') {
-      install(body.key, body.baseline);
+      install(body.key, body.reference);
       return { body: { assessment: null, extraThresholds: [] } };
     }
     return assess(body);

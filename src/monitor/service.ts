@@ -454,12 +454,16 @@ export class MonitorService implements MonitorMetricsSource {
         entry: siblingModule(import.meta.url, 'drift-worker'),
         name: 'drift worker',
         restart: 'always',
-        init: () => ({
-          init: {
-            calibration: this.options.calibration ?? {},
-            baselines: this.entries.flatMap((e) => (e.baseline === null ? [] : [{ key: e.key, baseline: e.baseline.reference.baseline }])),
-          },
-        }),
+        init: () => {
+          const transfer: ArrayBuffer[] = [];
+          const baselines = this.entries.flatMap((e) => {
+            if (e.baseline === null) return [];
+            const copy = e.baseline.reference.copyParts();
+            transfer.push(...copy.transfer);
+            return [{ key: e.key, reference: copy.parts }];
+          });
+          return { init: { calibration: this.options.calibration ?? {}, baselines }, transfer };
+        },
         onRestart: (error) => this.logger?.warn({ code: error.code }, `${error.message}; drift worker restarted`),
       });
       this.drift = started;
@@ -605,7 +609,10 @@ export class MonitorService implements MonitorMetricsSource {
     entry.windows.clear();
     // The worker's first start sends every current baseline with its init; later ones go as requests.
     if (first) void this.driftWorker().catch(() => undefined);
-    else void this.requestDrift({ kind: 'baseline', key: entry.key, baseline }).catch(() => undefined);
+    else {
+      const { parts, transfer } = reference.copyParts();
+      void this.requestDrift({ kind: 'baseline', key: entry.key, reference: parts }, transfer).catch(() => undefined);
+    }
     this.logger?.info({ sae: spec.sae, hook: spec.hook, baseline: source, tokens: p.tokens, documents: p.documents }, 'baseline loaded');
     return loaded;
   }

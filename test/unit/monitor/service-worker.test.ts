@@ -1,14 +1,16 @@
 /**
  * The monitor's drift worker: an assessment at a large d_sae (a fresh token bucket, so the worker
  * runs a bootstrap calibration) leaves the event loop free, so many event-loop turns pass while it
- * is in flight (the in-thread assessment it replaced ran each window in one turn); and a worker that
+ * is in flight (the in-thread assessment it replaced ran each window in one turn); a worker that
  * dies during an assessment leaves that round without drift scores, logged and counted, while the
- * next round is scored by its replacement.
+ * next round is scored by its replacement; a baseline reaches the worker as transferred arrays.
  */
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { BaselineRecorder } from '../../../src/monitor/baseline-recorder.js';
 import { monitorKey } from '../../../src/monitor/metrics.js';
+import { BaselineReference } from '../../../src/monitor/reference.js';
+import type { Baseline } from '../../../src/monitor/baseline.js';
 import { MonitorService } from '../../../src/monitor/service.js';
 import { SyntheticTraffic } from '../../helpers/monitor-synthetic.js';
 import { waitFor } from '../../helpers/wait.js';
@@ -17,7 +19,7 @@ const dSae = 65_536;
 const hook = 'blocks.0.hook_resid_post';
 const windows = [{ name: '1m', durationMs: 60_000, buckets: 6 }];
 
-function baseline(): object {
+function baseline(): Baseline {
   const traffic = new SyntheticTraffic({ dSae, seed: 1, topics: 4 });
   const recorder = new BaselineRecorder({ dSae });
   for (let d = 0; d < 200; d++) recorder.addDocument(traffic.document());
@@ -44,6 +46,15 @@ interface Report {
 }
 
 describe('MonitorService drift worker', () => {
+  it("sends a baseline reference's data by transfer, rebuilt equal on the other side, the original intact", () => {
+    const reference = new BaselineReference(baseline());
+    const { parts, transfer } = reference.copyParts();
+    const received = structuredClone(parts, { transfer });
+    expect(transfer.every((buffer) => buffer.byteLength === 0)).toBe(true);
+    expect(new BaselineReference(received)).toEqual(reference);
+    expect(reference.totals.firingCounts.length).toBe(dSae);
+  });
+
   it('keeps the event loop turning while a large window is scored and calibrated', async () => {
     const { service } = makeService();
     let settled = false;
