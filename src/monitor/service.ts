@@ -11,9 +11,12 @@
  * `stopped`. Nothing on the row path assesses anything.
  *
  * Assessment path: every `assessIntervalMs` (and on demand) the service drains the queue, snapshots
- * each window, scores it against the baseline (`assessWindow`; the calibrator caches thresholds per
- * token bucket, so a steady window costs no bootstrap) and evaluates the alert rules. Metrics read
- * the latest assessment at scrape time (`MonitorMetricsSource`), so a scrape costs no statistics.
+ * each window and has the drift worker (drift-worker.ts, a worker thread holding each baseline's
+ * reference and calibrators) score it (`assessWindow`; the calibrator caches thresholds per token
+ * bucket, so a steady window costs no bootstrap), then evaluates the alert rules. A window the worker
+ * fails gets no scores that round (logged, counted); the worker restarts with every baseline.
+ * Metrics read the latest assessment at scrape time (`MonitorMetricsSource`), so a scrape costs no
+ * statistics.
  *
  * Baselines: loaded at start from files (each matched to its SAE/hook by its provenance hook and
  * checked with `checkCompatible`); a file that cannot be used is recorded as that SAE's baseline
