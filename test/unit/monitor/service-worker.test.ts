@@ -3,7 +3,8 @@
  * runs a bootstrap calibration) leaves the event loop free, so many event-loop turns pass while it
  * is in flight (the in-thread assessment it replaced ran each window in one turn); a worker that
  * dies during an assessment leaves that round without drift scores, logged and counted, while the
- * next round is scored by its replacement; a baseline reaches the worker as transferred arrays.
+ * next round is scored by its replacement, and closing the service stops it; a baseline reaches the
+ * worker as transferred arrays.
  */
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
@@ -94,5 +95,8 @@ describe('MonitorService drift worker', () => {
     expect((service.driftReport() as Report).saes[0].windows['1m'].drift?.scores.jsd).toBeGreaterThan(0);
     expect(await registry.metrics()).toMatch(/^saegate_monitor_assessment_errors_total\{[^}]*\} 1$/m);
     await service.close();
+    // Closing the service stopped the worker: the host refuses work.
+    const window = { tokens: 0, firingCounts: new Float64Array(dSae), fvuSum: 0, l0Histogram: new Float64Array(1), fvuHistogram: new Float64Array(1), projectionHistogram: null };
+    await expect(host.request({ kind: 'assess', key: 'k', window, alpha: 0.01, extraAlphas: [], featureTests: { top: 1 } })).rejects.toThrow(/drift worker closed/);
   });
 });
