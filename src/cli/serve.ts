@@ -19,7 +19,7 @@ import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
 import { monitoredSink, type MonitoredSink } from '../monitor/monitored-sink.js';
 import type { MonitorService } from '../monitor/service.js';
-import { createMonitor, monitorOptions, splitMonitorFlags, type MonitorFlags } from './serve-monitor.js';
+import { createMonitor, monitorOptions, policyMonitoring, splitMonitorFlags, unexportedWatches, type MonitorFlags } from './serve-monitor.js';
 import type { SaeWeights } from '../sae/types.js';
 
 const serveOptions = {
@@ -64,8 +64,23 @@ export async function startProxyWithSaes(
     throw new SaegateError('SAEGATE_ERR_CONFIG', ['sae', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations for an SAE to read; drop --sae or use --upstream-steering tap`]);
   }
   // The drift monitor runs over every SAE; its files are read before anything starts (it starts nothing itself yet).
-  const monitor = createMonitor(saes, monitorFlags, registry);
   const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry, upstreamSteering);
+  let monitor: MonitorService | undefined;
+  try {
+    const fromPolicies = policies && policyMonitoring(policies.policies());
+    monitor = createMonitor(saes, monitorFlags, registry, fromPolicies);
+    // Series are fixed at start: a reload that watches new features says they need a restart.
+    if (policies && monitor) {
+      policies.onLoad((result) => {
+        if (!result.ok) return;
+        const missing = unexportedWatches(policyMonitoring(policies.policies()), monitor!.watched());
+        if (missing.length > 0) process.stderr.write(`saegate: policy set ${result.version} watches ${missing.join(', ')}, exported after a restart (watched-feature series are fixed at start)\n`);
+      });
+    }
+  } catch (error) {
+    policies?.close();
+    throw error;
+  }
   const sink = saes.length > 0 ? await SaeSink.create({
           saes,
           registry,
