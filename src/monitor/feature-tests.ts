@@ -95,9 +95,14 @@ export interface FeatureTestResult {
 export function firingRatePValue(k: number, tokens: number, baselineRate: number, dispersion: number): number {
   const lambda = (tokens * baselineRate) / dispersion;
   const scaled = k / dispersion;
-  const upper = poissonUpperTail(scaled, lambda);
-  const lower = poissonLowerTail(scaled, lambda);
-  return Math.min(1, 2 * Math.min(upper, lower));
+  // P(X ≥ k) + P(X ≤ k) ≥ 1, so at most one tail is below ½: the one on k's side of λ is computed
+  // first, and when it is below ½ it is the minimum and the other tail is not needed (half the
+  // incomplete-gamma evaluations over d_sae features).
+  const above = scaled >= lambda;
+  const first = above ? poissonUpperTail(scaled, lambda) : poissonLowerTail(scaled, lambda);
+  if (first < 0.5) return 2 * first;
+  const second = above ? poissonLowerTail(scaled, lambda) : poissonUpperTail(scaled, lambda);
+  return Math.min(1, 2 * Math.min(first, second));
 }
 
 /** Tests every feature's firing rate in `window` against `reference`; BH over all d_sae features. */
@@ -134,9 +139,22 @@ export function featureRateTests(
       flagged: bh.qValues[f] <= q,
     };
   };
-  // Partial selection: only features with p < 1 can rank; sort those by (p, −|log ratio|).
-  const ranked: FeatureDrift[] = [];
-  for (let f = 0; f < d; f++) if (pValues[f] < 1) ranked.push(describe(f));
-  ranked.sort((a, b) => a.pValue - b.pValue || Math.abs(Math.log(b.rateRatio)) - Math.abs(Math.log(a.rateRatio)) || a.feature - b.feature);
-  return { tested: d, flagged: bh.rejected, top: ranked.slice(0, top), pValues };
+  // Partial selection: only features with p < 1 can rank, by (p, −|log ratio|, feature), a total
+  // order; the best `top` are kept in order by insertion, and only they are described.
+  const rateRatio = (f: number): number => (n === 0 ? 0 : window.firingCounts[f] / n) / ((reference.totals.firingCounts[f] + 0.5) / (baselineTokens + 1));
+  const before = (a: number, b: number): boolean =>
+    (pValues[a] - pValues[b] || Math.abs(Math.log(rateRatio(b))) - Math.abs(Math.log(rateRatio(a))) || a - b) < 0;
+  const best: number[] = [];
+  for (let f = 0; f < d; f++) {
+    if (!(pValues[f] < 1) || top <= 0) continue;
+    if (best.length === top && !before(f, best[top - 1])) continue;
+    let at = Math.min(best.length, top - 1);
+    if (best.length < top) best.push(f);
+    while (at > 0 && before(f, best[at - 1])) {
+      best[at] = best[at - 1];
+      at--;
+    }
+    best[at] = f;
+  }
+  return { tested: d, flagged: bh.rejected, top: best.map(describe), pValues };
 }

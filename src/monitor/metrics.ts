@@ -96,6 +96,8 @@ export interface MonitoredSaeReading {
   readonly rows: number;
   /** Rows it received but did not count, by reason. */
   readonly rowsDropped: Readonly<Record<MonitorDropReason, number>>;
+  /** Windows left without drift scores because the drift worker failed them. Absent: 0. */
+  readonly assessmentErrors?: number;
   /** Per window name. A missing window exports no score, threshold or feature series this scrape. */
   readonly windows: Readonly<Record<string, WindowReading>>;
 }
@@ -147,6 +149,7 @@ export const MONITOR_METRIC_NAMES = [
   'saegate_sae_fvu',
   'saegate_monitor_rows_total',
   'saegate_monitor_rows_dropped_total',
+  'saegate_monitor_assessment_errors_total',
   'saegate_baseline_info',
   'saegate_baseline_loaded',
   'saegate_alert_webhook_deliveries_total',
@@ -360,6 +363,17 @@ export class MonitorMetrics {
           const reading = readings.get(monitorKey(m.sae, m.hook));
           for (const reason of MONITOR_DROP_REASONS) this.inc({ ...saeLabels(m), reason }, reading?.rowsDropped[reason] ?? 0);
         }
+      },
+    });
+    new Counter({
+      name: 'saegate_monitor_assessment_errors_total',
+      help: 'Windows the drift monitor left without drift scores in an assessment because the drift worker failed them (it died or refused the window).',
+      labelNames: ['model', 'sae', 'hook'],
+      registers,
+      collect() {
+        const readings = source.readings();
+        this.reset();
+        for (const m of monitored) this.inc(saeLabels(m), readings.get(monitorKey(m.sae, m.hook))?.assessmentErrors ?? 0);
       },
     });
     new Gauge({

@@ -15,7 +15,26 @@ export interface DistributionSums {
   readonly projectionHistogram: Float64Array | null;
 }
 
-export class BaselineReference {
+/** A `BaselineReference`'s data: plain numbers and typed arrays, so it crosses to a worker thread by transfer. */
+export interface BaselineReferenceParts {
+  readonly dSae: number;
+  readonly documents: number;
+  readonly totals: DistributionSums;
+  readonly l0Edges: Float64Array;
+  readonly fvuEdges: Float64Array;
+  readonly projectionEdges: Float64Array | null;
+  readonly docTokens: Float64Array;
+  readonly docFvuSum: Float64Array;
+  readonly docOffsets: Uint32Array;
+  readonly docFeatures: Uint32Array;
+  readonly docCounts: Uint32Array;
+  readonly docL0: Float64Array;
+  readonly docFvu: Float64Array;
+  readonly docProjection: Float64Array | null;
+  readonly dispersion: Float64Array;
+}
+
+export class BaselineReference implements BaselineReferenceParts {
   readonly dSae: number;
   readonly documents: number;
   readonly totals: DistributionSums;
@@ -41,8 +60,29 @@ export class BaselineReference {
    */
   readonly dispersion: Float64Array;
 
-  constructor(readonly baseline: Baseline) {
-    const { provenance, bins, documents } = baseline;
+  /** Unpacks `baseline`, or takes over `parts` (another reference's `copyParts`, e.g. after a transfer). */
+  constructor(input: Baseline | BaselineReferenceParts) {
+    if (!('provenance' in input)) {
+      ({
+        dSae: this.dSae,
+        documents: this.documents,
+        totals: this.totals,
+        l0Edges: this.l0Edges,
+        fvuEdges: this.fvuEdges,
+        projectionEdges: this.projectionEdges,
+        docTokens: this.docTokens,
+        docFvuSum: this.docFvuSum,
+        docOffsets: this.docOffsets,
+        docFeatures: this.docFeatures,
+        docCounts: this.docCounts,
+        docL0: this.docL0,
+        docFvu: this.docFvu,
+        docProjection: this.docProjection,
+        dispersion: this.dispersion,
+      } = input);
+      return;
+    }
+    const { provenance, bins, documents } = input;
     const d = (this.dSae = provenance.dSae);
     this.documents = documents.length;
     this.l0Edges = Float64Array.from(bins.l0);
@@ -114,6 +154,40 @@ export class BaselineReference {
         if (firingCounts[f] > 0) this.dispersion[f] = Math.max(1, (pearson[f] - firingCounts[f]) / (n - 1));
       }
     }
+  }
+
+  /**
+   * A copy of the data and the buffers to transfer with it: a worker rebuilds the reference with
+   * `new BaselineReference(parts)` at the cost of a memcpy here, not a structured clone of the
+   * baseline's per-document objects.
+   */
+  copyParts(): { parts: BaselineReferenceParts; transfer: ArrayBuffer[] } {
+    const transfer: ArrayBuffer[] = [];
+    const copy = <T extends Float64Array | Uint32Array>(array: T): T => {
+      const out = array.slice() as T;
+      transfer.push(out.buffer as ArrayBuffer);
+      return out;
+    };
+    const maybe = (array: Float64Array | null): Float64Array | null => (array === null ? null : copy(array));
+    const t = this.totals;
+    const parts: BaselineReferenceParts = {
+      dSae: this.dSae,
+      documents: this.documents,
+      totals: { tokens: t.tokens, fvuSum: t.fvuSum, firingCounts: copy(t.firingCounts), l0Histogram: copy(t.l0Histogram), fvuHistogram: copy(t.fvuHistogram), projectionHistogram: maybe(t.projectionHistogram) },
+      l0Edges: copy(this.l0Edges),
+      fvuEdges: copy(this.fvuEdges),
+      projectionEdges: maybe(this.projectionEdges),
+      docTokens: copy(this.docTokens),
+      docFvuSum: copy(this.docFvuSum),
+      docOffsets: copy(this.docOffsets),
+      docFeatures: copy(this.docFeatures),
+      docCounts: copy(this.docCounts),
+      docL0: copy(this.docL0),
+      docFvu: copy(this.docFvu),
+      docProjection: maybe(this.docProjection),
+      dispersion: copy(this.dispersion),
+    };
+    return { parts, transfer };
   }
 
   /** Mean FVU over all baseline tokens. */

@@ -11,9 +11,12 @@
  * `stopped`. Nothing on the row path assesses anything.
  *
  * Assessment path: every `assessIntervalMs` (and on demand) the service drains the queue, snapshots
- * each window, scores it against the baseline (`assessWindow`; the calibrator caches thresholds per
- * token bucket, so a steady window costs no bootstrap) and evaluates the alert rules. Metrics read
- * the latest assessment at scrape time (`MonitorMetricsSource`), so a scrape costs no statistics.
+ * each window and has the drift worker (drift-worker.ts, a worker thread holding each baseline's
+ * reference and calibrators) score it (`assessWindow`; the calibrator caches thresholds per token
+ * bucket, so a steady window costs no bootstrap), then evaluates the alert rules. A window the worker
+ * fails gets no scores that round (logged, counted); the worker restarts with every baseline.
+ * Metrics read the latest assessment at scrape time (`MonitorMetricsSource`), so a scrape costs no
+ * statistics.
  *
  * Baselines: loaded at start from files (each matched to its SAE/hook by its provenance hook and
  * checked with `checkCompatible`); a file that cannot be used is recorded as that SAE's baseline
@@ -27,8 +30,11 @@ import { encodedRowsFromResults } from './adapter.js';
 import { signalFeature, type AlertRule, type AlertRulesFile } from './alert-rules.js';
 import { AlertEvaluator, WebhookNotifier, type AlertEvent, type AlertStatus, type MonitorLogger } from './alerts.js';
 import { checkCompatible, parseBaseline, readBaseline, writeBaseline, type Baseline } from './baseline.js';
-import { DriftCalibrator, type CalibrationOptions } from './calibration.js';
-import { assessWindow, type DriftAssessment } from './drift.js';
+import { siblingModule } from '../common/worker.js';
+import { WorkerHost } from '../common/worker-host.js';
+import { DriftCalibrator, type CalibrationOptions, type DriftThresholds } from './calibration.js';
+import type { DriftAssessment } from './drift.js';
+import type { DriftRequest, DriftResponse, DriftWorkerProtocol } from './drift-protocol.js';
 import type { FeatureTestOptions } from './feature-tests.js';
 import { LiveBaselineRecording } from './live-recording.js';
 import {
@@ -115,6 +121,8 @@ interface WindowState {
   watchedFirings: Float64Array;
   watchedSums: Float64Array;
   assessment: DriftAssessment | null;
+  /** Thresholds at the alert rules' own false-alarm rates (other than the monitor's α). */
+  extraThresholds: ReadonlyMap<number, DriftThresholds>;
 }
 
 interface Entry {
@@ -125,8 +133,10 @@ interface Entry {
   readonly watchedIndex: Uint32Array;
   observer: MonitorRowObserver | null;
   baseline: LoadedBaseline | null;
-  /** Calibrators by α; the default α's is made with the baseline. */
-  calibrators: Map<number, DriftCalibrator>;
+  /** Bumped by every baseline install: an assessment scored on an older baseline is discarded. */
+  baselineVersion: number;
+  /** Windows that got no drift scores because the drift worker failed (died, or refused the window). */
+  assessmentErrors: number;
   problem: BaselineProblem | null;
   rows: number;
   dropped: Record<MonitorDropReason, number>;
@@ -177,8 +187,11 @@ export class MonitorService implements MonitorMetricsSource {
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   private lastAssessedMs: number | null = null;
-  private assessing = false;
+  /** Assessments running or waiting for the one running (the timer skips a tick while any is). */
+  private pendingAssessments = 0;
   private assessment: Promise<void> = Promise.resolve();
+  /** The drift worker, started with the first baseline; null until then (and after a failed start). */
+  private drift: Promise<WorkerHost<DriftWorkerProtocol>> | null = null;
   private recordingState: { file: string; startedAt: string; endsAtMs: number | null; timer: NodeJS.Timeout | null } | null = null;
   private recordingResult: RecordingStatus = { state: 'off', file: null, startedAt: null, endsAtMs: null, documents: 0, tokens: 0, error: null };
   private readonly events: AlertEvent[] = [];
@@ -202,7 +215,8 @@ export class MonitorService implements MonitorMetricsSource {
         watchedIndex: Uint32Array.from(watched.map((w) => w.feature)),
         observer: null,
         baseline: null,
-        calibrators: new Map(),
+        baselineVersion: 0,
+        assessmentErrors: 0,
         problem: null,
         rows: 0,
         dropped: { invalid_batch: 0, backlog: 0, stopped: 0 },
@@ -233,7 +247,7 @@ export class MonitorService implements MonitorMetricsSource {
   /** Starts the assessment timer (unref'd: it never keeps the process alive). */
   start(): void {
     if (this.timer !== null || this.closed) return;
-    this.timer = setInterval(() => this.assessInTurns(), this.options.assessIntervalMs ?? 5000);
+    this.timer = setInterval(() => this.tick(), this.options.assessIntervalMs ?? 5000);
     this.timer.unref();
   }
 
@@ -331,42 +345,45 @@ export class MonitorService implements MonitorMetricsSource {
 
   // ---- assessment -----------------------------------------------------------------------------
 
-  /** Drains the queue, scores every window, evaluates the alert rules, all now (admin API, tests). */
-  assess(): void {
-    this.beginAssessment();
-    for (const entry of this.entries) for (const spec of this.windows) this.assessOne(entry, spec);
-    this.finishAssessment();
+  /**
+   * Drains the queue, scores every window, evaluates the alert rules (admin API, tests). Runs after
+   * the assessment in progress, if any, and resolves when its own has finished.
+   */
+  assess(): Promise<void> {
+    this.pendingAssessments++;
+    const run = this.assessment.then(() => this.runAssessment()).finally(() => this.pendingAssessments--);
+    this.assessment = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The timer's assessment; a tick that finds the previous one still running is skipped. */
+  private tick(): void {
+    if (this.pendingAssessments > 0 || this.closed) return;
+    this.assess().catch((error: unknown) => this.logger?.warn({ error: String(error) }, 'drift assessment failed'));
   }
 
   /**
-   * The timer's assessment: the same steps, one SAE window per event-loop turn, so requests and
-   * scrapes interleave with a long assessment (each window's feature tests are O(d_sae); a new
-   * token bucket's calibration is a bootstrap). A tick that finds the previous one still running
-   * is skipped.
+   * Snapshots each window on the event loop, one SAE window per turn, and sends its sums to the drift
+   * worker, which scores them (calibration, drift scores, per-feature tests with BH: O(d_sae) each,
+   * and a bootstrap per new token bucket). Requests and scrapes run meanwhile. A window the worker
+   * fails (it died: the host's SAEGATE_ERR_WORKER_EXITED) gets no drift scores this round: logged and
+   * counted (`saegate_monitor_assessment_errors_total`); the worker is restarted for the next.
    */
-  private assessInTurns(): void {
-    if (this.assessing || this.closed) return;
-    this.assessing = true;
-    let done!: () => void;
-    this.assessment = new Promise((resolve) => (done = resolve));
+  private async runAssessment(): Promise<void> {
+    if (this.closed) return;
     this.beginAssessment();
-    const tasks = this.entries.flatMap((entry) => this.windows.map((spec) => ({ entry, spec })));
-    const step = (i: number): void => {
-      if (this.closed) {
-        this.assessing = false;
-        done();
-        return;
+    const extraAlphas = this.ruleAlphas();
+    const scored: Promise<void>[] = [];
+    for (const entry of this.entries) {
+      for (const spec of this.windows) {
+        if (this.closed) break;
+        scored.push(this.assessOne(entry, spec, extraAlphas));
+        await new Promise((resolve) => setImmediate(resolve));
       }
-      if (i < tasks.length) {
-        this.assessOne(tasks[i].entry, tasks[i].spec);
-        setImmediate(() => step(i + 1));
-        return;
-      }
-      this.finishAssessment();
-      this.assessing = false;
-      done();
-    };
-    step(0);
+    }
+    await Promise.all(scored);
+    if (this.closed) return;
+    this.finishAssessment();
   }
 
   /** The watched features per SAE id, as exported (fixed at construction). */
@@ -376,7 +393,7 @@ export class MonitorService implements MonitorMetricsSource {
     return out;
   }
 
-  /** Resolves when the timer's assessment in progress (if any) has finished. */
+  /** Resolves when the assessment in progress (if any) has finished. */
   assessed(): Promise<void> {
     return this.assessment;
   }
@@ -388,17 +405,50 @@ export class MonitorService implements MonitorMetricsSource {
     this.endsNext = [];
   }
 
-  private assessOne(entry: Entry, spec: WindowSpec): void {
-    const calibrator = entry.baseline === null ? null : this.calibrator(entry, this.alpha);
+  private async assessOne(entry: Entry, spec: WindowSpec, extraAlphas: readonly number[]): Promise<void> {
     const snapshot = entry.stats.snapshot(spec.name);
     const n = entry.watchedIndex.length;
-    const state: WindowState = { tokens: snapshot.tokens, watchedFirings: new Float64Array(n), watchedSums: new Float64Array(n), assessment: null };
+    const state: WindowState = { tokens: snapshot.tokens, watchedFirings: new Float64Array(n), watchedSums: new Float64Array(n), assessment: null, extraThresholds: new Map() };
     for (let i = 0; i < n; i++) {
       state.watchedFirings[i] = snapshot.firingCounts[entry.watchedIndex[i]];
       state.watchedSums[i] = snapshot.activationSums[entry.watchedIndex[i]];
     }
-    if (calibrator !== null) state.assessment = assessWindow(snapshot, calibrator, { ...this.options.featureTests, top: this.options.topFeatures ?? 10 });
+    if (entry.baseline !== null) {
+      const version = entry.baselineVersion;
+      const { tokens, firingCounts, fvuSum, l0Histogram, fvuHistogram, projectionHistogram } = snapshot;
+      const request: DriftRequest = {
+        kind: 'assess',
+        key: entry.key,
+        window: { tokens, firingCounts, fvuSum, l0Histogram, fvuHistogram, projectionHistogram },
+        alpha: this.alpha,
+        extraAlphas,
+        featureTests: { ...this.options.featureTests, top: this.options.topFeatures ?? 10 },
+      };
+      const transfer = [firingCounts.buffer, l0Histogram.buffer, fvuHistogram.buffer, ...(projectionHistogram === null ? [] : [projectionHistogram.buffer])] as ArrayBuffer[];
+      try {
+        const result = await this.requestDrift(request, transfer);
+        // Scored on a baseline that was replaced meanwhile: the new baseline's windows start empty.
+        if (entry.baselineVersion !== version || this.closed) return;
+        state.assessment = result.assessment;
+        state.extraThresholds = new Map(result.extraThresholds);
+      } catch (error) {
+        if (!(error instanceof SaegateError)) throw error;
+        if (entry.baselineVersion !== version || this.closed) return;
+        entry.assessmentErrors++;
+        this.logger?.warn({ sae: entry.spec.sae, hook: entry.spec.hook, window: spec.name, code: error.code }, `${error.message}; no drift scores for window ${spec.name} this round`);
+      }
+    }
     entry.windows.set(spec.name, state);
+  }
+
+  /** The false-alarm rates alert rules ask for besides the monitor's own. */
+  private ruleAlphas(): number[] {
+    const alphas = new Set<number>();
+    for (const rule of this.options.alertRules?.rules ?? []) {
+      const alpha = typeof rule.threshold === 'object' ? rule.threshold?.falseAlarmRate : undefined;
+      if (alpha !== undefined && alpha !== this.alpha) alphas.add(alpha);
+    }
+    return [...alphas];
   }
 
   private finishAssessment(): void {
@@ -407,13 +457,42 @@ export class MonitorService implements MonitorMetricsSource {
     this.checkRecordingDeadline();
   }
 
-  private calibrator(entry: Entry, alpha: number): DriftCalibrator {
-    let calibrator = entry.calibrators.get(alpha);
-    if (calibrator === undefined) {
-      calibrator = new DriftCalibrator(entry.baseline!.reference, { ...this.options.calibration, alpha });
-      entry.calibrators.set(alpha, calibrator);
+  /** The drift worker (started on first use, restarted after a crash with every current baseline). */
+  private driftWorker(): Promise<WorkerHost<DriftWorkerProtocol>> {
+    if (this.drift === null) {
+      const started = WorkerHost.start<DriftWorkerProtocol>({
+        entry: siblingModule(import.meta.url, 'drift-worker'),
+        name: 'drift worker',
+        restart: 'always',
+        init: () => {
+          const transfer: ArrayBuffer[] = [];
+          const baselines = this.entries.flatMap((e) => {
+            if (e.baseline === null) return [];
+            const copy = e.baseline.reference.copyParts();
+            transfer.push(...copy.transfer);
+            return [{ key: e.key, reference: copy.parts }];
+          });
+          return { init: { calibration: this.options.calibration ?? {}, baselines }, transfer };
+        },
+        onRestart: (error) => this.logger?.warn({ code: error.code }, `${error.message}; drift worker restarted`),
+      });
+      this.drift = started;
+      // A failed start is retried by the next request.
+      started.catch(() => {
+        if (this.drift === started) this.drift = null;
+      });
     }
-    return calibrator;
+    return this.drift;
+  }
+
+  private async requestDrift(request: DriftRequest, transfer: ArrayBuffer[] = []): Promise<DriftResponse> {
+    const host = await this.driftWorker();
+    return host.request(request, transfer);
+  }
+
+  /** The drift worker's host, once started (tests end it to exercise crash recovery). */
+  async driftHost(): Promise<WorkerHost<DriftWorkerProtocol> | null> {
+    return this.drift;
   }
 
   private entryForRule(rule: AlertRule): Entry {
@@ -443,8 +522,8 @@ export class MonitorService implements MonitorMetricsSource {
     if (value === null) return null;
     if (typeof rule.threshold === 'number') return { value, threshold: rule.threshold };
     const alpha = rule.threshold?.falseAlarmRate ?? this.alpha;
-    const thresholds = alpha === this.alpha ? assessment.thresholds : this.calibrator(entry, alpha).thresholds(window.tokens);
-    const threshold = thresholds[field];
+    const thresholds = alpha === this.alpha ? assessment.thresholds : window.extraThresholds.get(alpha);
+    const threshold = thresholds?.[field] ?? null;
     return threshold === null ? null : { value, threshold };
   }
 
@@ -527,9 +606,9 @@ export class MonitorService implements MonitorMetricsSource {
     checkCompatible(baseline, { model: spec.model === UNKNOWN_MODEL ? baseline.provenance.model : spec.model, saeId: spec.sae, ...(spec.saeHash !== undefined && { saeHash: spec.saeHash }), hook: spec.hook, dSae: spec.dSae, l0Edges: stats.l0Edges, fvuEdges: stats.fvuEdges }, source);
     const reference = new BaselineReference(baseline);
     // The calibrator refuses a baseline it cannot resample (fewer than 2 documents): a file problem.
-    let calibrator: DriftCalibrator;
+    // Its constructor only checks; the drift worker calibrates its own copy.
     try {
-      calibrator = new DriftCalibrator(reference, { ...this.options.calibration, alpha: this.alpha });
+      new DriftCalibrator(reference, { ...this.options.calibration, alpha: this.alpha });
     } catch (error) {
       if (error instanceof SaegateError) throw err('SAEGATE_ERR_BASELINE_FILE', source, error.message.replace(/^invalid monitor argument: /, ''));
       throw error;
@@ -537,10 +616,17 @@ export class MonitorService implements MonitorMetricsSource {
     const p = baseline.provenance;
     const name = source.startsWith('admin:') ? 'admin' : source.split(/[\\/]/).pop()!;
     const loaded: LoadedBaseline = { source, id: `${name}@${p.createdAt}`, tokens: p.tokens, documents: p.documents, createdAt: p.createdAt, reference };
+    const first = this.drift === null;
     entry.baseline = loaded;
-    entry.calibrators = new Map([[this.alpha, calibrator]]);
+    entry.baselineVersion++;
     entry.problem = null;
     entry.windows.clear();
+    // The worker's first start sends every current baseline with its init; later ones go as requests.
+    if (first) void this.driftWorker().catch(() => undefined);
+    else {
+      const { parts, transfer } = reference.copyParts();
+      void this.requestDrift({ kind: 'baseline', key: entry.key, reference: parts }, transfer).catch(() => undefined);
+    }
     this.logger?.info({ sae: spec.sae, hook: spec.hook, baseline: source, tokens: p.tokens, documents: p.documents }, 'baseline loaded');
     return loaded;
   }
@@ -648,6 +734,7 @@ export class MonitorService implements MonitorMetricsSource {
         baseline: entry.baseline === null ? null : { id: entry.baseline.id, tokens: entry.baseline.tokens },
         rows: entry.rows,
         rowsDropped: { ...entry.dropped },
+        assessmentErrors: entry.assessmentErrors,
         windows,
       });
     }
@@ -732,6 +819,9 @@ export class MonitorService implements MonitorMetricsSource {
     this.queuedRows = 0;
     await this.webhook?.close();
     this.metrics?.unregister();
+    const drift = this.drift;
+    this.drift = null;
+    if (drift !== null) await (await drift.catch(() => null))?.close();
   }
 }
 

@@ -35,7 +35,7 @@ export function registerMonitorRoutes(admin: FastifyInstance, monitor: MonitorSe
 
   admin.get('/admin/drift', { config }, async (request) => {
     const query = request.query as Record<string, string | undefined>;
-    if (query.assess === '1' || query.assess === 'true') monitor.assess();
+    if (query.assess === '1' || query.assess === 'true') await monitor.assess();
     return monitor.driftReport();
   });
 

@@ -150,7 +150,7 @@ describe('the drift monitor in saegate serve', () => {
       expect(ready.monitor.saes).toMatchObject([{ sae: 'toy-sae', drift: true, baseline: recorded, problem: null }]);
       expect(ready.monitor.unmatchedBaselines).toMatchObject([{ code: 'SAEGATE_ERR_BASELINE_FILE', source: corrupt }]);
       await traffic(second, 4, (i) => prompts[i]);
-      second.monitor.assess();
+      await second.monitor.assess();
       expect(await (await fetch(`${second.proxy.url}/metrics`)).text()).toMatch(/saegate_drift_score\{[^}]*statistic="jsd",window="5m"\} \d/);
     } finally {
       await second.close();

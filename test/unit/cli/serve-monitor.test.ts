@@ -39,7 +39,7 @@ describe('serve --baseline/--watch/--alert-rules/--record-baseline', () => {
     const registry = new Registry();
     const monitor = createMonitor([sae()], { watch }, registry)!;
     expect(monitor.saes[0]).toMatchObject({ sae: 'res-sae', model: 'unknown', watched: [{ feature: 7, label: 'negation' }, { feature: 9, label: 'dialogue' }, { feature: 11, label: 'own' }] });
-    monitor.assess();
+    await monitor.assess();
     expect(await registry.metrics()).toContain('saegate_feature_firing_rate{model="unknown",sae="res-sae",hook="blocks.0.hook_resid_post",feature="9",label="dialogue",window="1m"} 0');
     await monitor.close();
   });
@@ -69,7 +69,7 @@ describe('serve --baseline/--watch/--alert-rules/--record-baseline', () => {
     const registry = new Registry();
     const monitor = createMonitor([sae()], { watch }, registry, monitoring)!;
     expect(monitor.saes[0].watched).toEqual([{ feature: 9, label: 'dialogue' }, { feature: 7, label: 'from-file' }, { feature: 12, label: 'twelve' }]);
-    monitor.assess();
+    await monitor.assess();
     const text = await registry.metrics();
     expect(text).toContain('saegate_feature_mean_activation{model="unknown",sae="res-sae",hook="blocks.0.hook_resid_post",feature="12",label="twelve",window="5m"} 0');
     expect(text).toMatch(/saegate_alert_firing\{[^}]*alert="policy_tenant_a_res_sae_12_mean"[^}]*\} 0/);

@@ -45,6 +45,7 @@ describe('MonitorMetrics', () => {
     const text = await registry.metrics();
     for (const window of monitored.windows) expect(sample(text, `saegate_drift_window_tokens{${labels},window="${window}"}`)).toBe(0);
     expect(sample(text, `saegate_monitor_rows_total{${labels}}`)).toBe(0);
+    expect(sample(text, `saegate_monitor_assessment_errors_total{${labels}}`)).toBe(0);
     for (const reason of MONITOR_DROP_REASONS) expect(sample(text, `saegate_monitor_rows_dropped_total{${labels},reason="${reason}"}`)).toBe(0);
     expect(sample(text, `saegate_sae_l0_count{${labels}}`)).toBe(0);
     expect(sample(text, `saegate_sae_fvu_count{${labels}}`)).toBe(0);
@@ -126,7 +127,7 @@ describe('MonitorMetrics', () => {
     const metrics = new MonitorMetrics({ registry, monitored: [monitored], source: empty });
     const exported = registry.getMetricsAsArray().map((m) => m.name);
     const documented = documentedMetrics('Drift monitor');
-    expect(documented.size).toBe(14);
+    expect(documented.size).toBe(15);
     expect([...exported].sort()).toEqual([...documented].sort());
     expect([...exported].sort()).toEqual([...MONITOR_METRIC_NAMES].sort());
     metrics.unregister();

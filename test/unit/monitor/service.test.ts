@@ -54,11 +54,11 @@ describe('MonitorService', () => {
     const same = makeService();
     same.service.loadBaselineFiles([baselineFile]);
     feed(same.service, 77, 40);
-    same.service.assess();
+    await same.service.assess();
     const shifted = makeService();
     shifted.service.loadBaselineFiles([baselineFile]);
     feed(shifted.service, 77, 40, { boostFeatures: 16, boostFactor: 2 });
-    shifted.service.assess();
+    await shifted.service.assess();
 
     const window = (s: MonitorService) => [...s.readings().values()][0].windows['1m'];
     expect(window(same.service).tokens).toBeGreaterThan(1000);
@@ -75,16 +75,17 @@ describe('MonitorService', () => {
     await shifted.service.close();
   });
 
-  it('calibrates once per token bucket, not per assessment', () => {
+  it('calibrates once per token bucket, not per assessment', async () => {
     const { service } = makeService();
     service.loadBaselineFiles([baselineFile]);
     feed(service, 5, 20);
-    service.assess();
+    await service.assess();
     const first = service.driftReport() as { saes: { windows: Record<string, { drift: { thresholds: { jsd: number } } }> }[] };
-    service.assess();
-    service.assess();
+    await service.assess();
+    await service.assess();
     const again = service.driftReport() as typeof first;
     expect(again.saes[0].windows['1m'].drift.thresholds).toEqual(first.saes[0].windows['1m'].drift.thresholds);
+    await service.close();
   });
 
   it('counts rows dropped for backlog, invalid batches and after close', async () => {
@@ -101,7 +102,7 @@ describe('MonitorService', () => {
     expect(reading().rowsDropped.invalid_batch).toBe(bad.rows);
     expect(reading().rowsDropped.backlog).toBeGreaterThan(0);
     expect(service.backlogRows).toBeLessThanOrEqual(150);
-    service.assess();
+    await service.assess();
     expect(reading().windows['1m'].tokens + reading().rowsDropped.backlog + reading().rowsDropped.invalid_batch).toBe(offered);
     await service.close();
     service.offerRows(hook, docs[1]);
@@ -125,7 +126,7 @@ describe('MonitorService', () => {
     expect(ready.saes[0].problem?.message).toContain('dSae: expected 256, baseline has 128');
     expect(ready.unmatchedBaselines).toMatchObject([{ code: 'SAEGATE_ERR_BASELINE_FILE', source: corrupt }]);
     feed(service, 4, 5);
-    service.assess();
+    await service.assess();
     const window = [...service.readings().values()][0].windows['1m'];
     expect(window.tokens).toBeGreaterThan(0);
     expect(window.drift).toBeNull();
@@ -141,7 +142,7 @@ describe('MonitorService', () => {
     expectSaegateError(() => service.replaceBaseline('s', { baseline: { ...body, provenance: { ...body.provenance, model: 'other' } } }), 'SAEGATE_ERR_BASELINE_MISMATCH', 'model: expected "m"');
     expectSaegateError(() => service.replaceBaseline('nope', { path: baselineFile }), 'SAEGATE_ERR_BASELINE_MISMATCH', "no monitored SAE 'nope'");
     feed(service, 6, 10);
-    service.assess();
+    await service.assess();
     expect([...service.readings().values()][0].baseline?.id).toBe(loaded.id);
     expect([...service.readings().values()][0].windows['1m'].drift).not.toBeNull();
     await service.close();
@@ -158,10 +159,10 @@ describe('MonitorService', () => {
     service.logger = { info: (object, message) => logged.push({ object, message }), warn: (object, message) => logged.push({ object, message }) };
     service.loadBaselineFiles([baselineFile]);
     feed(service, 8, 30, { boostFeatures: 16, boostFactor: 3 });
-    service.assess();
+    await service.assess();
     expect(service.firingAlerts().has('Drift')).toBe(false); // pending: for 30s
     clock.t += 30_000;
-    service.assess();
+    await service.assess();
     expect(service.firingAlerts().has('Drift')).toBe(true);
     const text = await registry.metrics();
     expect(text).toMatch(/saegate_drift_score\{model="m",sae="s",hook="blocks.0.hook_resid_post",statistic="jsd",window="1m"\} \d/);
@@ -170,7 +171,7 @@ describe('MonitorService', () => {
     expect(logged.some((l) => l.message.startsWith('alert Drift firing'))).toBe(true);
     // The window empties after its minute; an empty window cannot hold the condition: resolved.
     clock.t += 120_000;
-    service.assess();
+    await service.assess();
     expect(service.firingAlerts().size).toBe(0);
     expect(logged.some((l) => l.message === 'alert Drift resolved')).toBe(true);
     await service.close();
@@ -202,11 +203,11 @@ describe('MonitorService', () => {
       });
       service.requestEnded(doc.requestIds[0]);
     }
-    service.assess();
-    service.assess();
+    await service.assess();
+    await service.assess();
     expect(service.recordingStatus()).toMatchObject({ state: 'recording', documents: 10, tokens });
     clock.t += 60_000;
-    service.assess(); // past the duration: written
+    await service.assess(); // past the duration: written
     expect(service.recordingStatus()).toMatchObject({ state: 'written', documents: 10, tokens });
     const recorded = readBaseline(file);
     expect(recorded.provenance).toMatchObject({ model: 'm', sae: { id: 's' }, hook, dSae, documents: 10, tokens, saegateVersion: '0.0.0-test' });

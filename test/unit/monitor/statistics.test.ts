@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { SeededRandom } from '../../../src/common/random.js';
 import { firingJsd, psi } from '../../../src/monitor/divergence.js';
-import { benjaminiHochberg, firingRatePValue } from '../../../src/monitor/feature-tests.js';
+import { BaselineRecorder } from '../../../src/monitor/baseline-recorder.js';
+import { benjaminiHochberg, featureRateTests, firingRatePValue } from '../../../src/monitor/feature-tests.js';
+import { BaselineReference } from '../../../src/monitor/reference.js';
+import { SyntheticTraffic } from '../../helpers/monitor-synthetic.js';
 import { gammaP, logGamma, poissonLowerTail, poissonUpperTail } from '../../../src/monitor/poisson.js';
 
 /** Brute-force Poisson pmf sums in float64. */
@@ -37,6 +40,48 @@ describe('poisson tails', () => {
     // A dispersion of 4 widens the test: 140 firings against 100 expected is significant only without it.
     expect(firingRatePValue(140, 1000, 0.1, 1)).toBeLessThan(0.001);
     expect(firingRatePValue(140, 1000, 0.1, 4)).toBeGreaterThan(0.01);
+  });
+
+  it('computes the second tail only when needed, with the p-value of both tails', () => {
+    const random = new SeededRandom(11);
+    for (let i = 0; i < 2000; i++) {
+      const tokens = 1 + Math.floor(random.next() * 5000);
+      const rate = 10 ** (-5 + 4 * random.next());
+      const dispersion = 1 + 3 * random.next();
+      const expected = tokens * rate;
+      // Counts below, at and above the expectation, and 0.
+      const k = i % 4 === 0 ? 0 : Math.max(0, Math.round(expected * (0.2 + 2 * random.next()) + (random.next() - 0.5) * 6));
+      const lambda = expected / dispersion;
+      const both = Math.min(1, 2 * Math.min(poissonUpperTail(k / dispersion, lambda), poissonLowerTail(k / dispersion, lambda)));
+      const p = firingRatePValue(k, tokens, rate, dispersion);
+      expect(Math.abs(p - both), `k ${k} tokens ${tokens} rate ${rate} φ ${dispersion}`).toBeLessThanOrEqual(1e-12 * Math.max(both, 1e-300));
+    }
+  });
+});
+
+describe('featureRateTests', () => {
+  it('reports the same top features as a full sort of every tested feature', () => {
+    const dSae = 512;
+    const recorder = new BaselineRecorder({ dSae });
+    const base = new SyntheticTraffic({ dSae, seed: 1 });
+    for (let d = 0; d < 200; d++) recorder.addDocument(base.document());
+    const reference = new BaselineReference(recorder.toBaseline({ model: 'm', sae: { id: 's', hash: 'h' }, hook: 'h', saegateVersion: '0' }));
+    const shifted = new SyntheticTraffic({ dSae, seed: 2, shift: { boostFeatures: 12, boostFactor: 4 } });
+    const firingCounts = new Float64Array(dSae);
+    let tokens = 0;
+    for (let d = 0; d < 30; d++) {
+      const doc = shifted.document();
+      tokens += doc.rows;
+      for (const f of doc.indices) firingCounts[f]++;
+    }
+    for (const top of [0, 1, 10, 50, dSae]) {
+      const result = featureRateTests({ tokens, firingCounts }, reference, { top });
+      const ratio = (f: number): number => firingCounts[f] / tokens / ((reference.totals.firingCounts[f] + 0.5) / (reference.totals.tokens + 1));
+      const all = Array.from({ length: dSae }, (_, f) => f).filter((f) => result.pValues[f] < 1);
+      all.sort((a, b) => result.pValues[a] - result.pValues[b] || Math.abs(Math.log(ratio(b))) - Math.abs(Math.log(ratio(a))) || a - b);
+      expect(result.top.map((f) => f.feature)).toEqual(all.slice(0, top));
+      if (top === 10) expect(result.top[0].pValue).toBeLessThan(1e-6);
+    }
   });
 });
 
