@@ -47,6 +47,7 @@ import { BaselineReference } from './reference.js';
 import { RequestSummaries, type RequestSummary } from './request-summaries.js';
 import { checkEncodedRows, type EncodedRows } from './rows.js';
 import { DEFAULT_WINDOWS, WindowedStats, type WindowSpec } from './windows.js';
+import { sameEdges } from './histogram.js';
 
 /** One monitored SAE at one hook. */
 export interface MonitorSaeSpec {
@@ -62,6 +63,12 @@ export interface MonitorSaeSpec {
   readonly watched?: readonly WatchedFeature[];
   /** Feature labels (from the SAE's features.yaml), for the admin API's JSON only. */
   readonly labels?: ReadonlyMap<number, string>;
+  /**
+   * A projection monitor (projection.ts), not an SAE: `sae` is its name, `dSae` is 1, rows come
+   * through `offerProjection`, its only score is `projection_psi`, and its windows take their
+   * projection edges from its baseline. Several may share a hook with each other and with an SAE.
+   */
+  readonly projection?: boolean;
 }
 
 export interface MonitorServiceOptions {
@@ -120,7 +127,8 @@ interface WindowState {
 interface Entry {
   readonly spec: MonitorSaeSpec;
   readonly key: string;
-  readonly stats: WindowedStats;
+  /** Replaced when a projection monitor's baseline brings other projection edges. */
+  stats: WindowedStats;
   readonly summaries: RequestSummaries;
   readonly watchedIndex: Uint32Array;
   observer: MonitorRowObserver | null;
@@ -169,6 +177,8 @@ export class MonitorService implements MonitorMetricsSource {
   readonly unmatchedBaselines: BaselineProblem[] = [];
   private readonly entries: Entry[];
   private readonly byHook = new Map<string, Entry>();
+  /** Projection monitors by name (not in `byHook`: they may share a hook). */
+  private readonly byProjection = new Map<string, Entry>();
   private readonly options: MonitorServiceOptions;
   private readonly now: () => number;
   private readonly queue: { entry: Entry; rows: EncodedRows }[] = [];
@@ -192,6 +202,9 @@ export class MonitorService implements MonitorMetricsSource {
     this.logger = options.logger;
     this.windows = options.windows ?? DEFAULT_WINDOWS;
     this.alpha = options.calibration?.alpha ?? DEFAULT_ALPHA;
+    const names = options.saes.map((s) => s.sae);
+    const twice = names.find((name, i) => names.indexOf(name) !== i && options.saes.some((s) => s.sae === name && s.projection === true));
+    if (twice !== undefined) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `'${twice}' names a projection monitor and another monitored signal; names must differ`);
     this.entries = options.saes.map((spec) => {
       const watched = spec.watched ?? [];
       const entry: Entry = {
@@ -210,6 +223,11 @@ export class MonitorService implements MonitorMetricsSource {
         recent: [],
         recording: null,
       };
+      if (spec.projection === true) {
+        if (this.byProjection.has(spec.sae)) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `two projection monitors named '${spec.sae}'`);
+        this.byProjection.set(spec.sae, entry);
+        return entry;
+      }
       if (this.byHook.has(spec.hook)) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `two monitored SAEs at hook '${spec.hook}'; one per hook point`);
       this.byHook.set(spec.hook, entry);
       return entry;
@@ -222,12 +240,13 @@ export class MonitorService implements MonitorMetricsSource {
         ? null
         : new MonitorMetrics({
             registry: options.registry,
-            monitored: options.saes.map((s) => ({ model: s.model, sae: s.sae, hook: s.hook, windows: this.windows.map((w) => w.name), watched: s.watched ?? [] })),
+            monitored: options.saes.map((s) => ({ model: s.model, sae: s.sae, hook: s.hook, windows: this.windows.map((w) => w.name), watched: s.watched ?? [], ...(s.projection === true && { projectionOnly: true }) })),
             alerts: rules.map((r): MonitorAlert => ({ alert: r.name, severity: r.severity })),
             source: this,
             maxWatchedFeatures: options.maxWatchedFeatures,
           });
-    if (this.metrics !== null) for (const entry of this.entries) entry.observer = this.metrics.rowObserver(entry.spec.sae, entry.spec.hook);
+    // A projection monitor's rows have no L0 or FVU to observe.
+    if (this.metrics !== null) for (const entry of this.entries) if (entry.spec.projection !== true) entry.observer = this.metrics.rowObserver(entry.spec.sae, entry.spec.hook);
   }
 
   /** Starts the assessment timer (unref'd: it never keeps the process alive). */
@@ -255,6 +274,13 @@ export class MonitorService implements MonitorMetricsSource {
   offerRows(hook: string, rows: EncodedRows): void {
     const entry = this.byHook.get(hook);
     if (entry === undefined) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `no monitored SAE at hook '${hook}'`);
+    this.offer(entry, rows, rows.rows);
+  }
+
+  /** Queues projection rows (projection.ts `projectionRows`) of the projection monitor `name`. */
+  offerProjection(name: string, rows: EncodedRows): void {
+    const entry = this.byProjection.get(name);
+    if (entry === undefined) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `no projection monitor '${name}'`);
     this.offer(entry, rows, rows.rows);
   }
 
@@ -458,10 +484,11 @@ export class MonitorService implements MonitorMetricsSource {
     for (const file of files) {
       try {
         const baseline = readBaseline(file);
-        const earlier = [...loadedFrom].find(([entry]) => entry.spec.hook === baseline.provenance.hook);
+        const target = this.entryForBaseline(baseline);
+        const earlier = [...loadedFrom].find(([entry]) => entry === target);
         if (earlier !== undefined) throw err('SAEGATE_ERR_BASELINE_MISMATCH', file, `a second baseline for hook '${baseline.provenance.hook}' (the first is '${earlier[1]}'); give one per SAE/hook`);
         this.installBaseline(baseline, file, undefined);
-        const entry = this.byHook.get(baseline.provenance.hook);
+        const entry = target;
         if (entry !== undefined) loadedFrom.set(entry, file);
       } catch (error) {
         if (!(error instanceof SaegateError)) throw error;
@@ -500,20 +527,30 @@ export class MonitorService implements MonitorMetricsSource {
   /** Reads a file's provenance hook without failing, to say which SAE a mismatched file was meant for. */
   private entryForBaselineFile(file: string): Entry | undefined {
     try {
-      return this.byHook.get(readBaseline(file).provenance.hook);
+      return this.entryForBaseline(readBaseline(file));
     } catch {
       return undefined;
     }
   }
 
+  /** The projection monitor a baseline names (by `sae.id` and hook), else the SAE at its hook. */
+  private entryForBaseline(baseline: Baseline): Entry | undefined {
+    const p = baseline.provenance;
+    const projection = this.byProjection.get(p.sae.id);
+    return projection !== undefined && projection.spec.hook === p.hook ? projection : this.byHook.get(p.hook);
+  }
+
   private installBaseline(baseline: Baseline, source: string, target: Entry | undefined): LoadedBaseline {
-    const entry = target ?? this.byHook.get(baseline.provenance.hook);
+    const entry = target ?? this.entryForBaseline(baseline);
     if (entry === undefined) {
       throw err('SAEGATE_ERR_BASELINE_MISMATCH', source, `hook: baseline has ${JSON.stringify(baseline.provenance.hook)}, monitored hooks are ${JSON.stringify([...this.byHook.keys()])}`);
     }
     const spec = entry.spec;
     const stats = entry.stats;
     checkCompatible(baseline, { model: spec.model === UNKNOWN_MODEL ? baseline.provenance.model : spec.model, saeId: spec.sae, ...(spec.saeHash !== undefined && { saeHash: spec.saeHash }), hook: spec.hook, dSae: spec.dSae, l0Edges: stats.l0Edges, fvuEdges: stats.fvuEdges }, source);
+    // A projection monitor bins by its baseline's edges; without them it has nothing to score.
+    const projectionEdges = baseline.bins.projection;
+    if (spec.projection === true && projectionEdges === undefined) throw err('SAEGATE_ERR_BASELINE_MISMATCH', source, 'bins.projection: a projection monitor needs a baseline with projection edges, this one has none');
     const reference = new BaselineReference(baseline);
     // The calibrator refuses a baseline it cannot resample (fewer than 2 documents): a file problem.
     let calibrator: DriftCalibrator;
@@ -530,6 +567,10 @@ export class MonitorService implements MonitorMetricsSource {
     entry.calibrators = new Map([[this.alpha, calibrator]]);
     entry.problem = null;
     entry.windows.clear();
+    if (spec.projection === true && projectionEdges !== undefined && (stats.projectionEdges === null || !sameEdges(stats.projectionEdges, projectionEdges))) {
+      // New bins: the windows restart (rows counted so far were binned by other edges, or none).
+      entry.stats = new WindowedStats({ dSae: spec.dSae, windows: this.windows, now: this.now, projectionEdges });
+    }
     this.logger?.info({ sae: spec.sae, hook: spec.hook, baseline: source, tokens: p.tokens, documents: p.documents }, 'baseline loaded');
     return loaded;
   }
@@ -545,7 +586,10 @@ export class MonitorService implements MonitorMetricsSource {
   startRecording(file: string, durationMs: number | null): RecordingStatus {
     const saegateVersion = this.options.saegateVersion ?? 'unknown';
     if (this.recordingState !== null) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `a baseline is already being recorded to '${this.recordingState.file}'`);
+    // Projection monitors are not recorded live: their edges come from the recorded rows
+    // (`saegate baseline record --projection` records them offline).
     for (const entry of this.entries) {
+      if (entry.spec.projection === true) continue;
       entry.recording = new LiveBaselineRecording({
         model: entry.spec.model !== UNKNOWN_MODEL ? entry.spec.model : () => this.tapModel() ?? UNKNOWN_MODEL,
         sae: { id: entry.spec.sae, hash: entry.spec.saeHash ?? 'unknown' },
@@ -576,7 +620,8 @@ export class MonitorService implements MonitorMetricsSource {
     let tokens = 0;
     try {
       for (const entry of this.entries) {
-        const recording = entry.recording!;
+        const recording = entry.recording;
+        if (recording === null) continue;
         entry.recording = null;
         const baseline = recording.finish();
         documents += baseline.provenance.documents;
@@ -608,7 +653,7 @@ export class MonitorService implements MonitorMetricsSource {
   /** Where `entry`'s recording goes. */
   recordingFile(file: string, entry: { spec: MonitorSaeSpec } | MonitorSaeSpec): string {
     const spec = 'spec' in entry ? entry.spec : entry;
-    if (this.entries.length === 1) return file;
+    if (this.entries.filter((e) => e.spec.projection !== true).length === 1) return file;
     const dot = file.lastIndexOf('.');
     const slash = Math.max(file.lastIndexOf('/'), file.lastIndexOf('\\'));
     return dot > slash ? `${file.slice(0, dot)}.${spec.sae}${file.slice(dot)}` : `${file}.${spec.sae}`;
