@@ -7,7 +7,8 @@
  * projection histogram carries information) and are scored as `projection_psi` against a baseline.
  *
  * Edges: a projection has no natural scale, so its histogram's edges are the baseline's quantiles
- * (`PROJECTION_BINS` equal-mass bins over the recorded rows), stored in the baseline's
+ * (`PROJECTION_BINS` equal-mass bins over the recorded rows, each edge halfway between two recorded
+ * values so f16 rounding on the tap does not move rows across it), stored in the baseline's
  * `bins.projection`. The live monitor takes its edges from the baseline it is given.
  *
  * Cost on the event loop: d_model multiply-adds per row (f16 rows through a 64 Ki-entry decode
@@ -145,17 +146,24 @@ export function projectionRows(projection: Float32Array, requestIndex: Uint32Arr
 }
 
 /**
- * `bins` equal-mass bins' interior edges of `values` (sorted copy, the (k/bins)-quantiles,
- * duplicates dropped so the edges stay strictly increasing; bin 0, below the lowest edge, may be
- * empty). SAEGATE_ERR_MONITOR_ARGUMENT when the values are empty or all equal (nothing to compare).
+ * `bins` (about) equal-mass bins' interior edges of `values`: near each (k/bins)-quantile, halfway
+ * between two distinct values (see the loop), repeats dropped so the edges stay strictly increasing. SAEGATE_ERR_MONITOR_ARGUMENT when the values are empty or all equal (nothing to compare).
  */
 export function quantileEdges(values: Float32Array, bins = PROJECTION_BINS): number[] {
   const finite = Float64Array.from(values.filter((v) => Number.isFinite(v))).sort();
   if (finite.length === 0) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', 'no finite projections to derive histogram edges from');
   if (finite[0] === finite[finite.length - 1]) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `all ${finite.length} projections equal ${finite[0]}; no histogram edges`);
   const edges: number[] = [];
+  const n = finite.length;
   for (let k = 1; k < bins; k++) {
-    const edge = finite[Math.min(finite.length - 1, Math.floor((k * finite.length) / bins))];
+    // The edge goes halfway between two distinct recorded values, never on one: many rows share a
+    // value exactly (the same token after the same prefix), and the monitor's rows (f16 on the
+    // tap) differ from recorded f32 ones in the last bits, which would move a whole run of them
+    // across an edge placed on their value. In a run, the edge goes after the run's end.
+    let j = Math.max(1, Math.floor((k * n) / bins));
+    if (finite[j - 1] === finite[j]) while (j < n && finite[j] === finite[j - 1]) j++;
+    if (j >= n) break;
+    const edge = (finite[j - 1] + finite[j]) / 2;
     if (edges.length === 0 || edge > edges[edges.length - 1]) edges.push(edge);
   }
   return edges;

@@ -108,8 +108,10 @@ describe('parseProjectionFlag and quantileEdges', () => {
   it('puts equal mass in each bin and drops repeated edges', () => {
     const values = Float32Array.from({ length: 1000 }, (_, i) => i);
     const edges = quantileEdges(values, 4);
-    expect(edges).toEqual([250, 500, 750]);
-    expect(quantileEdges(Float32Array.from([0, 0, 0, 1]), 4)).toEqual([0, 1]);
+    expect(edges).toEqual([249.5, 499.5, 749.5]);
+    // Never on a recorded value: a run of equal values stays in one bin.
+    expect(quantileEdges(Float32Array.from([0, 0, 0, 1]), 4)).toEqual([0.5]);
+    expect(quantileEdges(Float32Array.from([0, 1, 1, 1, 1, 1, 2, 3]), 4)).toEqual([1.5]);
     expectSaegateError(() => quantileEdges(Float32Array.from([2, 2]), 4), 'SAEGATE_ERR_MONITOR_ARGUMENT', 'equal 2');
   });
 });
