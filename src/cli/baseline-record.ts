@@ -31,7 +31,7 @@ const baselineRecordOptions = {
   tokenizer: { type: text('FILE'), defaultText: 'beside the model', help: 'tokenizer file' },
   upstream: { type: custom(z.url(), 'a URL', 'URL'), help: 'an external tap-speaking model server instead (start it with --tap <URL printed>)' },
   tapPort: { type: integer(0, 65535), defaultText: 'any', help: "port the collector's tap listens on with --upstream" },
-  hook: { type: text('NAME'), defaultText: "the SAE's", help: 'hook point, when the SAE files do not name one (sparsify)' },
+  hook: { type: text('NAME'), defaultText: "the SAE's", help: 'hook point, when the SAE files (sparsify) or a --projection without @HOOK do not name one' },
   documents: { type: integer(2), defaultText: 'all', help: 'documents recorded: a seeded random subset of the corpus (kept in corpus order) when it has more' },
   maxTokens: { type: integer(1), defaultText: 'all', help: 'positions kept per document (the first ones, BOS included)' },
   seed: { type: integer(0), default: 0, help: 'seed of the --documents subset' },

@@ -66,6 +66,9 @@ export async function startProxyWithSaes(
   }
   // The drift monitor runs over every SAE and projection; its files are read before anything starts (it starts nothing itself yet).
   const projections = loadProjections(monitorFlags);
+  if (projections.length > 0 && isBodySteeringMode(upstreamSteering)) {
+    throw new SaegateError('SAEGATE_ERR_CONFIG', ['projection', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations to project; drop --projection or use --upstream-steering tap`]);
+  }
   const monitor = createMonitor(saes, monitorFlags, registry, projections);
   const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry, upstreamSteering);
   const sink = saes.length > 0 ? await SaeSink.create({
