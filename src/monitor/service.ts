@@ -31,6 +31,7 @@ import { DriftCalibrator, type CalibrationOptions } from './calibration.js';
 import { assessWindow, type DriftAssessment } from './drift.js';
 import type { FeatureTestOptions } from './feature-tests.js';
 import { LiveBaselineRecording } from './live-recording.js';
+import { LiveProjectionRecording } from './live-projection-recording.js';
 import {
   MonitorMetrics,
   monitorKey,
@@ -140,7 +141,7 @@ interface Entry {
   dropped: Record<MonitorDropReason, number>;
   windows: Map<string, WindowState>;
   recent: RequestSummary[];
-  recording: LiveBaselineRecording | null;
+  recording: LiveBaselineRecording | LiveProjectionRecording | null;
 }
 
 /** Live recording state for the admin API and readiness. */
@@ -586,10 +587,17 @@ export class MonitorService implements MonitorMetricsSource {
   startRecording(file: string, durationMs: number | null): RecordingStatus {
     const saegateVersion = this.options.saegateVersion ?? 'unknown';
     if (this.recordingState !== null) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `a baseline is already being recorded to '${this.recordingState.file}'`);
-    // Projection monitors are not recorded live: their edges come from the recorded rows
-    // (`saegate baseline record --projection` records them offline).
     for (const entry of this.entries) {
-      if (entry.spec.projection === true) continue;
+      if (entry.spec.projection === true) {
+        // Its edges come from the recorded rows, so it keeps them until the recording finishes.
+        entry.recording = new LiveProjectionRecording({
+          model: entry.spec.model !== UNKNOWN_MODEL ? entry.spec.model : () => this.tapModel() ?? UNKNOWN_MODEL,
+          sae: { id: entry.spec.sae, hash: entry.spec.saeHash ?? 'unknown' },
+          hook: entry.spec.hook,
+          saegateVersion,
+        });
+        continue;
+      }
       entry.recording = new LiveBaselineRecording({
         model: entry.spec.model !== UNKNOWN_MODEL ? entry.spec.model : () => this.tapModel() ?? UNKNOWN_MODEL,
         sae: { id: entry.spec.sae, hash: entry.spec.saeHash ?? 'unknown' },
@@ -653,7 +661,7 @@ export class MonitorService implements MonitorMetricsSource {
   /** Where `entry`'s recording goes. */
   recordingFile(file: string, entry: { spec: MonitorSaeSpec } | MonitorSaeSpec): string {
     const spec = 'spec' in entry ? entry.spec : entry;
-    if (this.entries.filter((e) => e.spec.projection !== true).length === 1) return file;
+    if (this.entries.length === 1) return file;
     const dot = file.lastIndexOf('.');
     const slash = Math.max(file.lastIndexOf('/'), file.lastIndexOf('\\'));
     return dot > slash ? `${file.slice(0, dot)}.${spec.sae}${file.slice(dot)}` : `${file}.${spec.sae}`;

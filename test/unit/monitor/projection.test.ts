@@ -2,15 +2,18 @@
  * Projection monitors on synthetic residual rows with a known direction: the kernel against a
  * float64 reference (f32 and f16 rows), the flag syntax, quantile edges, and the monitor: traffic
  * shifted along the direction raises `projection_psi` above its calibrated threshold (in the
- * readings and in /metrics), traffic from the baseline's distribution does not, and a baseline
- * without projection edges is refused.
+ * readings and in /metrics), traffic from the baseline's distribution does not, a baseline
+ * without projection edges is refused, and a live recording writes a projection baseline.
  */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { f16BitsToF32, f32ToF16 } from '../../../src/common/f16.js';
 import { SeededRandom } from '../../../src/common/random.js';
 import { BaselineRecorder } from '../../../src/monitor/baseline-recorder.js';
-import type { Baseline } from '../../../src/monitor/baseline.js';
+import { readBaseline, type Baseline } from '../../../src/monitor/baseline.js';
 import { PROJECTION_D_SAE, ProjectionBaselineRecorder, parseProjectionFlag, projectRows, projectionRows, quantileEdges, unitDirection } from '../../../src/monitor/projection.js';
 import { MonitorService } from '../../../src/monitor/service.js';
 import { expectSaegateError } from '../../helpers/errors.js';
@@ -161,6 +164,30 @@ describe('MonitorService with a projection monitor', () => {
     service.assess();
     expect([...service.readings().values()][0].windows['1m'].drift).toBeNull();
     await service.close();
+  });
+
+  it('records a projection baseline from live traffic (one document per request) that loads again', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'saegate-projection-live-'));
+    try {
+      const file = path.join(dir, 'live.json');
+      const { service } = makeService();
+      expect(service.startRecording(file, null).state).toBe('recording');
+      feed(service, 5, 30, 0);
+      for (let d = 0; d < 30; d++) service.requestEnded(`r${d}`);
+      service.assess();
+      service.assess();
+      expect(service.recordingStatus()).toMatchObject({ state: 'recording', documents: 30 });
+      expect(service.stopRecording()).toMatchObject({ state: 'written', documents: 30 });
+      const recorded = readBaseline(file);
+      expect(recorded.provenance).toMatchObject({ model: 'm', sae: { id: 'persona' }, hook, dSae: 1, documents: 30 });
+      expect(recorded.bins.projection).toHaveLength(19);
+      const again = makeService();
+      expect(again.service.replaceBaseline('persona', { path: file })).toMatchObject({ documents: 30 });
+      await service.close();
+      await again.service.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('shares a hook with an SAE: SAE rows and projection rows go to their own entries', async () => {
