@@ -4,6 +4,9 @@
  * (request-summaries.ts), an optional baseline with its calibrators (reference.ts, calibration.ts),
  * an optional live baseline recording (live-recording.ts).
  *
+ * Projection monitors (projection.ts) are entries too: `spec.projection`, fed by `offerProjection`,
+ * their windows' projection edges taken from their baseline.
+ *
  * Row path: the SAE engine's result batches are converted to `EncodedRows` (adapter.ts), checked,
  * and queued; the queue is drained off the listener's stack (setImmediate), a bounded number of
  * rows per turn. When the queue holds more than `maxBacklogRows` rows a new batch is dropped whole
