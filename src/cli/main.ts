@@ -6,6 +6,7 @@ import { HelpRequested } from '../common/options.js';
 import { alertsExport } from './alerts.js';
 import { baselineRecord } from './baseline-record.js';
 import { demo } from './demo.js';
+import { evalSteer } from './eval-steer.js';
 import { modelSample } from './model-sample.js';
 import { modelServe } from './model-serve.js';
 import { policyCheck, vectorsConvert } from './policy.js';
@@ -32,6 +33,7 @@ Commands:
   vectors import FILE  a llama.cpp control vector (.gguf) to saegate's vector file
   vectors export FILE  a saegate vector file to a llama.cpp control vector (.gguf)
   vectors build        a steering vector from positive and negative prompt sets, with a separation report
+  eval steer           what a steering vector does to a behaviour, control text and a retain set (reports)
 
 Run 'saegate <command> --help' for a command's options.`;
 
@@ -110,6 +112,10 @@ async function main(argv: string[]): Promise<void> {
   }
   if (command === 'vectors' && sub === 'build') {
     process.stdout.write(`${(await vectorsBuild(rest)).join('\n')}\n`);
+    return;
+  }
+  if (command === 'eval' && sub === 'steer') {
+    process.stdout.write(`${(await evalSteer(rest)).lines.join('\n')}\n`);
     return;
   }
   if (command === 'model' && sub === 'serve') {

@@ -15,6 +15,8 @@ import { custom, flagName, integer, text } from '../common/options.js';
 import { readFeatureLabels } from '../lab/features/labels.js';
 import { readAlertRules } from '../monitor/alert-rules.js';
 import type { WatchedFeature } from '../monitor/metrics.js';
+import type { AlertRule } from '../monitor/alert-rules.js';
+import type { CompiledPolicy } from '../policies/compile.js';
 import { saeWeightsHash } from '../monitor/sae-hash.js';
 import { MonitorService, UNKNOWN_MODEL } from '../monitor/service.js';
 import { readWatchFile } from '../monitor/watch-file.js';
@@ -115,6 +117,49 @@ function labelsOf(sae: SaeWeights): Map<number, string> | undefined {
   return new Map([...readFeatureLabels(file, { dSae: sae.config.dSae })].map(([f, l]) => [f, l.label]));
 }
 
+/** What a policy set's `monitor` actions add to the monitor: watched features and their alert rules. */
+export interface PolicyMonitoring {
+  /** Per SAE name, features the policies watch (with their labels). */
+  readonly watched: ReadonlyMap<string, readonly WatchedFeature[]>;
+  /** One rule per `alertFiringRateAbove` / `alertMeanActivationAbove` (window 5m, fires at once). */
+  readonly rules: readonly AlertRule[];
+}
+
+/**
+ * The monitoring asked for by a policy set's `monitor` actions (docs/policies.md, "monitor"). Alert
+ * names are `policy_<policy>_<sae>_<feature>_rate|mean`, letters, digits and underscores.
+ */
+export function policyMonitoring(policies: readonly CompiledPolicy[]): PolicyMonitoring {
+  const watched = new Map<string, WatchedFeature[]>();
+  const rules: AlertRule[] = [];
+  const safe = (text: string): string => text.replace(/[^A-Za-z0-9_]/g, '_');
+  for (const policy of policies) {
+    for (const watch of policy.watches) {
+      const list = watched.get(watch.sae) ?? [];
+      if (!list.some((w) => w.feature === watch.index)) list.push({ feature: watch.index, label: watch.label });
+      watched.set(watch.sae, list);
+      const base = { sae: watch.sae, window: '5m', for: { text: '0s', ms: 0 }, severity: 'warning' as const };
+      const name = `policy_${safe(policy.name)}_${safe(watch.sae)}_${watch.index}`;
+      if (watch.alertFiringRateAbove !== undefined) {
+        rules.push({ ...base, name: `${name}_rate`, signal: { featureRate: watch.index }, threshold: watch.alertFiringRateAbove, summary: `policy ${policy.name}: ${watch.label} firing rate above ${watch.alertFiringRateAbove}` });
+      }
+      if (watch.alertMeanActivationAbove !== undefined) {
+        rules.push({ ...base, name: `${name}_mean`, signal: { featureMeanActivation: watch.index }, threshold: watch.alertMeanActivationAbove, summary: `policy ${policy.name}: ${watch.label} mean activation above ${watch.alertMeanActivationAbove}` });
+      }
+    }
+  }
+  return { watched, rules };
+}
+
+/** The features `monitoring` watches that `current` does not export (they need a restart: series are fixed at start). */
+export function unexportedWatches(monitoring: PolicyMonitoring, exported: ReadonlyMap<string, readonly WatchedFeature[]>): string[] {
+  const missing: string[] = [];
+  for (const [sae, list] of monitoring.watched) {
+    for (const w of list) if (!(exported.get(sae) ?? []).some((e) => e.feature === w.feature)) missing.push(`${sae}#${w.feature}`);
+  }
+  return missing;
+}
+
 /**
  * Reads `--projection` flags' vector files (SAEGATE_ERR_CONFIG for a malformed flag or two with one
  * name, SAEGATE_ERR_VECTOR_FILE for a file problem). Hooks are checked against the model server's
@@ -129,12 +174,19 @@ export function loadProjections(flags: MonitorFlags): ProjectionSpec[] {
 }
 
 /**
- * Builds (not starts) the monitor over `saes` and `projections`; none without either. Throws
+ * Builds (not starts) the monitor over `saes` and `projections` (with a policy set's watched
+ * features and alert rules, `fromPolicies`); none without SAEs or projections. Throws
  * SAEGATE_ERR_CONFIG for a monitor flag without `--sae` or `--projection`, `--duration` without
  * `--record-baseline`, a projection named like an SAE, and the files' own errors for a bad watch
  * or rules file.
  */
-export function createMonitor(saes: readonly SaeWeights[], flags: MonitorFlags, registry: Registry, projections: readonly ProjectionSpec[] = []): MonitorService | undefined {
+export function createMonitor(
+  saes: readonly SaeWeights[],
+  flags: MonitorFlags,
+  registry: Registry,
+  fromPolicies?: PolicyMonitoring,
+  projections: readonly ProjectionSpec[] = [],
+): MonitorService | undefined {
   if (flags.duration !== undefined && flags.recordBaseline === undefined) {
     throw new SaegateError('SAEGATE_ERR_CONFIG', ['--duration', 'is how long --record-baseline records; give --record-baseline FILE too']);
   }
@@ -151,6 +203,16 @@ export function createMonitor(saes: readonly SaeWeights[], flags: MonitorFlags, 
     flags.watch === undefined
       ? new Map<string, WatchedFeature[]>()
       : readWatchFile(flags.watch, new Map(saes.map((sae) => [saeName(sae), { dSae: sae.config.dSae, labels: labels.get(saeName(sae)) }])), maxWatched);
+  // The policies' watched features join the file's (the file's label wins for a feature in both).
+  for (const [sae, list] of fromPolicies?.watched ?? []) {
+    const merged = [...(watched.get(sae) ?? [])];
+    for (const w of list) if (!merged.some((m) => m.feature === w.feature)) merged.push(w);
+    watched.set(sae, merged);
+  }
+  const watchedCount = [...watched.values()].reduce((n, list) => n + list.length, 0);
+  if (watchedCount > maxWatched) {
+    throw new SaegateError('SAEGATE_ERR_CONFIG', ['--max-watched-features', `the watch file and the policies' monitor actions watch ${watchedCount} features, more than the cap of ${maxWatched} (each adds 2 series per window); raise the cap or watch fewer`]);
+  }
   const specs = saes.map((sae) => ({
     model: sae.config.modelName ?? UNKNOWN_MODEL,
     sae: saeName(sae),
@@ -161,10 +223,12 @@ export function createMonitor(saes: readonly SaeWeights[], flags: MonitorFlags, 
     labels: labels.get(saeName(sae)),
   }));
   const projectionSpecs = projections.map((p) => ({ model: UNKNOWN_MODEL, sae: p.name, hook: p.hook, dSae: PROJECTION_D_SAE, saeHash: p.hash, projection: true, watched: [] as WatchedFeature[] }));
-  const alertRules =
+  const fileRules =
     flags.alertRules === undefined
       ? undefined
       : readAlertRules(flags.alertRules, { saes: [...specs, ...projectionSpecs].map((s) => ({ sae: s.sae, hook: s.hook, watched: s.watched.map((w) => w.feature) })), windows: DEFAULT_WINDOWS.map((w) => w.name) });
+  const policyRules = fromPolicies?.rules ?? [];
+  const alertRules = policyRules.length === 0 ? fileRules : { ...fileRules, rules: [...(fileRules?.rules ?? []), ...policyRules] };
   const monitor = new MonitorService({
     saes: [...specs, ...projectionSpecs],
     registry,

@@ -20,7 +20,7 @@ import { SaeSink } from '../sae/sink.js';
 import { monitoredSink, type MonitoredSink } from '../monitor/monitored-sink.js';
 import type { MonitorService } from '../monitor/service.js';
 import { projectingSink } from '../monitor/projection-sink.js';
-import { createMonitor, loadProjections, monitorOptions, splitMonitorFlags, type MonitorFlags } from './serve-monitor.js';
+import { createMonitor, loadProjections, monitorOptions, policyMonitoring, splitMonitorFlags, unexportedWatches, type MonitorFlags } from './serve-monitor.js';
 import type { SaeWeights } from '../sae/types.js';
 
 const serveOptions = {
@@ -69,8 +69,23 @@ export async function startProxyWithSaes(
   if (projections.length > 0 && isBodySteeringMode(upstreamSteering)) {
     throw new SaegateError('SAEGATE_ERR_CONFIG', ['projection', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations to project; drop --projection or use --upstream-steering tap`]);
   }
-  const monitor = createMonitor(saes, monitorFlags, registry, projections);
   const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry, upstreamSteering);
+  let monitor: MonitorService | undefined;
+  try {
+    const fromPolicies = policies && policyMonitoring(policies.policies());
+    monitor = createMonitor(saes, monitorFlags, registry, fromPolicies, projections);
+    // Series are fixed at start: a reload that watches new features says they need a restart.
+    if (policies && monitor) {
+      policies.onLoad((result) => {
+        if (!result.ok) return;
+        const missing = unexportedWatches(policyMonitoring(policies.policies()), monitor!.watched());
+        if (missing.length > 0) process.stderr.write(`saegate: policy set ${result.version} watches ${missing.join(', ')}, exported after a restart (watched-feature series are fixed at start)\n`);
+      });
+    }
+  } catch (error) {
+    policies?.close();
+    throw error;
+  }
   const sink = saes.length > 0 ? await SaeSink.create({
           saes,
           registry,

@@ -28,6 +28,7 @@ const durationSchema = z
 const signalSchema = z.union([
   z.enum([...DRIFT_STATISTICS, 'flagged_features'] as [DriftStatistic | 'flagged_features', ...(DriftStatistic | 'flagged_features')[]]),
   z.strictObject({ featureRate: z.number().int().nonnegative() }),
+  z.strictObject({ featureMeanActivation: z.number().int().nonnegative() }),
 ]);
 
 const thresholdSchema = z.union([z.number().finite(), z.strictObject({ falseAlarmRate: z.number().gt(0).lt(1) })]);
@@ -61,13 +62,21 @@ const rulesFileSchema = z.strictObject({
 });
 
 /** One alert rule as validated. */
+/** A watched feature's firing rate, or its mean activation over the tokens where it fired. */
+export type FeatureSignal = { readonly featureRate: number } | { readonly featureMeanActivation: number };
+
+/** The feature a feature signal reads. */
+export function signalFeature(signal: FeatureSignal): number {
+  return 'featureRate' in signal ? signal.featureRate : signal.featureMeanActivation;
+}
+
 export interface AlertRule {
   readonly name: string;
   readonly sae: string;
   /** Absent: the SAE's only hook. */
   readonly hook?: string;
   /** A drift statistic, `flagged_features`, or a watched feature's firing rate. */
-  readonly signal: DriftStatistic | 'flagged_features' | { readonly featureRate: number };
+  readonly signal: DriftStatistic | 'flagged_features' | FeatureSignal;
   /** A number, or the calibrated threshold at this false-alarm rate. Absent: calibrated at the monitor's α. */
   readonly threshold?: number | { readonly falseAlarmRate: number };
   readonly window: string;
@@ -109,7 +118,7 @@ export function parseAlertRules(text: string, file: string, context?: AlertRuleC
     if (names.has(rule.name)) at('name', `alert '${rule.name}' is declared twice`);
     names.add(rule.name);
     const feature = typeof rule.signal === 'object';
-    if (feature && typeof rule.threshold !== 'number') at('threshold', 'a featureRate signal needs a numeric threshold (a firing rate, 0 to 1)');
+    if (feature && typeof rule.threshold !== 'number') at('threshold', 'a featureRate or featureMeanActivation signal needs a numeric threshold (a firing rate, 0 to 1, or an activation)');
     if (rule.signal === 'flagged_features' && typeof rule.threshold !== 'number') at('threshold', 'a flagged_features signal needs a numeric threshold (a feature count)');
     if (context === undefined) return;
     if (!context.windows.includes(rule.window)) at('window', `no window '${rule.window}' (monitored: ${context.windows.join(', ')})`);
@@ -118,8 +127,8 @@ export function parseAlertRules(text: string, file: string, context?: AlertRuleC
       at(rule.hook === undefined ? 'sae' : 'hook', `no monitored SAE '${rule.sae}'${rule.hook === undefined ? '' : ` at hook '${rule.hook}'`} (monitored: ${context.saes.map((s) => `${s.sae}@${s.hook}`).join(', ') || 'none'})`);
     } else if (candidates.length > 1) {
       at('sae', `SAE '${rule.sae}' runs at several hooks (${candidates.map((s) => s.hook).join(', ')}): name the hook`);
-    } else if (typeof rule.signal === 'object' && !candidates[0].watched.includes(rule.signal.featureRate)) {
-      at('signal', `feature ${rule.signal.featureRate} of SAE '${rule.sae}' is not watched (--watch): only watched features have firing rates`);
+    } else if (typeof rule.signal === 'object' && !candidates[0].watched.includes(signalFeature(rule.signal))) {
+      at('signal', `feature ${signalFeature(rule.signal)} of SAE '${rule.sae}' is not watched (--watch): only watched features have firing rates and mean activations`);
     }
   });
   return { rules: problems.length === 0 ? { webhook: value.webhook, rules } : null, problems };
@@ -140,7 +149,8 @@ export function readAlertRules(file: string, context?: AlertRuleContext): AlertR
 
 /** A rule's signal as text: `jsd`, `flagged_features`, `feature 12 firing rate`. */
 export function describeSignal(signal: AlertRule['signal']): string {
-  return typeof signal === 'object' ? `feature ${signal.featureRate} firing rate` : signal;
+  if (typeof signal !== 'object') return signal;
+  return 'featureRate' in signal ? `feature ${signal.featureRate} firing rate` : `feature ${signal.featureMeanActivation} mean activation`;
 }
 
 function promString(value: string): string {
@@ -163,7 +173,8 @@ export function toPrometheusRules(file: AlertRulesFile, source: string, alpha: n
         .join(',')}}`;
     let expr: string;
     if (typeof rule.signal === 'object') {
-      expr = `saegate_feature_firing_rate${selector({ feature: String(rule.signal.featureRate) })} > ${String(rule.threshold)}`;
+      const metric = 'featureRate' in rule.signal ? 'saegate_feature_firing_rate' : 'saegate_feature_mean_activation';
+      expr = `${metric}${selector({ feature: String(signalFeature(rule.signal)) })} > ${String(rule.threshold)}`;
     } else if (rule.signal === 'flagged_features') {
       expr = `saegate_drift_flagged_features${selector({})} > ${String(rule.threshold)}`;
     } else if (typeof rule.threshold === 'number') {

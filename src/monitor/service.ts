@@ -27,7 +27,7 @@ import type { Registry } from 'prom-client';
 import { err, SaegateError } from '../common/errors.js';
 import type { SaeResultBatch } from '../sae/batcher.js';
 import { encodedRowsFromResults } from './adapter.js';
-import type { AlertRule, AlertRulesFile } from './alert-rules.js';
+import { signalFeature, type AlertRule, type AlertRulesFile } from './alert-rules.js';
 import { AlertEvaluator, WebhookNotifier, type AlertEvent, type AlertStatus, type MonitorLogger } from './alerts.js';
 import { checkCompatible, parseBaseline, readBaseline, writeBaseline, type Baseline } from './baseline.js';
 import { DriftCalibrator, type CalibrationOptions } from './calibration.js';
@@ -399,6 +399,13 @@ export class MonitorService implements MonitorMetricsSource {
     step(0);
   }
 
+  /** The watched features per SAE id, as exported (fixed at construction). */
+  watched(): ReadonlyMap<string, readonly WatchedFeature[]> {
+    const out = new Map<string, WatchedFeature[]>();
+    for (const entry of this.entries) out.set(entry.spec.sae, [...(out.get(entry.spec.sae) ?? []), ...(entry.spec.watched ?? [])]);
+    return out;
+  }
+
   /** Resolves when the timer's assessment in progress (if any) has finished. */
   assessed(): Promise<void> {
     return this.assessment;
@@ -451,8 +458,12 @@ export class MonitorService implements MonitorMetricsSource {
     if (entry === undefined || window === undefined || window.tokens === 0) return null;
     const signal = rule.signal;
     if (typeof signal === 'object') {
-      const i = entry.watchedIndex.indexOf(signal.featureRate);
-      return i < 0 ? null : { value: window.watchedFirings[i] / window.tokens, threshold: rule.threshold as number };
+      const i = entry.watchedIndex.indexOf(signalFeature(signal));
+      if (i < 0) return null;
+      const firings = window.watchedFirings[i];
+      // As the metrics define them: rate over the window's rows, mean over the rows where it fired.
+      const value = 'featureRate' in signal ? firings / window.tokens : firings === 0 ? 0 : window.watchedSums[i] / firings;
+      return { value, threshold: rule.threshold as number };
     }
     const assessment = window.assessment;
     if (assessment === null) return null;

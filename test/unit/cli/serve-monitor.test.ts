@@ -8,7 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { Registry } from 'prom-client';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createMonitor } from '../../../src/cli/serve-monitor.js';
+import { createMonitor, policyMonitoring, unexportedWatches } from '../../../src/cli/serve-monitor.js';
+import type { CompiledPolicy } from '../../../src/policies/compile.js';
 import type { SaeWeights } from '../../../src/sae/types.js';
 import { expectSaegateError } from '../../helpers/errors.js';
 import { seededStandardSae } from '../../helpers/sae.js';
@@ -50,5 +51,31 @@ describe('serve --baseline/--watch/--alert-rules/--record-baseline', () => {
     const rules = path.join(dir, 'rules.yaml');
     fs.writeFileSync(rules, 'rules:\n  - {name: X, sae: res-sae, signal: {featureRate: 4}, threshold: 0.1}\n');
     expectSaegateError(() => createMonitor([sae()], { alertRules: rules }, new Registry()), 'SAEGATE_ERR_ALERT_RULES', `${rules}:2:`, 'feature 4 of SAE \'res-sae\' is not watched');
+  });
+
+  it("watches the policies' monitor features beside the file's, with one alert per policy threshold, within the cap", async () => {
+    const policy = (name: string, watches: CompiledPolicy['watches']): CompiledPolicy => ({ name, qualifiedName: `${name}@1`, priority: 100, failClosed: false, match: {}, steers: [], watches, flags: [], aborts: [], file: `${name}.yaml` });
+    const monitoring = policyMonitoring([
+      policy('tenant-a', [{ sae: 'res-sae', index: 7, label: 'negation', alertFiringRateAbove: 0.05 }, { sae: 'res-sae', index: 12, label: 'twelve', alertMeanActivationAbove: 3 }]),
+      policy('tenant-b', [{ sae: 'res-sae', index: 7, label: 'negation' }]),
+    ]);
+    expect(monitoring.watched.get('res-sae')).toEqual([{ feature: 7, label: 'negation' }, { feature: 12, label: 'twelve' }]);
+    expect(monitoring.rules.map((r) => [r.name, r.signal, r.threshold])).toEqual([
+      ['policy_tenant_a_res_sae_7_rate', { featureRate: 7 }, 0.05],
+      ['policy_tenant_a_res_sae_12_mean', { featureMeanActivation: 12 }, 3],
+    ]);
+    const watch = path.join(dir, 'watch-policy.yaml');
+    fs.writeFileSync(watch, 'features:\n  - {sae: res-sae, index: 9}\n  - {sae: res-sae, index: 7, label: from-file}\n');
+    const registry = new Registry();
+    const monitor = createMonitor([sae()], { watch }, registry, monitoring)!;
+    expect(monitor.saes[0].watched).toEqual([{ feature: 9, label: 'dialogue' }, { feature: 7, label: 'from-file' }, { feature: 12, label: 'twelve' }]);
+    monitor.assess();
+    const text = await registry.metrics();
+    expect(text).toContain('saegate_feature_mean_activation{model="unknown",sae="res-sae",hook="blocks.0.hook_resid_post",feature="12",label="twelve",window="5m"} 0');
+    expect(text).toMatch(/saegate_alert_firing\{[^}]*alert="policy_tenant_a_res_sae_12_mean"[^}]*\} 0/);
+    // A later set watching a feature not exported is reported (it needs a restart).
+    expect(unexportedWatches(policyMonitoring([policy('late', [{ sae: 'res-sae', index: 20, label: 'x' }])]), monitor.watched())).toEqual(['res-sae#20']);
+    await monitor.close();
+    expectSaegateError(() => createMonitor([sae()], { watch, maxWatchedFeatures: 2 }, new Registry(), monitoring), 'SAEGATE_ERR_CONFIG', '3 features, more than the cap of 2');
   });
 });

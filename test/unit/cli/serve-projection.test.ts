@@ -66,12 +66,12 @@ describe('serve --projection', () => {
 
   it('builds a monitor from projections alone, and refuses a projection named like an SAE', async () => {
     const projections = loadProjections({ projection: [`persona=${one}`] });
-    const monitor = createMonitor([], {}, new Registry(), projections)!;
+    const monitor = createMonitor([], {}, new Registry(), undefined, projections)!;
     expect(monitor.saes).toMatchObject([{ sae: 'persona', hook: HOOK, dSae: 1, projection: true, model: 'unknown' }]);
     await monitor.close();
     const weights = seededStandardSae({ dIn: 4, dSae: 8, hook: HOOK, seed: 1, scales: { W_enc: 1, b_enc: 0.1, W_dec: 1, b_dec: 0.1 } });
     const sae = { ...weights, config: { ...weights.config, source: path.join(dir, 'persona') } };
-    expectSaegateError(() => createMonitor([sae], {}, new Registry(), projections), 'SAEGATE_ERR_CONFIG', "'persona' is also an SAE's name");
+    expectSaegateError(() => createMonitor([sae], {}, new Registry(), undefined, projections), 'SAEGATE_ERR_CONFIG', "'persona' is also an SAE's name");
   });
 
   it('refuses --projection with a body-steering upstream (no tap, nothing to project)', async () => {

@@ -52,7 +52,7 @@ describe('alert rules file', () => {
     const second = parseAlertRules(text.replace('    windw: 5m\n', '').replace('    for: soon', '    for: 1m'), 'r.yaml', context).problems.map(formatProblem);
     expect(second).toEqual([
       "r.yaml:5:11: rules[1].name: alert 'A' is declared twice",
-      'r.yaml:5:5: rules[1].threshold: a featureRate signal needs a numeric threshold (a firing rate, 0 to 1)',
+      'r.yaml:5:5: rules[1].threshold: a featureRate or featureMeanActivation signal needs a numeric threshold (a firing rate, 0 to 1, or an activation)',
       "r.yaml:8:13: rules[1].window: no window '10m' (monitored: 1m, 5m)",
       expect.stringContaining("r.yaml:6:10: rules[1].sae: no monitored SAE 'nope'"),
     ]);
@@ -75,16 +75,18 @@ describe('alert rules file', () => {
         '  - {name: DriftFixed, sae: s, hook: blocks.0.hook_resid_post, signal: mean_fvu, threshold: 0.3, window: 1m, severity: critical}',
         '  - {name: Flagged, sae: s, signal: flagged_features, threshold: 5}',
         '  - {name: Feature3, sae: s, signal: {featureRate: 3}, threshold: 0.2, window: 1m, for: 2m, severity: info}',
+        '  - {name: Feature3Mean, sae: s, signal: {featureMeanActivation: 3}, threshold: 4.5}',
       ].join('\n'),
     );
     const out = path.join(dir, 'prom.yml');
     fs.writeFileSync(out, toPrometheusRules(readAlertRules(file, context), file, 0.01));
     const checked = promtool('check', 'rules', out);
-    expect(checked.output).toContain('SUCCESS: 4 rules found');
+    expect(checked.output).toContain('SUCCESS: 5 rules found');
     expect(checked.status).toBe(0);
     const text = fs.readFileSync(out, 'utf8');
     expect(text).toContain('saegate_drift_score{sae=\\"s\\",statistic=\\"jsd\\",window=\\"5m\\"} > on(model, sae, hook, statistic, window) saegate_drift_threshold');
     expect(text).toContain('saegate_feature_firing_rate{sae=\\"s\\",feature=\\"3\\",window=\\"1m\\"} > 0.2');
+    expect(text).toContain('saegate_feature_mean_activation{sae=\\"s\\",feature=\\"3\\",window=\\"5m\\"} > 4.5');
     expectSaegateError(() => toPrometheusRules({ rules: [rule('{name: X, sae: s, signal: jsd, threshold: {falseAlarmRate: 0.001}}')] }, 'r.yaml', 0.01), 'SAEGATE_ERR_ALERT_RULES', 'falseAlarmRate 0.001');
   });
 });
