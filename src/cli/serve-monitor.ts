@@ -21,6 +21,7 @@ import { saeWeightsHash } from '../monitor/sae-hash.js';
 import { MonitorService, UNKNOWN_MODEL } from '../monitor/service.js';
 import { readWatchFile } from '../monitor/watch-file.js';
 import { DEFAULT_WINDOWS } from '../monitor/windows.js';
+import { PROJECTION_D_SAE, loadProjection, parseProjectionFlag, type ProjectionSpec } from '../monitor/projection.js';
 import type { SaeWeights } from '../sae/types.js';
 
 const durationType = custom(
@@ -66,6 +67,12 @@ export const monitorOptions = {
     noConfigFile: true,
     help: 'how long --record-baseline records (e.g. 30m); unset: until shutdown',
   },
+  projection: {
+    type: text('NAME=FILE[@HOOK]'),
+    multiple: true,
+    noConfigFile: true,
+    help: "projection monitor (no SAE): each tapped row's projection on the vector file's direction at HOOK (default: its only one), drift scored as projection_psi against a --baseline; repeatable",
+  },
 } as const;
 
 /** The monitor flags' values. */
@@ -76,6 +83,8 @@ export interface MonitorFlags {
   alertRules?: string;
   recordBaseline?: string;
   duration?: number;
+  /** `NAME=FILE[@HOOK]` projection monitors. */
+  projection?: readonly string[];
   /** Assessment period, ms (tests). Default 5000. */
   assessIntervalMs?: number;
 }
@@ -86,8 +95,8 @@ export interface MonitorFlags {
  * does not know).
  */
 export function splitMonitorFlags<O extends object>(options: O): { proxy: Omit<O, keyof MonitorFlags>; flags: MonitorFlags } {
-  const { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, assessIntervalMs, ...proxy } = options as O & MonitorFlags;
-  const flags: MonitorFlags = { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, assessIntervalMs };
+  const { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, projection, assessIntervalMs, ...proxy } = options as O & MonitorFlags;
+  const flags: MonitorFlags = { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, projection, assessIntervalMs };
   for (const key of Object.keys(flags) as (keyof MonitorFlags)[]) if (flags[key] === undefined) delete flags[key];
   return { proxy: proxy as Omit<O, keyof MonitorFlags>, flags };
 }
@@ -152,19 +161,42 @@ export function unexportedWatches(monitoring: PolicyMonitoring, exported: Readon
 }
 
 /**
- * Builds (not starts) the monitor over `saes`; none without SAEs. Throws SAEGATE_ERR_CONFIG for a
- * monitor flag without `--sae` or `--duration` without `--record-baseline`, and the files' own
- * errors for a bad watch or rules file.
+ * Reads `--projection` flags' vector files (SAEGATE_ERR_CONFIG for a malformed flag or two with one
+ * name, SAEGATE_ERR_VECTOR_FILE for a file problem). Hooks are checked against the model server's
+ * when it subscribes, like an SAE's.
  */
-export function createMonitor(saes: readonly SaeWeights[], flags: MonitorFlags, registry: Registry, fromPolicies?: PolicyMonitoring): MonitorService | undefined {
+export function loadProjections(flags: MonitorFlags): ProjectionSpec[] {
+  const specs = (flags.projection ?? []).map((value) => loadProjection(parseProjectionFlag(value)));
+  const names = specs.map((s) => s.name);
+  const twice = names.find((name, i) => names.indexOf(name) !== i);
+  if (twice !== undefined) throw new SaegateError('SAEGATE_ERR_CONFIG', ['--projection', `two projection monitors named '${twice}'`]);
+  return specs;
+}
+
+/**
+ * Builds (not starts) the monitor over `saes` and `projections` (with a policy set's watched
+ * features and alert rules, `fromPolicies`); none without SAEs or projections. Throws
+ * SAEGATE_ERR_CONFIG for a monitor flag without `--sae` or `--projection`, `--duration` without
+ * `--record-baseline`, a projection named like an SAE, and the files' own errors for a bad watch
+ * or rules file.
+ */
+export function createMonitor(
+  saes: readonly SaeWeights[],
+  flags: MonitorFlags,
+  registry: Registry,
+  fromPolicies?: PolicyMonitoring,
+  projections: readonly ProjectionSpec[] = [],
+): MonitorService | undefined {
   if (flags.duration !== undefined && flags.recordBaseline === undefined) {
     throw new SaegateError('SAEGATE_ERR_CONFIG', ['--duration', 'is how long --record-baseline records; give --record-baseline FILE too']);
   }
-  if (saes.length === 0) {
+  if (saes.length === 0 && projections.length === 0) {
     const given = (['baseline', 'watch', 'alertRules', 'recordBaseline'] as const).find((key) => (key === 'baseline' ? (flags.baseline?.length ?? 0) > 0 : flags[key] !== undefined));
-    if (given !== undefined) throw new SaegateError('SAEGATE_ERR_CONFIG', [`--${flagName(given)}`, 'the drift monitor runs over SAEs: give --sae DIR too']);
+    if (given !== undefined) throw new SaegateError('SAEGATE_ERR_CONFIG', [`--${flagName(given)}`, 'the drift monitor runs over SAEs or projections: give --sae DIR too (or --projection NAME=FILE)']);
     return undefined;
   }
+  const clash = projections.find((p) => saes.some((sae) => saeName(sae) === p.name));
+  if (clash !== undefined) throw new SaegateError('SAEGATE_ERR_CONFIG', ['--projection', `'${clash.name}' is also an SAE's name; give the projection another name`]);
   const labels = new Map(saes.map((sae) => [saeName(sae), labelsOf(sae)] as const));
   const maxWatched = flags.maxWatchedFeatures ?? 256;
   const watched =
@@ -190,14 +222,15 @@ export function createMonitor(saes: readonly SaeWeights[], flags: MonitorFlags, 
     watched: watched.get(saeName(sae)) ?? [],
     labels: labels.get(saeName(sae)),
   }));
+  const projectionSpecs = projections.map((p) => ({ model: UNKNOWN_MODEL, sae: p.name, hook: p.hook, dSae: PROJECTION_D_SAE, saeHash: p.hash, projection: true, watched: [] as WatchedFeature[] }));
   const fileRules =
     flags.alertRules === undefined
       ? undefined
-      : readAlertRules(flags.alertRules, { saes: specs.map((s) => ({ sae: s.sae, hook: s.hook, watched: s.watched.map((w) => w.feature) })), windows: DEFAULT_WINDOWS.map((w) => w.name) });
+      : readAlertRules(flags.alertRules, { saes: [...specs, ...projectionSpecs].map((s) => ({ sae: s.sae, hook: s.hook, watched: s.watched.map((w) => w.feature) })), windows: DEFAULT_WINDOWS.map((w) => w.name) });
   const policyRules = fromPolicies?.rules ?? [];
   const alertRules = policyRules.length === 0 ? fileRules : { ...fileRules, rules: [...(fileRules?.rules ?? []), ...policyRules] };
   const monitor = new MonitorService({
-    saes: specs,
+    saes: [...specs, ...projectionSpecs],
     registry,
     alertRules,
     maxWatchedFeatures: maxWatched,

@@ -19,7 +19,8 @@ import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
 import { monitoredSink, type MonitoredSink } from '../monitor/monitored-sink.js';
 import type { MonitorService } from '../monitor/service.js';
-import { createMonitor, monitorOptions, policyMonitoring, splitMonitorFlags, unexportedWatches, type MonitorFlags } from './serve-monitor.js';
+import { projectingSink } from '../monitor/projection-sink.js';
+import { createMonitor, loadProjections, monitorOptions, policyMonitoring, splitMonitorFlags, unexportedWatches, type MonitorFlags } from './serve-monitor.js';
 import type { SaeWeights } from '../sae/types.js';
 
 const serveOptions = {
@@ -63,12 +64,16 @@ export async function startProxyWithSaes(
   if (saes.length > 0 && isBodySteeringMode(upstreamSteering)) {
     throw new SaegateError('SAEGATE_ERR_CONFIG', ['sae', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations for an SAE to read; drop --sae or use --upstream-steering tap`]);
   }
-  // The drift monitor runs over every SAE; its files are read before anything starts (it starts nothing itself yet).
+  // The drift monitor runs over every SAE and projection; its files are read before anything starts (it starts nothing itself yet).
+  const projections = loadProjections(monitorFlags);
+  if (projections.length > 0 && isBodySteeringMode(upstreamSteering)) {
+    throw new SaegateError('SAEGATE_ERR_CONFIG', ['projection', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations to project; drop --projection or use --upstream-steering tap`]);
+  }
   const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry, upstreamSteering);
   let monitor: MonitorService | undefined;
   try {
     const fromPolicies = policies && policyMonitoring(policies.policies());
-    monitor = createMonitor(saes, monitorFlags, registry, fromPolicies);
+    monitor = createMonitor(saes, monitorFlags, registry, fromPolicies, projections);
     // Series are fixed at start: a reload that watches new features says they need a restart.
     if (policies && monitor) {
       policies.onLoad((result) => {
@@ -106,7 +111,9 @@ export async function startProxyWithSaes(
   }) : undefined;
   const planResolver: PlanResolver | undefined = policies && conditions && { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) };
   const offResults = conditions && sink?.onResult(conditions.onResult);
-  const observed = sink && conditions ? conditions.observing(sink) : sink;
+  const observedSaes = sink && conditions ? conditions.observing(sink) : sink;
+  // Projection monitors read the tapped rows themselves, beside (or without) the SAE pipeline.
+  const observed = monitor && projections.length > 0 ? projectingSink(observedSaes, projections, monitor) : observedSaes;
   const tapSide = observed && monitor ? monitoredSink(observed, monitor) : undefined;
   try {
     server = await startProxy({ ...options, sink: tapSide?.sink ?? observed, registry, monitor, ...(planResolver && { planResolver }) });
@@ -124,13 +131,14 @@ export async function startProxyWithSaes(
       await closeWithPolicies(closeOptions);
     };
   }
-  if (sink) {
-    server.tap.subscribeAll({ hooks: sink.hooks, dtype: 'f16', includePrompt: true });
+  if (sink || projections.length > 0) {
+    const hooks = [...new Set([...(sink?.hooks ?? []), ...projections.map((p) => p.hook)])];
+    server.tap.subscribeAll({ hooks, dtype: 'f16', includePrompt: true });
     const unsubscribe = monitor && tapSide ? startMonitor(monitor, sink, tapSide, server, monitorFlags) : () => {};
     const closeProxy = server.close.bind(server);
     server.close = async (closeOptions) => {
       await closeProxy(closeOptions);
-      await sink.close();
+      await sink?.close();
       unsubscribe();
       await monitor?.close(); // writes a recording in progress
     };
@@ -139,10 +147,10 @@ export async function startProxyWithSaes(
 }
 
 /** Feeds the monitor the SAE results, logs through the proxy's logger, starts its timer and a recording. */
-function startMonitor(monitor: MonitorService, sink: SaeSink, tapSide: MonitoredSink, server: ProxyServer, flags: MonitorFlags): () => void {
+function startMonitor(monitor: MonitorService, sink: SaeSink | undefined, tapSide: MonitoredSink, server: ProxyServer, flags: MonitorFlags): () => void {
   monitor.logger = server.app.log;
   monitor.tapModel = tapSide.modelId;
-  const off = sink.onResult((batch) => monitor.offerResults(batch));
+  const off = sink?.onResult((batch) => monitor.offerResults(batch)) ?? (() => {});
   monitor.start();
   if (flags.recordBaseline !== undefined) monitor.startRecording(flags.recordBaseline, flags.duration ?? null);
   return off;
@@ -177,8 +185,8 @@ function startPolicies(dir: string, saes: SaeWeights[], registry: Registry, upst
 }
 
 export async function serve(argv: string[]): Promise<ProxyServer> {
-  const { sae: saeDirs, policies: policyDir, baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, ...config } = parseCommand(serveCommand, argv, process.env);
-  const monitorFlags = { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration };
+  const { sae: saeDirs, policies: policyDir, baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, projection, ...config } = parseCommand(serveCommand, argv, process.env);
+  const monitorFlags = { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, projection };
   const { server, sink, policies, monitor } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)), policyDir, monitorFlags);
   process.stdout.write(
     `saegate proxy: forwarding to ${config.upstream}\n` +
@@ -188,6 +196,7 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
       `  metrics      ${server.url}/metrics   health ${server.url}/healthz, ${server.url}/readyz\n` +
       `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
       (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : '') +
+      ((projection?.length ?? 0) > 0 ? `  projections  ${monitor?.saes.filter((m) => m.projection === true).map((m) => `${m.sae}@${m.hook}`).join(', ')}\n` : '') +
       (monitor ? `  drift        ${config.adminToken === null ? '' : `${server.url}/admin/drift; `}baselines: ${monitor.readiness().saes.map((m) => `${m.sae} ${m.drift ? 'loaded' : (m.problem?.code ?? 'none')}`).join(', ')}${recordBaseline === undefined ? '' : `; recording to ${recordBaseline}`}\n` : '') +
       (policies ? `  policies     ${policyDir} (set version ${policies.current?.version ?? 0}: ${policies.policies().map((p) => p.name).join(', ') || 'none'}; watched)\n` : ''),
   );

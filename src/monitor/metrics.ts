@@ -53,6 +53,8 @@ export interface MonitoredSae {
   readonly watched?: readonly WatchedFeature[];
   /** Whether a projection histogram is scored (adds the `projection_psi` statistic). Default false. */
   readonly projection?: boolean;
+  /** A projection monitor (projection.ts): `projection_psi` is its only statistic. Default false. */
+  readonly projectionOnly?: boolean;
 }
 
 /** An alert the monitor evaluates, fixed at start. */
@@ -214,7 +216,8 @@ export class MonitorMetrics {
     this.monitored = monitored;
     const registers = [registry];
     const saeLabels = (m: MonitoredSae): Record<SaeLabels, string> => ({ model: m.model, sae: m.sae, hook: m.hook });
-    const statistics = (m: MonitoredSae): readonly DriftStatistic[] => (m.projection === true ? DRIFT_STATISTICS : DRIFT_STATISTICS.filter((s) => s !== 'projection_psi'));
+    const statistics = (m: MonitoredSae): readonly DriftStatistic[] =>
+      m.projectionOnly === true ? ['projection_psi'] : m.projection === true ? DRIFT_STATISTICS : DRIFT_STATISTICS.filter((s) => s !== 'projection_psi');
     /** Calls `each` for every window the source reports now. */
     const eachWindow = (each: (m: MonitoredSae, window: string, reading: WindowReading) => void): void => {
       const readings = source.readings();

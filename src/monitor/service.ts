@@ -4,6 +4,9 @@
  * (request-summaries.ts), an optional baseline with its calibrators (reference.ts, calibration.ts),
  * an optional live baseline recording (live-recording.ts).
  *
+ * Projection monitors (projection.ts) are entries too: `spec.projection`, fed by `offerProjection`,
+ * their windows' projection edges taken from their baseline.
+ *
  * Row path: the SAE engine's result batches are converted to `EncodedRows` (adapter.ts), checked,
  * and queued; the queue is drained off the listener's stack (setImmediate), a bounded number of
  * rows per turn. When the queue holds more than `maxBacklogRows` rows a new batch is dropped whole
@@ -37,6 +40,7 @@ import type { DriftAssessment } from './drift.js';
 import type { DriftRequest, DriftResponse, DriftWorkerProtocol } from './drift-protocol.js';
 import type { FeatureTestOptions } from './feature-tests.js';
 import { LiveBaselineRecording } from './live-recording.js';
+import { LiveProjectionRecording } from './live-projection-recording.js';
 import {
   MonitorMetrics,
   monitorKey,
@@ -53,6 +57,7 @@ import { BaselineReference } from './reference.js';
 import { RequestSummaries, type RequestSummary } from './request-summaries.js';
 import { checkEncodedRows, type EncodedRows } from './rows.js';
 import { DEFAULT_WINDOWS, WindowedStats, type WindowSpec } from './windows.js';
+import { sameEdges } from './histogram.js';
 
 /** One monitored SAE at one hook. */
 export interface MonitorSaeSpec {
@@ -68,6 +73,12 @@ export interface MonitorSaeSpec {
   readonly watched?: readonly WatchedFeature[];
   /** Feature labels (from the SAE's features.yaml), for the admin API's JSON only. */
   readonly labels?: ReadonlyMap<number, string>;
+  /**
+   * A projection monitor (projection.ts), not an SAE: `sae` is its name, `dSae` is 1, rows come
+   * through `offerProjection`, its only score is `projection_psi`, and its windows take their
+   * projection edges from its baseline. Several may share a hook with each other and with an SAE.
+   */
+  readonly projection?: boolean;
 }
 
 export interface MonitorServiceOptions {
@@ -128,7 +139,8 @@ interface WindowState {
 interface Entry {
   readonly spec: MonitorSaeSpec;
   readonly key: string;
-  readonly stats: WindowedStats;
+  /** Replaced when a projection monitor's baseline brings other projection edges. */
+  stats: WindowedStats;
   readonly summaries: RequestSummaries;
   readonly watchedIndex: Uint32Array;
   observer: MonitorRowObserver | null;
@@ -142,7 +154,7 @@ interface Entry {
   dropped: Record<MonitorDropReason, number>;
   windows: Map<string, WindowState>;
   recent: RequestSummary[];
-  recording: LiveBaselineRecording | null;
+  recording: LiveBaselineRecording | LiveProjectionRecording | null;
 }
 
 /** Live recording state for the admin API and readiness. */
@@ -179,6 +191,8 @@ export class MonitorService implements MonitorMetricsSource {
   readonly unmatchedBaselines: BaselineProblem[] = [];
   private readonly entries: Entry[];
   private readonly byHook = new Map<string, Entry>();
+  /** Projection monitors by name (not in `byHook`: they may share a hook). */
+  private readonly byProjection = new Map<string, Entry>();
   private readonly options: MonitorServiceOptions;
   private readonly now: () => number;
   private readonly queue: { entry: Entry; rows: EncodedRows }[] = [];
@@ -205,6 +219,9 @@ export class MonitorService implements MonitorMetricsSource {
     this.logger = options.logger;
     this.windows = options.windows ?? DEFAULT_WINDOWS;
     this.alpha = options.calibration?.alpha ?? DEFAULT_ALPHA;
+    const names = options.saes.map((s) => s.sae);
+    const twice = names.find((name, i) => names.indexOf(name) !== i && options.saes.some((s) => s.sae === name && s.projection === true));
+    if (twice !== undefined) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `'${twice}' names a projection monitor and another monitored signal; names must differ`);
     this.entries = options.saes.map((spec) => {
       const watched = spec.watched ?? [];
       const entry: Entry = {
@@ -224,6 +241,11 @@ export class MonitorService implements MonitorMetricsSource {
         recent: [],
         recording: null,
       };
+      if (spec.projection === true) {
+        if (this.byProjection.has(spec.sae)) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `two projection monitors named '${spec.sae}'`);
+        this.byProjection.set(spec.sae, entry);
+        return entry;
+      }
       if (this.byHook.has(spec.hook)) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `two monitored SAEs at hook '${spec.hook}'; one per hook point`);
       this.byHook.set(spec.hook, entry);
       return entry;
@@ -236,12 +258,13 @@ export class MonitorService implements MonitorMetricsSource {
         ? null
         : new MonitorMetrics({
             registry: options.registry,
-            monitored: options.saes.map((s) => ({ model: s.model, sae: s.sae, hook: s.hook, windows: this.windows.map((w) => w.name), watched: s.watched ?? [] })),
+            monitored: options.saes.map((s) => ({ model: s.model, sae: s.sae, hook: s.hook, windows: this.windows.map((w) => w.name), watched: s.watched ?? [], ...(s.projection === true && { projectionOnly: true }) })),
             alerts: rules.map((r): MonitorAlert => ({ alert: r.name, severity: r.severity })),
             source: this,
             maxWatchedFeatures: options.maxWatchedFeatures,
           });
-    if (this.metrics !== null) for (const entry of this.entries) entry.observer = this.metrics.rowObserver(entry.spec.sae, entry.spec.hook);
+    // A projection monitor's rows have no L0 or FVU to observe.
+    if (this.metrics !== null) for (const entry of this.entries) if (entry.spec.projection !== true) entry.observer = this.metrics.rowObserver(entry.spec.sae, entry.spec.hook);
   }
 
   /** Starts the assessment timer (unref'd: it never keeps the process alive). */
@@ -269,6 +292,13 @@ export class MonitorService implements MonitorMetricsSource {
   offerRows(hook: string, rows: EncodedRows): void {
     const entry = this.byHook.get(hook);
     if (entry === undefined) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `no monitored SAE at hook '${hook}'`);
+    this.offer(entry, rows, rows.rows);
+  }
+
+  /** Queues projection rows (projection.ts `projectionRows`) of the projection monitor `name`. */
+  offerProjection(name: string, rows: EncodedRows): void {
+    const entry = this.byProjection.get(name);
+    if (entry === undefined) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `no projection monitor '${name}'`);
     this.offer(entry, rows, rows.rows);
   }
 
@@ -548,10 +578,11 @@ export class MonitorService implements MonitorMetricsSource {
     for (const file of files) {
       try {
         const baseline = readBaseline(file);
-        const earlier = [...loadedFrom].find(([entry]) => entry.spec.hook === baseline.provenance.hook);
+        const target = this.entryForBaseline(baseline);
+        const earlier = [...loadedFrom].find(([entry]) => entry === target);
         if (earlier !== undefined) throw err('SAEGATE_ERR_BASELINE_MISMATCH', file, `a second baseline for hook '${baseline.provenance.hook}' (the first is '${earlier[1]}'); give one per SAE/hook`);
         this.installBaseline(baseline, file, undefined);
-        const entry = this.byHook.get(baseline.provenance.hook);
+        const entry = target;
         if (entry !== undefined) loadedFrom.set(entry, file);
       } catch (error) {
         if (!(error instanceof SaegateError)) throw error;
@@ -590,20 +621,30 @@ export class MonitorService implements MonitorMetricsSource {
   /** Reads a file's provenance hook without failing, to say which SAE a mismatched file was meant for. */
   private entryForBaselineFile(file: string): Entry | undefined {
     try {
-      return this.byHook.get(readBaseline(file).provenance.hook);
+      return this.entryForBaseline(readBaseline(file));
     } catch {
       return undefined;
     }
   }
 
+  /** The projection monitor a baseline names (by `sae.id` and hook), else the SAE at its hook. */
+  private entryForBaseline(baseline: Baseline): Entry | undefined {
+    const p = baseline.provenance;
+    const projection = this.byProjection.get(p.sae.id);
+    return projection !== undefined && projection.spec.hook === p.hook ? projection : this.byHook.get(p.hook);
+  }
+
   private installBaseline(baseline: Baseline, source: string, target: Entry | undefined): LoadedBaseline {
-    const entry = target ?? this.byHook.get(baseline.provenance.hook);
+    const entry = target ?? this.entryForBaseline(baseline);
     if (entry === undefined) {
       throw err('SAEGATE_ERR_BASELINE_MISMATCH', source, `hook: baseline has ${JSON.stringify(baseline.provenance.hook)}, monitored hooks are ${JSON.stringify([...this.byHook.keys()])}`);
     }
     const spec = entry.spec;
     const stats = entry.stats;
     checkCompatible(baseline, { model: spec.model === UNKNOWN_MODEL ? baseline.provenance.model : spec.model, saeId: spec.sae, ...(spec.saeHash !== undefined && { saeHash: spec.saeHash }), hook: spec.hook, dSae: spec.dSae, l0Edges: stats.l0Edges, fvuEdges: stats.fvuEdges }, source);
+    // A projection monitor bins by its baseline's edges; without them it has nothing to score.
+    const projectionEdges = baseline.bins.projection;
+    if (spec.projection === true && projectionEdges === undefined) throw err('SAEGATE_ERR_BASELINE_MISMATCH', source, 'bins.projection: a projection monitor needs a baseline with projection edges, this one has none');
     const reference = new BaselineReference(baseline);
     // The calibrator refuses a baseline it cannot resample (fewer than 2 documents): a file problem.
     // Its constructor only checks; the drift worker calibrates its own copy.
@@ -621,6 +662,10 @@ export class MonitorService implements MonitorMetricsSource {
     entry.baselineVersion++;
     entry.problem = null;
     entry.windows.clear();
+    if (spec.projection === true && projectionEdges !== undefined && (stats.projectionEdges === null || !sameEdges(stats.projectionEdges, projectionEdges))) {
+      // New bins: the windows restart (rows counted so far were binned by other edges, or none).
+      entry.stats = new WindowedStats({ dSae: spec.dSae, windows: this.windows, now: this.now, projectionEdges });
+    }
     // The worker's first start sends every current baseline with its init; later ones go as requests.
     if (first) void this.driftWorker().catch(() => undefined);
     else {
@@ -643,6 +688,16 @@ export class MonitorService implements MonitorMetricsSource {
     const saegateVersion = this.options.saegateVersion ?? 'unknown';
     if (this.recordingState !== null) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `a baseline is already being recorded to '${this.recordingState.file}'`);
     for (const entry of this.entries) {
+      if (entry.spec.projection === true) {
+        // Its edges come from the recorded rows, so it keeps them until the recording finishes.
+        entry.recording = new LiveProjectionRecording({
+          model: entry.spec.model !== UNKNOWN_MODEL ? entry.spec.model : () => this.tapModel() ?? UNKNOWN_MODEL,
+          sae: { id: entry.spec.sae, hash: entry.spec.saeHash ?? 'unknown' },
+          hook: entry.spec.hook,
+          saegateVersion,
+        });
+        continue;
+      }
       entry.recording = new LiveBaselineRecording({
         model: entry.spec.model !== UNKNOWN_MODEL ? entry.spec.model : () => this.tapModel() ?? UNKNOWN_MODEL,
         sae: { id: entry.spec.sae, hash: entry.spec.saeHash ?? 'unknown' },
@@ -673,7 +728,8 @@ export class MonitorService implements MonitorMetricsSource {
     let tokens = 0;
     try {
       for (const entry of this.entries) {
-        const recording = entry.recording!;
+        const recording = entry.recording;
+        if (recording === null) continue;
         entry.recording = null;
         const baseline = recording.finish();
         documents += baseline.provenance.documents;
