@@ -148,6 +148,7 @@ export async function demo(argv: string[]): Promise<Demo> {
       `  OpenAI API (through saegate)  ${proxy.url}/v1\n` +
       `  model server (direct)         ${server.url}/v1\n` +
       `  metrics                       ${proxy.url}/metrics   (${metricsHint})\n` +
+      `  live view                     ${proxy.url}/ui  (requests as they happen, tokens coloured by their strongest feature)\n` +
       `  tap                           ${proxy.tapUrl}  (the model server connects here and streams ${hook} as f16)\n` +
       saeLines +
       `\nTry:\n` +

@@ -10,10 +10,14 @@ import { parseCommand, text, type CommandSpec } from '../common/options.js';
 import { formatProblem } from '../policies/load.js';
 import { PolicyManager } from '../policies/manager.js';
 import { ConditionRuntime } from '../policies/runtime.js';
-import type { PlanResolver } from '../proxy/plan.js';
+import { livePlanResolver, liveSink } from '../proxy/live/observe.js';
+import type { LiveView } from '../proxy/live/routes.js';
+import { emptyPlanResolver, type PlanResolver } from '../proxy/plan.js';
+import { CountingSink } from '../tap/sink.js';
+import { createLiveView } from './live-view.js';
 import { VectorStore } from '../steering/store.js';
 import { isBodySteeringMode, type UpstreamSteeringMode } from '../steering/upstream.js';
-import { proxyCommand, proxyOptions } from '../proxy/config.js';
+import { isLoopbackHost, proxyCommand, proxyOptions } from '../proxy/config.js';
 import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
@@ -42,13 +46,14 @@ export const serveCommand = { ...proxyCommand, options: serveOptions } as const 
  * empty): the SAEs load and their worker sessions start before the proxy listens, so a bad file
  * stops start-up; the proxy and the pipeline export their metrics from one registry, served at
  * /metrics; every tap client is asked for the SAEs' hooks (f16, prompt rows too); closing the
- * proxy closes the pipeline.
+ * proxy closes the pipeline. The live view (`/ui`, docs/live-view.md) sees every request through
+ * the plan resolver and the sink, SAE results and policy triggers through their listeners.
  */
 export async function startProxyWithSaes(
   options: StartProxyOptions,
   saes: SaeWeights[],
   policyDir?: string,
-): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined }> {
+): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined; live: LiveView }> {
   const registry = new Registry();
   const upstreamSteering = options.upstreamSteering ?? 'tap';
   if (saes.length > 0 && isBodySteeringMode(upstreamSteering)) {
@@ -80,10 +85,20 @@ export async function startProxyWithSaes(
   }) : undefined;
   const planResolver: PlanResolver | undefined = policies && conditions && { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) };
   const offResults = conditions && sink?.onResult(conditions.onResult);
+  const live = createLiveView(saes);
+  const offLive = sink?.onResult((batch) => live.hub.features(batch));
+  conditions?.onRecord((record) => live.hub.record(record));
   try {
-    server = await startProxy({ ...options, sink: sink && conditions ? conditions.observing(sink) : sink, registry, ...(planResolver && { planResolver }) });
+    server = await startProxy({
+      ...options,
+      sink: liveSink(live.hub, (sink && conditions ? conditions.observing(sink) : sink) ?? new CountingSink()),
+      registry,
+      planResolver: livePlanResolver(live.hub, planResolver ?? emptyPlanResolver),
+      liveView: live,
+    });
   } catch (error) {
     offResults?.();
+    offLive?.();
     policies?.close();
     await sink?.close();
     throw error;
@@ -103,7 +118,7 @@ export async function startProxyWithSaes(
       await sink.close();
     };
   }
-  return { server, sink, policies, conditions };
+  return { server, sink, policies, conditions, live };
 }
 
 /** An SAE's name in policy files: its directory's name. */
@@ -144,6 +159,7 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
       (isBodySteeringMode(config.upstreamSteering) ? `  steering     ${server.steering.description} (--upstream-steering ${config.upstreamSteering})\n` : '') +
       `  metrics      ${server.url}/metrics   health ${server.url}/healthz, ${server.url}/readyz\n` +
       `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
+      `  live view    ${server.url}/ui${isLoopbackHost(config.host) ? '' : config.adminToken === null ? ' (refused off loopback without --admin-token)' : ' (open /ui?token=ADMIN_TOKEN once)'}\n` +
       (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : '') +
       (policies ? `  policies     ${policyDir} (set version ${policies.current?.version ?? 0}: ${policies.policies().map((p) => p.name).join(', ') || 'none'}; watched)\n` : ''),
   );

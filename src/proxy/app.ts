@@ -24,6 +24,7 @@ import { Readiness } from './readiness.js';
 import { registerAdminRoutes } from './routes-admin.js';
 import { registerOpenAIRoutes, type ProxyState } from './routes-openai.js';
 import { registerOpsRoutes } from './routes-ops.js';
+import type { LiveView } from './live/routes.js';
 import { TapHost } from '../tap/host.js';
 import { CountingSink, type ActivationSink } from '../tap/sink.js';
 import { UpstreamClient } from './upstream.js';
@@ -52,6 +53,8 @@ export interface ProxyAppOptions {
   registry?: Registry;
   /** Fastify logger option. Default: `config.log`. */
   logger?: FastifyServerOptions['logger'];
+  /** The live view (`/ui`, src/proxy/live), when there is one; startProxy attaches its WebSocket. */
+  liveView?: LiveView;
 }
 
 /** The app and the parts server.ts and tests reach into. */
@@ -153,9 +156,11 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
   registerOpsRoutes(app, { readiness, metrics });
   registerOpenAIRoutes(app, { forwarder, streams, planResolver: options.planResolver ?? emptyPlanResolver, steering, metrics, state });
   registerAdminRoutes(app, { config, tap, streams, inFlight, state, startedAt: performance.now() });
+  options.liveView?.register(app, { host: config.host, adminToken: config.adminToken });
 
   let closing: Promise<void> | null = null;
   const closeResources = (): Promise<void> => {
+    options.liveView?.close();
     closing ??= Promise.all([tap.close(1000), upstream.destroy()]).then(() => undefined);
     return closing;
   };
