@@ -307,9 +307,10 @@ export class LiveHub {
         ...(record.outcome !== undefined && { outcome: record.outcome }),
       });
     } else {
+      // A lag is reported again once its seconds are known; the steps do not change.
       const trigger = triggers.find((t) => t.kind === 'steer' && t.triggerPosition === record.triggerPosition && t.lagSteps === undefined);
       if (trigger === undefined) return;
-      trigger.lagSteps = record.firstSteeredPosition - record.triggerPosition;
+      trigger.lagSteps = record.steps;
     }
     this.dirty.add(record.requestId);
   }
