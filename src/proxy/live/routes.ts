@@ -223,6 +223,8 @@ export class LiveView {
     for (const ws of this.clients) {
       if (ws.readyState !== WebSocket.OPEN) continue;
       if (ws.bufferedAmount > this.maxBufferedBytes) {
+        // Dropped from the set now: the closing handshake waits behind the backlog.
+        this.clients.delete(ws);
         ws.close(1013, 'viewer too slow; reconnect for a fresh snapshot');
         continue;
       }
