@@ -19,6 +19,7 @@ export const liveHtml = `<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>saegate live view</title>
 <link rel="stylesheet" href="/ui/live.css">
+<link rel="icon" href="/ui/favicon.svg">
 <script src="/ui/live.js" defer></script>
 </head>
 <body>
@@ -35,6 +36,9 @@ export const liveHtml = `<!doctype html>
 </body>
 </html>
 `;
+
+/** The tab icon (without one the browser asks for /favicon.ico, which saegate does not serve). */
+export const liveIcon = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="6" fill="#ff7a00"/></svg>';
 
 export const liveCss = `
 :root { color-scheme: light; --fg: #1d1d1f; --muted: #6b6b70; --line: #e3e3e6; --accent: #ff7a00; }
@@ -190,13 +194,13 @@ export const liveScript = String.raw`
       if (p.threshold !== null && Number.isFinite(p.threshold)) max = Math.max(max, p.threshold);
     }
     if (max <= 0) max = 1;
-    const x = (i) => pad + ((w - pad - 4) * i) / Math.max(1, state.maxSamples - 1);
+    // The samples present fill the width (a new page has few); older ones scroll off at maxSamples.
+    const x = (i) => pad + ((w - pad - 4) * i) / Math.max(1, samples.length - 1);
     const y = (v) => pad / 2 + (h - pad) * (1 - v / max);
     ctx.fillStyle = '#6b6b70';
     ctx.font = '11px system-ui, sans-serif';
     ctx.fillText(max.toPrecision(3), 2, pad / 2 + 4);
     ctx.fillText('0', 2, h - pad / 2);
-    const offset = state.maxSamples - samples.length;
     names.forEach((name, n) => {
       ctx.strokeStyle = COLORS[n];
       ctx.lineWidth = 2;
@@ -206,7 +210,7 @@ export const liveScript = String.raw`
       samples.forEach((s, i) => {
         const p = s.series.find((q) => q.name === name);
         if (!p || !Number.isFinite(p.value)) return;
-        if (started) ctx.lineTo(x(offset + i), y(p.value)); else { ctx.moveTo(x(offset + i), y(p.value)); started = true; }
+        if (started) ctx.lineTo(x(i), y(p.value)); else { ctx.moveTo(x(i), y(p.value)); started = true; }
       });
       ctx.stroke();
       const last = samples.length ? samples[samples.length - 1].series.find((q) => q.name === name) : undefined;

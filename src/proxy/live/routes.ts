@@ -24,7 +24,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { SaegateError } from '../../common/errors.js';
 import { isLoopbackHost } from '../config.js';
 import type { LiveHub, LiveMessage } from './hub.js';
-import { liveCss, liveHtml, liveScript } from './page.js';
+import { liveCss, liveHtml, liveIcon, liveScript } from './page.js';
 
 /** The page's Content-Security-Policy: its own files only, no inline script or style. */
 export const liveViewCsp = [
@@ -155,6 +155,7 @@ export class LiveView {
     });
     app.get('/ui/live.js', { config, onRequest: guard }, async (_request, reply) => send(reply, 'text/javascript; charset=utf-8', liveScript));
     app.get('/ui/live.css', { config, onRequest: guard }, async (_request, reply) => send(reply, 'text/css; charset=utf-8', liveCss));
+    app.get('/ui/favicon.svg', { config, onRequest: guard }, async (_request, reply) => send(reply, 'image/svg+xml', liveIcon));
     app.get('/ui/features/:n', { config, onRequest: guard }, async (request, reply) => {
       const n = Number((request.params as { n: string }).n);
       const page = Number.isInteger(n) && n >= 0 ? this.featurePages[n] : undefined;
