@@ -5,7 +5,8 @@
  * must appear with its text, highlighted tokens with labels on hover, a link to the feature page,
  * its policy, steering and trigger position; the chart's canvas must have drawn its series; the
  * page must run under its CSP with no console errors; a screenshot is saved to
- * test-results/live-view.png.
+ * test-results/live-view.png. Without the model, a second suite checks that the page reconnects to
+ * a restarted saegate and replaces what it showed with the new snapshot.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,8 +15,9 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startProxyWithSaes } from '../../src/cli/serve.js';
 import { startModelServer, type ModelServer } from '../../src/model/server.js';
-import { liveViewCsp, type LiveView } from '../../src/proxy/live/routes.js';
-import type { ProxyServer } from '../../src/proxy/server.js';
+import { LiveHub } from '../../src/proxy/live/hub.js';
+import { LiveView, liveViewCsp } from '../../src/proxy/live/routes.js';
+import { startProxy, type ProxyServer } from '../../src/proxy/server.js';
 import { writeVectorFile } from '../../src/steering/formats.js';
 import { makeSteeringVector } from '../../src/steering/vector.js';
 import { launchChromium, needsChromium, skipBrowserTests } from '../helpers/chromium.js';
@@ -171,4 +173,46 @@ describe.skipIf(skipBrowserTests || !hasModel)(needsChromium(`live view in Chrom
     await page.close();
     expect(problems).toEqual([]);
   });
+});
+
+describe.skipIf(skipBrowserTests)(needsChromium('live view reconnects in Chromium'), () => {
+  let browser: Browser;
+  const proxies: ProxyServer[] = [];
+
+  beforeAll(async () => {
+    browser = await launchChromium();
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await Promise.all(proxies.map((p) => p.close({ timeoutMs: 0 })));
+  });
+
+  async function startOn(port: number, hub: LiveHub): Promise<ProxyServer> {
+    const proxy = await startProxy({ upstream: 'http://127.0.0.1:9', port, liveView: new LiveView({ hub, flushIntervalMs: 20 }) });
+    proxies.push(proxy);
+    return proxy;
+  }
+
+  it('reconnects after saegate restarts and shows the new process\'s snapshot instead of the old one', async () => {
+    const port = await freePort();
+    const first = new LiveHub();
+    first.started({ requestId: 'before-restart', route: 'completions', model: null, policies: [], steeringTerms: 0 });
+    const proxy = await startOn(port, first);
+    const page = await browser.newPage();
+    await page.goto(`${proxy.url}/ui`);
+    await page.waitForSelector('#status.live', { timeout: 15_000 });
+    await page.waitForSelector('article.request[data-request-id="before-restart"]', { timeout: 15_000 });
+
+    await proxy.close({ timeoutMs: 0 });
+    await page.waitForSelector('#status.down', { timeout: 15_000 });
+
+    const second = new LiveHub();
+    second.started({ requestId: 'after-restart', route: 'completions', model: null, policies: [], steeringTerms: 0 });
+    await startOn(port, second);
+    await page.waitForSelector('article.request[data-request-id="after-restart"]', { timeout: 15_000 });
+    await page.waitForSelector('#status.live', { timeout: 15_000 });
+    expect(await page.$$eval('article.request', (cards) => cards.map((c) => (c as HTMLElement).dataset.requestId))).toEqual(['after-restart']);
+    await page.close();
+  }, 60_000);
 });
