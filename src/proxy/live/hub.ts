@@ -164,6 +164,9 @@ export class LiveHub {
   private tokensSinceSample = 0;
   private rowsSinceSample = 0;
   private lastSampleAt: number;
+  /** A row's strongest features while it is scanned (features()). */
+  private readonly scratchIndex: Int32Array;
+  private readonly scratchValue: Float64Array;
 
   constructor(options: LiveHubOptions = {}) {
     this.maxRequests = positive(options.maxRequests ?? 50, 'maxRequests');
@@ -175,6 +178,8 @@ export class LiveHub {
     this.drift = options.drift;
     this.now = options.now ?? Date.now;
     this.lastSampleAt = this.now();
+    this.scratchIndex = new Int32Array(this.maxFeatures);
+    this.scratchValue = new Float64Array(this.maxFeatures);
   }
 
   /** Requests tracked now, oldest first. */
@@ -282,12 +287,27 @@ export class LiveHub {
       const token = this.token(tracked, batch.positions[r]);
       if (token === undefined) continue;
       if (token.text === '') token.text = batch.tokenTexts[r];
+      // Pick the row's strongest few in preallocated scratch first, so a row costs at most
+      // `maxFeatures` feature objects however many slots it has (the engine lists every active one).
       const base = r * topK;
+      const topIndex = this.scratchIndex;
+      const topValue = this.scratchValue;
+      let count = 0;
       for (let k = 0; k < topK; k++) {
         const index = indices[base + k];
         if (index < 0) break;
-        this.offer(token.features, batch.hook, index, values[base + k]);
+        const value = values[base + k];
+        if (count === this.maxFeatures && value <= topValue[count - 1]) continue;
+        let at = count < this.maxFeatures ? count++ : count - 1;
+        while (at > 0 && topValue[at - 1] < value) {
+          topIndex[at] = topIndex[at - 1];
+          topValue[at] = topValue[at - 1];
+          at--;
+        }
+        topIndex[at] = index;
+        topValue[at] = value;
       }
+      for (let k = 0; k < count; k++) this.offer(token.features, batch.hook, topIndex[k], topValue[k]);
     }
   }
 
