@@ -3,8 +3,10 @@
 import { createRequire } from 'node:module';
 import { isSaegateError, SaegateError } from '../common/errors.js';
 import { HelpRequested } from '../common/options.js';
+import { alertsExport } from './alerts.js';
 import { baselineRecord } from './baseline-record.js';
 import { demo } from './demo.js';
+import { evalSteer } from './eval-steer.js';
 import { modelSample } from './model-sample.js';
 import { modelServe } from './model-serve.js';
 import { policyCheck, vectorsConvert } from './policy.js';
@@ -27,9 +29,11 @@ Commands:
   sae features         what each SAE feature responds to over a corpus (JSON + HTML page)
   baseline record      record a drift baseline: a corpus through the model and an SAE (docs/monitor.md)
   policy check PATH    validate policy files; every problem as file:line:column: path: message
+  alerts export RULES  the monitor's alert rules (serve --alert-rules) as Prometheus alerting rules
   vectors import FILE  a llama.cpp control vector (.gguf) to saegate's vector file
   vectors export FILE  a saegate vector file to a llama.cpp control vector (.gguf)
   vectors build        a steering vector from positive and negative prompt sets, with a separation report
+  eval steer           what a steering vector does to a behaviour, control text and a retain set (reports)
 
 Run 'saegate <command> --help' for a command's options.`;
 
@@ -98,12 +102,20 @@ async function main(argv: string[]): Promise<void> {
     process.exitCode = code;
     return;
   }
+  if (command === 'alerts' && sub === 'export') {
+    process.stdout.write(`${alertsExport(rest)}\n`);
+    return;
+  }
   if (command === 'vectors' && (sub === 'import' || sub === 'export')) {
     process.stdout.write(`${vectorsConvert(sub, rest)}\n`);
     return;
   }
   if (command === 'vectors' && sub === 'build') {
     process.stdout.write(`${(await vectorsBuild(rest)).join('\n')}\n`);
+    return;
+  }
+  if (command === 'eval' && sub === 'steer') {
+    process.stdout.write(`${(await evalSteer(rest)).lines.join('\n')}\n`);
     return;
   }
   if (command === 'model' && sub === 'serve') {

@@ -10,6 +10,7 @@ import { parseCommand, text, type CommandSpec } from '../common/options.js';
 import { formatProblem } from '../policies/load.js';
 import { PolicyManager } from '../policies/manager.js';
 import { ConditionRuntime } from '../policies/runtime.js';
+import { monitorDriftSource } from '../proxy/live/drift.js';
 import { livePlanResolver, liveSink } from '../proxy/live/observe.js';
 import type { LiveView } from '../proxy/live/routes.js';
 import { emptyPlanResolver, type PlanResolver } from '../proxy/plan.js';
@@ -21,6 +22,9 @@ import { isLoopbackHost, proxyCommand, proxyOptions } from '../proxy/config.js';
 import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
+import { monitoredSink, type MonitoredSink } from '../monitor/monitored-sink.js';
+import type { MonitorService } from '../monitor/service.js';
+import { createMonitor, monitorOptions, policyMonitoring, splitMonitorFlags, unexportedWatches, type MonitorFlags } from './serve-monitor.js';
 import type { SaeWeights } from '../sae/types.js';
 
 const serveOptions = {
@@ -36,6 +40,7 @@ const serveOptions = {
     noConfigFile: true,
     help: 'policy directory (docs/policies.md), watched and hot-reloaded; SAEs are named by their directory name',
   },
+  ...monitorOptions,
 } as const;
 
 /** `saegate serve`: the proxy's option table plus the repeatable `--sae DIR`. */
@@ -53,13 +58,35 @@ export async function startProxyWithSaes(
   options: StartProxyOptions,
   saes: SaeWeights[],
   policyDir?: string,
-): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined; live: LiveView }> {
+  monitorFlags: MonitorFlags = {},
+): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined; monitor: MonitorService | undefined; live: LiveView }> {
+  // Serve's whole option set may come in `options`: the monitor's flags are taken out of it.
+  const split = splitMonitorFlags(options);
+  options = split.proxy as StartProxyOptions;
+  monitorFlags = { ...split.flags, ...monitorFlags };
   const registry = new Registry();
   const upstreamSteering = options.upstreamSteering ?? 'tap';
   if (saes.length > 0 && isBodySteeringMode(upstreamSteering)) {
     throw new SaegateError('SAEGATE_ERR_CONFIG', ['sae', `--upstream-steering ${upstreamSteering} is for servers without the tap, which stream no activations for an SAE to read; drop --sae or use --upstream-steering tap`]);
   }
+  // The drift monitor runs over every SAE; its files are read before anything starts (it starts nothing itself yet).
   const policies = policyDir === undefined ? undefined : startPolicies(policyDir, saes, registry, upstreamSteering);
+  let monitor: MonitorService | undefined;
+  try {
+    const fromPolicies = policies && policyMonitoring(policies.policies());
+    monitor = createMonitor(saes, monitorFlags, registry, fromPolicies);
+    // Series are fixed at start: a reload that watches new features says they need a restart.
+    if (policies && monitor) {
+      policies.onLoad((result) => {
+        if (!result.ok) return;
+        const missing = unexportedWatches(policyMonitoring(policies.policies()), monitor!.watched());
+        if (missing.length > 0) process.stderr.write(`saegate: policy set ${result.version} watches ${missing.join(', ')}, exported after a restart (watched-feature series are fixed at start)\n`);
+      });
+    }
+  } catch (error) {
+    policies?.close();
+    throw error;
+  }
   const sink = saes.length > 0 ? await SaeSink.create({
           saes,
           registry,
@@ -85,14 +112,18 @@ export async function startProxyWithSaes(
   }) : undefined;
   const planResolver: PlanResolver | undefined = policies && conditions && { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) };
   const offResults = conditions && sink?.onResult(conditions.onResult);
-  const live = createLiveView(saes);
+  const observed = sink && conditions ? conditions.observing(sink) : sink;
+  const tapSide = observed && monitor ? monitoredSink(observed, monitor) : undefined;
+  // The chart plots the monitor's drift scores when there is a monitor, else the rates the view counts.
+  const live = createLiveView(saes, monitor ? { drift: monitorDriftSource(monitor) } : {});
   const offLive = sink?.onResult((batch) => live.hub.features(batch));
   conditions?.onRecord((record) => live.hub.record(record));
   try {
     server = await startProxy({
       ...options,
-      sink: liveSink(live.hub, (sink && conditions ? conditions.observing(sink) : sink) ?? new CountingSink()),
+      sink: liveSink(live.hub, tapSide?.sink ?? observed ?? new CountingSink()),
       registry,
+      monitor,
       planResolver: livePlanResolver(live.hub, planResolver ?? emptyPlanResolver),
       liveView: live,
     });
@@ -101,6 +132,7 @@ export async function startProxyWithSaes(
     offLive?.();
     policies?.close();
     await sink?.close();
+    await monitor?.close();
     throw error;
   }
   if (policies) {
@@ -112,13 +144,26 @@ export async function startProxyWithSaes(
   }
   if (sink) {
     server.tap.subscribeAll({ hooks: sink.hooks, dtype: 'f16', includePrompt: true });
+    const unsubscribe = monitor && tapSide ? startMonitor(monitor, sink, tapSide, server, monitorFlags) : () => {};
     const closeProxy = server.close.bind(server);
     server.close = async (closeOptions) => {
       await closeProxy(closeOptions);
       await sink.close();
+      unsubscribe();
+      await monitor?.close(); // writes a recording in progress
     };
   }
-  return { server, sink, policies, conditions, live };
+  return { server, sink, policies, conditions, monitor, live };
+}
+
+/** Feeds the monitor the SAE results, logs through the proxy's logger, starts its timer and a recording. */
+function startMonitor(monitor: MonitorService, sink: SaeSink, tapSide: MonitoredSink, server: ProxyServer, flags: MonitorFlags): () => void {
+  monitor.logger = server.app.log;
+  monitor.tapModel = tapSide.modelId;
+  const off = sink.onResult((batch) => monitor.offerResults(batch));
+  monitor.start();
+  if (flags.recordBaseline !== undefined) monitor.startRecording(flags.recordBaseline, flags.duration ?? null);
+  return off;
 }
 
 /** An SAE's name in policy files: its directory's name. */
@@ -150,8 +195,9 @@ function startPolicies(dir: string, saes: SaeWeights[], registry: Registry, upst
 }
 
 export async function serve(argv: string[]): Promise<ProxyServer> {
-  const { sae: saeDirs, policies: policyDir, ...config } = parseCommand(serveCommand, argv, process.env);
-  const { server, sink, policies } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)), policyDir);
+  const { sae: saeDirs, policies: policyDir, baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, ...config } = parseCommand(serveCommand, argv, process.env);
+  const monitorFlags = { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration };
+  const { server, sink, policies, monitor } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)), policyDir, monitorFlags);
   process.stdout.write(
     `saegate proxy: forwarding to ${config.upstream}\n` +
       `  OpenAI API   ${server.url}/v1\n` +
@@ -161,6 +207,7 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
       `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
       `  live view    ${server.url}/ui${isLoopbackHost(config.host) ? '' : config.adminToken === null ? ' (refused off loopback without --admin-token)' : ' (open /ui?token=ADMIN_TOKEN once)'}\n` +
       (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : '') +
+      (monitor ? `  drift        ${config.adminToken === null ? '' : `${server.url}/admin/drift; `}baselines: ${monitor.readiness().saes.map((m) => `${m.sae} ${m.drift ? 'loaded' : (m.problem?.code ?? 'none')}`).join(', ')}${recordBaseline === undefined ? '' : `; recording to ${recordBaseline}`}\n` : '') +
       (policies ? `  policies     ${policyDir} (set version ${policies.current?.version ?? 0}: ${policies.policies().map((p) => p.name).join(', ') || 'none'}; watched)\n` : ''),
   );
   return server;

@@ -58,6 +58,8 @@ const specs = {
   // Drift monitoring (src/monitor)
   SAEGATE_ERR_BASELINE_FILE: { message: "baseline file '%s': %s", status: 500, type: 'server_error', kind: 'client' },
   SAEGATE_ERR_BASELINE_MISMATCH: { message: "baseline '%s' does not match the monitored SAE: %s", status: 500, type: 'server_error', kind: 'client' },
+  SAEGATE_ERR_WATCH_FILE: { message: "watched-features file '%s': %s", status: 500, type: 'server_error', kind: 'client' },
+  SAEGATE_ERR_ALERT_RULES: { message: "alert rules '%s': %s", status: 500, type: 'server_error', kind: 'client' },
   SAEGATE_ERR_MONITOR_ARGUMENT: { message: 'invalid monitor argument: %s', status: 500, type: 'server_error', kind: 'bug' },
   SAEGATE_ERR_FEATURE_ARGUMENT: { message: 'invalid feature statistics argument: %s', status: 500, type: 'server_error', kind: 'bug' },
   // Runtime
@@ -112,6 +114,8 @@ const specs = {
   SAEGATE_ERR_COLLECT_INCOMPLETE: { message: "document '%s' came back from the tap incomplete, twice: %s", status: 502, type: 'server_error', kind: 'upstream' },
   SAEGATE_ERR_PROMPT_SET_EMPTY: { message: "prompt set '%s' holds no prompts: %s", status: 400, type: 'invalid_request_error', kind: 'client' },
   SAEGATE_ERR_PROMPT_TOO_LONG: { message: "prompt set '%s': %s", status: 400, type: 'invalid_request_error', kind: 'client' },
+  // Steering evaluation (src/lab/eval/)
+  SAEGATE_ERR_EVAL_UPSTREAM: { message: 'model server %s failed for %s: %s', status: 502, type: 'server_error', kind: 'upstream' },
   SAEGATE_ERR_UNKNOWN_HOOK: { message: "model '%s' has no hook point '%s'; it has: %s", status: 400, type: 'invalid_request_error', kind: 'client' },
   // Proxy
   SAEGATE_ERR_UPSTREAM_UNAVAILABLE: { message: 'upstream %s is unavailable: %s', status: 502, type: 'server_error', kind: 'upstream' },

@@ -110,6 +110,8 @@ export interface MonitorMetricsSource {
   readings(): ReadonlyMap<string, MonitoredSaeReading>;
   /** Names of the alerts firing now. */
   firingAlerts(): ReadonlySet<string>;
+  /** Alert webhook events by outcome (delivered, failed, dropped); absent: no webhook, zeros. */
+  webhookDeliveries?(): Readonly<Record<'delivered' | 'failed' | 'dropped', number>>;
 }
 
 export interface MonitorMetricsOptions {
@@ -147,6 +149,7 @@ export const MONITOR_METRIC_NAMES = [
   'saegate_monitor_rows_dropped_total',
   'saegate_baseline_info',
   'saegate_baseline_loaded',
+  'saegate_alert_webhook_deliveries_total',
 ] as const;
 
 /** The key of an SAE/hook pair in `MonitorMetricsSource.readings()`. */
@@ -381,6 +384,17 @@ export class MonitorMetrics {
       collect() {
         const readings = source.readings();
         for (const m of monitored) this.set(saeLabels(m), readings.get(monitorKey(m.sae, m.hook))?.baseline == null ? 0 : 1);
+      },
+    });
+    new Counter({
+      name: 'saegate_alert_webhook_deliveries_total',
+      help: 'Alert webhook events (firing and resolved) by outcome: delivered, failed (every attempt failed) or dropped (queue full, or shutdown).',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        const counts = source.webhookDeliveries?.();
+        this.reset();
+        for (const result of ['delivered', 'failed', 'dropped'] as const) this.inc({ result }, counts?.[result] ?? 0);
       },
     });
     for (const m of monitored) {

@@ -10,26 +10,15 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { isMap, isNode, isPair, isScalar, LineCounter, parseAllDocuments, type Document } from 'yaml';
+import { LineCounter, parseAllDocuments } from 'yaml';
 import type { z } from 'zod';
+import { formatPath, formatProblem, yamlLocator, type FileProblem } from '../common/yaml-locate.js';
 import { policySchema, type Policy } from './schema.js';
 
 /** One problem in a policy file. */
-export interface PolicyProblem {
-  file: string;
-  /** 1-based; 0 when the problem is about the file as a whole. */
-  line: number;
-  column: number;
-  /** Path inside the document, e.g. `spec.actions[1].steer.scale`; empty for the whole document. */
-  path: string;
-  message: string;
-}
+export type PolicyProblem = FileProblem;
 
-/** `file:line:column: path: message`, the format `policy check` prints. */
-export function formatProblem(problem: PolicyProblem): string {
-  const where = problem.line > 0 ? `${problem.file}:${problem.line}:${problem.column}` : problem.file;
-  return `${where}: ${problem.path === '' ? '(document)' : problem.path}: ${problem.message}`;
-}
+export { formatPath, formatProblem };
 
 /** A parsed policy and where it came from, able to point at any path inside it. */
 export interface PolicySource {
@@ -60,60 +49,6 @@ export function listPolicyFiles(target: string): string[] {
     .sort()
     .map((name) => path.join(target, name))
     .filter((file) => fs.statSync(file).isFile());
-}
-
-/** Formats a zod/our path as `spec.actions[1].steer`. */
-export function formatPath(segments: readonly PropertyKey[]): string {
-  let out = '';
-  for (const segment of segments) {
-    if (typeof segment === 'number') out += `[${segment}]`;
-    else out += out === '' ? String(segment) : `.${String(segment)}`;
-  }
-  return out;
-}
-
-function locator(doc: Document, lines: LineCounter) {
-  /**
-   * Position of the value at `segments` (or of the key itself with `atKey`, for unknown keys);
-   * the nearest existing ancestor when the path runs out (a missing key points at its parent).
-   */
-  return (segments: readonly (string | number)[], atKey = false): { line: number; column: number } => {
-    let node: unknown = doc.contents;
-    let offset = isNode(node) && node.range ? node.range[0] : 0;
-    let complete = true;
-    for (let i = 0; i < segments.length; i++) {
-      const segment = segments[i];
-      if (!isNode(node)) {
-        complete = false;
-        break;
-      }
-      let next: unknown;
-      if (isMap(node)) {
-        const pair = node.items.find((item) => isPair(item) && isScalar(item.key) && String(item.key.value) === String(segment));
-        if (!pair) {
-          complete = false;
-          break;
-        }
-        if (isNode(pair.key) && pair.key.range) offset = pair.key.range[0];
-        if (atKey && i === segments.length - 1) return position(lines, offset);
-        next = pair.value;
-      } else if ('items' in node && Array.isArray((node as { items: unknown[] }).items) && typeof segment === 'number') {
-        next = (node as { items: unknown[] }).items[segment];
-      } else {
-        complete = false;
-        break;
-      }
-      if (isNode(next) && next.range) offset = next.range[0];
-      node = next;
-    }
-    void complete;
-    return position(lines, offset);
-  };
-}
-
-function position(lines: LineCounter, offset: number): { line: number; column: number } {
-  const { line, col } = lines.linePos(offset);
-  return { line, column: col };
 }
 
 type Segment = string | number;
@@ -170,7 +105,7 @@ export function parsePolicyText(text: string, file: string): { sources: PolicySo
       return;
     }
     if (doc.contents === null) return; // an empty document (e.g. a trailing `---`)
-    const locate = locator(doc, lines);
+    const locate = yamlLocator(doc, lines);
     const parsed = policySchema.safeParse(doc.toJS());
     if (!parsed.success) {
       for (const issue of parsed.error.issues) {

@@ -13,6 +13,7 @@ import type { Registry } from 'prom-client';
 import { SaegateError } from '../common/errors.js';
 import { clientErrorHandler, frameworkErrorHandler, prepareErrorReply } from '../common/errors-fastify.js';
 import { applyConnectionCap, fastifyLimitOptions } from '../common/http-server.js';
+import type { MonitorService } from '../monitor/service.js';
 import type { ProxyConfig } from './config.js';
 import { toClientError } from './errors.js';
 import { Forwarder } from './forward.js';
@@ -53,6 +54,8 @@ export interface ProxyAppOptions {
   registry?: Registry;
   /** Fastify logger option. Default: `config.log`. */
   logger?: FastifyServerOptions['logger'];
+  /** The drift monitor: `/readyz` details and the admin API's drift and baseline routes. Default none. */
+  monitor?: MonitorService;
   /** The live view (`/ui`, src/proxy/live), when there is one; startProxy attaches its WebSocket. */
   liveView?: LiveView;
 }
@@ -112,6 +115,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
     tapConnections: () => tap.connections.length,
     steering,
     draining: () => state.phase !== 'serving',
+    ...(options.monitor && { monitor: options.monitor.readiness.bind(options.monitor) }),
   });
   const forwarder = new Forwarder({
     upstream,
@@ -155,7 +159,7 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
 
   registerOpsRoutes(app, { readiness, metrics });
   registerOpenAIRoutes(app, { forwarder, streams, planResolver: options.planResolver ?? emptyPlanResolver, steering, metrics, state });
-  registerAdminRoutes(app, { config, tap, streams, inFlight, state, startedAt: performance.now() });
+  registerAdminRoutes(app, { config, tap, streams, inFlight, state, startedAt: performance.now(), monitor: options.monitor });
   options.liveView?.register(app, { host: config.host, adminToken: config.adminToken });
 
   let closing: Promise<void> | null = null;

@@ -2,9 +2,12 @@
  * `/readyz`: is this saegate worth sending traffic to? Ready when it is not shutting down, the
  * upstream answers `GET /v1/models` (probed with a short timeout, the result reused briefly so a
  * burst of probes costs one request), and a model server is connected to the tap when the
- * configuration requires one. SAE loading will join the checks when src/sae exists.
+ * configuration requires one. SAE loading will join the checks when src/sae exists. With the drift
+ * monitor on, `monitor` reports each SAE's baseline (loaded, or why not) and any live recording;
+ * a missing or unusable baseline never makes saegate unready: it serves without drift for that SAE.
  */
 import { performance } from 'node:perf_hooks';
+import type { MonitorService } from '../monitor/service.js';
 import type { ProbeResult, UpstreamClient } from './upstream.js';
 import type { SteeringStrategy } from './upstream-steering.js';
 
@@ -20,7 +23,12 @@ export interface ReadinessOptions {
   steering: Pick<SteeringStrategy, 'mode' | 'activations' | 'description'>;
   /** True once shutdown has begun. */
   draining: () => boolean;
+  /** The drift monitor's details (MonitorService.readiness); absent without a monitor. */
+  monitor?: () => MonitorReadiness;
 }
+
+/** `/readyz` details of the drift monitor. `ok` false: some baseline could not be used (still ready). */
+export type MonitorReadiness = ReturnType<MonitorService['readiness']>;
 
 /** The `/readyz` body. */
 export interface ReadinessReport {
@@ -30,6 +38,7 @@ export interface ReadinessReport {
   tap: { ok: boolean; required: boolean; connections: number };
   /** `details`: e.g. `steering via easysteer, no activations` for a server without the tap. */
   steering: { mode: string; activations: boolean; details: string };
+  monitor?: MonitorReadiness;
 }
 
 export class Readiness {
@@ -50,6 +59,7 @@ export class Readiness {
       upstream: { ok: probe.ok, url: this.options.upstream.url, status: probe.status, error: probe.error },
       tap: { ok: tapOk, required: this.options.requireTap, connections },
       steering: { mode: steering.mode, activations: steering.activations, details: steering.description },
+      ...(this.options.monitor && { monitor: this.options.monitor() }),
     };
   }
 

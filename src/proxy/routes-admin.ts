@@ -5,6 +5,8 @@
  * - `GET /admin/status`: configuration without secrets, tap connections, counters.
  * - `PUT /admin/tap/subscription`: `{"hooks": [...], "dtype": "f16", "includePrompt": false}`
  *   subscribes every tap connection, now and later (what the SAE pipeline will do itself).
+ * - With the drift monitor on, its routes (routes-monitor.ts): `GET /admin/drift`,
+ *   `PUT /admin/baselines/:sae`, `POST /admin/baselines/record`.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -15,6 +17,8 @@ import { redactConfig, type ProxyConfig } from './config.js';
 import type { InFlightExchanges, StreamSlots } from './limits.js';
 import type { ProxyState } from './routes-openai.js';
 import type { TapHost } from '../tap/host.js';
+import type { MonitorService } from '../monitor/service.js';
+import { registerMonitorRoutes } from './routes-monitor.js';
 
 export interface AdminRoutesOptions {
   config: ProxyConfig;
@@ -24,6 +28,8 @@ export interface AdminRoutesOptions {
   state: ProxyState;
   /** performance.now() when the app was built. */
   startedAt: number;
+  /** The drift monitor, whose admin routes are added when present. */
+  monitor?: MonitorService;
 }
 
 function digest(text: string): Buffer {
@@ -49,7 +55,7 @@ function refusePrototypeKeys(key: string, value: unknown): unknown {
   return value;
 }
 
-function parseJsonBody(request: FastifyRequest): unknown {
+export function parseJsonBody(request: FastifyRequest): unknown {
   const body = request.body;
   if (!Buffer.isBuffer(body) || body.length === 0) throw new SaegateError('SAEGATE_ERR_INVALID_JSON', ['the body is empty']);
   const text = body.toString('utf8');
@@ -99,5 +105,7 @@ export function registerAdminRoutes(app: FastifyInstance, options: AdminRoutesOp
       }
       return { subscription: parsed.data, connections: options.tap.subscribeAll(parsed.data) };
     });
+
+    if (options.monitor) registerMonitorRoutes(admin, options.monitor, parseJsonBody);
   });
 }

@@ -60,10 +60,10 @@ async function within(promise: Promise<void>, ms: number): Promise<boolean> {
 
 /** Builds, checks and starts the proxy. */
 export async function startProxy(options: StartProxyOptions): Promise<ProxyServer> {
-  const { planResolver, sink, registry, logger, liveView, ...overrides } = options;
+  const { planResolver, sink, registry, logger, monitor, liveView, ...overrides } = options;
   const config = resolveProxyConfig({ overrides });
   checkTapExposure(config);
-  const proxy = buildProxyApp({ config, planResolver, sink, registry, logger, liveView });
+  const proxy = buildProxyApp({ config, planResolver, sink, registry, logger, monitor, liveView });
   const { app, tap, inFlight, state } = proxy;
   try {
     await app.listen({ host: config.host, port: config.port });

@@ -335,14 +335,19 @@ export class LiveHub {
     this.dirty.add(record.requestId);
   }
 
-  /** Takes one chart sample: the drift source's scores, or the rates counted since the last sample. */
+  /**
+   * Takes one chart sample: the drift source's scores, or (without a source, or while it has no
+   * series) the rates counted since the last sample.
+   */
   sample(): LiveSample {
     const at = this.now();
     let sample: LiveSample;
-    if (this.drift !== undefined) {
-      const snap = this.drift.snapshot();
+    const snap = this.drift?.snapshot();
+    if (snap !== undefined && snap.series.length > 0) {
       sample = { atMs: snap.atMs, source: 'drift', series: snap.series.map((s) => ({ ...s })), alerts: [...snap.alerts] };
     } else {
+      // No drift source, or one with nothing to show yet (no baseline loaded): our own rates, so
+      // the chart always draws; the source's alerts still show.
       const seconds = Math.max(at - this.lastSampleAt, 1) / 1000;
       sample = {
         atMs: at,
@@ -351,7 +356,7 @@ export class LiveHub {
           { name: 'tokens/s', value: this.tokensSinceSample / seconds, threshold: null },
           { name: 'SAE rows/s', value: this.rowsSinceSample / seconds, threshold: null },
         ],
-        alerts: [],
+        alerts: snap === undefined ? [] : [...snap.alerts],
       };
     }
     this.tokensSinceSample = 0;

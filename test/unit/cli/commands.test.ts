@@ -8,6 +8,7 @@ import { SaegateError } from '../../../src/common/errors.js';
 import { flagName, parseCommand, type OptionTable } from '../../../src/common/options.js';
 import { baselineRecordCommand } from '../../../src/cli/baseline-record.js';
 import { demoCommand } from '../../../src/cli/demo.js';
+import { evalSteerCommand } from '../../../src/cli/eval-steer.js';
 import { modelSampleCommand } from '../../../src/cli/model-sample.js';
 import { modelServeCommand } from '../../../src/cli/model-serve.js';
 import { saeEncodeCommand, saeInfoCommand } from '../../../src/cli/sae.js';
@@ -44,6 +45,7 @@ const commands: [string, Command][] = [
   ['sae encode', saeEncodeCommand],
   ['baseline record', baselineRecordCommand],
   ['vectors build', vectorsBuildCommand],
+  ['eval steer', evalSteerCommand],
 ];
 
 describe.each(commands)('saegate %s option table', (name, command) => {

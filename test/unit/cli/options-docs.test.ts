@@ -6,8 +6,10 @@
 import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { defaultLabel, envName, flagName, type OptionSpec, type OptionTable } from '../../../src/common/options.js';
+import { alertsExportCommand } from '../../../src/cli/alerts.js';
 import { baselineRecordCommand } from '../../../src/cli/baseline-record.js';
 import { demoCommand } from '../../../src/cli/demo.js';
+import { evalSteerCommand } from '../../../src/cli/eval-steer.js';
 import { modelSampleCommand } from '../../../src/cli/model-sample.js';
 import { modelServeCommand } from '../../../src/cli/model-serve.js';
 import { saeEncodeCommand, saeInfoCommand } from '../../../src/cli/sae.js';
@@ -23,7 +25,7 @@ interface Command {
   configFile?: { env: string };
 }
 
-const commands: Command[] = [serveCommand, demoCommand, modelServeCommand, modelSampleCommand, saeTrainCommand, saeFeaturesCommand, saeInfoCommand, saeEncodeCommand, baselineRecordCommand, vectorsBuildCommand];
+const commands: Command[] = [serveCommand, alertsExportCommand, demoCommand, modelServeCommand, modelSampleCommand, saeTrainCommand, saeFeaturesCommand, saeInfoCommand, saeEncodeCommand, baselineRecordCommand, vectorsBuildCommand, evalSteerCommand];
 
 /** `--flag` -> default as the code states it, for every flag of a command (`--config` included). */
 function expectedFlags(command: Command): Map<string, string> {

@@ -126,7 +126,7 @@ describe('MonitorMetrics', () => {
     const metrics = new MonitorMetrics({ registry, monitored: [monitored], source: empty });
     const exported = registry.getMetricsAsArray().map((m) => m.name);
     const documented = documentedMetrics('Drift monitor');
-    expect(documented.size).toBe(13);
+    expect(documented.size).toBe(14);
     expect([...exported].sort()).toEqual([...documented].sort());
     expect([...exported].sort()).toEqual([...MONITOR_METRIC_NAMES].sort());
     metrics.unregister();

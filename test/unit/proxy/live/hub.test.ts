@@ -158,6 +158,14 @@ describe('LiveHub', () => {
     expect(hub.sample()).toEqual({ atMs: 42, source: 'drift', series: [{ name: 'sae/blocks.2 5m', value: 3.5, threshold: 3 }], alerts: ['drift blocks.2'] });
   });
 
+  it('falls back to rates while the drift source has no series (no baseline yet), keeping its alerts', () => {
+    const hub = new LiveHub({ drift: { snapshot: () => ({ atMs: 42, series: [], alerts: ['a'] }) } });
+    const sample = hub.sample();
+    expect(sample.source).toBe('rates');
+    expect(sample.series.map((s) => s.name)).toEqual(['tokens/s', 'SAE rows/s']);
+    expect(sample.alerts).toEqual(['a']);
+  });
+
   it('refuses bounds that are not positive integers', () => {
     expectSaegateError(() => new LiveHub({ maxRequests: 0 }), 'SAEGATE_ERR_CONFIG', 'maxRequests', '0');
     expectSaegateError(() => new LiveHub({ maxTokens: 1.5 }), 'SAEGATE_ERR_CONFIG', 'maxTokens');

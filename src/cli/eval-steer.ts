@@ -1,0 +1,223 @@
+/**
+ * `saegate eval steer`: what a steering setting does to a target behaviour, a retain set and
+ * control text (docs/steering.md, "Evaluating steering"). The logic is in src/lab/eval/; this file
+ * parses flags, starts the reference model server in-process (or points at --upstream), runs the
+ * unsteered arm once and one steered arm per setting, and writes the reports.
+ *
+ * Steering travels in the request body's `steering` field (direct mode), so no tap is needed and
+ * any server that takes that field works with --upstream.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { z } from 'zod';
+import { err } from '../common/errors.js';
+import { writeTextAtomically } from '../common/json-file.js';
+import { custom, decimal, integer, oneOf, parseCommand, text, type CommandSpec } from '../common/options.js';
+import { readCorpus, type CorpusDocument } from '../lab/corpus/read.js';
+import { loadBehaviour } from '../lab/eval/behaviour.js';
+import { EvalClient, type SteeringEntry } from '../lab/eval/client.js';
+import { markdownReport, roundedResult, sweepPoints, tableLines, type EvalReport } from '../lab/eval/report.js';
+import { compareArms, runArm, type ArmResult, type EvalPlan } from '../lab/eval/steer.js';
+import { bestSetting, sweepSchema, sweepSettings, type Setting, type SettingResult } from '../lab/eval/sweep.js';
+import { loadModel } from '../model/load.js';
+import { startModelServer, type ModelServer } from '../model/server.js';
+import { readVectorFile } from '../steering/formats.js';
+import { defaultModel } from './default-model.js';
+import { StatusLine } from './status-line.js';
+
+const SETS = 'Prompt sets and behaviour';
+const STEERING = 'Steering';
+const SAMPLING = 'Sampling';
+const MODEL = 'Model';
+
+const evalSteerOptions = {
+  prompts: { type: text('FILE'), group: SETS, required: true, help: 'prompts where the behaviour should change: text (prompts separated by blank lines) or JSONL (docs/corpus.md)' },
+  control: { type: text('FILE'), group: SETS, help: 'control texts: cross-entropy and greedy continuations with and without steering' },
+  retain: { type: text('FILE'), group: SETS, help: 'prompts where the behaviour must stay (its rate must not fall)' },
+  behaviour: { type: text('FILE'), group: SETS, defaultText: 'refusal phrases', help: 'phrases and /regular expressions/, one per line, that mark the behaviour in a completion' },
+  vector: { type: text('FILE'), group: STEERING, required: true, help: 'steering vector file (.safetensors, .json or .gguf)' },
+  hook: { type: text('H'), group: STEERING, help: "the vector's hook point to apply (needed without --sweep; default: the vector's only hook)" },
+  scale: { type: decimal({}, 'X'), group: STEERING, help: 'scale the vector is added at; a negative one steers away (write it --scale=-0.5); needed without --sweep' },
+  sweep: { type: custom(sweepSchema, 'layers=L[,L…],scales=X[,X…]', 'layers=…,scales=…'), group: STEERING, help: 'every layer (blocks.L.hook_resid_post) at every scale, instead of --hook/--scale' },
+  positions: { type: oneOf(['all', 'prompt', 'generated']), group: STEERING, default: 'all', help: 'token positions steered' },
+  ceBudget: { type: decimal({ min: 0 }, 'NATS'), group: STEERING, default: 0.1, help: 'control ΔCE allowed when naming the best setting' },
+  samples: { type: integer(1, 10_000), group: SAMPLING, default: 4, help: 'completions per prompt' },
+  seed: { type: integer(0, 2 ** 31 - 1), group: SAMPLING, default: 0, help: 'completion j of prompt i samples with seed + i·samples + j, in both arms' },
+  maxTokens: { type: integer(1), group: SAMPLING, default: 32, help: 'most tokens per completion' },
+  temperature: { type: decimal({ min: 0, max: 2 }, 'T'), group: SAMPLING, default: 1, help: 'sampling temperature (0 = greedy)' },
+  continuationTokens: { type: integer(1), group: SAMPLING, default: 16, help: "tokens of each control text's greedy continuation" },
+  out: { type: text('DIR'), required: true, help: 'directory for report.json, report.md, samples.jsonl (and sweep.json)' },
+  model: { type: text('FILE|DIR'), group: MODEL, defaultText: 'as for demo', help: 'model run in-process ($SAEGATE_DEMO_MODEL, else ../shared/models/stories260K, else a seeded synthetic model)' },
+  tokenizer: { type: text('FILE'), group: MODEL, defaultText: 'beside the model', help: 'tokenizer file' },
+  upstream: { type: custom(z.url(), 'a URL', 'URL'), group: MODEL, help: 'a running reference model server (or any server taking the steering field) instead' },
+  concurrency: { type: integer(1, 1024), group: MODEL, default: 8, help: 'requests in flight at once' },
+  threads: { type: integer(1), group: MODEL, defaultText: 'one per core', help: 'onnxruntime threads of the in-process model' },
+} as const;
+
+export const evalSteerCommand = {
+  name: 'eval steer',
+  synopsis: 'saegate eval steer --prompts FILE --vector FILE (--hook H --scale X | --sweep layers=…,scales=…) --out DIR [options]',
+  description:
+    'Completes every prompt --samples times without and with the steering vector (sent in the\n' +
+    "request's steering field), counts completions showing the behaviour (Wilson intervals), scores\n" +
+    'the control texts (cross-entropy, greedy agreement) and the retain set, and writes JSON and\n' +
+    'Markdown reports with the command, seeds and hashes. With --sweep: a trade-off table, sweep.json\n' +
+    'and the best setting within --ce-budget. Deterministic under --seed.',
+  options: evalSteerOptions,
+  check: (f) => {
+    if (f.model !== undefined && f.upstream !== undefined) return { option: 'upstream', message: 'give --model or --upstream, not both' };
+    if (f.sweep !== undefined && (f.hook !== undefined || f.scale !== undefined)) return { option: 'sweep', message: 'give --sweep or --hook/--scale, not both' };
+    if (f.sweep === undefined && f.scale === undefined) return { option: 'scale', message: 'give --scale (or --sweep)' };
+    return undefined;
+  },
+} as const satisfies CommandSpec<typeof evalSteerOptions>;
+
+function saegateVersion(): string {
+  return (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
+}
+
+const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
+
+async function readSet(file: string): Promise<CorpusDocument[]> {
+  const documents = await readCorpus(file);
+  if (documents.length === 0) throw err('SAEGATE_ERR_PROMPT_SET_EMPTY', file, 'read as text (prompts separated by blank lines) or JSONL with a text field (docs/corpus.md)');
+  return documents;
+}
+
+/** What a run measured, for the command's callers (the benchmark reads the throughput). */
+export interface EvalSteerResult {
+  report: EvalReport;
+  lines: string[];
+  /** Completions generated over all arms, and the seconds they took. */
+  generations: number;
+  seconds: number;
+}
+
+/** Runs the command; returns the report and the lines to print on stdout. */
+export async function evalSteer(argv: string[]): Promise<EvalSteerResult> {
+  const flags = parseCommand(evalSteerCommand, argv);
+  const behaviour = loadBehaviour(flags.behaviour);
+  const vectorBytes = fs.readFileSync(flags.vector);
+  const vector = readVectorFile(flags.vector);
+  const [prompts, control, retain] = await Promise.all([readSet(flags.prompts), flags.control === undefined ? [] : readSet(flags.control), flags.retain === undefined ? [] : readSet(flags.retain)]);
+
+  let settings: Setting[];
+  if (flags.sweep !== undefined) {
+    settings = sweepSettings(flags.sweep);
+  } else {
+    const hooks = [...vector.hooks.keys()];
+    const hook = flags.hook ?? (hooks.length === 1 ? hooks[0] : undefined);
+    if (hook === undefined) throw err('SAEGATE_ERR_VECTOR_FILE', flags.vector, `it has directions at ${hooks.join(', ')}; pick one with --hook`);
+    settings = [{ hook, scale: flags.scale! }];
+  }
+  for (const s of settings) {
+    if (!vector.hooks.has(s.hook)) throw err('SAEGATE_ERR_VECTOR_FILE', flags.vector, `it has no direction at ${s.hook}; it has ${[...vector.hooks.keys()].join(', ')}`);
+  }
+
+  let server: ModelServer | null = null;
+  let modelName: string;
+  let modelSha: string | null = null;
+  if (flags.upstream === undefined) {
+    const source = flags.model ?? defaultModel();
+    const loaded = await loadModel({ model: source, tokenizer: flags.tokenizer });
+    modelName = loaded.name;
+    if (fs.existsSync(source) && fs.statSync(source).isFile()) modelSha = sha256(fs.readFileSync(source));
+    server = await startModelServer({ model: source, loaded, port: 0, maxBatch: flags.concurrency, threads: flags.threads });
+  } else {
+    modelName = await upstreamModelName(flags.upstream);
+  }
+
+  const status = new StatusLine(process.stderr);
+  const client = new EvalClient({ upstream: server?.url ?? flags.upstream!, model: modelName, connections: flags.concurrency });
+  const plan = (label: string): EvalPlan => ({
+    client,
+    behaviour,
+    prompts,
+    control,
+    retain,
+    samples: flags.samples,
+    seed: flags.seed,
+    maxTokens: flags.maxTokens,
+    temperature: flags.temperature,
+    continuationTokens: flags.continuationTokens,
+    concurrency: flags.concurrency,
+    onProgress: (done, total) => status.draw(`${label}: ${done}/${total} requests`),
+  });
+  const results: SettingResult[] = [];
+  const samples: string[] = [];
+  let generations = 0;
+  let elapsedMs = 0;
+  const record = (setting: string, arm: ArmResult): void => {
+    generations += arm.generations;
+    elapsedMs += arm.elapsedMs;
+    for (const c of arm.completions) samples.push(JSON.stringify({ setting, set: c.set, id: c.id, sample: c.sample, match: c.match, text: c.text }));
+  };
+  try {
+    const unsteered = await runArm(plan('unsteered'), [], 'unsteered');
+    record('unsteered', unsteered);
+    for (const [index, s] of settings.entries()) {
+      const label = `${s.hook} × ${s.scale}`;
+      const entry: SteeringEntry = { hook: s.hook, scale: s.scale, vector: vector.hooks.get(s.hook)!, positions: flags.positions };
+      const steered = await runArm(plan(`setting ${index + 1}/${settings.length} ${label}`), [entry], `steered ${label}`);
+      record(label, steered);
+      results.push(roundedResult({ ...s, ...compareArms(unsteered, steered, flags.seed, retain.length > 0) }));
+    }
+  } finally {
+    status.clear();
+    await client.close();
+    await server?.close();
+  }
+
+  const best = bestSetting(results, flags.ceBudget);
+  const report: EvalReport = {
+    version: 1,
+    command: ['eval', 'steer', ...argv].join(' '),
+    seed: flags.seed,
+    model: { name: modelName, sha256: modelSha },
+    vector: { file: flags.vector, id: vector.id, sha256: sha256(vectorBytes) },
+    behaviour: { source: behaviour.source, patterns: behaviour.patterns },
+    prompts: { file: flags.prompts, count: prompts.length },
+    control: flags.control === undefined ? null : { file: flags.control, count: control.length },
+    retain: flags.retain === undefined ? null : { file: flags.retain, count: retain.length },
+    sampling: { samples: flags.samples, temperature: flags.temperature, maxTokens: flags.maxTokens, continuationTokens: flags.continuationTokens, positions: flags.positions },
+    saegateVersion: saegateVersion(),
+    ceBudget: flags.ceBudget,
+    results,
+    best: best === null ? null : { hook: best.hook, scale: best.scale },
+  };
+  fs.mkdirSync(flags.out, { recursive: true });
+  writeTextAtomically(path.join(flags.out, 'report.json'), `${JSON.stringify(report, null, 2)}\n`, 'SAEGATE_ERR_CONFIG');
+  writeTextAtomically(path.join(flags.out, 'report.md'), markdownReport(report), 'SAEGATE_ERR_CONFIG');
+  writeTextAtomically(path.join(flags.out, 'samples.jsonl'), `${samples.join('\n')}\n`, 'SAEGATE_ERR_CONFIG');
+  if (flags.sweep !== undefined) writeTextAtomically(path.join(flags.out, 'sweep.json'), `${JSON.stringify(sweepPoints(report), null, 2)}\n`, 'SAEGATE_ERR_CONFIG');
+  const seconds = elapsedMs / 1000;
+  return {
+    report,
+    generations,
+    seconds,
+    lines: [
+      ...tableLines(report),
+      report.best === null ? `no setting within --ce-budget ${flags.ceBudget} nats` : `best within --ce-budget ${flags.ceBudget} nats: ${report.best.hook} at scale ${report.best.scale}`,
+      `${generations} completions in ${seconds.toFixed(1)} s (${(generations / Math.max(seconds, 1e-9)).toFixed(1)}/s); reports in ${flags.out}`,
+    ],
+  };
+}
+
+/** The first model id an upstream lists at /v1/models. */
+async function upstreamModelName(upstream: string): Promise<string> {
+  const url = new URL(upstream);
+  url.pathname = `${url.pathname.replace(/\/+$/, '').replace(/\/v1$/, '')}/v1/models`;
+  let body: unknown;
+  try {
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    body = await response.json();
+  } catch (error) {
+    throw err('SAEGATE_ERR_EVAL_UPSTREAM', upstream, 'the model list (/v1/models)', (error as Error).message);
+  }
+  const parsed = z.object({ data: z.array(z.object({ id: z.string() })).min(1) }).safeParse(body);
+  if (!parsed.success) throw err('SAEGATE_ERR_EVAL_UPSTREAM', upstream, 'the model list (/v1/models)', 'no model listed');
+  return parsed.data.data[0].id;
+}

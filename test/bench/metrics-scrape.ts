@@ -1,0 +1,82 @@
+/**
+ * `/metrics` scrape cost with the drift monitor at its documented scale (issue 10): 3 SAEs of
+ * d_sae 16384, 500 watched features spread over them (each with a firing-rate and a mean-activation
+ * series per window), baselines loaded and windows assessed, so every drift score and threshold
+ * series is present. Baseline in the same run: the same 3 SAEs with no watched features and no
+ * baselines. A scrape is `registry.metrics()`, what the proxy's /metrics handler serves.
+ *
+ *   npx tsx test/bench/metrics-scrape.ts [--scrapes 200]
+ */
+import { performance } from 'node:perf_hooks';
+import { Registry } from 'prom-client';
+import { SeededRandom } from '../../src/common/random.js';
+import { BaselineRecorder } from '../../src/monitor/baseline-recorder.js';
+import type { EncodedRows } from '../../src/monitor/rows.js';
+import { MonitorService } from '../../src/monitor/service.js';
+
+const scrapesArg = process.argv.indexOf('--scrapes');
+const scrapes = scrapesArg > 0 ? Number(process.argv[scrapesArg + 1]) : 200;
+const D_SAE = 16384;
+const L0 = 32;
+const SAES = 3;
+const WATCHED = 500;
+
+function batch(rows: number, random: SeededRandom, request: string): EncodedRows {
+  const offsets = new Uint32Array(rows + 1);
+  const indices = new Uint32Array(rows * L0);
+  const values = new Float32Array(rows * L0);
+  for (let r = 0; r < rows; r++) {
+    const start = Math.floor(random.next() * D_SAE);
+    for (let k = 0; k < L0; k++) {
+      indices[r * L0 + k] = (start + k * 977) % D_SAE;
+      values[r * L0 + k] = random.next() * 3;
+    }
+    offsets[r + 1] = (r + 1) * L0;
+  }
+  return { rows, offsets, indices, values, l0: new Uint32Array(rows).fill(L0), fvu: new Float32Array(rows).map(() => random.next() * 0.3), requestIndex: new Uint32Array(rows), requestIds: [request] };
+}
+
+async function scenario(watchedTotal: number, withBaselines: boolean): Promise<{ p50: number; p99: number; bytes: number; series: number }> {
+  const random = new SeededRandom(7);
+  const registry = new Registry();
+  const perSae = Math.ceil(watchedTotal / SAES);
+  const saes = Array.from({ length: SAES }, (_, s) => ({
+    model: 'bench-model',
+    sae: `sae${s}`,
+    hook: `blocks.${s}.hook_resid_post`,
+    dSae: D_SAE,
+    watched: Array.from({ length: Math.min(perSae, watchedTotal - s * perSae) }, (_, i) => ({ feature: i * 31, label: `feature ${i * 31} of sae${s}` })),
+  }));
+  const service = new MonitorService({ saes, registry, maxWatchedFeatures: Math.max(watchedTotal, 1) });
+  for (const sae of saes) {
+    for (let b = 0; b < 8; b++) service.offerRows(sae.hook, batch(256, random, `r${b}`));
+    if (withBaselines) {
+      const recorder = new BaselineRecorder({ dSae: D_SAE });
+      for (let d = 0; d < 200; d++) recorder.addDocument(batch(64, random, `doc${d}`));
+      service.replaceBaseline(sae.sae, { baseline: recorder.toBaseline({ model: 'bench-model', sae: { id: sae.sae, hash: 'h' }, hook: sae.hook, saegateVersion: 'bench' }) });
+    }
+  }
+  await Promise.resolve(service.assess());
+  const text = await registry.metrics();
+  const times: number[] = [];
+  for (let i = 0; i < scrapes; i++) {
+    const t0 = performance.now();
+    await registry.metrics();
+    times.push(performance.now() - t0);
+  }
+  await service.close();
+  times.sort((a, b) => a - b);
+  const series = text.split('\n').filter((line) => line.length > 0 && !line.startsWith('#')).length;
+  return { p50: times[Math.floor(times.length * 0.5)], p99: times[Math.min(times.length - 1, Math.floor(times.length * 0.99))], bytes: Buffer.byteLength(text), series };
+}
+
+// Interleaved: baseline, full, baseline, full; the second pair is reported (warm).
+await scenario(0, false);
+await scenario(WATCHED, true);
+const bare = await scenario(0, false);
+const full = await scenario(WATCHED, true);
+const line = (name: string, r: { p50: number; p99: number; bytes: number; series: number }): string =>
+  `${name.padEnd(44)} scrape p50 ${r.p50.toFixed(2).padStart(6)} ms  p99 ${r.p99.toFixed(2).padStart(6)} ms  ${String(r.series).padStart(5)} series  ${(r.bytes / 1024).toFixed(0).padStart(4)} KiB\n`;
+process.stdout.write(line(`${SAES} SAEs × d_sae ${D_SAE}, no watched, no baselines`, bare));
+process.stdout.write(line(`${SAES} SAEs, ${WATCHED} watched, baselines, assessed`, full));
+process.stdout.write(`ratio full / bare: p50 ×${(full.p50 / bare.p50).toFixed(2)}, p99 ×${(full.p99 / bare.p99).toFixed(2)}\n`);
