@@ -19,6 +19,7 @@ import { resolveDefaultModel } from './model-resolve.js';
 import { DEMO_STEER_HEADER } from './demo-policies.js';
 import { cacheRoot, DemoSaeInterrupted, ensureDemoSae, featuresPage } from './demo-sae.js';
 import { startProxyWithSaes } from './serve.js';
+import { isLoopbackHost } from '../proxy/config.js';
 
 const demoOptions = {
   port: { type: integer(0, 65535), default: 9000, help: "the saegate proxy's listen port (0 = any free port)" },
@@ -162,6 +163,9 @@ export async function demo(argv: string[]): Promise<Demo> {
       `  OpenAI API (through saegate)  ${proxy.url}/v1\n` +
       `  model server (direct)         ${server.url}/v1\n` +
       `  metrics                       ${proxy.url}/metrics   (${metricsHint})\n` +
+      (isLoopbackHost(flags.host)
+        ? `  live view                     ${proxy.url}/ui  (requests as they happen, tokens coloured by their strongest feature)\n`
+        : `  live view                     ${proxy.url}/ui  (refused off loopback: the demo sets no admin token; docs/live-view.md)\n`) +
       `  tap                           ${proxy.tapUrl}  (the model server connects here and streams ${hook} as f16)\n` +
       saeLines +
       `\nTry:\n` +

@@ -10,10 +10,15 @@ import { parseCommand, text, type CommandSpec } from '../common/options.js';
 import { formatProblem } from '../policies/load.js';
 import { PolicyManager } from '../policies/manager.js';
 import { ConditionRuntime } from '../policies/runtime.js';
-import type { PlanResolver } from '../proxy/plan.js';
+import { monitorDriftSource } from '../proxy/live/drift.js';
+import { livePlanResolver, liveSink } from '../proxy/live/observe.js';
+import type { LiveView } from '../proxy/live/routes.js';
+import { emptyPlanResolver, type PlanResolver } from '../proxy/plan.js';
+import { CountingSink } from '../tap/sink.js';
+import { createLiveView } from './live-view.js';
 import { VectorStore } from '../steering/store.js';
 import { isBodySteeringMode, type UpstreamSteeringMode } from '../steering/upstream.js';
-import { proxyCommand, proxyOptions } from '../proxy/config.js';
+import { isLoopbackHost, proxyCommand, proxyOptions } from '../proxy/config.js';
 import { startProxy, type ProxyServer, type StartProxyOptions } from '../proxy/server.js';
 import { loadSae } from '../sae/load.js';
 import { SaeSink } from '../sae/sink.js';
@@ -47,14 +52,15 @@ export const serveCommand = { ...proxyCommand, options: serveOptions } as const 
  * empty): the SAEs load and their worker sessions start before the proxy listens, so a bad file
  * stops start-up; the proxy and the pipeline export their metrics from one registry, served at
  * /metrics; every tap client is asked for the SAEs' hooks (f16, prompt rows too); closing the
- * proxy closes the pipeline.
+ * proxy closes the pipeline. The live view (`/ui`, docs/live-view.md) sees every request through
+ * the plan resolver and the sink, SAE results and policy triggers through their listeners.
  */
 export async function startProxyWithSaes(
   options: StartProxyOptions,
   saes: SaeWeights[],
   policyDir?: string,
   monitorFlags: MonitorFlags = {},
-): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined; monitor: MonitorService | undefined }> {
+): Promise<{ server: ProxyServer; sink: SaeSink | undefined; policies: PolicyManager | undefined; conditions: ConditionRuntime | undefined; monitor: MonitorService | undefined; live: LiveView }> {
   // Serve's whole option set may come in `options`: the monitor's flags are taken out of it.
   const split = splitMonitorFlags(options);
   options = split.proxy as StartProxyOptions;
@@ -115,10 +121,22 @@ export async function startProxyWithSaes(
   // Projection monitors read the tapped rows themselves, beside (or without) the SAE pipeline.
   const observed = monitor && projections.length > 0 ? projectingSink(observedSaes, projections, monitor) : observedSaes;
   const tapSide = observed && monitor ? monitoredSink(observed, monitor) : undefined;
+  // The chart plots the monitor's drift scores when there is a monitor, else the rates the view counts.
+  const live = createLiveView(saes, monitor ? { drift: monitorDriftSource(monitor) } : {});
+  const offLive = sink?.onResult((batch) => live.hub.features(batch));
+  conditions?.onRecord((record) => live.hub.record(record));
   try {
-    server = await startProxy({ ...options, sink: tapSide?.sink ?? observed, registry, monitor, ...(planResolver && { planResolver }) });
+    server = await startProxy({
+      ...options,
+      sink: liveSink(live.hub, tapSide?.sink ?? observed ?? new CountingSink()),
+      registry,
+      monitor,
+      planResolver: livePlanResolver(live.hub, planResolver ?? emptyPlanResolver),
+      liveView: live,
+    });
   } catch (error) {
     offResults?.();
+    offLive?.();
     policies?.close();
     await sink?.close();
     await monitor?.close();
@@ -143,7 +161,7 @@ export async function startProxyWithSaes(
       await monitor?.close(); // writes a recording in progress
     };
   }
-  return { server, sink, policies, conditions, monitor };
+  return { server, sink, policies, conditions, monitor, live };
 }
 
 /** Feeds the monitor the SAE results, logs through the proxy's logger, starts its timer and a recording. */
@@ -195,6 +213,7 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
       (isBodySteeringMode(config.upstreamSteering) ? `  steering     ${server.steering.description} (--upstream-steering ${config.upstreamSteering})\n` : '') +
       `  metrics      ${server.url}/metrics   health ${server.url}/healthz, ${server.url}/readyz\n` +
       `  admin        ${config.adminToken === null ? 'off (no --admin-token)' : `${server.url}/admin/status (bearer token)`}\n` +
+      `  live view    ${server.url}/ui${isLoopbackHost(config.host) ? '' : config.adminToken === null ? ' (refused off loopback without --admin-token)' : ' (open /ui?token=ADMIN_TOKEN once)'}\n` +
       (sink ? `  SAEs         ${sink.hooks.join(', ')} (tapped as f16, prompt and generated rows)\n` : '') +
       ((projection?.length ?? 0) > 0 ? `  projections  ${monitor?.saes.filter((m) => m.projection === true).map((m) => `${m.sae}@${m.hook}`).join(', ')}\n` : '') +
       (monitor ? `  drift        ${config.adminToken === null ? '' : `${server.url}/admin/drift; `}baselines: ${monitor.readiness().saes.map((m) => `${m.sae} ${m.drift ? 'loaded' : (m.problem?.code ?? 'none')}`).join(', ')}${recordBaseline === undefined ? '' : `; recording to ${recordBaseline}`}\n` : '') +

@@ -25,6 +25,7 @@ import { Readiness } from './readiness.js';
 import { registerAdminRoutes } from './routes-admin.js';
 import { registerOpenAIRoutes, type ProxyState } from './routes-openai.js';
 import { registerOpsRoutes } from './routes-ops.js';
+import type { LiveView } from './live/routes.js';
 import { TapHost } from '../tap/host.js';
 import { CountingSink, type ActivationSink } from '../tap/sink.js';
 import { UpstreamClient } from './upstream.js';
@@ -55,6 +56,8 @@ export interface ProxyAppOptions {
   logger?: FastifyServerOptions['logger'];
   /** The drift monitor: `/readyz` details and the admin API's drift and baseline routes. Default none. */
   monitor?: MonitorService;
+  /** The live view (`/ui`, src/proxy/live), when there is one; startProxy attaches its WebSocket. */
+  liveView?: LiveView;
 }
 
 /** The app and the parts server.ts and tests reach into. */
@@ -157,9 +160,11 @@ export function buildProxyApp(options: ProxyAppOptions): ProxyApp {
   registerOpsRoutes(app, { readiness, metrics });
   registerOpenAIRoutes(app, { forwarder, streams, planResolver: options.planResolver ?? emptyPlanResolver, steering, metrics, state });
   registerAdminRoutes(app, { config, tap, streams, inFlight, state, startedAt: performance.now(), monitor: options.monitor });
+  options.liveView?.register(app, { host: config.host, adminToken: config.adminToken });
 
   let closing: Promise<void> | null = null;
   const closeResources = (): Promise<void> => {
+    options.liveView?.close();
     closing ??= Promise.all([tap.close(1000), upstream.destroy()]).then(() => undefined);
     return closing;
   };

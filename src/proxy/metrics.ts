@@ -11,7 +11,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { TapServerStats } from '../tap/server.js';
 
 /** Route label values. */
-export type RouteLabel = 'chat_completions' | 'completions' | 'passthrough' | 'tap' | 'ops' | 'admin' | 'not_found';
+export type RouteLabel = 'chat_completions' | 'completions' | 'passthrough' | 'tap' | 'ops' | 'admin' | 'ui' | 'not_found';
 
 /** Which side ended a stream early. */
 export type AbortSide = 'client' | 'upstream' | 'timeout' | 'shutdown' | 'policy';

@@ -60,10 +60,10 @@ async function within(promise: Promise<void>, ms: number): Promise<boolean> {
 
 /** Builds, checks and starts the proxy. */
 export async function startProxy(options: StartProxyOptions): Promise<ProxyServer> {
-  const { planResolver, sink, registry, logger, monitor, ...overrides } = options;
+  const { planResolver, sink, registry, logger, monitor, liveView, ...overrides } = options;
   const config = resolveProxyConfig({ overrides });
   checkTapExposure(config);
-  const proxy = buildProxyApp({ config, planResolver, sink, registry, logger, monitor });
+  const proxy = buildProxyApp({ config, planResolver, sink, registry, logger, monitor, liveView });
   const { app, tap, inFlight, state } = proxy;
   try {
     await app.listen({ host: config.host, port: config.port });
@@ -72,6 +72,7 @@ export async function startProxy(options: StartProxyOptions): Promise<ProxyServe
     throw listenError(error, config.host, config.port);
   }
   tap.attach(app.server, '/v1/tap');
+  liveView?.attach(app.server, ['/v1/tap']);
   const address = app.server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
 
@@ -88,6 +89,7 @@ export async function startProxy(options: StartProxyOptions): Promise<ProxyServe
       await within(inFlight.idle(), 1000);
     }
     state.phase = 'closing';
+    liveView?.close();
     await tap.close(1000);
     app.server.closeAllConnections();
     await app.close();

@@ -47,6 +47,10 @@ describe('saegate demo (npm start)', () => {
       expect(modelUrl).toBeDefined();
       expect(modelUrl).not.toBe(url);
       expect(proc.out()).toContain(`ws://127.0.0.1:${new URL(url).port}/v1/tap`);
+      expect(proc.out()).toMatch(new RegExp(`live view\\s+${url}/ui\\s`));
+      const ui = await fetch(`${url}/ui`);
+      expect(ui.status).toBe(200);
+      expect(ui.headers.get('content-security-policy')).toContain("default-src 'self'");
       expect(((await (await fetch(`${modelUrl}/v1/models`)).json()) as { data: unknown[] }).data).toHaveLength(1);
       const rowsReceived = async (): Promise<number> => Number(/^saegate_tap_rows_total (\S+)$/m.exec(await (await fetch(`${url}/metrics`)).text())?.[1] ?? 'NaN');
       // The model server connects to the tap with backoff once saegate listens.
@@ -281,6 +285,7 @@ describe('saegate serve --sae', () => {
       await withCli(['serve', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--sae', dir], async (proc) => {
         await waitForApiUrl(proc);
         expect(proc.out()).toMatch(/SAEs\s+blocks\.2\.hook_resid_post/);
+        expect(proc.out()).toMatch(/live view\s+http:\/\/127\.0\.0\.1:\d+\/ui\n/);
         proc.child.kill('SIGTERM');
         expect(await proc.exited).toBe(0);
       });
