@@ -41,13 +41,18 @@ interface Closable {
   close(): Promise<void>;
 }
 
-/** Closes the running service on SIGINT/SIGTERM; a second signal exits at once. */
+/** Closes the running service on SIGINT/SIGTERM (exiting after 5 s at most); a second signal exits at once. */
 function closeOnSignals(service: Closable): void {
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) process.exit(1);
     stopping = true;
     process.stderr.write(`${signal}: shutting down\n`);
+    // Every part gets 5 s in all (requests in flight, the model server, workers); then it exits anyway.
+    setTimeout(() => {
+      process.stderr.write(`${signal}: not stopped within 5 s; exiting\n`);
+      process.exit(1);
+    }, 5000).unref();
     service.close().then(
       () => process.exit(0),
       () => process.exit(1),

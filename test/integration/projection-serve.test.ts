@@ -121,7 +121,7 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('serve --projection on stori
 
   /** `saegate_drift_score` and `saegate_drift_threshold` of projection_psi in window 1m, from /metrics. */
   async function scrape(stack: Stack): Promise<{ score: number; threshold: number; text: string }> {
-    stack.monitor.assess();
+    await stack.monitor.assess();
     const text = await (await fetch(`${stack.proxy.url}/metrics`)).text();
     const read = (metric: string): number => {
       const line = text.split('\n').find((l) => l.startsWith(`${metric}{`) && l.includes('sae="persona"') && l.includes('statistic="projection_psi"') && l.includes('window="1m"'));

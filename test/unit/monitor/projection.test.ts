@@ -136,8 +136,8 @@ describe('MonitorService with a projection monitor', () => {
     shifted.service.replaceBaseline('persona', { baseline });
     feed(same.service, 99, 40, 0);
     feed(shifted.service, 99, 40, 0.6);
-    same.service.assess();
-    shifted.service.assess();
+    await same.service.assess();
+    await shifted.service.assess();
     const window = (s: MonitorService) => [...s.readings().values()][0].windows['1m'];
     expect(window(same.service).tokens).toBeGreaterThan(800);
     const sameDrift = window(same.service).drift!;
@@ -161,7 +161,7 @@ describe('MonitorService with a projection monitor', () => {
     for (let d = 0; d < 3; d++) recorder.addDocument(projectionRows(new Float32Array(4), new Uint32Array(4), ['']));
     expectSaegateError(() => service.replaceBaseline('persona', { baseline: recorder.toBaseline(identity) }), 'SAEGATE_ERR_BASELINE_MISMATCH', 'bins.projection');
     feed(service, 1, 2, 0);
-    service.assess();
+    await service.assess();
     expect([...service.readings().values()][0].windows['1m'].drift).toBeNull();
     await service.close();
   });
@@ -174,8 +174,8 @@ describe('MonitorService with a projection monitor', () => {
       expect(service.startRecording(file, null).state).toBe('recording');
       feed(service, 5, 30, 0);
       for (let d = 0; d < 30; d++) service.requestEnded(`r${d}`);
-      service.assess();
-      service.assess();
+      await service.assess();
+      await service.assess();
       expect(service.recordingStatus()).toMatchObject({ state: 'recording', documents: 30 });
       expect(service.stopRecording()).toMatchObject({ state: 'written', documents: 30 });
       const recorded = readBaseline(file);
@@ -200,7 +200,7 @@ describe('MonitorService with a projection monitor', () => {
     });
     feed(service, 3, 2, 0);
     service.drain();
-    service.assess();
+    await service.assess();
     const readings = service.readings();
     expect(readings.get([...readings.keys()].find((k) => k.startsWith('persona'))!)!.windows['1m'].tokens).toBeGreaterThan(0);
     expect(readings.get([...readings.keys()].find((k) => k.startsWith('sae'))!)!.windows['1m'].tokens).toBe(0);
