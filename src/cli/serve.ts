@@ -117,7 +117,9 @@ export async function startProxyWithSaes(
   }) : undefined;
   const planResolver: PlanResolver | undefined = policies && conditions && { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) };
   const offResults = conditions && sink?.onResult(conditions.onResult);
-  const observedSaes = sink && conditions ? conditions.observing(sink) : sink;
+  // The condition runtime sees tokens, plan acks and (for projection conditions) the tapped rows,
+  // with or without SAEs.
+  const observedSaes = conditions ? conditions.observing(sink ?? new CountingSink()) : sink;
   // Projection monitors read the tapped rows themselves, beside (or without) the SAE pipeline.
   const observed = monitor && projections.length > 0 ? projectingSink(observedSaes, projections, monitor) : observedSaes;
   const tapSide = observed && monitor ? monitoredSink(observed, monitor) : undefined;
@@ -149,9 +151,11 @@ export async function startProxyWithSaes(
       await closeWithPolicies(closeOptions);
     };
   }
+  // The tap streams the SAEs' hooks, the projection monitors' and those the policies' projection
+  // conditions read (of the set loaded at start; a reload needing another hook needs a restart).
+  const tappedHooks = [...new Set([...(sink?.hooks ?? []), ...projections.map((p) => p.hook), ...(policies ? ConditionRuntime.projectionHooks(policies.policies()) : [])])];
+  if (tappedHooks.length > 0) server.tap.subscribeAll({ hooks: tappedHooks, dtype: 'f16', includePrompt: true });
   if (sink || projections.length > 0) {
-    const hooks = [...new Set([...(sink?.hooks ?? []), ...projections.map((p) => p.hook)])];
-    server.tap.subscribeAll({ hooks, dtype: 'f16', includePrompt: true });
     const unsubscribe = monitor && tapSide ? startMonitor(monitor, sink, tapSide, server, monitorFlags) : () => {};
     const closeProxy = server.close.bind(server);
     server.close = async (closeOptions) => {

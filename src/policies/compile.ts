@@ -64,7 +64,17 @@ export interface CompiledPolicy {
   watches: CompiledWatch[];
   flags: { name: string; when: PolicyCondition | undefined }[];
   aborts: { when: PolicyCondition; reason: string | undefined }[];
+  /**
+   * The unit directions projection conditions read, keyed by `projectionKey(vector, hook)`
+   * (absent when the policy has none).
+   */
+  projections?: Map<string, Float32Array>;
   file: string;
+}
+
+/** Key of a projection condition's direction in `CompiledPolicy.projections`. */
+export function projectionKey(vector: string, hook: string): string {
+  return `${vector}\u0000${hook}`;
 }
 
 export interface PolicySet {
@@ -122,6 +132,7 @@ function checkCondition(
   condition: PolicyCondition,
   watched: ReadonlySet<string>,
   problems: PolicyProblem[],
+  projections?: Map<string, Float32Array>,
 ): void {
   if ('feature' in condition) {
     const { sae, index } = condition.feature;
@@ -138,6 +149,14 @@ function checkCondition(
       problems.push(problemAt(source, [...at, 'projection', 'hook'], `the vector has no direction for '${hook}' (it has ${[...vector.hooks.keys()].join(', ')})`));
     }
     if (vector) checkVectorAgainstModel(context, source, [...at, 'projection', 'vector'], vector, [hook], problems, () => [...at, 'projection', 'hook']);
+    const direction = vector?.hooks.get(hook);
+    if (direction !== undefined && projections !== undefined) {
+      let norm = 0;
+      for (const v of direction) norm += v * v;
+      norm = Math.sqrt(norm);
+      if (norm === 0) problems.push(problemAt(source, [...at, 'projection', 'vector'], `the vector's direction at '${hook}' is all zeros: nothing projects onto it`));
+      else projections.set(projectionKey(reference, hook), Float32Array.from(direction, (v) => v / norm));
+    }
   }
 }
 
@@ -189,7 +208,7 @@ function compileOne(context: PolicyContext, source: PolicySource, watched: Reado
         if (!vector.hooks.has(hook)) problems.push(problemAt(source, [...at, 'steer', 'hooks', h], `the vector has no direction for '${hook}' (it has ${[...vector.hooks.keys()].join(', ')})`));
       });
       checkVectorAgainstModel(context, source, [...at, 'steer', 'vector'], vector, hooks, problems, steer.hooks ? (h) => [...at, 'steer', 'hooks', h] : null);
-      if (steer.when) checkCondition(context, source, [...at, 'steer', 'when'], steer.when, watched, problems);
+      if (steer.when) checkCondition(context, source, [...at, 'steer', 'when'], steer.when, watched, problems, (compiled.projections ??= new Map()));
       checkUpstreamSteer(context, source, at, steer, hooks, problems);
       if (steer.forTokens !== undefined && !steer.when) problems.push(problemAt(source, [...at, 'steer', 'forTokens'], 'forTokens applies to conditional steering only (give `when`, or use positions {from, until})'));
       if (typeof steer.positions === 'object' && steer.positions.until !== undefined && steer.positions.until <= steer.positions.from) {
@@ -211,11 +230,11 @@ function compileOne(context: PolicyContext, source: PolicySource, watched: Reado
         });
       });
     } else if ('flag' in action) {
-      if (action.flag.when) checkCondition(context, source, [...at, 'flag', 'when'], action.flag.when, watched, problems);
+      if (action.flag.when) checkCondition(context, source, [...at, 'flag', 'when'], action.flag.when, watched, problems, (compiled.projections ??= new Map()));
       if (action.flag.when) checkNoTapCondition(context, source, [...at, 'flag', 'when'], problems);
       compiled.flags.push({ name: action.flag.name, when: action.flag.when });
     } else {
-      checkCondition(context, source, [...at, 'abort', 'when'], action.abort.when, watched, problems);
+      checkCondition(context, source, [...at, 'abort', 'when'], action.abort.when, watched, problems, (compiled.projections ??= new Map()));
       checkNoTapCondition(context, source, [...at, 'abort', 'when'], problems);
       compiled.aborts.push({ when: action.abort.when, reason: action.abort.reason });
     }

@@ -25,9 +25,9 @@
  * first); each request's reorder window is `RequestConditions`'; token arrival times are kept in a
  * fixed ring per request. When no request has conditional rules, a result batch costs one check.
  *
- * Projection conditions are not evaluated: the SAE path carries feature activations, not the raw
- * residual rows (`projection()` answers NaN, which never exceeds a threshold). Features outside a
- * row's reported top-K count as 0. A fired `abort` calls the proxy's `abortRequest` (`aborter`).
+ * Projection conditions are evaluated on the tapped residual rows themselves (`onFrame`, through
+ * the observing sink): ⟨x, v⟩/‖v‖ at the condition's hook, one dot product per row. Features
+ * outside a row's reported list count as 0 (lists are complete unless `--sae-top-k` caps them). A fired `abort` calls the proxy's `abortRequest` (`aborter`).
  */
 import { performance } from 'node:perf_hooks';
 import type { Registry } from 'prom-client';
@@ -39,6 +39,8 @@ import type { ActivationSink, SubscribeResult, TapSource } from '../tap/sink.js'
 import { RequestConditions, type ConditionEvent, type PositionValues } from './conditions.js';
 import { PolicyRuntimeMetrics, type PlanUpdateOutcome } from './metrics.js';
 import type { PlannedTerm, ResolvedRequestPlan } from './resolve.js';
+import { projectionKey, type CompiledPolicy } from './compile.js';
+import { f16ToF32 } from '../common/f16.js';
 import type { PolicyCondition } from './schema.js';
 
 /** Where plan updates go (the proxy's `TapHost`). */
@@ -152,9 +154,50 @@ class RowValues implements PositionValues {
   }
 }
 
+/** Reused float32 row for f16 frames (one row decoded at a time, on this thread). */
+let rowScratch = new Float32Array(0);
+
+/** A tapped residual row read as projections onto the request's unit directions. */
+class FrameRowValues implements PositionValues {
+  constructor(
+    private readonly frame: ActivationsFrame,
+    private readonly row: number,
+    private readonly directions: ReadonlyMap<string, Float32Array>,
+  ) {}
+
+  feature(): number {
+    return 0;
+  }
+
+  projection(vector: string, hook: string): number {
+    const direction = this.directions.get(projectionKey(vector, hook));
+    const { frame, row } = this;
+    const d = frame.dModel;
+    if (direction === undefined || direction.length !== d || hook !== frame.hook) return Number.NaN;
+    let x: Float32Array;
+    if (frame.dtype === 'f32') {
+      x = frame.data.subarray(row * d, (row + 1) * d);
+    } else {
+      if (rowScratch.length < d) rowScratch = new Float32Array(d);
+      x = rowScratch.subarray(0, d);
+      f16ToF32(frame.data.subarray(row * d, (row + 1) * d), x);
+    }
+    let dot = 0;
+    for (let i = 0; i < d; i++) dot += x[i] * direction[i];
+    return dot;
+  }
+}
+
+/** The group key of a request's projection conditions at `hook` (SAE groups are keyed by SAE name). */
+function projectionGroup(hook: string): string {
+  return `projection:${hook}`;
+}
+
 class LiveRequest {
-  /** Conditions per SAE name. */
+  /** Conditions per SAE name, and per hook (`projectionGroup`) for projection conditions. */
   readonly groups = new Map<string, RequestConditions>();
+  /** Unit directions of the request's projection conditions (`projectionKey`). */
+  readonly directions = new Map<string, Float32Array>();
   readonly steering: PlannedTerm[];
   /** Header items added while the request runs (flags, triggers), in order. */
   readonly items: string[];
@@ -180,8 +223,9 @@ class LiveRequest {
   }
 }
 
-function featureSae(when: PolicyCondition): string | null {
-  return 'feature' in when ? when.feature.sae : null;
+/** The evaluation group a condition belongs to: its SAE, or its projection's hook. */
+function conditionGroup(when: PolicyCondition): string {
+  return 'feature' in when ? when.feature.sae : projectionGroup(when.projection.hook);
 }
 
 /** `name@version` → `name` (metric labels stay put across reloads). */
@@ -233,17 +277,14 @@ export class ConditionRuntime {
           items.push(`flag=${flag.name}`);
           this.metrics?.flags.inc({ policy: policy.name, flag: flag.name });
         } else {
-          const sae = featureSae(flag.when);
-          if (sae !== null) saes.add(sae);
+          saes.add(conditionGroup(flag.when));
         }
       }
       for (const steer of policy.steers) {
-        const sae = steer.when === undefined ? null : featureSae(steer.when);
-        if (sae !== null) saes.add(sae);
+        if (steer.when !== undefined) saes.add(conditionGroup(steer.when));
       }
       for (const abort of policy.aborts) {
-        const sae = featureSae(abort.when);
-        if (sae !== null) saes.add(sae);
+        saes.add(conditionGroup(abort.when));
       }
     }
     if (saes.size === 0 && items.length === 0) return plan;
@@ -252,9 +293,10 @@ export class ConditionRuntime {
     }
     const live = new LiveRequest(requestId, plan, items);
     for (const sae of saes) {
-      const accept = (_kind: 'steer' | 'flag' | 'abort', when: PolicyCondition): boolean => featureSae(when) === sae;
+      const accept = (_kind: 'steer' | 'flag' | 'abort', when: PolicyCondition): boolean => conditionGroup(when) === sae;
       live.groups.set(sae, new RequestConditions(requestId, plan.matched, [], 0, accept));
     }
+    for (const policy of plan.matched) for (const [key, direction] of policy.projections ?? []) live.directions.set(key, direction);
     const previous = this.requests.get(requestId);
     if (previous !== undefined) this.release(previous);
     this.requests.set(requestId, live);
@@ -305,6 +347,36 @@ export class ConditionRuntime {
       if (events.length > 0) this.fired(lives[k] as LiveRequest, events);
     }
   };
+
+  /**
+   * Tapped activation frames: evaluates the projection conditions at the frame's hook of every
+   * request in it that has some (one dot product of d_model per row and direction read).
+   */
+  onFrame(frame: ActivationsFrame): void {
+    if (this.requests.size === 0) return;
+    const group = projectionGroup(frame.hook);
+    const table = frame.requestIds;
+    let lives: (LiveRequest | undefined)[] | null = null;
+    for (let i = 0; i < table.length; i++) {
+      const live = this.requests.get(table[i]);
+      if (live?.groups.has(group) !== true) continue;
+      (lives ??= new Array<LiveRequest | undefined>(table.length))[i] = live;
+    }
+    if (lives === null) return;
+    for (let r = 0; r < frame.rowCount; r++) {
+      const live = lives[frame.rowRequestIndexes[r]];
+      if (live === undefined) continue;
+      const events = live.groups.get(group)!.observe(frame.positions[r], new FrameRowValues(frame, r, live.directions));
+      if (events.length > 0) this.fired(live, events);
+    }
+  }
+
+  /** Hooks the given policies' projection conditions read (the tap must stream them). */
+  static projectionHooks(policies: readonly CompiledPolicy[]): string[] {
+    const hooks = new Set<string>();
+    for (const policy of policies) for (const key of policy.projections?.keys() ?? []) hooks.add(key.slice(key.lastIndexOf('\u0000') + 1));
+    return [...hooks];
+  }
 
   /** Tap tokens: the last position each running request reached and when. */
   tokens(message: TokensMessage): void {
@@ -445,6 +517,8 @@ class ObservingSink implements ActivationSink {
   ) {}
 
   write(frame: ActivationsFrame, source: TapSource): number {
+    // Projections first: the inner sink may take the frame's views over (copy-free batching).
+    this.runtime.onFrame(frame);
     return this.inner.write(frame, source);
   }
 

@@ -1,7 +1,8 @@
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { err } from '../../../src/common/errors.js';
-import type { CompiledPolicy } from '../../../src/policies/compile.js';
+import { projectionKey, type CompiledPolicy } from '../../../src/policies/compile.js';
+import { float32ToFloat16 } from '../../../src/common/safetensors.js';
 import { POLICY_RUNTIME_METRIC_NAMES } from '../../../src/policies/metrics.js';
 import type { ResolvedRequestPlan } from '../../../src/policies/resolve.js';
 import { ConditionRuntime, type PlanUpdater, type RuntimeRecord } from '../../../src/policies/runtime.js';
@@ -186,6 +187,44 @@ describe('conditional policies at run time', () => {
     const late = runtime.resolve('late', plan(aborting)).outcome!;
     runtime.onResult(batch([['late', 0, 5], ['late', 1, 5]]));
     expect(late.applied(null)).toBe('policy=stop@3, abort=stop@3:1:skipped');
+  });
+
+  it('evaluates projection conditions on the tapped rows (f32 and f16): fires at the first row whose projection on the unit direction is above', () => {
+    const { runtime, tap } = setup();
+    // Direction (3, 4) at the hook, unit (0.6, 0.8); the rows project to 1, 2.5, 6, 9 (above 5 from position 2).
+    const projecting = policy({
+      name: 'proj',
+      qualifiedName: 'proj@3',
+      steers: [{ vector, hooks: [HOOK], scale: -1, positions: 'all', when: { projection: { vector: 'v.safetensors', hook: HOOK, above: 5, forTokens: 1 } }, forTokens: undefined }],
+      projections: new Map([[projectionKey('v.safetensors', HOOK), Float32Array.of(0.6, 0.8)]]),
+    });
+    const outcome = runtime.resolve('r', plan(projecting)).outcome!;
+    const rows = [[1, 0.5], [2.1, 1.55], [6, 3], [9, 4.5]];
+    const frame = (dtype: 'f32' | 'f16', positions: number[], requestId = 'r') => {
+      const values = positions.flatMap((p) => rows[p]);
+      return {
+        type: 'activations' as const,
+        hookIndex: 0,
+        hook: HOOK,
+        dModel: 2,
+        droppedRowsSinceLastFrame: 0,
+        rowCount: positions.length,
+        requestIds: [requestId],
+        rowRequestIndexes: new Uint16Array(positions.length),
+        positions: Int32Array.from(positions),
+        ...(dtype === 'f32' ? { dtype, data: Float32Array.from(values) } : { dtype, data: Uint16Array.from(values, (v) => float32ToFloat16(Float32Array.of(v))[0]) }),
+      };
+    };
+    runtime.onFrame(frame('f16', [0, 1]));
+    expect(tap.updates).toEqual([]);
+    runtime.onFrame(frame('f32', [2, 3]));
+    expect(tap.updates.map((u) => u.steering.map((t) => [t.scale, t.fromPosition]))).toEqual([[[-1, 3]]]);
+    expect(outcome.applied(null)).toBe('policy=proj@3, trigger=proj@3:2:plan-1');
+    // Another hook's frames and requests without projection conditions are not read.
+    runtime.onFrame({ ...frame('f32', [0]), hook: 'blocks.0.hook_resid_post' });
+    runtime.onFrame(frame('f32', [0, 1, 2, 3], 'other'));
+    expect(tap.updates).toHaveLength(1);
+    expect(ConditionRuntime.projectionHooks([projecting])).toEqual([HOOK]);
   });
 
   it('registers exactly the metrics docs/metrics.md lists under Policies, besides the policy manager\'s', () => {
