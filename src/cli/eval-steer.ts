@@ -18,6 +18,7 @@ import { custom, decimal, integer, oneOf, parseCommand, text, type CommandSpec }
 import { readCorpus, type CorpusDocument } from '../lab/corpus/read.js';
 import { loadBehaviour } from '../lab/eval/behaviour.js';
 import { EvalClient, type SteeringEntry } from '../lab/eval/client.js';
+import { ProjectionTrace } from '../lab/eval/condition.js';
 import { markdownReport, roundedResult, sweepPoints, tableLines, type EvalReport } from '../lab/eval/report.js';
 import { compareArms, runArm, type ArmResult, type EvalPlan } from '../lab/eval/steer.js';
 import { bestSetting, sweepSchema, sweepSettings, type Setting, type SettingResult } from '../lab/eval/sweep.js';
@@ -42,6 +43,8 @@ const evalSteerOptions = {
   scale: { type: decimal({}, 'X'), group: STEERING, help: 'scale the vector is added at; a negative one steers away (write it --scale=-0.5); needed without --sweep' },
   sweep: { type: custom(sweepSchema, 'layers=L[,L…],scales=X[,X…]', 'layers=…,scales=…'), group: STEERING, help: 'every layer (blocks.L.hook_resid_post) at every scale, instead of --hook/--scale' },
   positions: { type: oneOf(['all', 'prompt', 'generated']), group: STEERING, default: 'all', help: 'token positions steered' },
+  whenProjectionAbove: { type: decimal({}, 'X'), group: STEERING, help: "conditional: steer each completion and control text only from the position after the projection onto the setting's vector (⟨x, v⟩/‖v‖ at its hook) first exceeded X on the unsteered pass (in-process model only)" },
+  forTokens: { type: integer(1, 10_000), group: STEERING, default: 1, help: 'with --when-projection-above: consecutive positions above X before it fires' },
   ceBudget: { type: decimal({ min: 0 }, 'NATS'), group: STEERING, default: 0.1, help: 'control ΔCE allowed when naming the best setting' },
   samples: { type: integer(1, 10_000), group: SAMPLING, default: 4, help: 'completions per prompt' },
   seed: { type: integer(0, 2 ** 31 - 1), group: SAMPLING, default: 0, help: 'completion j of prompt i samples with seed + i·samples + j, in both arms' },
@@ -58,18 +61,23 @@ const evalSteerOptions = {
 
 export const evalSteerCommand = {
   name: 'eval steer',
-  synopsis: 'saegate eval steer --prompts FILE --vector FILE (--hook H --scale X | --sweep layers=…,scales=…) --out DIR [options]',
+  synopsis: 'saegate eval steer --prompts FILE --vector FILE (--hook H --scale X | --sweep layers=…,scales=…) [--when-projection-above X] --out DIR [options]',
   description:
     'Completes every prompt --samples times without and with the steering vector (sent in the\n' +
     "request's steering field), counts completions showing the behaviour (Wilson intervals), scores\n" +
     'the control texts (cross-entropy, greedy agreement) and the retain set, and writes JSON and\n' +
     'Markdown reports with the command, seeds and hashes. With --sweep: a trade-off table, sweep.json\n' +
-    'and the best setting within --ce-budget. Deterministic under --seed.',
+    'and the best setting within --ce-budget. With --when-projection-above, each setting is evaluated\n' +
+    'as a conditional policy: steering from the position after the trigger found on the unsteered\n' +
+    'pass (exact for a causal model). Deterministic under --seed.',
   options: evalSteerOptions,
   check: (f) => {
     if (f.model !== undefined && f.upstream !== undefined) return { option: 'upstream', message: 'give --model or --upstream, not both' };
     if (f.sweep !== undefined && (f.hook !== undefined || f.scale !== undefined)) return { option: 'sweep', message: 'give --sweep or --hook/--scale, not both' };
     if (f.sweep === undefined && f.scale === undefined) return { option: 'scale', message: 'give --scale (or --sweep)' };
+    if (f.whenProjectionAbove !== undefined && f.upstream !== undefined) return { option: 'whenProjectionAbove', message: "conditions read the in-process model's residual rows; not with --upstream" };
+    if (f.whenProjectionAbove !== undefined && f.positions !== 'all') return { option: 'whenProjectionAbove', message: 'a condition decides the steered positions; leave --positions at all' };
+    if (f.forTokens !== 1 && f.whenProjectionAbove === undefined) return { option: 'forTokens', message: 'only with --when-projection-above' };
     return undefined;
   },
 } as const satisfies CommandSpec<typeof evalSteerOptions>;
@@ -145,6 +153,9 @@ export async function evalSteer(argv: string[]): Promise<EvalSteerResult> {
     concurrency: flags.concurrency,
     onProgress: (done, total) => status.draw(`${label}: ${done}/${total} requests`),
   });
+  const condition = flags.whenProjectionAbove === undefined ? null : { above: flags.whenProjectionAbove, forTokens: flags.forTokens };
+  // The unsteered pass records every setting's projections at once (one trace over their hooks).
+  const trace = condition === null || server === null ? undefined : new ProjectionTrace(server.engine, new Map(settings.map((s) => [s.hook, vector.hooks.get(s.hook)!])));
   const results: SettingResult[] = [];
   const samples: string[] = [];
   let generations = 0;
@@ -155,12 +166,13 @@ export async function evalSteer(argv: string[]): Promise<EvalSteerResult> {
     for (const c of arm.completions) samples.push(JSON.stringify({ setting, set: c.set, id: c.id, sample: c.sample, match: c.match, text: c.text }));
   };
   try {
-    const unsteered = await runArm(plan('unsteered'), [], 'unsteered');
+    const unsteered = await runArm(plan('unsteered'), [], 'unsteered', { trace });
+    trace?.close();
     record('unsteered', unsteered);
     for (const [index, s] of settings.entries()) {
       const label = `${s.hook} × ${s.scale}`;
       const entry: SteeringEntry = { hook: s.hook, scale: s.scale, vector: vector.hooks.get(s.hook)!, positions: flags.positions };
-      const steered = await runArm(plan(`setting ${index + 1}/${settings.length} ${label}`), [entry], `steered ${label}`);
+      const steered = await runArm(plan(`setting ${index + 1}/${settings.length} ${label}`), [entry], `steered ${label}`, condition === null ? {} : { conditional: { condition, unsteered } });
       record(label, steered);
       results.push(roundedResult({ ...s, ...compareArms(unsteered, steered, flags.seed, retain.length > 0) }));
     }
@@ -182,6 +194,7 @@ export async function evalSteer(argv: string[]): Promise<EvalSteerResult> {
     control: flags.control === undefined ? null : { file: flags.control, count: control.length },
     retain: flags.retain === undefined ? null : { file: flags.retain, count: retain.length },
     sampling: { samples: flags.samples, temperature: flags.temperature, maxTokens: flags.maxTokens, continuationTokens: flags.continuationTokens, positions: flags.positions },
+    condition: condition === null ? null : { projectionAbove: condition.above, forTokens: condition.forTokens },
     saegateVersion: saegateVersion(),
     ceBudget: flags.ceBudget,
     results,
