@@ -1,0 +1,80 @@
+/**
+ * `saegate eval steer --when-projection-above` on stories260K at CI scale: a sad-minus-happy vector
+ * (vectors build), then the same steer evaluated unconditionally and as a conditional policy
+ * (steering from the position after the projection onto the vector first exceeds a threshold on
+ * the unsteered pass). Asserts the direction of the effect through the intervals, that the
+ * conditional policy's control ΔCE lies below the unconditional one's (intervals apart), that the
+ * trigger fired on some control texts and not all, and determinism (same seed, same bytes).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { evalSteer, type EvalSteerResult } from '../../src/cli/eval-steer.js';
+import { vectorsBuild } from '../../src/cli/vectors-build.js';
+import { hasSharedModels, makeTempDir, needsSharedModels, stories260K } from '../helpers/fixtures.js';
+
+const examples = path.resolve(import.meta.dirname, '../../examples');
+const model = ['--model', stories260K.model, '--tokenizer', stories260K.tokenizer];
+const HOOK = 'blocks.3.hook_resid_post';
+
+describe.skipIf(!hasSharedModels)(needsSharedModels('saegate eval steer with a projection condition on stories260K'), () => {
+  let dir: string;
+  let flags: string[];
+  let unconditional: EvalSteerResult;
+  let conditional: EvalSteerResult;
+
+  beforeAll(async () => {
+    dir = makeTempDir('eval-conditional-');
+    const vectorFile = path.join(dir, 'sad.safetensors');
+    await vectorsBuild(['--positive', path.join(examples, 'prompts/sad.txt'), '--negative', path.join(examples, 'prompts/happy.txt'), '--hooks', HOOK, '--position', 'last', '--out', vectorFile, ...model]);
+    flags = [
+      '--prompts', path.join(examples, 'prompts/lost-or-broken.txt'),
+      '--control', path.join(examples, 'prompts/control.txt'),
+      '--behaviour', path.join(examples, 'behaviours/negative-emotion.txt'),
+      '--vector', vectorFile, '--hook', HOOK, '--scale=-3', '--samples', '2', '--max-tokens', '96', '--seed', '0',
+      ...model,
+    ];
+    unconditional = await evalSteer([...flags, '--out', path.join(dir, 'u')]);
+    conditional = await evalSteer([...flags, '--when-projection-above', '0.9', '--out', path.join(dir, 'a')]);
+  }, 300_000);
+
+  afterAll(() => {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('steering away from sad only after the trigger still lowers the negative-emotion rate: the steered interval lies below the unsteered rate', () => {
+    const [r] = conditional.report.results;
+    expect(r.target.before).toEqual(unconditional.report.results[0].target.before);
+    expect(r.target.before.hits).toBeGreaterThan(0);
+    expect(r.target.after.high).toBeLessThan(r.target.before.value);
+    expect(r.triggered!.prompts.hits).toBeGreaterThan(0);
+  });
+
+  it('costs less control cross-entropy than the same steer everywhere: the intervals do not overlap', () => {
+    const c = conditional.report.results[0].control!;
+    const u = unconditional.report.results[0].control!;
+    expect(c.ceBefore).toBe(u.ceBefore);
+    expect(u.deltaCe.low).toBeGreaterThan(0);
+    expect(c.deltaCe.high).toBeLessThan(u.deltaCe.low);
+    // Some control requests never trigger (their CE is the unsteered one), some do.
+    const fired = conditional.report.results[0].triggered!.control;
+    expect(fired.n).toBe(60);
+    expect(fired.hits).toBeGreaterThan(0);
+    expect(fired.hits).toBeLessThan(60);
+    expect(unconditional.report.results[0].triggered).toBeUndefined();
+  });
+
+  it('records the condition in the reports', () => {
+    expect(conditional.report.condition).toEqual({ projectionAbove: 0.9, forTokens: 1 });
+    expect(unconditional.report.condition).toBeNull();
+    const md = fs.readFileSync(path.join(dir, 'a', 'report.md'), 'utf8');
+    expect(md).toContain('projection onto the setting\'s vector above 0.9 for 1 token(s)');
+    expect(md).toContain('fired: completions / control');
+  });
+
+  it('gives the same report bytes for the same seed', async () => {
+    await evalSteer([...flags, '--when-projection-above', '0.9', '--out', path.join(dir, 'b')]);
+    expect(fs.readFileSync(path.join(dir, 'b', 'report.json'), 'utf8')).toBe(fs.readFileSync(path.join(dir, 'a', 'report.json'), 'utf8').replace(path.join(dir, 'a'), path.join(dir, 'b')));
+    expect(fs.readFileSync(path.join(dir, 'b', 'samples.jsonl'), 'utf8')).toBe(fs.readFileSync(path.join(dir, 'a', 'samples.jsonl'), 'utf8'));
+  }, 300_000);
+});
