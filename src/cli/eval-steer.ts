@@ -5,7 +5,9 @@
  * unsteered arm once and one steered arm per setting, and writes the reports.
  *
  * Steering travels in the request body's `steering` field (direct mode), so no tap is needed and
- * any server that takes that field works with --upstream.
+ * any server that takes that field works with --upstream. A condition (--when-projection-above)
+ * reads the in-process engine's residual rows on the unsteered pass, so it needs the in-process
+ * model.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';

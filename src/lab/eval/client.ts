@@ -2,7 +2,8 @@
  * The HTTP side of `eval steer`: completions and prompt log-probabilities from the reference model
  * server (or any server that takes its per-request `steering` body field and answers
  * `echo` + `logprobs` with `max_tokens: 0`; docs/model-server.md). Steering goes in the body, so
- * nothing here needs the tap. Answers are checked with zod; a failure names the upstream and what
+ * nothing here needs the tap; a request id (`x-request-id`) lets a conditional evaluation find the
+ * rows the in-process engine computed for the request (condition.ts). Answers are checked with zod; a failure names the upstream and what
  * the request was for.
  */
 import { Agent, request } from 'undici';
