@@ -4,13 +4,18 @@
  * (steering from the position after the projection onto the vector first exceeds a threshold on
  * the unsteered pass). Asserts the direction of the effect through the intervals, that the
  * conditional policy's control ΔCE lies below the unconditional one's (intervals apart), that the
- * trigger fired on some control texts and not all, and determinism (same seed, same bytes).
+ * trigger fired on some control texts and not all, that steering from a position leaves the
+ * predictions before it unchanged (the emulation's premise), and determinism (same seed, same bytes).
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { evalSteer, type EvalSteerResult } from '../../src/cli/eval-steer.js';
 import { vectorsBuild } from '../../src/cli/vectors-build.js';
+import { EvalClient } from '../../src/lab/eval/client.js';
+import { ProjectionTrace } from '../../src/lab/eval/condition.js';
+import { startModelServer } from '../../src/model/server.js';
+import { readVectorFile } from '../../src/steering/formats.js';
 import { hasSharedModels, makeTempDir, needsSharedModels, stories260K } from '../helpers/fixtures.js';
 
 const examples = path.resolve(import.meta.dirname, '../../examples');
@@ -70,6 +75,31 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate eval steer with a p
     const md = fs.readFileSync(path.join(dir, 'a', 'report.md'), 'utf8');
     expect(md).toContain('projection onto the setting\'s vector above 0.9 for 1 token(s)');
     expect(md).toContain('fired: completions / control');
+  });
+
+  it('steering from position q leaves every prediction made from rows before q unchanged (what the two-pass emulation relies on)', async () => {
+    const vector = readVectorFile(path.join(dir, 'sad.safetensors')).hooks.get(HOOK)!;
+    const server = await startModelServer({ model: stories260K.model, tokenizer: stories260K.tokenizer, port: 0 });
+    const client = new EvalClient({ upstream: server.url, model: 'stories260K', connections: 2 });
+    try {
+      const text = 'Once upon a time, a little girl named Lily went to the park with her mom. They played on the swings.';
+      const trace = new ProjectionTrace(server.engine, new Map([[HOOK, vector]]));
+      trace.watch('eval-exactness');
+      const plain = await client.promptLogprobs(text, [], 'unsteered', 'eval-exactness');
+      const projections = trace.take('eval-exactness').get(HOOK)!;
+      trace.close();
+      // One row per prompt position (BOS included), one log-probability per position after BOS.
+      expect(projections.length).toBe(plain.length + 1);
+      expect(projections.every(Number.isFinite)).toBe(true);
+      const q = 10;
+      const steered = await client.promptLogprobs(text, [{ hook: HOOK, scale: -4, vector, positions: { from: q } }], 'steered from q');
+      // Entry i predicts position i + 1 from the rows up to position i.
+      expect(steered.slice(0, q)).toEqual(plain.slice(0, q));
+      expect(steered[q]).not.toBe(plain[q]);
+    } finally {
+      await client.close();
+      await server.close();
+    }
   });
 
   it('gives the same report bytes for the same seed', async () => {
