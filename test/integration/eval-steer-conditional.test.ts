@@ -70,7 +70,7 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate eval steer with a p
   });
 
   it('records the condition in the reports', () => {
-    expect(conditional.report.condition).toEqual({ projectionAbove: 0.9, forTokens: 1 });
+    expect(conditional.report.condition).toEqual({ projectionAbove: 0.9, forTokens: 1, hook: null, steerTokens: null });
     expect(unconditional.report.condition).toBeNull();
     const md = fs.readFileSync(path.join(dir, 'a', 'report.md'), 'utf8');
     expect(md).toContain('projection onto the setting\'s vector above 0.9 for 1 token(s)');
@@ -101,6 +101,32 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate eval steer with a p
       await server.close();
     }
   });
+
+  it('evaluates the same conditional steer written as a policy file (--policies) to the same numbers', async () => {
+    const policies = path.join(dir, 'policies');
+    fs.mkdirSync(policies);
+    fs.writeFileSync(
+      path.join(policies, 'calm.yaml'),
+      [
+        'apiVersion: saegate/v1',
+        'kind: Policy',
+        'metadata: {name: calm}',
+        'spec:',
+        '  actions:',
+        '    - steer:',
+        '        vector: ../sad.safetensors',
+        `        hooks: [${HOOK}]`,
+        '        scale: -3',
+        `        when: {projection: {vector: ../sad.safetensors, hook: ${HOOK}, above: 0.9}}`,
+        '',
+      ].join('\n'),
+    );
+    const withoutSetting = flags.filter((f, i) => !['--vector', '--hook'].includes(f) && !['--vector', '--hook'].includes(flags[i - 1]) && f !== '--scale=-3');
+    const viaPolicy = await evalSteer([...withoutSetting, '--policies', policies, '--out', path.join(dir, 'p')]);
+    expect(viaPolicy.report.results).toEqual(conditional.report.results);
+    expect(viaPolicy.report.policy).toMatchObject({ name: 'calm@1' });
+    expect(viaPolicy.report.condition).toEqual({ projectionAbove: 0.9, forTokens: 1, hook: HOOK, steerTokens: null });
+  }, 300_000);
 
   it('gives the same report bytes for the same seed', async () => {
     await evalSteer([...flags, '--when-projection-above', '0.9', '--out', path.join(dir, 'b')]);

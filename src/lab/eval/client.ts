@@ -18,10 +18,11 @@ export interface SteeringEntry {
   scale: number;
   vector: Float32Array;
   /**
-   * Token positions steered. `all` (the default) includes the prompt; `{from}` steers absolute
-   * positions from `from` on (0 = BOS), as a conditional rule that fired at `from − 1` does.
+   * Token positions steered. `all` (the default) includes the prompt; `{from, until}` steers
+   * absolute positions [from, until) (0 = BOS; no `until` = to the end), as a conditional rule that
+   * fired at `from − 1` does.
    */
-  positions: 'all' | 'prompt' | 'generated' | { from: number };
+  positions: 'all' | 'prompt' | 'generated' | { from: number; until?: number };
 }
 
 /** A completion request's sampling. */

@@ -23,7 +23,16 @@ export interface Provenance {
    * residual row onto its own vector (⟨x, v⟩/‖v‖ at its hook) was above `projectionAbove` for
    * `forTokens` consecutive positions on the unsteered pass. null = unconditional.
    */
-  condition: { projectionAbove: number; forTokens: number } | null;
+  condition: {
+    projectionAbove: number;
+    forTokens: number;
+    /** The hook (and, with --policies, the policy's vector) projected on; null = each setting's own. */
+    hook: string | null;
+    /** Tokens steered after the trigger (a policy's `steer.forTokens`); null = to the end. */
+    steerTokens: number | null;
+  } | null;
+  /** With --policies: the policy evaluated and its files (then `vector.sha256` hashes the files). */
+  policy: { name: string; files: readonly string[] } | null;
   saegateVersion: string;
 }
 
@@ -111,7 +120,8 @@ export function markdownReport(report: EvalReport): string {
     `- behaviour: ${report.behaviour.source} (${report.behaviour.patterns.length} patterns)`,
     `- prompts: ${report.prompts.file} (${report.prompts.count}), ${report.sampling.samples} completion(s) each, temperature ${report.sampling.temperature}, at most ${report.sampling.maxTokens} tokens, seed ${report.seed}, steered positions: ${report.sampling.positions}`,
     `- control: ${report.control === null ? 'none' : `${report.control.file} (${report.control.count} texts; greedy continuations of ${report.sampling.continuationTokens} tokens)`}`,
-    `- condition: ${report.condition === null ? 'none (steered wherever the positions say)' : `projection onto the setting's vector above ${report.condition.projectionAbove} for ${report.condition.forTokens} token(s) on the unsteered pass; steered from the next position (control CE too)`}`,
+    report.policy === null ? '' : `- policy: ${report.policy.name} (${report.policy.files.join(', ')})`,
+    `- condition: ${report.condition === null ? 'none (steered wherever the positions say)' : `projection onto ${report.condition.hook === null ? "the setting's vector" : `the condition's vector at ${report.condition.hook}`} above ${report.condition.projectionAbove} for ${report.condition.forTokens} token(s) on the unsteered pass; steered from the next position${report.condition.steerTokens === null ? '' : ` for ${report.condition.steerTokens} token(s)`} (control CE too)`}`,
     `- retain: ${report.retain === null ? 'none' : `${report.retain.file} (${report.retain.count})`}`,
     r0?.control ? `- control CE unsteered: ${r0.control.ceBefore.toFixed(4)} nats/token` : '',
     '',

@@ -110,7 +110,14 @@ export interface ArmOptions {
    * arm's pass (which must have been traced); a request where it never held is the unsteered
    * arm's result.
    */
-  conditional?: { condition: ProjectionCondition; unsteered: ArmResult };
+  conditional?: {
+    condition: ProjectionCondition;
+    /** The hook whose traced projections the condition reads. */
+    hook: string;
+    /** Tokens steered after the trigger (a policy's `steer.forTokens`); null = to the end. */
+    steerTokens: number | null;
+    unsteered: ArmResult;
+  };
 }
 
 /** One request of an arm: its key (shared by every arm), and how to send it with given steering. */
@@ -195,20 +202,16 @@ export async function runArm(plan: EvalPlan, steering: readonly SteeringEntry[],
       if (requestId !== undefined) projections.set(task.key, trace!.take(requestId));
       return;
     }
-    // Each entry steers from the position after its own condition first held on the unsteered pass.
-    const traced = conditional.unsteered.projections.get(task.key);
-    const entries: SteeringEntry[] = [];
-    for (const entry of steering) {
-      const values = traced?.get(entry.hook);
-      const p = values === undefined ? null : firstTrigger(values, conditional.condition);
-      if (p !== null) entries.push({ ...entry, positions: { from: p + 1 } });
-    }
-    if (entries.length === 0) {
+    // Steering from the position after the condition first held on the unsteered pass.
+    const values = conditional.unsteered.projections.get(task.key)?.get(conditional.hook);
+    const p = values === undefined ? null : firstTrigger(values, conditional.condition);
+    if (p === null) {
       task.copy(conditional.unsteered);
       return;
     }
     triggered[task.group]++;
-    await task.run(entries, undefined);
+    const positions = conditional.steerTokens === null ? { from: p + 1 } : { from: p + 1, until: p + 1 + conditional.steerTokens };
+    await task.run(steering.map((entry) => ({ ...entry, positions })), undefined);
   });
   let done = 0;
   await pool(tasks, plan.concurrency, () => plan.onProgress?.(++done, tasks.length));

@@ -26,6 +26,15 @@ describe('saegate eval steer flags', () => {
     expectSaegateError(() => parseCommand(evalSteerCommand, [...base, '--scale=-3', '--for-tokens', '2']), 'SAEGATE_ERR_CLI_USAGE', '--for-tokens', '--when-projection-above');
   });
 
+  it('takes --policies instead of --vector and the setting flags, and refuses mixing them', () => {
+    const noVector = ['--prompts', 'p.txt', '--out', 'out'];
+    expect(parseCommand(evalSteerCommand, [...noVector, '--policies', 'policies/']).policies).toBe('policies/');
+    expectSaegateError(() => parseCommand(evalSteerCommand, [...noVector, '--scale=-3']), 'SAEGATE_ERR_CLI_USAGE', '--vector', '--policies');
+    expectSaegateError(() => parseCommand(evalSteerCommand, [...base, '--policies', 'policies/']), 'SAEGATE_ERR_CLI_USAGE', '--vector', '--policies');
+    expectSaegateError(() => parseCommand(evalSteerCommand, [...noVector, '--policies', 'policies/', '--scale=-3']), 'SAEGATE_ERR_CLI_USAGE', '--policies', '--scale');
+    expectSaegateError(() => parseCommand(evalSteerCommand, [...noVector, '--policies', 'policies/', '--when-projection-above', '1']), 'SAEGATE_ERR_CLI_USAGE', '--policies', '--when-projection-above');
+  });
+
   it('refuses a malformed sweep naming the flag and the expected form', () => {
     expectSaegateError(() => parseCommand(evalSteerCommand, [...base, '--sweep', 'layers=2']), 'SAEGATE_ERR_CLI_USAGE', '--sweep', 'layers=L[,L…],scales=X[,X…]');
   });
