@@ -5,7 +5,8 @@
  * the unsteered pass). Asserts the direction of the effect through the intervals, that the
  * conditional policy's control ΔCE lies below the unconditional one's (intervals apart), that the
  * trigger fired on some control texts and not all, that steering from a position leaves the
- * predictions before it unchanged (the emulation's premise), and determinism (same seed, same bytes).
+ * predictions before it unchanged (the emulation's premise), and that the same steer written as a
+ * policy file gives the same numbers and completions byte for byte (determinism under the seed).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -36,7 +37,11 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate eval steer with a p
       '--prompts', path.join(examples, 'prompts/lost-or-broken.txt'),
       '--control', path.join(examples, 'prompts/control.txt'),
       '--behaviour', path.join(examples, 'behaviours/negative-emotion.txt'),
-      '--vector', vectorFile, '--hook', HOOK, '--scale=-3', '--samples', '2', '--max-tokens', '96', '--seed', '0',
+      '--vector', vectorFile, '--hook', HOOK, '--scale=-3', '--samples', '2', '--max-tokens', '64', '--seed', '0',
+      // One request at a time: the engine right-pads the sequences it batches together, so which
+      // requests share a batch (timing, load) can move a logit in the last bits and, rarely, flip a
+      // sampled token; the comparisons below are exact.
+      '--concurrency', '1',
       ...model,
     ];
     unconditional = await evalSteer([...flags, '--out', path.join(dir, 'u')]);
@@ -102,7 +107,7 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate eval steer with a p
     }
   });
 
-  it('evaluates the same conditional steer written as a policy file (--policies) to the same numbers', async () => {
+  it('evaluates the same conditional steer written as a policy file (--policies) to the same numbers and completions (deterministic under the seed)', async () => {
     const policies = path.join(dir, 'policies');
     fs.mkdirSync(policies);
     fs.writeFileSync(
@@ -123,14 +128,11 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('saegate eval steer with a p
     );
     const withoutSetting = flags.filter((f, i) => !['--vector', '--hook'].includes(f) && !['--vector', '--hook'].includes(flags[i - 1]) && f !== '--scale=-3');
     const viaPolicy = await evalSteer([...withoutSetting, '--policies', policies, '--out', path.join(dir, 'p')]);
+    // Same seed, same numbers and the same completions, byte for byte.
     expect(viaPolicy.report.results).toEqual(conditional.report.results);
+    expect(fs.readFileSync(path.join(dir, 'p', 'samples.jsonl'), 'utf8')).toBe(fs.readFileSync(path.join(dir, 'a', 'samples.jsonl'), 'utf8'));
     expect(viaPolicy.report.policy).toMatchObject({ name: 'calm@1' });
     expect(viaPolicy.report.condition).toEqual({ projectionAbove: 0.9, forTokens: 1, hook: HOOK, steerTokens: null });
   }, 300_000);
 
-  it('gives the same report bytes for the same seed', async () => {
-    await evalSteer([...flags, '--when-projection-above', '0.9', '--out', path.join(dir, 'b')]);
-    expect(fs.readFileSync(path.join(dir, 'b', 'report.json'), 'utf8')).toBe(fs.readFileSync(path.join(dir, 'a', 'report.json'), 'utf8').replace(path.join(dir, 'a'), path.join(dir, 'b')));
-    expect(fs.readFileSync(path.join(dir, 'b', 'samples.jsonl'), 'utf8')).toBe(fs.readFileSync(path.join(dir, 'a', 'samples.jsonl'), 'utf8'));
-  }, 300_000);
 });
