@@ -2,7 +2,8 @@
  * The HTTP side of `eval steer`: completions and prompt log-probabilities from the reference model
  * server (or any server that takes its per-request `steering` body field and answers
  * `echo` + `logprobs` with `max_tokens: 0`; docs/model-server.md). Steering goes in the body, so
- * nothing here needs the tap. Answers are checked with zod; a failure names the upstream and what
+ * nothing here needs the tap; a request id (`x-request-id`) lets a conditional evaluation find the
+ * rows the in-process engine computed for the request (condition.ts). Answers are checked with zod; a failure names the upstream and what
  * the request was for.
  */
 import { Agent, request } from 'undici';
@@ -16,8 +17,12 @@ export interface SteeringEntry {
   hook: string;
   scale: number;
   vector: Float32Array;
-  /** Token positions steered. `all` (the default) includes the prompt. */
-  positions: 'all' | 'prompt' | 'generated';
+  /**
+   * Token positions steered. `all` (the default) includes the prompt; `{from, until}` steers
+   * absolute positions [from, until) (0 = BOS; no `until` = to the end), as a conditional rule that
+   * fired at `from − 1` does.
+   */
+  positions: 'all' | 'prompt' | 'generated' | { from: number; until?: number };
 }
 
 /** A completion request's sampling. */
@@ -28,6 +33,8 @@ export interface GenerateRequest {
   temperature: number;
   seed: number;
   steering: readonly SteeringEntry[];
+  /** Sent as `x-request-id` (the engine's request id, which tap rows carry). Default: the server's own. */
+  requestId?: string;
 }
 
 const completionSchema = z.object({ choices: z.array(z.object({ text: z.string() })).min(1) });
@@ -67,13 +74,13 @@ export class EvalClient {
     });
   }
 
-  private async post(body: Record<string, unknown>, label: string): Promise<unknown> {
+  private async post(body: Record<string, unknown>, label: string, requestId?: string): Promise<unknown> {
     let status: number;
     let text: string;
     try {
       const response = await request(this.url, {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: { 'content-type': 'application/json', ...(requestId !== undefined && { 'x-request-id': requestId }) },
         body: JSON.stringify({ model: this.options.model, ...body }),
         signal: this.options.signal,
         dispatcher: this.agent,
@@ -111,13 +118,13 @@ export class EvalClient {
       seed: req.seed,
       ...(req.steering.length > 0 && { steering: this.steeringField(req.steering) }),
     };
-    return this.parse(completionSchema, await this.post(body, label), label).choices[0].text;
+    return this.parse(completionSchema, await this.post(body, label, req.requestId), label).choices[0].text;
   }
 
   /** log p(token i | tokens before it) for every prompt token that has a prediction (BOS has none). */
-  async promptLogprobs(prompt: string, steering: readonly SteeringEntry[], label: string): Promise<number[]> {
+  async promptLogprobs(prompt: string, steering: readonly SteeringEntry[], label: string, requestId?: string): Promise<number[]> {
     const body = { prompt, max_tokens: 0, echo: true, logprobs: 0, ...(steering.length > 0 && { steering: this.steeringField(steering) }) };
-    const answer = this.parse(logprobsSchema, await this.post(body, label), label);
+    const answer = this.parse(logprobsSchema, await this.post(body, label, requestId), label);
     return answer.choices[0].logprobs.token_logprobs.filter((x): x is number => x !== null);
   }
 

@@ -18,6 +18,21 @@ export interface Provenance {
   control: { file: string; count: number } | null;
   retain: { file: string; count: number } | null;
   sampling: { samples: number; temperature: number; maxTokens: number; continuationTokens: number; positions: string };
+  /**
+   * Conditional steering: each setting steers only from the position after the projection of the
+   * residual row onto its own vector (⟨x, v⟩/‖v‖ at its hook) was above `projectionAbove` for
+   * `forTokens` consecutive positions on the unsteered pass. null = unconditional.
+   */
+  condition: {
+    projectionAbove: number;
+    forTokens: number;
+    /** The hook (and, with --policies, the policy's vector) projected on; null = each setting's own. */
+    hook: string | null;
+    /** Tokens steered after the trigger (a policy's `steer.forTokens`); null = to the end. */
+    steerTokens: number | null;
+  } | null;
+  /** With --policies: the policy evaluated and its files (then `vector.sha256` hashes the files). */
+  policy: { name: string; files: readonly string[] } | null;
   saegateVersion: string;
 }
 
@@ -42,6 +57,7 @@ export function roundedResult(r: SettingResult): SettingResult {
     target: { before: roundInterval(r.target.before), after: roundInterval(r.target.after), relativeReduction: r.target.relativeReduction === null ? null : round(r.target.relativeReduction) },
     retain: r.retain && { ...r.retain, before: roundInterval(r.retain.before), after: roundInterval(r.retain.after), relativeReduction: r.retain.relativeReduction === null ? null : round(r.retain.relativeReduction) },
     control: r.control && { ceBefore: round(r.control.ceBefore), ceAfter: round(r.control.ceAfter), deltaCe: roundInterval(r.control.deltaCe), agreement: roundInterval(r.control.agreement) },
+    ...(r.triggered && { triggered: { prompts: roundInterval(r.triggered.prompts), control: roundInterval(r.triggered.control) } }),
   };
 }
 
@@ -75,14 +91,15 @@ const nats = (i: Interval): string => `${i.value >= 0 ? '+' : ''}${i.value.toFix
 /** One line per setting: hook, scale, target before/after, reduction, ΔCE, agreement, retain. */
 export function tableLines(report: EvalReport): string[] {
   const lines = [
-    '| hook | scale | target unsteered | target steered | reduction | control ΔCE (nats) | greedy agreement | retain |',
-    '|---|---|---|---|---|---|---|---|',
+    `| hook | scale | target unsteered | target steered | reduction | control ΔCE (nats) | greedy agreement | retain |${report.condition === null ? '' : ' fired: completions / control |'}`,
+    `|---|---|---|---|---|---|---|---|${report.condition === null ? '' : '---|'}`,
   ];
   for (const r of report.results) {
     const best = report.best !== null && report.best.hook === r.hook && report.best.scale === r.scale ? ' **best**' : '';
     lines.push(
       `| ${r.hook}${best} | ${r.scale} | ${pct(r.target.before)} | ${pct(r.target.after)} | ${r.target.relativeReduction === null ? 'n/a' : `${(100 * r.target.relativeReduction).toFixed(0)}%`} | ` +
-        `${r.control ? nats(r.control.deltaCe) : 'n/a'} | ${r.control ? pct(r.control.agreement) : 'n/a'} | ${r.retain ? `${pct(r.retain.before)} → ${pct(r.retain.after)} ${r.retain.held ? 'held' : '**fell**'}` : 'n/a'} |`,
+        `${r.control ? nats(r.control.deltaCe) : 'n/a'} | ${r.control ? pct(r.control.agreement) : 'n/a'} | ${r.retain ? `${pct(r.retain.before)} → ${pct(r.retain.after)} ${r.retain.held ? 'held' : '**fell**'}` : 'n/a'} |` +
+        (r.triggered ? ` ${pct(r.triggered.prompts)} / ${pct(r.triggered.control)} |` : ''),
     );
   }
   return lines;
@@ -103,6 +120,8 @@ export function markdownReport(report: EvalReport): string {
     `- behaviour: ${report.behaviour.source} (${report.behaviour.patterns.length} patterns)`,
     `- prompts: ${report.prompts.file} (${report.prompts.count}), ${report.sampling.samples} completion(s) each, temperature ${report.sampling.temperature}, at most ${report.sampling.maxTokens} tokens, seed ${report.seed}, steered positions: ${report.sampling.positions}`,
     `- control: ${report.control === null ? 'none' : `${report.control.file} (${report.control.count} texts; greedy continuations of ${report.sampling.continuationTokens} tokens)`}`,
+    report.policy === null ? '' : `- policy: ${report.policy.name} (${report.policy.files.join(', ')})`,
+    `- condition: ${report.condition === null ? 'none (steered wherever the positions say)' : `projection onto ${report.condition.hook === null ? "the setting's vector" : `the condition's vector at ${report.condition.hook}`} above ${report.condition.projectionAbove} for ${report.condition.forTokens} token(s) on the unsteered pass; steered from the next position${report.condition.steerTokens === null ? '' : ` for ${report.condition.steerTokens} token(s)`} (control CE too)`}`,
     `- retain: ${report.retain === null ? 'none' : `${report.retain.file} (${report.retain.count})`}`,
     r0?.control ? `- control CE unsteered: ${r0.control.ceBefore.toFixed(4)} nats/token` : '',
     '',

@@ -14,6 +14,10 @@
  *   whatever `positions` the setting uses. And the greedy continuation of each control text
  *   with and without steering: the fraction that are identical.
  *
+ * - **Conditional** (`ArmOptions.conditional`, condition.ts): each request is steered only from the
+ *   position after the setting's projection condition first held on the unsteered pass, the
+ *   control CE included; requests where it never held keep their unsteered result.
+ *
  * Completion j of prompt i samples with seed `seed + i·samples + j` in both arms, so the two arms
  * share their random numbers and differ only by the steering (common random numbers: the
  * difference is far less noisy than two independent draws). The unsteered arm is measured once
@@ -22,6 +26,7 @@
 import type { CorpusDocument } from '../corpus/read.js';
 import type { Behaviour } from './behaviour.js';
 import type { EvalClient, SteeringEntry } from './client.js';
+import { firstTrigger, type ProjectionCondition, type ProjectionTrace, type Projections } from './condition.js';
 import { pairedBootstrapMean, wilson, type Interval, type Rate } from './stats.js';
 
 /** What `eval steer` measures with, shared by both arms. */
@@ -66,6 +71,13 @@ export interface ArmResult {
   /** Completions generated (target and retain), for throughput. */
   generations: number;
   elapsedMs: number;
+  /** Per request key, the projections recorded by a trace (empty without one). */
+  projections: Map<string, Projections>;
+  /**
+   * A conditional arm: requests whose condition held (so they were sent steered), per group, and
+   * the groups' request counts (control: log-probability and continuation requests). null otherwise.
+   */
+  triggered: { prompts: number; retain: number; control: number; totals: { prompts: number; retain: number; control: number } } | null;
 }
 
 async function pool<T>(tasks: ReadonlyArray<() => Promise<T>>, concurrency: number, onDone: () => void): Promise<T[]> {
@@ -89,49 +101,129 @@ function meanNll(logprobs: readonly number[]): number {
   return sum / logprobs.length;
 }
 
+/** How an arm is run beyond its steering (see condition.ts). */
+export interface ArmOptions {
+  /** Records each request's projections (the unsteered arm of a conditional evaluation). */
+  trace?: ProjectionTrace;
+  /**
+   * Steers each request only from the position after its condition first held on the unsteered
+   * arm's pass (which must have been traced); a request where it never held is the unsteered
+   * arm's result.
+   */
+  conditional?: {
+    condition: ProjectionCondition;
+    /** The hook whose traced projections the condition reads. */
+    hook: string;
+    /** Tokens steered after the trigger (a policy's `steer.forTokens`); null = to the end. */
+    steerTokens: number | null;
+    unsteered: ArmResult;
+  };
+}
+
+/** One request of an arm: its key (shared by every arm), and how to send it with given steering. */
+interface ArmTask {
+  key: string;
+  group: 'prompts' | 'retain' | 'control';
+  /** The positions of the setting for this request when unconditional. */
+  unconditional: (entry: SteeringEntry) => SteeringEntry;
+  run: (steering: readonly SteeringEntry[], requestId: string | undefined) => Promise<void>;
+  /** Writes the unsteered arm's result for this request into this arm. */
+  copy: (from: ArmResult) => void;
+}
+
 /** Runs one arm: `steering` empty = unsteered. */
-export async function runArm(plan: EvalPlan, steering: readonly SteeringEntry[], armLabel: string): Promise<ArmResult> {
+export async function runArm(plan: EvalPlan, steering: readonly SteeringEntry[], armLabel: string, options: ArmOptions = {}): Promise<ArmResult> {
   const started = performance.now();
-  const tasks: Array<() => Promise<void>> = [];
+  const armTasks: ArmTask[] = [];
   const completions: Completion[] = [];
+  const same = (entry: SteeringEntry): SteeringEntry => entry;
   const addSet = (set: Completion['set'], documents: readonly CorpusDocument[]): void => {
     documents.forEach((doc, i) => {
       for (let j = 0; j < plan.samples; j++) {
         const slot = completions.length;
         completions.push({ set, id: doc.id, sample: j, text: '', match: false });
-        tasks.push(async () => {
-          const text = await plan.client.generate(
-            { prompt: doc.text, maxTokens: plan.maxTokens, temperature: plan.temperature, seed: plan.seed + i * plan.samples + j, steering },
-            `${set} prompt ${doc.id} sample ${j} (${armLabel})`,
-          );
-          completions[slot] = { set, id: doc.id, sample: j, text, match: plan.behaviour.matches(text) };
+        armTasks.push({
+          key: `${set}/${i}/${j}`,
+          group: set,
+          unconditional: same,
+          run: async (entries, requestId) => {
+            const text = await plan.client.generate(
+              { prompt: doc.text, maxTokens: plan.maxTokens, temperature: plan.temperature, seed: plan.seed + i * plan.samples + j, steering: entries, requestId },
+              `${set} prompt ${doc.id} sample ${j} (${armLabel})`,
+            );
+            completions[slot] = { set, id: doc.id, sample: j, text, match: plan.behaviour.matches(text) };
+          },
+          copy: (from) => (completions[slot] = from.completions[slot]),
         });
       }
     });
   };
   addSet('prompts', plan.prompts);
   addSet('retain', plan.retain);
-  const generations = tasks.length;
+  const generations = armTasks.length;
   const controlCe = new Array<number>(plan.control.length).fill(0);
   const continuations = new Array<string>(plan.control.length).fill('');
   plan.control.forEach((doc, i) => {
-    tasks.push(async () => {
+    armTasks.push({
+      key: `control-ce/${i}`,
+      group: 'control',
       // Every position steered, whatever the setting's `positions`: the control CE stands for
       // text read and written under steering, and a generated-only setting would otherwise score
       // an untouched prompt and show no cost at all.
-      const everywhere = steering.map((entry) => ({ ...entry, positions: 'all' as const }));
-      controlCe[i] = meanNll(await plan.client.promptLogprobs(doc.text, everywhere, `control text ${doc.id} log-probabilities (${armLabel})`));
+      unconditional: (entry) => ({ ...entry, positions: 'all' }),
+      run: async (entries, requestId) => {
+        controlCe[i] = meanNll(await plan.client.promptLogprobs(doc.text, entries, `control text ${doc.id} log-probabilities (${armLabel})`, requestId));
+      },
+      copy: (from) => (controlCe[i] = from.controlCe[i]),
     });
-    tasks.push(async () => {
-      continuations[i] = await plan.client.generate(
-        { prompt: doc.text, maxTokens: plan.continuationTokens, temperature: 0, seed: plan.seed, steering },
-        `control text ${doc.id} continuation (${armLabel})`,
-      );
+    armTasks.push({
+      key: `control-continuation/${i}`,
+      group: 'control',
+      unconditional: same,
+      run: async (entries, requestId) => {
+        continuations[i] = await plan.client.generate(
+          { prompt: doc.text, maxTokens: plan.continuationTokens, temperature: 0, seed: plan.seed, steering: entries, requestId },
+          `control text ${doc.id} continuation (${armLabel})`,
+        );
+      },
+      copy: (from) => (continuations[i] = from.continuations[i]),
     });
+  });
+
+  const projections = new Map<string, Projections>();
+  const triggered = { prompts: 0, retain: 0, control: 0 };
+  const { trace, conditional } = options;
+  const tasks = armTasks.map((task, index) => async (): Promise<void> => {
+    if (conditional === undefined) {
+      // Request ids only matter to the trace; elsewhere the server picks its own.
+      const requestId = trace === undefined ? undefined : `eval-${index}-${task.key.replaceAll('/', '-')}`;
+      if (requestId !== undefined) trace!.watch(requestId);
+      await task.run(steering.map(task.unconditional), requestId);
+      if (requestId !== undefined) projections.set(task.key, trace!.take(requestId));
+      return;
+    }
+    // Steering from the position after the condition first held on the unsteered pass.
+    const values = conditional.unsteered.projections.get(task.key)?.get(conditional.hook);
+    const p = values === undefined ? null : firstTrigger(values, conditional.condition);
+    if (p === null) {
+      task.copy(conditional.unsteered);
+      return;
+    }
+    triggered[task.group]++;
+    const positions = conditional.steerTokens === null ? { from: p + 1 } : { from: p + 1, until: p + 1 + conditional.steerTokens };
+    await task.run(steering.map((entry) => ({ ...entry, positions })), undefined);
   });
   let done = 0;
   await pool(tasks, plan.concurrency, () => plan.onProgress?.(++done, tasks.length));
-  return { completions, controlCe, continuations, generations, elapsedMs: performance.now() - started };
+  return {
+    completions,
+    controlCe,
+    continuations,
+    generations,
+    elapsedMs: performance.now() - started,
+    projections,
+    triggered: conditional === undefined ? null : { ...triggered, totals: { prompts: plan.prompts.length * plan.samples, retain: plan.retain.length * plan.samples, control: 2 * plan.control.length } },
+  };
 }
 
 /** One set's rate before and after. */
@@ -157,6 +249,11 @@ export interface SettingComparison {
     /** Control texts whose greedy continuation is identical with and without steering. */
     agreement: Rate;
   } | null;
+  /**
+   * A conditional setting: the fraction of target completions, and of control requests (CE and
+   * continuation), where the condition held and steering started. Absent when unconditional.
+   */
+  triggered?: { prompts: Rate; control: Rate };
 }
 
 function rateOf(arm: ArmResult, set: Completion['set']): Rate {
@@ -186,5 +283,8 @@ export function compareArms(unsteered: ArmResult, steered: ArmResult, seed: numb
       deltaCe: pairedBootstrapMean(differences, seed),
       agreement: wilson(same, steered.continuations.length),
     },
+    ...(steered.triggered !== null && {
+      triggered: { prompts: wilson(steered.triggered.prompts, steered.triggered.totals.prompts), control: wilson(steered.triggered.control, steered.triggered.totals.control) },
+    }),
   };
 }
