@@ -63,6 +63,10 @@ let feature = -1;
 let threshold = 0;
 /** First position of prompt A above the threshold, unsteered. */
 let triggerA = -1;
+/** The calibrated projection condition (on unit(vectorA) at HOOK) and prompt A's first crossing of it. */
+let projectionThreshold = 0;
+let triggerProjection = -1;
+let projectionDirection = new Float32Array(D_MODEL);
 
 function collectResults(batch: SaeResultBatch): void {
   for (let r = 0; r < batch.rowCount; r++) {
@@ -214,6 +218,32 @@ beforeAll(async () => {
   }
   expect(best, 'a feature that prompt A crosses at a generated position and prompt B never does').toBeGreaterThan(0.05);
 
+  // A projection condition on the tapped rows at HOOK: its direction is one of prompt A's early
+  // generated rows minus prompt B's mean row (written as c.safetensors), calibrated the same way.
+  const rowsA = rows.get('cal-a')!;
+  const rowsB = [...rows.get('cal-b')!.values()];
+  const meanB = new Float32Array(D_MODEL);
+  for (const row of rowsB) for (let i = 0; i < D_MODEL; i++) meanB[i] += row[i] / rowsB.length;
+  let bestProjection = 0;
+  for (let candidate = promptA; candidate < promptA + 12; candidate++) {
+    const direction = rowsA.get(candidate)!.map((v, i) => v - meanB[i]);
+    const norm = Math.hypot(...direction);
+    const project = (row: Float32Array): number => row.reduce((sum, v, i) => sum + (v * direction[i]) / norm, 0);
+    let before = Math.max(...rowsB.map(project));
+    for (let p = 0; p < promptA + 12; p++) {
+      const value = project(rowsA.get(p)!);
+      if (p >= promptA && (value - before) / 2 > bestProjection) {
+        bestProjection = (value - before) / 2;
+        projectionThreshold = Math.fround((value + before) / 2);
+        triggerProjection = p;
+        projectionDirection = direction;
+      }
+      before = Math.max(before, value);
+    }
+  }
+  expect(bestProjection, 'a projection that prompt A crosses at a generated position and prompt B never does').toBeGreaterThan(0.05);
+  writeVectorFile(path.join(dir, 'c.safetensors'), makeSteeringVector('<memory>', new Map([[HOOK, projectionDirection]])));
+
   // The conditional policies, hot-loaded as set version 2.
   const loaded = new Promise<number>((resolve) => policies.onLoad((result) => result.ok && resolve(result.version)));
   fs.writeFileSync(path.join(dir, 'cond-a.yaml'), policyYaml('cond-a', 'a', 'a.safetensors', SCALE_A, `    - flag: {name: tenant-a}\n    - flag: {name: hit, when: {feature: {sae: test, index: ${feature}, above: ${threshold}}}}\n`));
@@ -223,8 +253,13 @@ beforeAll(async () => {
     `apiVersion: saegate/v1\nkind: Policy\nmetadata: {name: cond-stop}\nspec:\n  match:\n    headers: {x-tenant: [stop]}\n  actions:\n` +
       `    - abort: {reason: calibrated feature, when: {feature: {sae: test, index: ${feature}, above: ${threshold}}}}\n`,
   );
+  fs.writeFileSync(
+    path.join(dir, 'cond-proj.yaml'),
+    `apiVersion: saegate/v1\nkind: Policy\nmetadata: {name: cond-proj}\nspec:\n  match:\n    headers: {x-tenant: [proj]}\n  actions:\n` +
+      `    - steer: {vector: a.safetensors, scale: ${SCALE_A}, when: {projection: {vector: c.safetensors, hook: ${HOOK}, above: ${projectionThreshold}}}}\n`,
+  );
   expect(await loaded).toBe(2);
-  expect(policies.policies().map((p) => p.name).sort()).toEqual(['cond-a', 'cond-b', 'cond-stop', 'watch']);
+  expect(policies.policies().map((p) => p.name).sort()).toEqual(['cond-a', 'cond-b', 'cond-proj', 'cond-stop', 'watch']);
 }, 60_000);
 
 afterAll(async () => {
@@ -319,6 +354,21 @@ describe.skipIf(!hasModel)('conditional steering and flags on live traffic', () 
     expect(firstAbove('stop-a')).toBe(triggerA);
   });
 
+  it('steers from the step after a projection condition fires on the tapped rows, and leaves a request where it never fires as a direct one', async () => {
+    const direct = await complete(model.url, 'direct-proj-b', PROMPT_B);
+    const [fired, quiet] = await Promise.all([
+      complete(proxy.url, 'proj-a', PROMPT_A, { headers: { 'x-tenant': 'proj' } }),
+      complete(proxy.url, 'proj-b', PROMPT_B, { headers: { 'x-tenant': 'proj' } }),
+    ]);
+    await Promise.all([settled('proj-a', fired.fed), settled('proj-b', quiet.fed)]);
+    expect(fired.applied).toMatch(new RegExp(`trigger=cond-proj@2:${triggerProjection}:plan-[0-9a-f]+-\\d+`));
+    const steered = firstSteered('proj-a', 'cal-a', SCALE_A, vectorA);
+    expect(steered.position).toBeGreaterThan(triggerProjection);
+    expect(steered.error).toBeLessThan(TOLERANCE);
+    expect(quiet.applied).toBe('policy=cond-proj@2, policy=watch@2');
+    expect(quiet.text).toBe(direct.text);
+  });
+
   it('counts flags, plan updates and lags in /metrics', async () => {
     const text = await (await fetch(`${proxy.url}/metrics`)).text();
     const value = (series: string): number => Number(new RegExp(`^${series.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(text)?.[1] ?? Number.NaN);
@@ -326,8 +376,8 @@ describe.skipIf(!hasModel)('conditional steering and flags on live traffic', () 
     expect(value('saegate_policy_flags_total{policy="cond-a",flag="tenant-a"}')).toBe(4);
     expect(value('saegate_policy_flags_total{policy="cond-a",flag="hit"}')).toBe(3);
     expect(value('saegate_policy_triggers_total{policy="cond-b",kind="steer"}')).toBe(1);
-    expect(value('saegate_policy_plan_updates_total{outcome="sent"}')).toBe(4);
-    expect(value('saegate_policy_trigger_lag_steps_count')).toBe(4);
+    expect(value('saegate_policy_plan_updates_total{outcome="sent"}')).toBe(5);
+    expect(value('saegate_policy_trigger_lag_steps_count')).toBe(5);
     expect(value('saegate_policy_triggers_total{policy="cond-stop",kind="abort"}')).toBe(1);
     expect(value('saegate_policy_conditional_requests')).toBe(0);
   });
