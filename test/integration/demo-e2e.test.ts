@@ -51,7 +51,7 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('npm start end to end on sto
           await waitFor('the live view shows the request with SAE features on its tokens', () => {
             const request = seen.get(id);
             return request !== undefined && request.tokens.length >= 40 && request.tokens.some((t) => t.features.length > 0);
-          });
+          }, { deadlineMs: 60_000, observed: () => ({ id, seen: [...seen.values()].map((r) => ({ id: r.id, tokens: r.tokens.length, withFeatures: r.tokens.filter((t) => t.features.length > 0).length })) }) });
           ws.close();
 
           const steered = await fetch(`${url}/v1/completions`, {
