@@ -150,6 +150,17 @@ export async function demo(argv: string[]): Promise<Demo> {
     await server.close();
     throw error;
   }
+  // The banner waits for the model server's tap (it retries until saegate listens), so the first
+  // request a user sends already streams rows to the SAE, the monitor and the live view.
+  if (proxy.tap.server.connections.length === 0) {
+    let timer: NodeJS.Timeout | undefined;
+    const connected = await Promise.race([
+      proxy.tap.server.nextConnection().then(() => true),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), 15_000))),
+    ]);
+    clearTimeout(timer);
+    if (!connected) process.stderr.write('saegate demo: the model server has not connected to the tap after 15 s; requests are served, but without activations until it does\n');
+  }
   const hook = chosen?.sae.config.hookName ?? defaultHook;
   if (!chosen) proxy.tap.subscribeAll({ hooks: [hook], dtype: 'f16', includePrompt: true });
   const name = server.model.name;
