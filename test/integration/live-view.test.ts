@@ -109,6 +109,11 @@ describe.skipIf(skipBrowserTests || !hasModel)(needsChromium(`live view in Chrom
       const generated = await page.$$eval(`${card} .tok:not(.prompt)`, (spans) => spans.map((s) => s.textContent ?? '').join(''));
       return state.startsWith('done') && generated.includes(text.trim());
     }, { deadlineMs: 15_000 });
+    // The SAE results (features, the flag's trigger) may land after the model server's end.
+    await waitFor('the flag trigger and highlighted tokens on the page', async () => {
+      const steeringText = await page.$eval(`${card} .steering`, (el) => el.textContent ?? '');
+      return /flag seen live@1 at position \d+/.test(steeringText) && (await page.$$(`${card} .tok.hl`)).length > 10;
+    }, { deadlineMs: 15_000 });
 
     // Policy, steering, applied value and the flag's trigger position.
     const steering = await page.$eval(`${card} .steering`, (el) => el.textContent ?? '');
