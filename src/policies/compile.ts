@@ -15,6 +15,7 @@
  * - a projection condition's vector resolves and has the condition's hook.
  */
 import { SaegateError } from '../common/errors.js';
+import { unitDirection } from '../monitor/projection.js';
 import type { VectorStore } from '../steering/store.js';
 import { isBodySteeringMode, termProblem, type UpstreamSteeringMode } from '../steering/upstream.js';
 import type { SteeringVector } from '../steering/vector.js';
@@ -151,11 +152,12 @@ function checkCondition(
     if (vector) checkVectorAgainstModel(context, source, [...at, 'projection', 'vector'], vector, [hook], problems, () => [...at, 'projection', 'hook']);
     const direction = vector?.hooks.get(hook);
     if (direction !== undefined && projections !== undefined) {
-      let norm = 0;
-      for (const v of direction) norm += v * v;
-      norm = Math.sqrt(norm);
-      if (norm === 0) problems.push(problemAt(source, [...at, 'projection', 'vector'], `the vector's direction at '${hook}' is all zeros: nothing projects onto it`));
-      else projections.set(projectionKey(reference, hook), Float32Array.from(direction, (v) => v / norm));
+      try {
+        projections.set(projectionKey(reference, hook), unitDirection(direction, reference));
+      } catch (error) {
+        if (!(error instanceof SaegateError)) throw error;
+        problems.push(problemAt(source, [...at, 'projection', 'vector'], `the vector's direction at '${hook}' cannot be projected on: ${error.message}`));
+      }
     }
   }
 }

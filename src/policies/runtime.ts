@@ -33,14 +33,14 @@ import { performance } from 'node:perf_hooks';
 import type { Registry } from 'prom-client';
 import type { SaeResultBatch } from '../sae/batcher.js';
 import type { PlanUpdateResult, SteeringTerm } from '../tap/host.js';
-import type { Hello, PlanAck, RequestEnd, TokensMessage } from '../tap/messages.js';
+import type { ActivationData, Hello, PlanAck, RequestEnd, TokensMessage } from '../tap/messages.js';
 import type { ActivationsFrame } from '../tap/server.js';
 import type { ActivationSink, SubscribeResult, TapSource } from '../tap/sink.js';
 import { RequestConditions, type ConditionEvent, type PositionValues } from './conditions.js';
 import { PolicyRuntimeMetrics, type PlanUpdateOutcome } from './metrics.js';
 import type { PlannedTerm, ResolvedRequestPlan } from './resolve.js';
 import { projectionKey, type CompiledPolicy } from './compile.js';
-import { f16ToF32 } from '../common/f16.js';
+import { projectRows } from '../monitor/projection.js';
 import type { PolicyCondition } from './schema.js';
 
 /** Where plan updates go (the proxy's `TapHost`). */
@@ -154,8 +154,8 @@ class RowValues implements PositionValues {
   }
 }
 
-/** Reused float32 row for f16 frames (one row decoded at a time, on this thread). */
-let rowScratch = new Float32Array(0);
+/** One projection's output slot, reused (rows are read one at a time, on this thread). */
+const projected = new Float32Array(1);
 
 /** A tapped residual row read as projections onto the request's unit directions. */
 class FrameRowValues implements PositionValues {
@@ -174,17 +174,8 @@ class FrameRowValues implements PositionValues {
     const { frame, row } = this;
     const d = frame.dModel;
     if (direction === undefined || direction.length !== d || hook !== frame.hook) return Number.NaN;
-    let x: Float32Array;
-    if (frame.dtype === 'f32') {
-      x = frame.data.subarray(row * d, (row + 1) * d);
-    } else {
-      if (rowScratch.length < d) rowScratch = new Float32Array(d);
-      x = rowScratch.subarray(0, d);
-      f16ToF32(frame.data.subarray(row * d, (row + 1) * d), x);
-    }
-    let dot = 0;
-    for (let i = 0; i < d; i++) dot += x[i] * direction[i];
-    return dot;
+    const rowData: ActivationData = frame.dtype === 'f32' ? { dtype: 'f32', data: frame.data.subarray(row * d, (row + 1) * d) } : { dtype: 'f16', data: frame.data.subarray(row * d, (row + 1) * d) };
+    return projectRows(rowData, 1, direction, projected)[0];
   }
 }
 
