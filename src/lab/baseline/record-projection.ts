@@ -4,27 +4,13 @@
  * projection's hook is projected on the unit direction (projection.ts), and each document becomes
  * one baseline document. The edges are the recorded rows' quantiles, fixed when the run ends.
  */
-import type { ActivationCollector, CollectInputDocument, CollectProgress } from '../collect.js';
+import type { CollectProgress } from '../collect.js';
 import type { Baseline } from '../../monitor/baseline.js';
-import type { BaselineIdentity } from '../../monitor/baseline-recorder.js';
 import { ProjectionBaselineRecorder, projectRows, type ProjectionSpec } from '../../monitor/projection.js';
-import type { RecordProgress } from './record.js';
+import type { RecordRunOptions } from './record.js';
 
-export interface RecordProjectionBaselineOptions {
-  /** A started collector with a model server on its tap, collecting the projection's hook. */
-  collector: ActivationCollector;
-  /** The model server's OpenAI base URL. */
-  upstream: string;
+export interface RecordProjectionBaselineOptions extends RecordRunOptions {
   projection: ProjectionSpec;
-  documents: readonly CollectInputDocument[];
-  /** Provenance fields besides counts and width. */
-  identity: BaselineIdentity;
-  /** Positions kept per document (the first ones). Default: all. */
-  maxTokensPerDocument?: number;
-  /** Extra request-body fields (e.g. the reference server's `steering`). */
-  requestFields?: Readonly<Record<string, unknown>>;
-  signal?: AbortSignal;
-  onProgress?: (progress: RecordProgress) => void;
 }
 
 /**

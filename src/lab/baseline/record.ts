@@ -19,17 +19,12 @@ import { BaselineRecorder, type BaselineIdentity } from '../../monitor/baseline-
 /** Rows per pool call. */
 const ENCODE_ROWS = 2048;
 
-export interface RecordBaselineOptions {
-  /** A started collector with a model server on its tap, collecting the SAE's hook. */
+/** What recording any baseline from a corpus takes: the documents and how to run them. */
+export interface RecordRunOptions {
+  /** A started collector with a model server on its tap, collecting the baseline's hook. */
   collector: ActivationCollector;
   /** The model server's OpenAI base URL. */
   upstream: string;
-  /** The SAE's worker pool; every active latent of a row is read unless the pool has a list cap. */
-  pool: SaeEncoder;
-  /** SAE input width (the model's d_model). */
-  dIn: number;
-  /** SAE width. */
-  dSae: number;
   /** The corpus documents; each becomes one baseline document. */
   documents: readonly CollectInputDocument[];
   /** Provenance fields besides counts and width. */
@@ -41,6 +36,15 @@ export interface RecordBaselineOptions {
   signal?: AbortSignal;
   /** Called after each recorded document. */
   onProgress?: (progress: RecordProgress) => void;
+}
+
+export interface RecordBaselineOptions extends RecordRunOptions {
+  /** The SAE's worker pool; every active latent of a row is read unless the pool has a list cap. */
+  pool: SaeEncoder;
+  /** SAE input width (the model's d_model). */
+  dIn: number;
+  /** SAE width. */
+  dSae: number;
 }
 
 export interface RecordProgress {
