@@ -20,7 +20,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { startProxyWithSaes } from '../../src/cli/serve.js';
-import { f16ToF32 } from '../../src/common/f16.js';
 import { startModelServer } from '../../src/model/server.js';
 import type { LagRecord } from '../../src/policies/runtime.js';
 import type { SaeResultBatch } from '../../src/sae/batcher.js';
@@ -28,6 +27,7 @@ import { writeVectorFile } from '../../src/steering/formats.js';
 import { makeSteeringVector } from '../../src/steering/vector.js';
 import type { ActivationsFrame } from '../../src/tap/server.js';
 import { freePort } from '../helpers/ports.js';
+import { addDenseFeatures, addTappedRows } from '../helpers/tapped.js';
 import { seededStandardSae } from '../helpers/sae.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -47,30 +47,11 @@ const rows = new Map<string, Map<number, Float32Array>>();
 const lags = new Map<string, LagRecord>();
 
 function onResult(batch: SaeResultBatch): void {
-  for (let r = 0; r < batch.rowCount; r++) {
-    const id = batch.requestIds[batch.rowRequestIndexes[r]];
-    if (!id.startsWith('cal')) continue; // only the calibration run's features are needed
-    const values = new Float32Array(D_SAE);
-    for (let k = 0; k < batch.topK; k++) {
-      const index = batch.indices[r * batch.topK + k];
-      if (index >= 0) values[index] = batch.values[r * batch.topK + k];
-    }
-    let byPosition = featureValues.get(id);
-    if (!byPosition) featureValues.set(id, (byPosition = new Map()));
-    byPosition.set(batch.positions[r], values);
-  }
+  addDenseFeatures(featureValues, batch, D_SAE, (id) => id.startsWith('cal')); // only the calibration run's features are needed
 }
 
 function onRows(frame: ActivationsFrame): void {
-  if (frame.hook !== HOOK || frame.dtype !== 'f16') return;
-  for (let r = 0; r < frame.rowCount; r++) {
-    const id = frame.requestIds[frame.rowRequestIndexes[r]];
-    const row = new Float32Array(D_MODEL);
-    f16ToF32(frame.data.subarray(r * D_MODEL, (r + 1) * D_MODEL), row);
-    let byPosition = rows.get(id);
-    if (!byPosition) rows.set(id, (byPosition = new Map()));
-    byPosition.set(frame.positions[r], row);
-  }
+  addTappedRows(rows, frame, HOOK);
 }
 
 /** Streams one completion; returns the rows the model computed and the prompt's token count. */

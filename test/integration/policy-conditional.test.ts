@@ -16,7 +16,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startProxyWithSaes } from '../../src/cli/serve.js';
-import { f16ToF32 } from '../../src/common/f16.js';
 import { startModelServer, type ModelServer } from '../../src/model/server.js';
 import type { PolicyManager } from '../../src/policies/manager.js';
 import type { ConditionRuntime, RuntimeRecord } from '../../src/policies/runtime.js';
@@ -27,6 +26,7 @@ import { writeVectorFile } from '../../src/steering/formats.js';
 import { makeSteeringVector } from '../../src/steering/vector.js';
 import type { ActivationsFrame } from '../../src/tap/server.js';
 import { freePort } from '../helpers/ports.js';
+import { addDenseFeatures, addTappedRows } from '../helpers/tapped.js';
 import { seededStandardSae } from '../helpers/sae.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -69,29 +69,11 @@ let triggerProjection = -1;
 let projectionDirection = new Float32Array(D_MODEL);
 
 function collectResults(batch: SaeResultBatch): void {
-  for (let r = 0; r < batch.rowCount; r++) {
-    const id = batch.requestIds[batch.rowRequestIndexes[r]];
-    const values = new Float32Array(D_SAE);
-    for (let k = 0; k < batch.topK; k++) {
-      const index = batch.indices[r * batch.topK + k];
-      if (index >= 0) values[index] = batch.values[r * batch.topK + k];
-    }
-    let byPosition = features.get(id);
-    if (!byPosition) features.set(id, (byPosition = new Map()));
-    byPosition.set(batch.positions[r], values);
-  }
+  addDenseFeatures(features, batch, D_SAE);
 }
 
 function collectRows(frame: ActivationsFrame): void {
-  if (frame.hook !== HOOK || frame.dtype !== 'f16') return;
-  for (let r = 0; r < frame.rowCount; r++) {
-    const id = frame.requestIds[frame.rowRequestIndexes[r]];
-    const row = new Float32Array(D_MODEL);
-    f16ToF32(frame.data.subarray(r * D_MODEL, (r + 1) * D_MODEL), row);
-    let byPosition = rows.get(id);
-    if (!byPosition) rows.set(id, (byPosition = new Map()));
-    byPosition.set(frame.positions[r], row);
-  }
+  addTappedRows(rows, frame, HOOK);
 }
 
 interface Completion {
