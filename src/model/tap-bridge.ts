@@ -7,11 +7,13 @@
  * disconnected the runtime stops computing taps at all; the subscription comes back with the next
  * connection.
  *
- * Rows are coalesced across steps before they become frames: a small model decodes a step in
- * about a millisecond, and one frame per hook per step (ten for stories260K) cost more on both ends
- * of the socket than the rows themselves. Pending rows are flushed when they reach `flushRows`,
- * `flushMs` after the first one, and always before a request's `end`, so a request's rows precede
- * its end on the wire.
+ * Rows and tokens are coalesced across steps before they become frames: a small model decodes a
+ * step in about a millisecond, and one frame per hook per step (ten for stories260K) plus one
+ * `tokens` message per step cost more on both ends of the socket than the rows themselves (the
+ * end-to-end bench, test/bench/e2e.ts, measured the per-step `tokens` message alone at a fifth of
+ * the model server's event-loop time). Pending tokens and rows are flushed together, the tokens
+ * first, when they reach `flushRows`, `flushMs` after the first one, and always before a request's
+ * `end`, so a request's tokens precede its rows and both precede its end on the wire.
  *
  * Prompt tokens: the engine's steps carry only generated tokens, so the HTTP side hands each
  * request's prompt to the bridge (`engineWithPromptTokens`). At the request's prefill step, when the
@@ -64,6 +66,8 @@ export class TapBridge {
   /** Steps whose rows are not yet sent, oldest first. */
   private pending: ActivationBatch[][] = [];
   private pendingRows = 0;
+  /** Token entries not yet sent, in step order (one `tokens` message at the next flush). */
+  private pendingTokens: { requestIds: string[]; positions: number[]; tokenIds: number[]; texts: string[] } = { requestIds: [], positions: [], tokenIds: [], texts: [] };
   private flushTimer: NodeJS.Timeout | null = null;
 
   constructor(options: TapBridgeOptions) {
@@ -126,15 +130,25 @@ export class TapBridge {
   private enqueue(step: ActivationBatch[]): void {
     this.pending.push(step);
     this.pendingRows += step.length * step[0].requestIds.length;
-    if (this.pendingRows >= this.flushRows) this.flush();
+    this.flushSoon();
+  }
+
+  /** Flushes now when enough is pending, else arms the flush timer if it is not armed. */
+  private flushSoon(): void {
+    if (this.pendingRows + this.pendingTokens.requestIds.length >= this.flushRows) this.flush();
     else this.flushTimer ??= setTimeout(() => this.flush(), this.flushMs);
   }
 
-  /** Sends every pending row, one frame per hook. */
+  /** Sends the pending tokens (one message), then every pending row, one frame per hook. */
   flush(): void {
     if (this.flushTimer) {
       clearTimeout(this.flushTimer);
       this.flushTimer = null;
+    }
+    const tokens = this.pendingTokens;
+    if (tokens.requestIds.length > 0) {
+      this.pendingTokens = { requestIds: [], positions: [], tokenIds: [], texts: [] };
+      this.client.sendTokens(tokens);
     }
     const steps = this.pending;
     if (steps.length === 0) return;
@@ -183,10 +197,10 @@ export class TapBridge {
   }
 
   /**
-   * Sends a step's generated tokens with their text pieces; at a prefill step, first each new
-   * request's prompt tokens when the subscription asks for prompts. Every token goes through its
-   * request's decoder, connected or not, so pieces stay right after a reconnect; TapClient queues
-   * (bounded) what it cannot send yet.
+   * Queues a step's generated tokens with their text pieces for the next flush; at a prefill step,
+   * first each new request's prompt tokens when the subscription asks for prompts. Every token goes
+   * through its request's decoder, connected or not, so pieces stay right after a reconnect;
+   * TapClient queues (bounded) what it cannot send yet.
    */
   private sendStepTokens(tokens: StepTokens, prefill: boolean): void {
     const sendPrompt = prefill && this.client.subscription?.includePrompt === true;
@@ -216,8 +230,14 @@ export class TapBridge {
       }
     }
     // Pieces in entry order: per request, its prompt tokens come before its generated one.
-    const texts = requestIds.map((id, i) => this.piece(id, tokenIds[i]));
-    this.client.sendTokens({ requestIds, positions, tokenIds, texts });
+    const pending = this.pendingTokens;
+    for (let i = 0; i < requestIds.length; i++) {
+      pending.requestIds.push(requestIds[i]);
+      pending.positions.push(positions[i]);
+      pending.tokenIds.push(tokenIds[i]);
+      pending.texts.push(this.piece(requestIds[i], tokenIds[i]));
+    }
+    this.flushSoon();
   }
 
   /**

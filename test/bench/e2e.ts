@@ -1,0 +1,542 @@
+/**
+ * The whole path, as users run it (issue 14): real processes, a load generator on the OpenAI API,
+ * interleaved rounds of
+ *
+ *   direct                  load → model server (no tap)
+ *   saegate                 load → saegate serve (no SAE) → model server --tap
+ *   saegate+sae             … with `--sae` (a seeded TopK SAE on one hook, every tapped row)
+ *   saegate+sae+monitor     … plus `--baseline`, `--watch` (8 features) and `--policies` (a
+ *                           conditional steer and a conditional flag on watched features)
+ *
+ * Every arm has its own model-server process (same model, same flags), so a tapped and an
+ * untapped server are compared side by side. Model servers are pinned to core 0, saegate and this
+ * load generator to core 1 (`taskset`), where the machine has 2 cores or more. Each round runs
+ * every arm in turn (rotated start) at 1, 8 and 32 streams: each stream sends streaming
+ * completions (128 tokens, temperature 0.8, `stream_options.include_usage`) back to back for the
+ * round's seconds. Reported per arm, as the median over rounds:
+ *
+ *   tok/s and × direct      generated tokens per second of wall time, against direct in the same round
+ *   TPOT p50/p99            time per output token within a request (first to last chunk / (n − 1))
+ *   model CPU-µs/tok        the model server's CPU time (every thread, /proc/PID/task/{TID}/schedstat) per generated token
+ *   saegate CPU-µs/tok      saegate's CPU time per generated token
+ *   saegate µs/row, beyond SAE   (saegate CPU − the SAE workers' encode time, from
+ *                           saegate_sae_encode_seconds) per row encoded
+ *
+ * and, per saegate, the row ledger at the end: tap rows = rows encoded + rows dropped by reason.
+ * Models: stories260K (../shared/models; a 64 → 1024 TopK SAE, k 32, at blocks.3) and a synthetic
+ * 512-wide, 8-layer model (a 512 → 8192 TopK SAE, k 64, at blocks.4). SAE weights are seeded
+ * random: the cost of a TopK SAE does not depend on what it learned.
+ *
+ * `--profile DIR` runs every process with `--cpu-prof` into DIR and prints, per process, the
+ * functions with the most self time over the whole run (the profiles stay in DIR for a closer
+ * look in Chrome DevTools).
+ *
+ *   npx tsx test/bench/e2e.ts [--quick] [--rounds N] [--seconds S] [--streams 1,8,32]
+ *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR]
+ *
+ * Prints tables; asserts nothing about time.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { Agent, request } from 'undici';
+import { writeSaeLensDirectory } from '../../src/lab/train/trainer.js';
+import { seededUniform } from '../../src/common/random.js';
+import type { SaeWeights } from '../../src/sae/types.js';
+import { hasSharedModels, makeTempDir, stories260K } from '../helpers/fixtures.js';
+import { freePort } from '../helpers/ports.js';
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean' },
+    rounds: { type: 'string' },
+    seconds: { type: 'string' },
+    streams: { type: 'string' },
+    models: { type: 'string' },
+    arms: { type: 'string' },
+    tokens: { type: 'string' },
+    profile: { type: 'string' },
+  },
+});
+const quick = values.quick === true;
+const rounds = Number(values.rounds ?? (quick ? 1 : 3));
+const roundSeconds = Number(values.seconds ?? (quick ? 2 : 5));
+const streamCounts = (values.streams ?? '1,8,32').split(',').map(Number);
+const maxTokens = Number(values.tokens ?? 128);
+const profileDir = values.profile === undefined ? null : path.resolve(values.profile);
+
+const ARMS = ['direct', 'saegate', 'saegate+sae', 'saegate+sae+monitor'] as const;
+type ArmName = (typeof ARMS)[number];
+const armNames = (values.arms?.split(',') ?? [...ARMS]) as ArmName[];
+for (const a of armNames) if (!ARMS.includes(a)) throw new Error(`unknown arm ${a}; arms: ${ARMS.join(', ')}`);
+if (!armNames.includes('direct')) armNames.unshift('direct');
+
+const repo = fileURLToPath(new URL('../../', import.meta.url));
+const main = path.join(repo, 'src/cli/main.ts');
+const cores = os.availableParallelism();
+const pin = cores >= 2;
+const MODEL_CORE = '0';
+const SAEGATE_CORE = '1';
+
+interface ModelCase {
+  name: string;
+  /** `--model` value. */
+  spec: string;
+  hook: string;
+  dIn: number;
+  dSae: number;
+  k: number;
+}
+
+const models: ModelCase[] = [];
+const wanted = new Set((values.models ?? 'stories,synthetic').split(','));
+if (wanted.has('stories')) {
+  if (hasSharedModels) models.push({ name: 'stories260K', spec: stories260K.model, hook: 'blocks.3.hook_resid_post', dIn: 64, dSae: 1024, k: 32 });
+  else process.stdout.write('stories260K not found under ../shared/models: synthetic model only\n');
+}
+if (wanted.has('synthetic')) models.push({ name: 'synthetic 512×8', spec: 'synthetic:dim=512,layers=8,heads=8,kv=8,hidden=1376,vocab=4096,ctx=512,seed=1', hook: 'blocks.4.hook_resid_post', dIn: 512, dSae: 8192, k: 64 });
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+interface Proc {
+  name: string;
+  child: ChildProcess;
+  out: () => string;
+  exited: Promise<number | null>;
+}
+const procs: Proc[] = [];
+
+function startProc(name: string, core: string, args: string[]): Proc {
+  const nodeArgs = ['--import', 'tsx'];
+  if (profileDir !== null) {
+    const dir = path.join(profileDir, name.replace(/[^a-zA-Z0-9.+-]+/g, '_'));
+    fs.mkdirSync(dir, { recursive: true });
+    nodeArgs.push('--cpu-prof', '--cpu-prof-dir', dir);
+  }
+  const command = pin ? 'taskset' : process.execPath;
+  const full = pin ? ['-c', core, process.execPath, ...nodeArgs, main, ...args] : [...nodeArgs, main, ...args];
+  // taskset execs node: the child's pid is node's, which /proc is read for.
+  const child = spawn(command, full, { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const proc = { name, child, out: () => out, exited };
+  procs.push(proc);
+  return proc;
+}
+
+async function waitUntil(what: string, check: () => Promise<boolean> | boolean, proc: Proc, deadlineMs = 120_000): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    if (proc.child.exitCode !== null) throw new Error(`${proc.name} exited before ${what}:\n${proc.out().slice(-3000)}`);
+    if (await check()) return;
+    if (Date.now() > end) throw new Error(`${what}: not after ${deadlineMs} ms\n${proc.out().slice(-3000)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function status(url: string): Promise<number> {
+  try {
+    const res = await request(url);
+    await res.body.dump();
+    return res.statusCode;
+  } catch {
+    return 0;
+  }
+}
+
+async function stopAll(): Promise<void> {
+  for (const p of procs) if (p.child.exitCode === null) p.child.kill('SIGINT');
+  const stopped = Promise.all(procs.map((p) => p.exited));
+  const timer = setTimeout(() => procs.forEach((p) => p.child.exitCode === null && p.child.kill('SIGKILL')), 20_000);
+  await stopped;
+  clearTimeout(timer);
+}
+process.on('exit', () => procs.forEach((p) => p.child.exitCode === null && p.child.kill('SIGKILL')));
+
+/** CPU time of every thread of `pid` so far, in ns (/proc/PID/task/TID/schedstat: on-CPU ns first). */
+function cpuNs(pid: number): number {
+  let total = 0;
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      total += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // the thread exited between the listing and the read
+    }
+  }
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set-up per model
+
+function seededTopK(m: ModelCase, seed: number): SaeWeights {
+  const u = seededUniform(seed);
+  const arr = (n: number, scale: number): Float32Array => Float32Array.from({ length: n }, () => (u() - 0.5) * scale);
+  return {
+    config: { architecture: 'topk', format: 'saelens', dIn: m.dIn, dSae: m.dSae, hookName: m.hook, modelName: null, applyBDecToInput: true, normalizeActivations: 'none', k: m.k, scalingFactor: null, dtype: 'f32', source: 'bench' },
+    W_enc: arr(m.dIn * m.dSae, 2 / Math.sqrt(m.dIn)),
+    b_enc: arr(m.dSae, 0.01),
+    W_dec: arr(m.dSae * m.dIn, 2 / Math.sqrt(m.dSae)),
+    b_dec: arr(m.dIn, 0.01),
+    threshold: null,
+    gated: null,
+  };
+}
+
+const prompts = ['happy.txt', 'sad.txt', 'control.txt'].flatMap((file) =>
+  fs
+    .readFileSync(path.join(repo, 'examples/prompts', file), 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '' && !l.startsWith('#')),
+);
+
+interface Arm {
+  name: ArmName;
+  model: Proc;
+  saegate: Proc | null;
+  /** Base URL the load goes to. */
+  url: string;
+  /** saegate's base URL (metrics), when there is one. */
+  saegateUrl: string | null;
+}
+
+const MODEL_NAME = 'bench';
+
+async function startModelServer(m: ModelCase, arm: ArmName, tapUrl: string | null): Promise<{ proc: Proc; url: string }> {
+  const port = await freePort();
+  const args = ['model', 'serve', '--model', m.spec, '--name', MODEL_NAME, '--port', String(port), '--max-batch', '32', '--threads', '1'];
+  if (tapUrl !== null) args.push('--tap', tapUrl);
+  const proc = startProc(`${m.name} model ${arm}`, MODEL_CORE, args);
+  const url = `http://127.0.0.1:${port}`;
+  await waitUntil(`${proc.name} listening`, async () => (await status(`${url}/v1/models`)) === 200, proc);
+  return { proc, url };
+}
+
+async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
+  const saeDir = path.join(dir, 'bench');
+  writeSaeLensDirectory(saeDir, seededTopK(m, 11));
+  const watched = [1, 2, 3, 5, 8, 13, 21, 34];
+  fs.writeFileSync(path.join(dir, 'watch.yaml'), `features:\n${watched.map((i) => `  - {sae: bench, index: ${i}, label: f${i}}\n`).join('')}`);
+  const policyDir = path.join(dir, 'policies');
+  fs.mkdirSync(policyDir, { recursive: true });
+  // A watched feature steers its own decoder direction down while it fires; another one flags.
+  fs.writeFileSync(
+    path.join(policyDir, 'bench.yaml'),
+    [
+      'apiVersion: saegate/v1',
+      'kind: Policy',
+      'metadata: {name: bench-conditional}',
+      'spec:',
+      '  actions:',
+      `    - monitor: {sae: bench, features: [{index: ${watched[0]}}, {index: ${watched[1]}}]}`,
+      '    - steer:',
+      `        vector: sae:bench#${watched[0]}`,
+      '        scale: -0.5',
+      `        when: {feature: {sae: bench, index: ${watched[0]}, above: 0}}`,
+      `    - flag: {name: bench-flag, when: {feature: {sae: bench, index: ${watched[1]}, above: 0}}}`,
+      '',
+    ].join('\n'),
+  );
+  const corpus = path.join(dir, 'corpus.jsonl');
+  fs.writeFileSync(corpus, prompts.map((text, id) => `${JSON.stringify({ id, text })}\n`).join(''));
+  const baseline = path.join(dir, 'baseline.json');
+  execFileSync(process.execPath, ['--import', 'tsx', main, 'baseline', 'record', '--sae', saeDir, '--corpus', corpus, '--model', m.spec, '--out', baseline], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
+
+  const arms: Arm[] = [];
+  for (const name of armNames) {
+    if (name === 'direct') {
+      const { proc, url } = await startModelServer(m, name, null);
+      arms.push({ name, model: proc, saegate: null, url, saegateUrl: null });
+      continue;
+    }
+    const upstreamPort = await freePort();
+    const args = ['serve', '--upstream', `http://127.0.0.1:${upstreamPort}`, '--port', '0', '--require-tap'];
+    if (name !== 'saegate') args.push('--sae', saeDir);
+    if (name === 'saegate+sae+monitor') args.push('--baseline', baseline, '--watch', path.join(dir, 'watch.yaml'), '--policies', policyDir);
+    const saegate = startProc(`${m.name} saegate ${name}`, SAEGATE_CORE, args);
+    let apiUrl = '';
+    let tapUrl = '';
+    await waitUntil(`${saegate.name} printing its URLs`, () => {
+      const api = /OpenAI API\s+(http:\/\/\S+)\/v1/.exec(saegate.out());
+      const tap = /tap\s+(ws:\/\/\S+)/.exec(saegate.out());
+      if (api && tap) [apiUrl, tapUrl] = [api[1], tap[1]];
+      return api !== null && tap !== null;
+    }, saegate);
+    // The model server takes the port saegate forwards to (freePort: free a moment ago).
+    const modelPort = upstreamPort;
+    const modelArgs = ['model', 'serve', '--model', m.spec, '--name', MODEL_NAME, '--port', String(modelPort), '--max-batch', '32', '--threads', '1', '--tap', tapUrl];
+    const model = startProc(`${m.name} model ${name}`, MODEL_CORE, modelArgs);
+    await waitUntil(`${saegate.name} ready with its tap connected`, async () => (await status(`${apiUrl}/readyz`)) === 200, model);
+    arms.push({ name, model, saegate, url: apiUrl, saegateUrl: apiUrl });
+  }
+  return arms;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+interface RoundResult {
+  tokens: number;
+  wallS: number;
+  tpotMs: number[];
+  modelCpuNs: number;
+  saegateCpuNs: number;
+  rowsEncoded: number;
+  encodeS: number;
+  errors: number;
+}
+
+async function oneCompletion(agent: Agent, url: string, prompt: string): Promise<{ tokens: number; tpotMs: number | null }> {
+  const res = await request(`${url}/v1/completions`, {
+    method: 'POST',
+    dispatcher: agent,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: MODEL_NAME, prompt, max_tokens: maxTokens, temperature: 0.8, stream: true, stream_options: { include_usage: true } }),
+  });
+  if (res.statusCode !== 200) {
+    throw new Error(`${url}: HTTP ${res.statusCode}: ${await res.body.text()}`);
+  }
+  let buffer = '';
+  let first = 0;
+  let last = 0;
+  let tokens = 0;
+  for await (const piece of res.body) {
+    const now = performance.now();
+    buffer += (piece as Buffer).toString();
+    let cut: number;
+    while ((cut = buffer.indexOf('\n\n')) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
+      const chunk = JSON.parse(event.slice(6)) as { choices?: { text?: string }[]; usage?: { completion_tokens: number } | null };
+      if (chunk.usage) tokens = chunk.usage.completion_tokens;
+      else if ((chunk.choices?.length ?? 0) > 0) {
+        if (first === 0) first = now;
+        last = now;
+      }
+    }
+  }
+  return { tokens, tpotMs: tokens > 1 && last > first ? (last - first) / (tokens - 1) : null };
+}
+
+async function scrape(url: string): Promise<Map<string, number>> {
+  const res = await request(`${url}/metrics`);
+  const text = await res.body.text();
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#') || line === '') continue;
+    const space = line.lastIndexOf(' ');
+    const key = line.slice(0, space);
+    out.set(key, Number(line.slice(space + 1)));
+  }
+  return out;
+}
+
+/** Sum of every series of `name` (all label sets). */
+function total(metrics: Map<string, number>, name: string): number {
+  let sum = 0;
+  for (const [key, value] of metrics) if (key === name || key.startsWith(`${name}{`)) sum += value;
+  return sum;
+}
+
+async function runRound(arm: Arm, streams: number, seconds: number): Promise<RoundResult> {
+  const agent = new Agent({ connections: streams, keepAliveTimeout: 30_000 });
+  const before = arm.saegateUrl ? await scrape(arm.saegateUrl) : null;
+  const model0 = cpuNs(arm.model.child.pid!);
+  const sg0 = arm.saegate ? cpuNs(arm.saegate.child.pid!) : 0;
+  const t0 = performance.now();
+  const deadline = t0 + seconds * 1000;
+  let tokens = 0;
+  let errors = 0;
+  const tpot: number[] = [];
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: streams }, async () => {
+      while (performance.now() < deadline) {
+        try {
+          const r = await oneCompletion(agent, arm.url, prompts[next++ % prompts.length]);
+          tokens += r.tokens;
+          if (r.tpotMs !== null) tpot.push(r.tpotMs);
+        } catch (e) {
+          errors++;
+          if (errors === 1) process.stderr.write(`${arm.name}: ${(e as Error).message}\n`);
+        }
+      }
+    }),
+  );
+  const wallS = (performance.now() - t0) / 1000;
+  const modelCpuNs = cpuNs(arm.model.child.pid!) - model0;
+  const saegateCpuNs = arm.saegate ? cpuNs(arm.saegate.child.pid!) - sg0 : 0;
+  const after = arm.saegateUrl ? await scrape(arm.saegateUrl) : null;
+  await agent.close();
+  const delta = (name: string): number => (before && after ? total(after, name) - total(before, name) : 0);
+  return { tokens, wallS, tpotMs: tpot, modelCpuNs, saegateCpuNs, rowsEncoded: delta('saegate_sae_rows_encoded_total'), encodeS: delta('saegate_sae_encode_seconds_sum'), errors };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+function quantile(xs: number[], q: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+}
+const f = (x: number, digits = 0): string => (Number.isFinite(x) ? x.toFixed(digits) : '–');
+
+async function ledger(arm: Arm): Promise<string> {
+  if (!arm.saegateUrl) return '';
+  const m = await scrape(arm.saegateUrl);
+  const tapRows = total(m, 'saegate_tap_rows_total');
+  const encoded = total(m, 'saegate_sae_rows_encoded_total');
+  const drops: string[] = [];
+  for (const name of ['saegate_tap_rows_dropped_total', 'saegate_sae_rows_dropped_total', 'saegate_monitor_rows_dropped_total']) {
+    for (const [key, value] of m) if ((key === name || key.startsWith(`${name}{`)) && value > 0) drops.push(`${key} ${value}`);
+  }
+  const droppedSae = total(m, 'saegate_sae_rows_dropped_total') + total(m, 'saegate_tap_rows_dropped_total');
+  const sae = arm.name === 'saegate' ? 'no SAE' : `encoded ${encoded} + dropped ${droppedSae} = ${encoded + droppedSae} ${encoded + droppedSae === tapRows ? '(balanced)' : '(NOT balanced)'}`;
+  return `  ${arm.name}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}`;
+}
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+interface CpuProfile {
+  nodes: ProfileNode[];
+  startTime: number;
+  samples: number[];
+  timeDeltas: number[];
+}
+
+/**
+ * Self time per function over the measured rounds only: V8 stamps samples on the monotonic clock
+ * `process.hrtime` reads (µs), the same in every process, so samples outside [from, to] (start-up,
+ * module loading, warm-up, shutdown) are left out.
+ */
+function summariseProfiles(dir: string, from: number, to: number, top = 14): string {
+  const lines: string[] = [];
+  const label = (node: ProfileNode): string => {
+    const { functionName, url, lineNumber } = node.callFrame;
+    const where = url === '' ? '' : ` ${url.replace(/^file:\/\//, '').replace(repo, '').replace(/.*node_modules\//, 'node_modules/')}:${lineNumber + 1}`;
+    return `${functionName || '(anonymous)'}${where}`;
+  };
+  for (const sub of fs.readdirSync(dir).sort()) {
+    const files = fs.readdirSync(path.join(dir, sub)).filter((x) => x.endsWith('.cpuprofile'));
+    for (const file of files) {
+      const profile = JSON.parse(fs.readFileSync(path.join(dir, sub, file), 'utf8')) as CpuProfile;
+      const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+      const parent = new Map<number, number>();
+      for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+      const self = new Map<string, number>();
+      // Inclusive time of the project's own functions (src/): every distinct one on the sample's stack.
+      const inclusive = new Map<string, number>();
+      let all = 0;
+      let at = profile.startTime;
+      for (let i = 0; i < profile.samples.length; i++) {
+        const node = byId.get(profile.samples[i])!;
+        const dt = profile.timeDeltas[i] ?? 0;
+        at += dt;
+        if (at < from || at > to) continue;
+        const key = label(node);
+        self.set(key, (self.get(key) ?? 0) + dt);
+        all += dt;
+        const seen = new Set<string>();
+        for (let id: number | undefined = node.id; id !== undefined; id = parent.get(id)) {
+          const n = byId.get(id)!;
+          if (!n.callFrame.url.includes('/src/')) continue;
+          const k = label(n);
+          if (seen.has(k)) continue;
+          seen.add(k);
+          inclusive.set(k, (inclusive.get(k) ?? 0) + dt);
+        }
+      }
+      if (all === 0) continue;
+      const idle = self.get('(idle)') ?? 0;
+      const busy = all - idle;
+      if (busy < 0.02 * all) continue;
+      lines.push(`${sub}/${file}: ${f(all / 1e3)} ms of measured rounds, ${f(busy / 1e3)} ms busy`);
+      self.delete('(idle)');
+      lines.push('  self time (share of busy):');
+      for (const [key, t] of [...self].sort((a, b) => b[1] - a[1]).slice(0, top)) lines.push(`    ${f((t / busy) * 100, 1).padStart(5)}%  ${key}`);
+      lines.push('  inclusive time of src/ functions (share of busy):');
+      for (const [key, t] of [...inclusive].sort((a, b) => b[1] - a[1]).slice(0, top)) lines.push(`    ${f((t / busy) * 100, 1).padStart(5)}%  ${key}`);
+    }
+  }
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+
+process.stdout.write(
+  `e2e: ${rounds} round(s) × ${roundSeconds} s per arm and stream count; ${maxTokens}-token streaming completions at temperature 0.8; ` +
+    `${pin ? `model servers on core ${MODEL_CORE}, saegate and the load generator on core ${SAEGATE_CORE}` : 'one core: no pinning'}\n`,
+);
+if (pin) execFileSync('taskset', ['-a', '-p', '-c', SAEGATE_CORE, String(process.pid)], { stdio: 'ignore' });
+
+let measuredFrom = Infinity;
+let measuredTo = 0;
+try {
+  for (const m of models) {
+    const dir = makeTempDir('saegate-e2e-');
+    process.stderr.write(`${m.name}: starting processes…\n`);
+    const arms = await setUp(m, dir);
+    for (const arm of arms) for (const s of streamCounts) await runRound(arm, s, Math.min(1, roundSeconds)); // warm-up
+    measuredFrom = Math.min(measuredFrom, Number(process.hrtime.bigint() / 1000n));
+    const results = new Map<string, RoundResult[]>();
+    for (let r = 0; r < rounds; r++) {
+      for (const s of streamCounts) {
+        for (let i = 0; i < arms.length; i++) {
+          const arm = arms[(i + r) % arms.length];
+          process.stderr.write(`${m.name}: round ${r + 1}/${rounds}, ${s} stream(s), ${arm.name}\n`);
+          const result = await runRound(arm, s, roundSeconds);
+          const key = `${s}|${arm.name}`;
+          results.set(key, [...(results.get(key) ?? []), result]);
+        }
+      }
+    }
+    measuredTo = Number(process.hrtime.bigint() / 1000n);
+    const lines = [
+      `\n## ${m.name} (SAE ${m.dIn} → ${m.dSae} TopK k ${m.k} at ${m.hook})\n`,
+      '| streams | path | tok/s | × direct | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | × untapped | saegate CPU-µs/tok | saegate µs/row beyond SAE | SAE encode µs/row | errors |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ];
+    for (const s of streamCounts) {
+      const direct = results.get(`${s}|direct`)!;
+      for (const arm of arms) {
+        const rs = results.get(`${s}|${arm.name}`)!;
+        const tps = rs.map((x) => x.tokens / x.wallS);
+        const ratio = rs.map((x, i) => x.tokens / x.wallS / (direct[i].tokens / direct[i].wallS));
+        const modelCpu = rs.map((x) => x.modelCpuNs / 1e3 / x.tokens);
+        const modelRatio = rs.map((x, i) => x.modelCpuNs / x.tokens / (direct[i].modelCpuNs / direct[i].tokens));
+        const sgCpu = rs.map((x) => x.saegateCpuNs / 1e3 / x.tokens);
+        const beyond = rs.map((x) => (x.rowsEncoded > 0 ? (x.saegateCpuNs / 1e3 - x.encodeS * 1e6) / x.rowsEncoded : NaN));
+        const encode = rs.map((x) => (x.rowsEncoded > 0 ? (x.encodeS * 1e6) / x.rowsEncoded : NaN));
+        const tpot = rs.flatMap((x) => x.tpotMs);
+        lines.push(
+          `| ${s} | ${arm.name} | ${f(median(tps))} | ${f(median(ratio), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelRatio), 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${f(median(beyond), 1)} | ${f(median(encode), 1)} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
+        );
+      }
+    }
+    lines.push('', 'Row ledger (tap rows = encoded + dropped):');
+    for (const arm of arms) if (arm.saegate) lines.push(await ledger(arm));
+    process.stdout.write(`${lines.join('\n')}\n`);
+    await stopAll();
+    procs.length = 0;
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+} finally {
+  await stopAll();
+}
+if (profileDir !== null) process.stdout.write(`\n## CPU profiles (${profileDir})\n${summariseProfiles(profileDir, measuredFrom, measuredTo)}\n`);
