@@ -119,10 +119,13 @@ export class TapBridge {
         if (step.activations.length > 0) this.enqueue(step.activations);
       }),
       engine.onEnd((requestId, result) => {
-        this.flush();
         this.detokenizers.delete(requestId);
         this.prompts.delete(requestId);
-        this.client.sendEnd({ requestId, promptTokens: result.promptTokens, completionTokens: result.completionTokens, finishReason: result.finishReason });
+        // The request's last tokens and rows, then its end, in one write.
+        this.client.batch(() => {
+          this.flush();
+          this.client.sendEnd({ requestId, promptTokens: result.promptTokens, completionTokens: result.completionTokens, finishReason: result.finishReason });
+        });
       }),
     );
   }
@@ -139,12 +142,17 @@ export class TapBridge {
     else this.flushTimer ??= setTimeout(() => this.flush(), this.flushMs);
   }
 
-  /** Sends the pending tokens (one message), then every pending row, one frame per hook. */
+  /** Sends the pending tokens (one message), then every pending row, one frame per hook, in one write. */
   flush(): void {
     if (this.flushTimer) {
       clearTimeout(this.flushTimer);
       this.flushTimer = null;
     }
+    if (this.pendingTokens.requestIds.length === 0 && this.pending.length === 0) return;
+    this.client.batch(() => this.sendPending());
+  }
+
+  private sendPending(): void {
     const tokens = this.pendingTokens;
     if (tokens.requestIds.length > 0) {
       this.pendingTokens = { requestIds: [], positions: [], tokenIds: [], texts: [] };

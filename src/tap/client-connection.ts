@@ -7,6 +7,7 @@
  * saegate, welcome first with a supported version); what a subscribe, vector or plan means is the
  * owner's business, through `ConnectionHandlers`.
  */
+import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { decodeMessage } from './codec.js';
 import type { ReconnectBackoff } from './backoff.js';
@@ -60,6 +61,8 @@ export class ClientConnection {
   private resolveClosed: (() => void) | null = null;
   private connectsCount = 0;
   private failuresCount = 0;
+  /** The TCP socket under the current WebSocket, from its upgrade response. */
+  private tcp: Socket | null = null;
 
   constructor(options: ClientConnectionOptions) {
     this.options = options;
@@ -70,6 +73,25 @@ export class ClientConnection {
     const ws = this.ws;
     // A socket that is already closing counts as gone: its 'close' event just has not run yet.
     return this.welcomed && ws !== null && ws.readyState === WebSocket.OPEN ? ws : null;
+  }
+
+  /**
+   * Runs `sends` with the TCP socket corked, so the frames they write leave in one `writev`
+   * instead of one system call each (on loopback a write costs the sender the receiver's TCP work
+   * too, about as much as encoding a frame). Runs `sends` plainly when there is no socket.
+   */
+  corked(sends: () => void): void {
+    const tcp = this.tcp;
+    if (tcp === null || tcp.destroyed) {
+      sends();
+      return;
+    }
+    tcp.cork();
+    try {
+      sends();
+    } finally {
+      tcp.uncork();
+    }
   }
 
   /** True between the welcome and the end of that connection. */
@@ -143,6 +165,9 @@ export class ClientConnection {
       ...(this.options.zeroMask ? { generateMask: zeroMask } : {}),
     });
     this.ws = ws;
+    ws.on('upgrade', (res) => {
+      if (this.ws === ws) this.tcp = res.socket as Socket;
+    });
     ws.on('unexpected-response', (_req, res) => {
       // The upgrade was refused (401 for a wrong token, 404 for a wrong path...). Note the status
       // for the log and abandon the attempt; 'close' then schedules the retry.
@@ -176,6 +201,7 @@ export class ClientConnection {
   private onClose(ws: WebSocket, code: number, reason: string): void {
     if (this.ws !== ws) return;
     this.ws = null;
+    this.tcp = null;
     this.clearHandshakeTimer();
     const welcomed = this.welcomed;
     this.welcomed = false;

@@ -19,8 +19,11 @@
  *   TPOT p50/p99            time per output token within a request (first to last chunk / (n − 1))
  *   model CPU-µs/tok        the model server's CPU time (every thread, /proc/PID/task/{TID}/schedstat) per generated token
  *   saegate CPU-µs/tok      saegate's CPU time per generated token
- *   saegate µs/row, beyond SAE   (saegate CPU − the SAE workers' encode time, from
- *                           saegate_sae_encode_seconds) per row encoded
+ *   rows/tok                rows encoded per generated token (prompt rows included)
+ *   saegate µs/row          what a monitored row costs saegate: (its CPU per token − the no-SAE
+ *                           arm's in the same round) × tokens / rows
+ *   beyond SAE              that, less the SAE's own arithmetic: raw onnxruntime on the same SAE
+ *                           graph at batch 256 (f32 rows, one thread), measured in this process
  *
  * and, per saegate, the row ledger at the end: tap rows = rows encoded + rows dropped by reason.
  * Models: stories260K (../shared/models; a 64 → 1024 TopK SAE, k 32, at blocks.3) and a synthetic
@@ -43,7 +46,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Agent, request } from 'undici';
+import { createSession, loadOrt } from '../../src/common/ort.js';
 import { writeSaeLensDirectory } from '../../src/lab/train/trainer.js';
+import { buildSaeEncoderGraph, SaeEncoderNames, saeEncoderOutputNames } from '../../src/sae/graph.js';
 import { seededUniform } from '../../src/common/random.js';
 import type { SaeWeights } from '../../src/sae/types.js';
 import { hasSharedModels, makeTempDir, stories260K } from '../helpers/fixtures.js';
@@ -218,9 +223,32 @@ async function startModelServer(m: ModelCase, arm: ArmName, tapUrl: string | nul
   return { proc, url };
 }
 
+/** µs per row of raw onnxruntime on the SAE's encoder graph at batch 256 (one thread, f32 rows). */
+async function rawSaeMicrosPerRow(sae: SaeWeights): Promise<number> {
+  const ort = await loadOrt();
+  const session = await createSession(buildSaeEncoderGraph(sae), { device: 'cpu', intraOpThreads: 1, spinning: false });
+  const batch = 256;
+  const u = seededUniform(5);
+  const rows = Float32Array.from({ length: batch * sae.config.dIn }, () => u() - 0.5);
+  const feeds = { [SaeEncoderNames.input]: new ort.Tensor('float32', rows, [batch, sae.config.dIn]) };
+  const outputs = [...saeEncoderOutputNames];
+  for (let i = 0; i < 3; i++) await session.run(feeds, outputs);
+  let runs = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < 1000) {
+    await session.run(feeds, outputs);
+    runs++;
+  }
+  const us = ((performance.now() - t0) * 1000) / (runs * batch);
+  await session.release();
+  return us;
+}
+
 async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
   const saeDir = path.join(dir, 'bench');
-  writeSaeLensDirectory(saeDir, seededTopK(m, 11));
+  const sae = seededTopK(m, 11);
+  writeSaeLensDirectory(saeDir, sae);
+  rawMicrosPerRow = await rawSaeMicrosPerRow(sae);
   const watched = [1, 2, 3, 5, 8, 13, 21, 34];
   fs.writeFileSync(path.join(dir, 'watch.yaml'), `features:\n${watched.map((i) => `  - {sae: bench, index: ${i}, label: f${i}}\n`).join('')}`);
   const policyDir = path.join(dir, 'policies');
@@ -288,7 +316,6 @@ interface RoundResult {
   modelCpuNs: number;
   saegateCpuNs: number;
   rowsEncoded: number;
-  encodeS: number;
   errors: number;
 }
 
@@ -376,7 +403,7 @@ async function runRound(arm: Arm, streams: number, seconds: number): Promise<Rou
   const after = arm.saegateUrl ? await scrape(arm.saegateUrl) : null;
   await agent.close();
   const delta = (name: string): number => (before && after ? total(after, name) - total(before, name) : 0);
-  return { tokens, wallS, tpotMs: tpot, modelCpuNs, saegateCpuNs, rowsEncoded: delta('saegate_sae_rows_encoded_total'), encodeS: delta('saegate_sae_encode_seconds_sum'), errors };
+  return { tokens, wallS, tpotMs: tpot, modelCpuNs, saegateCpuNs, rowsEncoded: delta('saegate_sae_rows_encoded_total'), errors };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,6 +512,7 @@ process.stdout.write(
 );
 if (pin) execFileSync('taskset', ['-a', '-p', '-c', SAEGATE_CORE, String(process.pid)], { stdio: 'ignore' });
 
+let rawMicrosPerRow = NaN;
 let measuredFrom = Infinity;
 let measuredTo = 0;
 try {
@@ -508,12 +536,13 @@ try {
     }
     measuredTo = Number(process.hrtime.bigint() / 1000n);
     const lines = [
-      `\n## ${m.name} (SAE ${m.dIn} → ${m.dSae} TopK k ${m.k} at ${m.hook})\n`,
-      '| streams | path | tok/s | × direct | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | × untapped | saegate CPU-µs/tok | saegate µs/row beyond SAE | SAE encode µs/row | errors |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|',
+      `\n## ${m.name} (SAE ${m.dIn} → ${m.dSae} TopK k ${m.k} at ${m.hook}; raw onnxruntime ${f(rawMicrosPerRow, 2)} µs/row at batch 256)\n`,
+      '| streams | path | tok/s | × direct | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | × untapped | saegate CPU-µs/tok | rows/tok | saegate µs/row | beyond SAE | errors |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ];
     for (const s of streamCounts) {
       const direct = results.get(`${s}|direct`)!;
+      const noSae = results.get(`${s}|saegate`);
       for (const arm of arms) {
         const rs = results.get(`${s}|${arm.name}`)!;
         const tps = rs.map((x) => x.tokens / x.wallS);
@@ -521,11 +550,12 @@ try {
         const modelCpu = rs.map((x) => x.modelCpuNs / 1e3 / x.tokens);
         const modelRatio = rs.map((x, i) => x.modelCpuNs / x.tokens / (direct[i].modelCpuNs / direct[i].tokens));
         const sgCpu = rs.map((x) => x.saegateCpuNs / 1e3 / x.tokens);
-        const beyond = rs.map((x) => (x.rowsEncoded > 0 ? (x.saegateCpuNs / 1e3 - x.encodeS * 1e6) / x.rowsEncoded : NaN));
-        const encode = rs.map((x) => (x.rowsEncoded > 0 ? (x.encodeS * 1e6) / x.rowsEncoded : NaN));
+        const rowsPerToken = rs.map((x) => x.rowsEncoded / x.tokens);
+        const perRow = rs.map((x, i) => (x.rowsEncoded > 0 && noSae ? ((x.saegateCpuNs / x.tokens - noSae[i].saegateCpuNs / noSae[i].tokens) * x.tokens) / 1e3 / x.rowsEncoded : NaN));
         const tpot = rs.flatMap((x) => x.tpotMs);
+        const sae = arm.name !== 'direct' && arm.name !== 'saegate';
         lines.push(
-          `| ${s} | ${arm.name} | ${f(median(tps))} | ${f(median(ratio), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelRatio), 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${f(median(beyond), 1)} | ${f(median(encode), 1)} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
+          `| ${s} | ${arm.name} | ${f(median(tps))} | ${f(median(ratio), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelRatio), 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
         );
       }
     }
