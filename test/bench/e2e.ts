@@ -36,6 +36,7 @@
  *
  *   npx tsx test/bench/e2e.ts [--quick] [--rounds N] [--seconds S] [--streams 1,8,32]
  *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR]
+ *                             [--saegate-args '--sae-max-delay-ms 8']
  *
  * Prints tables; asserts nothing about time.
  */
@@ -64,8 +65,11 @@ const { values } = parseArgs({
     arms: { type: 'string' },
     tokens: { type: 'string' },
     profile: { type: 'string' },
+    'saegate-args': { type: 'string' },
   },
 });
+/** Extra flags for every `saegate serve` (for example `--sae-max-delay-ms 8`), split on spaces. */
+const extraSaegateArgs = values['saegate-args']?.split(' ').filter((a) => a !== '') ?? [];
 const quick = values.quick === true;
 const rounds = Number(values.rounds ?? (quick ? 1 : 3));
 const roundSeconds = Number(values.seconds ?? (quick ? 2 : 5));
@@ -284,7 +288,7 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
       continue;
     }
     const upstreamPort = await freePort();
-    const args = ['serve', '--upstream', `http://127.0.0.1:${upstreamPort}`, '--port', '0', '--require-tap'];
+    const args = ['serve', '--upstream', `http://127.0.0.1:${upstreamPort}`, '--port', '0', '--require-tap', ...extraSaegateArgs];
     if (name !== 'saegate') args.push('--sae', saeDir);
     if (name === 'saegate+sae+monitor') args.push('--baseline', baseline, '--watch', path.join(dir, 'watch.yaml'), '--policies', policyDir);
     const saegate = startProc(`${m.name} saegate ${name}`, SAEGATE_CORE, args);
