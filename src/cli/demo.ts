@@ -139,8 +139,9 @@ export async function demo(argv: string[]): Promise<Demo> {
   const proxyPort = flags.port !== 0 ? flags.port : await probePort(flags.host, 0, 'port');
   const server = await startModelServer({ model, loaded, host: '127.0.0.1', port: flags.modelPort, tapUrl: `ws://${tapHost}:${proxyPort}/v1/tap` });
   let proxy;
+  let live;
   try {
-    ({ server: proxy } = await startProxyWithSaes(
+    ({ server: proxy, live } = await startProxyWithSaes(
       { upstream: server.url, host: flags.host, port: proxyPort },
       chosen ? [chosen.sae] : [],
       chosen?.policies ?? undefined,
@@ -150,6 +151,13 @@ export async function demo(argv: string[]): Promise<Demo> {
     await server.close();
     throw error;
   }
+  const name = server.model.name;
+  // The live view's header names the model, with a SYNTHETIC badge for the fallback.
+  live.hub.setServedModel({
+    name,
+    synthetic: resolved.synthetic,
+    detail: resolved.synthetic ? `seeded random weights, not trained (${model})${resolved.note ? `: ${resolved.note}` : ''}` : model,
+  });
   // The banner waits for the model server's tap (it retries until saegate listens), so the first
   // request a user sends already streams rows to the SAE, the monitor and the live view.
   if (proxy.tap.server.connections.length === 0) {
@@ -163,7 +171,6 @@ export async function demo(argv: string[]): Promise<Demo> {
   }
   const hook = chosen?.sae.config.hookName ?? defaultHook;
   if (!chosen) proxy.tap.subscribeAll({ hooks: [hook], dtype: 'f16', includePrompt: true });
-  const name = server.model.name;
   const saeLines = chosen
     ? `  SAE                           ${saeSummary(chosen.sae)}\n` +
       (chosen.featuresPage ? `  feature page                  file://${path.resolve(chosen.featuresPage)}  (what each feature responds to)\n` : '')
