@@ -15,7 +15,7 @@ import { loadModel } from '../model/load.js';
 import { allHookPoints } from '../model/types.js';
 import { bindSaeToModel, loadSae } from '../sae/load.js';
 import type { SaeWeights } from '../sae/types.js';
-import { resolveDefaultModel } from './model-resolve.js';
+import { fallbackNotice, resolveDefaultModel } from './model-resolve.js';
 import { DEMO_STEER_HEADER } from './demo-policies.js';
 import { cacheRoot, DemoSaeInterrupted, ensureDemoSae, featuresPage } from './demo-sae.js';
 import { startProxyWithSaes } from './serve.js';
@@ -116,7 +116,8 @@ export async function demo(argv: string[]): Promise<Demo> {
       lastPercent = percent;
     },
   });
-  if (resolved.synthetic && resolved.note) process.stderr.write(`saegate demo: no real model (${resolved.note}); using a seeded synthetic model that writes gibberish\n`);
+  const notice = fallbackNotice(resolved);
+  if (notice !== null) process.stderr.write(`saegate demo: ${notice}\n`);
   const model = resolved.model;
   const tapHost = flags.host === '0.0.0.0' || flags.host === '::' ? '127.0.0.1' : flags.host;
   const loaded = await loadModel({ model, ...(resolved.tokenizer !== null && { tokenizer: resolved.tokenizer }) });
