@@ -15,7 +15,7 @@ import { loadModel } from '../model/load.js';
 import { allHookPoints } from '../model/types.js';
 import { bindSaeToModel, loadSae } from '../sae/load.js';
 import type { SaeWeights } from '../sae/types.js';
-import { resolveDefaultModel } from './model-resolve.js';
+import { fallbackNotice, resolveDefaultModel } from './model-resolve.js';
 import { DEMO_STEER_HEADER } from './demo-policies.js';
 import { cacheRoot, DemoSaeInterrupted, ensureDemoSae, featuresPage } from './demo-sae.js';
 import { startProxyWithSaes } from './serve.js';
@@ -116,7 +116,8 @@ export async function demo(argv: string[]): Promise<Demo> {
       lastPercent = percent;
     },
   });
-  if (resolved.synthetic && resolved.note) process.stderr.write(`saegate demo: no real model (${resolved.note}); using a seeded synthetic model that writes gibberish\n`);
+  const notice = fallbackNotice(resolved);
+  if (notice !== null) process.stderr.write(`saegate demo: ${notice}\n`);
   const model = resolved.model;
   const tapHost = flags.host === '0.0.0.0' || flags.host === '::' ? '127.0.0.1' : flags.host;
   const loaded = await loadModel({ model, ...(resolved.tokenizer !== null && { tokenizer: resolved.tokenizer }) });
@@ -139,8 +140,9 @@ export async function demo(argv: string[]): Promise<Demo> {
   const proxyPort = flags.port !== 0 ? flags.port : await probePort(flags.host, 0, 'port');
   const server = await startModelServer({ model, loaded, host: '127.0.0.1', port: flags.modelPort, tapUrl: `ws://${tapHost}:${proxyPort}/v1/tap` });
   let proxy;
+  let live;
   try {
-    ({ server: proxy } = await startProxyWithSaes(
+    ({ server: proxy, live } = await startProxyWithSaes(
       { upstream: server.url, host: flags.host, port: proxyPort },
       chosen ? [chosen.sae] : [],
       chosen?.policies ?? undefined,
@@ -150,6 +152,13 @@ export async function demo(argv: string[]): Promise<Demo> {
     await server.close();
     throw error;
   }
+  const name = server.model.name;
+  // The live view's header names the model, with a SYNTHETIC badge for the fallback.
+  live.hub.setServedModel({
+    name,
+    synthetic: resolved.synthetic,
+    detail: resolved.synthetic ? `seeded random weights, not trained (${model})${resolved.note ? `: ${resolved.note}` : ''}` : model,
+  });
   // The banner waits for the model server's tap (it retries until saegate listens), so the first
   // request a user sends already streams rows to the SAE, the monitor and the live view.
   if (proxy.tap.server.connections.length === 0) {
@@ -163,7 +172,6 @@ export async function demo(argv: string[]): Promise<Demo> {
   }
   const hook = chosen?.sae.config.hookName ?? defaultHook;
   if (!chosen) proxy.tap.subscribeAll({ hooks: [hook], dtype: 'f16', includePrompt: true });
-  const name = server.model.name;
   const saeLines = chosen
     ? `  SAE                           ${saeSummary(chosen.sae)}\n` +
       (chosen.featuresPage ? `  feature page                  file://${path.resolve(chosen.featuresPage)}  (what each feature responds to)\n` : '')

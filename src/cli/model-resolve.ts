@@ -109,3 +109,17 @@ export async function resolveDefaultModel(options: ResolveModelOptions): Promise
   }
   return { model: SYNTHETIC_DEFAULT_MODEL, tokenizer: null, origin: 'synthetic', synthetic: true, note: 'offline: no download attempted' };
 }
+
+/**
+ * The one line `npm start` prints when it fell back to the synthetic model: why (the download's
+ * error, whitespace collapsed so a multi-line message stays one line), that the model writes
+ * gibberish, and how to run stories260K without the network. Null for any other model.
+ */
+export function fallbackNotice(resolved: ResolvedModel): string | null {
+  if (resolved.origin !== 'synthetic') return null;
+  const why = (resolved.note ?? 'no download attempted').replace(/\s+/g, ' ').trim();
+  return (
+    `no real model (${why}); using a seeded synthetic model that writes gibberish, labelled SYNTHETIC. ` +
+    'To run stories260K offline, put stories260K.bin and tok512.bin in DIR/stories260K/ and set SAEGATE_MODELS_DIR=DIR'
+  );
+}

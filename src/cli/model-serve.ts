@@ -1,6 +1,7 @@
 /** `saegate model serve`: the reference model server. */
 import { flag, integer, oneOf, parseCommand, text, type CommandSpec } from '../common/options.js';
 import { startModelServer, type ModelServer } from '../model/server.js';
+import { isSyntheticModel } from '../model/load.js';
 
 const modelServeOptions = {
   model: {
@@ -61,7 +62,7 @@ export async function modelServe(argv: string[]): Promise<ModelServer> {
   });
   const cfg = server.model.weights.config;
   process.stdout.write(
-    `saegate model server: ${server.model.name} (d_model ${cfg.dim}, ${cfg.nLayers} layers, vocab ${cfg.vocabSize}, context ${cfg.maxSeqLen}) on ${flags.device}\n` +
+    `saegate model server: ${server.model.name} (${isSyntheticModel(server.model.source) ? 'SYNTHETIC model, not trained: ' : ''}d_model ${cfg.dim}, ${cfg.nLayers} layers, vocab ${cfg.vocabSize}, context ${cfg.maxSeqLen}) on ${flags.device}\n` +
       `  OpenAI API   ${server.url}/v1  (models, completions, chat/completions)\n` +
       (flags.tap ? `  tap          ${flags.tap}\n` : ''),
   );

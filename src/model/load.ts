@@ -35,6 +35,14 @@ export interface LoadModelOptions {
 
 const SYNTHETIC_PREFIX = 'synthetic';
 
+/**
+ * Whether a model argument (or a LoadedModel's `source`) is a `synthetic:` spec: seeded random
+ * weights, never trained, so its text is gibberish. The API and banners label such a model.
+ */
+export function isSyntheticModel(model: string): boolean {
+  return model === SYNTHETIC_PREFIX || model.startsWith(`${SYNTHETIC_PREFIX}:`);
+}
+
 /** Keys of a `synthetic:` spec and the option each sets. */
 const syntheticKeys: Record<string, keyof SyntheticModelOptions> = {
   dim: 'dim',
@@ -105,7 +113,7 @@ function checkVocabulary(tokenizer: Tokenizer, tokenizerSource: string, config: 
 type ModelKind = { kind: 'synthetic' } | { kind: 'hf'; directory: string } | { kind: 'llama2c'; file: string };
 
 function classify(model: string): ModelKind {
-  if (model === SYNTHETIC_PREFIX || model.startsWith(`${SYNTHETIC_PREFIX}:`)) return { kind: 'synthetic' };
+  if (isSyntheticModel(model)) return { kind: 'synthetic' };
   let stat: fs.Stats;
   try {
     stat = fs.statSync(model);

@@ -10,7 +10,7 @@ import type { HttpServerLimits } from '../common/http-server.js';
 import type { Device } from '../common/ort.js';
 import { LocalEngine } from './engine.js';
 import { buildModelApp } from './http/app.js';
-import { loadModel } from './load.js';
+import { isSyntheticModel, loadModel } from './load.js';
 import { engineWithPromptTokens, TapBridge } from './tap-bridge.js';
 import type { LoadedModel } from './types.js';
 
@@ -75,6 +75,7 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
     engine: options.tapUrl ? engineWithPromptTokens(engine, () => tap) : engine,
     tokenizer: model.tokenizer,
     modelName: model.name,
+    synthetic: isSyntheticModel(model.source),
     maxConcurrentRequests: options.maxConcurrentRequests,
     logger: options.logger ?? false,
     limits: options.limits,

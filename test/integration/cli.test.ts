@@ -9,6 +9,7 @@ import { writeSafetensors } from '../../src/common/safetensors.js';
 import { runCliToExit, waitForApiUrl, withCli } from '../helpers/cli.js';
 import { makeTempDir, removeTempDir } from '../helpers/fixtures.js';
 import { waitFor } from '../helpers/wait.js';
+import WebSocket from 'ws';
 
 
 
@@ -16,8 +17,9 @@ describe('saegate CLI', () => {
   it('serves a synthetic model on a free port, answers /v1/models, and exits 0 on SIGTERM', async () => {
     await withCli(['model', 'serve', '--model', 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=1', '--name', 'tiny', '--port', '0'], async (proc) => {
       const url = await waitForApiUrl(proc);
-      const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
-      expect(models.data.map((m) => m.id)).toEqual(['tiny']);
+      const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string; synthetic: boolean }[] };
+      expect(models.data.map((m) => [m.id, m.synthetic])).toEqual([['tiny', true]]);
+      expect(proc.out()).toContain('saegate model server: tiny (SYNTHETIC model, not trained: d_model 32');
       proc.child.kill('SIGTERM');
       expect(await proc.exited).toBe(0);
     });
@@ -38,7 +40,7 @@ describe('saegate CLI', () => {
 });
 
 describe('saegate demo (npm start)', () => {
-  it('serves the model through the proxy with the tap connected, and rows reach saegate', async () => {
+  it('serves the model through the proxy with the tap connected, rows reach saegate, and the synthetic model is labelled in the banner, /v1/models and the live view', async () => {
     await withCli(['demo', '--port', '0', '--model-port', '0', '--no-sae'], async (proc) => {
       const url = await waitForApiUrl(proc);
       // Port 0 for both: the demo prints the ports it took, and they are the ones serving.
@@ -51,7 +53,20 @@ describe('saegate demo (npm start)', () => {
       const ui = await fetch(`${url}/ui`);
       expect(ui.status).toBe(200);
       expect(ui.headers.get('content-security-policy')).toContain("default-src 'self'");
-      expect(((await (await fetch(`${modelUrl}/v1/models`)).json()) as { data: unknown[] }).data).toHaveLength(1);
+      // Labelled synthetic: the banner, /v1/models (direct and through saegate) and the live view's snapshot.
+      expect(proc.out()).toMatch(/^saegate demo: proxy → reference model server with synthetic \(SYNTHETIC model, not trained: synthetic:dim=32,/m);
+      for (const base of [modelUrl, url]) {
+        expect((await (await fetch(`${base}/v1/models`)).json()) as unknown).toMatchObject({ data: [{ id: 'synthetic', object: 'model', synthetic: true }] });
+      }
+      const snapshot = await new Promise<unknown>((resolve, reject) => {
+        const ws = new WebSocket(`${url.replace('http', 'ws')}/ui/ws`);
+        ws.once('message', (data: Buffer) => {
+          resolve(JSON.parse(data.toString()));
+          ws.close();
+        });
+        ws.once('error', reject);
+      });
+      expect(snapshot).toMatchObject({ type: 'snapshot', servedModel: { name: 'synthetic', synthetic: true } });
       const rowsReceived = async (): Promise<number> => Number(/^saegate_tap_rows_total (\S+)$/m.exec(await (await fetch(`${url}/metrics`)).text())?.[1] ?? 'NaN');
       // The model server connects to the tap with backoff once saegate listens.
       await waitFor('the model server connected to the demo proxy\'s tap', async () => /^saegate_tap_connections 1$/m.test(await (await fetch(`${url}/metrics`)).text()), { intervalMs: 50, deadlineMs: 30_000 });

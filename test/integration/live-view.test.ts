@@ -199,6 +199,33 @@ describe.skipIf(skipBrowserTests)(needsChromium('live view reconnects in Chromiu
     return proxy;
   }
 
+  it('names the served model in the header, with a SYNTHETIC badge while it is the synthetic fallback', async () => {
+    const hub = new LiveHub({ servedModel: { name: 'synthetic', synthetic: true, detail: 'seeded random weights, not trained (synthetic:dim=64): offline' } });
+    const proxy = await startOn(0, hub);
+    const page = await browser.newPage();
+    const problems: string[] = [];
+    page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+    page.on('console', (message) => {
+      if (message.type() === 'error' || message.type() === 'warning') problems.push(`console ${message.type()}: ${message.text()}`);
+    });
+    await page.goto(`${proxy.url}/ui`);
+    await page.waitForSelector('#model .badge.synthetic', { state: 'visible', timeout: 15_000 });
+    expect(await page.$eval('#model', (el) => el.textContent)).toBe('model syntheticSYNTHETIC: untrained, writes gibberish');
+    expect(await page.$eval('#model', (el) => el.getAttribute('title'))).toContain('offline');
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'live-view-synthetic.png') });
+
+    // A real model replaces it live (names are text: markup stays text).
+    hub.setServedModel({ name: '<b>stories260K</b>', synthetic: false, detail: null });
+    await page.waitForSelector('#model .badge', { state: 'detached', timeout: 15_000 });
+    expect(await page.$eval('#model', (el) => el.textContent)).toBe('model <b>stories260K</b>');
+    expect(await page.$$('#model b')).toHaveLength(0);
+    hub.setServedModel(null);
+    await page.waitForSelector('#model', { state: 'hidden', timeout: 15_000 });
+    await page.close();
+    expect(problems).toEqual([]);
+  }, 60_000);
+
   it('reconnects after saegate restarts and shows the new process\'s snapshot instead of the old one', async () => {
     const port = await freePort();
     const first = new LiveHub();

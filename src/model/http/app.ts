@@ -25,6 +25,11 @@ export interface ModelAppOptions {
   tokenizer: Tokenizer;
   /** The model id clients must send in `model` and that `/v1/models` lists. */
   modelName: string;
+  /**
+   * The model is a seeded synthetic one (random weights, not trained): `/v1/models` says so in its
+   * `synthetic` field. Default false.
+   */
+  synthetic?: boolean;
   /** Generation requests in flight before new ones get 429 with Retry-After: 1. Default 256. */
   maxConcurrentRequests?: number;
   /** Fastify logger: false (default), true, or pino options. */
@@ -115,6 +120,7 @@ export function buildModelApp(options: ModelAppOptions): FastifyInstance {
     engine: options.engine,
     tokenizer: options.tokenizer,
     modelName: options.modelName,
+    synthetic: options.synthetic ?? false,
     limiter,
     bodyLimit,
     planWaitTimeoutMs: options.planWaitTimeoutMs ?? null,

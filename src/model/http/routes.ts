@@ -20,6 +20,8 @@ export interface ModelRoutesOptions {
   engine: Engine;
   tokenizer: Tokenizer;
   modelName: string;
+  /** Seeded random weights, not trained: listed with `synthetic: true`. */
+  synthetic: boolean;
   limiter: InFlightLimiter;
   /** Bytes; for the 413 message. */
   bodyLimit: number;
@@ -115,7 +117,9 @@ export function registerModelRoutes(app: FastifyInstance, options: ModelRoutesOp
   const config = engine.config;
   const chatPrompter = new ChatPrompter(tokenizer);
   const createdAt = Math.floor(Date.now() / 1000);
-  const modelObject = { id: modelName, object: 'model', created: createdAt, owned_by: 'saegate' } as const;
+  // OpenAI's model object plus `synthetic` (extra fields are allowed: vLLM adds its own), so a
+  // client or a person reading the list can tell an untrained synthetic model from a real one.
+  const modelObject = { id: modelName, object: 'model', created: createdAt, owned_by: 'saegate', synthetic: options.synthetic } as const;
   const deps = { engine, tokenizer, modelName, bodyLimit: options.bodyLimit };
 
   app.get('/healthz', async () => ({

@@ -16,7 +16,8 @@ export function monitorDriftSource(monitor: MonitorMetricsSource, now: () => num
       for (const [key, reading] of monitor.readings()) {
         for (const [window, w] of Object.entries(reading.windows)) {
           if (w.drift === null) continue;
-          series.push({ name: `${key} ${window} JSD`, value: w.drift.scores.jsd, threshold: Number.isFinite(w.drift.thresholds.jsd) ? w.drift.thresholds.jsd : null });
+          // The key is monitorKey's `SAE\u0000HOOK`: the NUL would reach the legend as a missing glyph.
+          series.push({ name: `${key.replaceAll('\u0000', ' ')} ${window} JSD`, value: w.drift.scores.jsd, threshold: Number.isFinite(w.drift.thresholds.jsd) ? w.drift.thresholds.jsd : null });
         }
       }
       return { atMs: now(), series, alerts: [...monitor.firingAlerts()].sort() };

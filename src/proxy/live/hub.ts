@@ -104,9 +104,32 @@ export interface LiveSample {
   alerts: string[];
 }
 
+/**
+ * The model behind the proxy, when whoever composed saegate knows it (the demo does); the page
+ * shows it in its header, with a badge when it is synthetic.
+ */
+export interface LiveServedModel {
+  /** The model id clients send. Untrusted like every text on the page. */
+  name: string;
+  /** Seeded random weights, not trained (its text is gibberish): the page labels it SYNTHETIC. */
+  synthetic: boolean;
+  /** One line on where it came from, or why the synthetic fallback was used; shown on hover. */
+  detail: string | null;
+}
+
 /** Messages to viewers (the WebSocket's JSON text frames). */
 export type LiveMessage =
-  | { type: 'snapshot'; maxRequests: number; maxSamples: number; featurePages: Record<string, string>; requests: LiveRequestView[]; samples: LiveSample[] }
+  | {
+      type: 'snapshot';
+      maxRequests: number;
+      maxSamples: number;
+      featurePages: Record<string, string>;
+      /** Null when the served model was not given. */
+      servedModel: LiveServedModel | null;
+      requests: LiveRequestView[];
+      samples: LiveSample[];
+    }
+  | { type: 'model'; servedModel: LiveServedModel | null }
   | { type: 'requests'; requests: LiveRequestView[] }
   | { type: 'evict'; ids: string[] }
   | { type: 'sample'; sample: LiveSample };
@@ -126,6 +149,8 @@ export interface LiveHubOptions {
   featurePages?: Record<string, string>;
   /** Drift scores for the chart; without one the chart shows tokens/s and SAE rows/s. */
   drift?: LiveDriftSource;
+  /** The model behind the proxy, for the page's header (also settable later: setServedModel). */
+  servedModel?: LiveServedModel;
   /** Epoch ms. Default Date.now. */
   now?: () => number;
 }
@@ -154,6 +179,7 @@ export class LiveHub {
   private readonly label: (hook: string, index: number) => string | undefined;
   private readonly featurePages: Record<string, string>;
   private readonly drift: LiveDriftSource | undefined;
+  private servedModel: LiveServedModel | null;
   private readonly now: () => number;
   /** Insertion order = arrival order, so the first key is the oldest. */
   private readonly requests = new Map<string, TrackedRequest>();
@@ -176,6 +202,7 @@ export class LiveHub {
     this.label = options.label ?? (() => undefined);
     this.featurePages = { ...options.featurePages };
     this.drift = options.drift;
+    this.servedModel = options.servedModel === undefined ? null : { ...options.servedModel };
     this.now = options.now ?? Date.now;
     this.lastSampleAt = this.now();
     this.scratchIndex = new Int32Array(this.maxFeatures);
@@ -207,7 +234,21 @@ export class LiveHub {
       this.sortTokens(tracked);
       return tracked.view;
     });
-    return { type: 'snapshot', maxRequests: this.maxRequests, maxSamples: this.maxSamples, featurePages: this.featurePages, requests, samples: [...this.samples] };
+    return {
+      type: 'snapshot',
+      maxRequests: this.maxRequests,
+      maxSamples: this.maxSamples,
+      featurePages: this.featurePages,
+      servedModel: this.servedModel,
+      requests,
+      samples: [...this.samples],
+    };
+  }
+
+  /** Says which model is behind the proxy (null: unknown); viewers are told at once, not at the next flush. */
+  setServedModel(model: LiveServedModel | null): void {
+    this.servedModel = model === null ? null : { ...model };
+    this.emit({ type: 'model', servedModel: this.servedModel });
   }
 
   /** A generation request was resolved (called by the plan resolver wrapper). */

@@ -25,6 +25,7 @@ export const liveHtml = `<!doctype html>
 <body>
 <header id="top">
 <h1>saegate live view</h1>
+<span id="model" class="model" hidden></span>
 <span id="status" class="status">connecting</span>
 </header>
 <section id="chart-box">
@@ -49,6 +50,8 @@ body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-ser
 .status { font-size: 12px; padding: 1px 8px; border-radius: 10px; background: #eee; }
 .status.live { background: #d8f5dc; }
 .status.down { background: #fbe0dc; }
+.model { font-size: 13px; color: var(--muted); }
+.model .badge { margin-left: 6px; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; color: #fff; background: #b02a1a; }
 #chart-box { padding: 10px 24px; background: #fff; border-bottom: 1px solid var(--line); }
 #chart { width: 100%; max-width: 900px; height: 180px; display: block; }
 #legend, #alerts { list-style: none; margin: 4px 0 0; padding: 0; display: flex; flex-wrap: wrap; gap: 4px 16px; font-size: 12px; }
@@ -78,6 +81,7 @@ export const liveScript = String.raw`
   const list = document.getElementById('requests');
   const empty = document.getElementById('empty');
   const statusEl = document.getElementById('status');
+  const modelEl = document.getElementById('model');
   const canvas = document.getElementById('chart');
   const legend = document.getElementById('legend');
   const alertsEl = document.getElementById('alerts');
@@ -91,6 +95,16 @@ export const liveScript = String.raw`
   }
   function hue(index) { return Math.round((index * 137.508) % 360); }
   function setStatus(text, cls) { statusEl.textContent = text; statusEl.className = 'status ' + cls; }
+
+  // The served model, when the server says which (the demo does); a synthetic one gets a badge.
+  function showModel(model) {
+    if (!model || typeof model.name !== 'string') { modelEl.hidden = true; modelEl.replaceChildren(); return; }
+    modelEl.replaceChildren(el('span', 'model-name', 'model ' + model.name));
+    if (model.synthetic === true) modelEl.append(el('span', 'badge synthetic', 'SYNTHETIC: untrained, writes gibberish'));
+    modelEl.classList.toggle('synthetic', model.synthetic === true);
+    modelEl.title = typeof model.detail === 'string' ? model.detail : '';
+    modelEl.hidden = false;
+  }
 
   function featureLine(f) {
     return '#' + f.index + ' ' + f.value.toFixed(2) + (f.label ? ' ' + f.label : '') + ' (' + f.hook + ')';
@@ -240,6 +254,7 @@ export const liveScript = String.raw`
       state.maxRequests = message.maxRequests;
       state.maxSamples = message.maxSamples;
       state.featurePages = message.featurePages;
+      showModel(message.servedModel);
       for (const view of message.requests) renderRequest(view);
       state.samples = message.samples.slice(-state.maxSamples);
       trim();
@@ -247,6 +262,8 @@ export const liveScript = String.raw`
     } else if (message.type === 'requests') {
       for (const view of message.requests) renderRequest(view);
       trim();
+    } else if (message.type === 'model') {
+      showModel(message.servedModel);
     } else if (message.type === 'evict') {
       for (const id of message.ids) evict(id);
     } else if (message.type === 'sample') {

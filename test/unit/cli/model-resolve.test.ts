@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { resolveDefaultModel, STORIES260K, SYNTHETIC_DEFAULT_MODEL } from '../../../src/cli/model-resolve.js';
+import { fallbackNotice, resolveDefaultModel, STORIES260K, SYNTHETIC_DEFAULT_MODEL } from '../../../src/cli/model-resolve.js';
 
 const sharedModels = path.resolve(import.meta.dirname, '..', '..', '..', '..', 'shared', 'models');
 const hasShared = fs.existsSync(path.join(sharedModels, 'stories260K', 'stories260K.bin'));
@@ -68,5 +68,15 @@ describe('default model resolution', () => {
     expect(result).toMatchObject({ model: SYNTHETIC_DEFAULT_MODEL, synthetic: true, origin: 'synthetic' });
     expect(result.note).toMatch(/HTTP 404/);
     expect(fs.readdirSync(path.join(cacheDir, 'models', 'stories260K')).filter((f) => f.endsWith('.bin'))).toEqual([]);
+  });
+
+  it('says so in one line: why, that it is synthetic, and how to run stories260K offline; nothing for another model', async () => {
+    const result = await resolveDefaultModel({ env: {}, cacheDir: tmpCache(), sharedModelsDir: null, baseUrl: `${base}/nowhere` });
+    const line = fallbackNotice(result);
+    expect(line).toMatch(/^no real model \(.*HTTP 404.*\); using a seeded synthetic model that writes gibberish, labelled SYNTHETIC\. .*SAEGATE_MODELS_DIR=DIR$/);
+    expect(line).not.toMatch(/[\r\n]/);
+    // A multi-line error message still makes one line.
+    expect(fallbackNotice({ ...result, note: 'first\n  second' })).toContain('(first second)');
+    expect(fallbackNotice(await resolveDefaultModel({ env: { SAEGATE_MODEL: 'synthetic:dim=8' }, cacheDir: tmpCache() }))).toBeNull();
   });
 });

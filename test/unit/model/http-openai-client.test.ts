@@ -53,9 +53,24 @@ function hangUpAfterFirstBytes(path: string, body: object, requestId: string): P
 }
 
 describe('the openai client against a listening server', () => {
-  it('lists the model', async () => {
+  it('lists the model, not labelled synthetic', async () => {
     const list = await client.models.list();
     expect(list.data.map((m) => [m.id, m.owned_by])).toEqual([[MODEL, 'saegate']]);
+    expect(list.data[0]).toMatchObject({ synthetic: false });
+  });
+
+  it('labels a synthetic model in /v1/models and /v1/models/{id}, and the openai client still lists and retrieves it', async () => {
+    const synthetic = buildModelApp({ engine, tokenizer: new ByteTokenizer(), modelName: 'synthetic', synthetic: true });
+    await synthetic.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      const other = new OpenAI({ baseURL: `http://127.0.0.1:${(synthetic.server.address() as AddressInfo).port}/v1`, apiKey: 'unused', maxRetries: 0 });
+      const list = await other.models.list();
+      expect(list.data).toHaveLength(1);
+      expect(list.data[0]).toMatchObject({ id: 'synthetic', object: 'model', owned_by: 'saegate', synthetic: true });
+      expect(await other.models.retrieve('synthetic')).toMatchObject({ id: 'synthetic', synthetic: true });
+    } finally {
+      await synthetic.close();
+    }
   });
 
   describe.each([false, true])('completions with stream=%s', (stream) => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { MonitorMetricsSource, MonitoredSaeReading } from '../../../../src/monitor/metrics.js';
+import { monitorKey, type MonitorMetricsSource, type MonitoredSaeReading } from '../../../../src/monitor/metrics.js';
 import { monitorDriftSource } from '../../../../src/proxy/live/drift.js';
 
 function reading(windows: MonitoredSaeReading['windows']): MonitoredSaeReading {
@@ -26,5 +26,11 @@ describe('monitorDriftSource', () => {
       series: [{ name: 'stories:blocks.2.hook_resid_post 1m JSD', value: 0.2, threshold: 0.05 }],
       alerts: ['drift-a', 'drift-b'],
     });
+  });
+
+  it('names a series by SAE and hook with a space between them, not the key\'s NUL separator', () => {
+    const window = { tokens: 100, watchedFirings: [], watchedActivationSums: [], drift: { scores: scores(0.2), thresholds: thresholds(0.05), flaggedFeatures: 0 } };
+    const source: MonitorMetricsSource = { readings: () => new Map([[monitorKey('demo', 'blocks.2.hook_resid_post'), reading({ '1m': window })]]), firingAlerts: () => new Set() };
+    expect(monitorDriftSource(source, () => 7).snapshot().series.map((s) => s.name)).toEqual(['demo blocks.2.hook_resid_post 1m JSD']);
   });
 });

@@ -166,6 +166,21 @@ describe('LiveHub', () => {
     expect(sample.alerts).toEqual(['a']);
   });
 
+  it('puts the served model in every snapshot and tells viewers at once when it is set', () => {
+    const synthetic = { name: 'synthetic', synthetic: true, detail: 'seeded random weights, not trained' };
+    const hub = new LiveHub({ servedModel: synthetic });
+    const first = hub.snapshot();
+    expect(first.type === 'snapshot' && first.servedModel).toEqual(synthetic);
+    expect(new LiveHub().snapshot()).toMatchObject({ servedModel: null });
+    const messages: LiveMessage[] = [];
+    hub.subscribe((m) => messages.push(m));
+    const real = { name: 'stories260K', synthetic: false, detail: '/models/stories260K.bin' };
+    hub.setServedModel(real);
+    // Without a flush: the model is not a per-request change.
+    expect(messages).toEqual([{ type: 'model', servedModel: real }]);
+    expect(hub.snapshot()).toMatchObject({ servedModel: real });
+  });
+
   it('refuses bounds that are not positive integers', () => {
     expectSaegateError(() => new LiveHub({ maxRequests: 0 }), 'SAEGATE_ERR_CONFIG', 'maxRequests', '0');
     expectSaegateError(() => new LiveHub({ maxTokens: 1.5 }), 'SAEGATE_ERR_CONFIG', 'maxTokens');
