@@ -6,8 +6,11 @@
  * rows are widened to f32 by the worker, not here, so the event loop only copies bytes. A batch
  * holds rows of one hook and one element type; a push of another closes the open batch. A batch is
  * sent when it holds `maxBatchRows` rows or `maxDelayMs` after its first row arrived, whichever is
- * first. At most
- * `maxInFlight` batches are with the pool; full batches beyond that wait in a queue.
+ * first. At most `maxInFlight` batches are with the pool; full batches beyond that wait in a queue.
+ * A batch whose deadline passes while the pool has no room stays open and keeps taking rows until
+ * the pool answers: it could not have left earlier anyway, so nobody waits longer, and under load
+ * batches grow instead of each paying a worker round trip for a few rows (adaptive batching; the
+ * end-to-end bench, test/bench/e2e.ts, shows a few rows per batch at 2 ms on a small model).
  *
  * Overload: `push()` never blocks and never throws on overload, so the tap and the request path
  * never wait on the SAE. The queue (waiting batches plus the open one, not the batches with the
@@ -266,6 +269,8 @@ export class MicroBatcher {
   private readonly freeBuffers: ArrayBuffer[] = [];
   private open: Batch | null = null;
   private timer: NodeJS.Timeout | null = null;
+  /** The open batch's deadline passed while the pool had no room: it goes as soon as there is. */
+  private overdue = false;
   private readonly waiting: Batch[] = [];
   private waitingRows = 0;
   private inFlight = 0;
@@ -465,7 +470,8 @@ export class MicroBatcher {
     // The deadline starts with the batch's first row; a full batch flushes before it fires.
     this.timer = setTimeout(() => {
       this.timer = null;
-      this.flush();
+      if (this.inFlight >= this.maxInFlight) this.overdue = true;
+      else this.flush();
     }, this.maxDelayMs);
     return batch;
   }
@@ -476,6 +482,7 @@ export class MicroBatcher {
       clearTimeout(this.timer);
       this.timer = null;
     }
+    this.overdue = false;
     const batch = this.open;
     this.open = null;
     if (batch === null || batch.rowCount === 0) return;
@@ -555,6 +562,7 @@ export class MicroBatcher {
       }
     }
     this.pump();
+    if (this.overdue && this.inFlight < this.maxInFlight) this.flush();
     if (this.isIdle()) {
       const waiters = this.idleWaiters;
       this.idleWaiters = [];

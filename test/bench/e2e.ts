@@ -36,7 +36,7 @@
  *
  *   npx tsx test/bench/e2e.ts [--quick] [--rounds N] [--seconds S] [--streams 1,8,32]
  *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR]
- *                             [--saegate-args '--sae-max-delay-ms 8']
+ *                             [--saegate-args='--sae-max-delay-ms 8']
  *
  * Prints tables; asserts nothing about time.
  */

@@ -188,6 +188,45 @@ describe('MicroBatcher', () => {
       expect(batcher.stats.meanBatchRows).toBeCloseTo(20 / 3, 10);
     });
 
+    it('keeps a batch whose deadline passed open while the pool has no room, and sends it with every row since as soon as the pool answers', async () => {
+      const pool = new FakePool(1, [0], true);
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 64, maxDelayMs: 10 });
+      const batches = collect(batcher);
+      batcher.push(markerRows([0]), 1, meta(['a'], Int32Array.of(0)));
+      await vi.advanceTimersByTimeAsync(10);
+      expect(pool.calls).toBe(1); // the first batch is with the (held) pool
+      for (let i = 1; i <= 5; i++) {
+        batcher.push(markerRows([i]), 1, meta([i % 2 === 0 ? 'a' : 'b'], Int32Array.of(i)));
+        await vi.advanceTimersByTimeAsync(10); // well past the second batch's deadline
+      }
+      expect(pool.calls).toBe(1);
+      expect(batcher.queuedRows).toBe(5);
+      pool.release();
+      await vi.advanceTimersByTimeAsync(0);
+      // The pool answered the first batch: the overdue one leaves at once, with all five rows.
+      expect(pool.calls).toBe(2);
+      pool.release();
+      await vi.runOnlyPendingTimersAsync();
+      expect(batches.map((b) => b.rowCount)).toEqual([1, 5]);
+      expect(batches[1].values.filter((_, i) => i % TOP_K === 0)).toEqual(Float32Array.from([1, 2, 3, 4, 5]));
+      expect(rowIds(batches[1])).toEqual(['b', 'a', 'b', 'a', 'b']);
+    });
+
+    it('sends a batch on its deadline when the pool has room, even while rows keep coming', async () => {
+      const pool = new FakePool(2, [0], true);
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 64, maxDelayMs: 10 });
+      batcher.push(markerRows([0]), 1, meta(['a'], Int32Array.of(0)));
+      await vi.advanceTimersByTimeAsync(10);
+      batcher.push(markerRows([1]), 1, meta(['a'], Int32Array.of(1)));
+      await vi.advanceTimersByTimeAsync(10);
+      // Two workers: the second batch had room on its deadline although the first is still out.
+      expect(pool.calls).toBe(2);
+      pool.release();
+      const drained = batcher.drain();
+      await vi.runAllTimersAsync();
+      await drained;
+    });
+
     it('starts the deadline with the batch\'s first row: later rows do not postpone it', async () => {
       const pool = new FakePool(1);
       const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 8, maxDelayMs: 50 });
