@@ -143,6 +143,12 @@ export class StopSequenceDetokenizer {
 const PIECE_CONTEXT_TOKENS = 4;
 /** Context tokens a {@link TokenPieceDecoder} reads from `contextIds`: room for an unfinished character. */
 const PIECE_CONTEXT_READ = 8;
+/** Token ids below this are memoised in pairs (key: previous id × limit + id, exact in a double). */
+const MEMO_ID_LIMIT = 1 << 21;
+/** Pairs memoised per tokenizer before the memo starts over (a few MiB at most). */
+const MEMO_MAX_ENTRIES = 1 << 16;
+/** Per tokenizer: the piece of a token right after a complete token, by pair (see TokenPieceDecoder.push). */
+const pieceMemos = new WeakMap<Tokenizer, Map<number, string>>();
 
 /**
  * Token ids → one text piece per token, for the tap's `tokens` messages: the text a token
@@ -154,14 +160,19 @@ const PIECE_CONTEXT_READ = 8;
  * context plus the tokens of an unfinished character, and cuts the context's text off the decode.
  * Context is enough for the decoders in use (a leading space dropped after BOS or at the start of
  * a sequence depends on the token before, never further back), and it keeps the cost per token
- * constant, which matters once whole prompts (thousands of tokens) go through it.
+ * constant, which matters once whole prompts (thousands of tokens) go through it. For the same
+ * reason a token's piece after a complete token depends on that pair alone, so pieces are
+ * memoised per tokenizer by (previous token, token): a model server's tap sends one piece per
+ * generated token, and the two decodes per token were most of what the tap cost its event loop.
  */
 export class TokenPieceDecoder {
   private readonly tokenizer: Tokenizer;
   /** Context tokens, then the tokens of a character not yet complete. */
   private window: number[] = [];
   private contextLength = 0;
-  private contextText = '';
+  /** Text of the context tokens; null until a decode needs it. */
+  private contextText: string | null = '';
+  private readonly memo: Map<number, string>;
 
   /**
    * `contextIds`: tokens that precede the first pushed one (the prompt, when only generated
@@ -170,19 +181,48 @@ export class TokenPieceDecoder {
    */
   constructor(tokenizer: Tokenizer, contextIds: readonly number[] = []) {
     this.tokenizer = tokenizer;
+    let memo = pieceMemos.get(tokenizer);
+    if (!memo) {
+      memo = new Map();
+      pieceMemos.set(tokenizer, memo);
+    }
+    this.memo = memo;
     for (const id of contextIds.slice(-PIECE_CONTEXT_READ)) this.push(id);
   }
 
   /** The text `tokenId` completes: '' while it ends an unfinished character (or carries no text). */
   push(tokenId: number): string {
+    // With nothing pending, the piece depends on the token before only (see the class comment), so
+    // a pair seen before costs a Map lookup instead of two decodes (the tap sends a piece per token).
+    const clean = this.contextLength > 0 && this.window.length === this.contextLength && tokenId >= 0 && tokenId < MEMO_ID_LIMIT;
+    const key = clean ? this.window[this.contextLength - 1] * MEMO_ID_LIMIT + tokenId : -1;
+    if (clean) {
+      const known = this.memo.get(key);
+      if (known !== undefined) {
+        this.keepContext(tokenId);
+        return known;
+      }
+    }
+    const contextText = (this.contextText ??= this.tokenizer.decode(this.window.slice(0, this.contextLength)));
     this.window.push(tokenId);
     const full = this.tokenizer.decode(this.window);
     if (full.endsWith(REPLACEMENT_CHARACTER)) return '';
-    const piece = full.startsWith(this.contextText) ? full.slice(this.contextText.length) : this.tokenizer.decode(this.window.slice(this.contextLength));
+    const piece = full.startsWith(contextText) ? full.slice(contextText.length) : this.tokenizer.decode(this.window.slice(this.contextLength));
+    if (clean && key >= 0 && !piece.includes(REPLACEMENT_CHARACTER)) {
+      if (this.memo.size >= MEMO_MAX_ENTRIES) this.memo.clear();
+      this.memo.set(key, piece);
+    }
     // Everything is released: the last few tokens become the context of the next one.
-    this.window = this.window.slice(-PIECE_CONTEXT_TOKENS);
-    this.contextLength = this.window.length;
-    this.contextText = this.tokenizer.decode(this.window);
+    this.window.pop();
+    this.keepContext(tokenId);
     return piece;
+  }
+
+  /** Appends a released token and keeps the last few tokens as the context of the next one. */
+  private keepContext(tokenId: number): void {
+    this.window.push(tokenId);
+    if (this.window.length > PIECE_CONTEXT_TOKENS) this.window = this.window.slice(-PIECE_CONTEXT_TOKENS);
+    this.contextLength = this.window.length;
+    this.contextText = null;
   }
 }
