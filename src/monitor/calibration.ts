@@ -14,7 +14,17 @@
  *    the same features on every token) is in the null, as it is in real traffic.
  * 3. Each score's threshold is the ⌈(1 − α)(B + 1)⌉-th smallest of its B replicate scores: a
  *    window from the baseline's distribution exceeds it with probability ≤ α (up to the bucket
- *    rounding, which only lowers it).
+ *    rounding, which only lowers it). Like any Monte-Carlo test, that holds on average over the
+ *    baseline and the replicates drawn: one baseline's thresholds give a rate scattered around α
+ *    (docs/monitor.md, "How exact α is").
+ * 4. The family-wise signal `any`, calibrated jointly from the same replicates (a max-statistic):
+ *    a score x's rank is c(x) = #{replicates of that score < x}; a replicate's family statistic is
+ *    the largest rank among its scores, M_b = max_s c_s(b). The family rank r* is one more than the
+ *    (⌊α(B + 1)⌋)-th largest M_b, so at most α(B + 1) − 1 replicates reach it, and a window alarms on
+ *    `any` when one of its scores reaches rank r*: P(any score alarms) ≤ α for the whole family,
+ *    whatever the scores' correlation (less conservative than Bonferroni's α/m when they move
+ *    together, as JSD, FVU PSI and mean FVU do). With one score this is exactly step 3. The `any`
+ *    score is max_s c_s(x) / B, its threshold (r* − 1) / B.
  *
  * Thresholds are cached per bucket; the PRNG (src/common/random.ts) is seeded per bucket from
  * `seed`, so a bucket's thresholds do not depend on the order buckets were asked for. Cost per
@@ -49,6 +59,23 @@ export interface DriftThresholds {
   readonly fvuPsi: number;
   readonly meanFvu: number;
   readonly projectionPsi: number | null;
+  /**
+   * The family-wise threshold on the `any` score (max over scores of the share of replicates the
+   * window's score exceeds): above it, the window alarms with probability ≤ α over all scores
+   * together. See the file comment, step 4.
+   */
+  readonly any: number;
+  /**
+   * Per score, the value it must exceed to raise `any` (the r*-th smallest replicate, at or above
+   * the score's own threshold); null for an absent projection.
+   */
+  readonly family: {
+    readonly jsd: number;
+    readonly l0Psi: number;
+    readonly fvuPsi: number;
+    readonly meanFvu: number;
+    readonly projectionPsi: number | null;
+  };
 }
 
 type ScoreName = 'jsd' | 'l0Psi' | 'fvuPsi' | 'meanFvu' | 'projectionPsi';
@@ -61,6 +88,8 @@ export class DriftCalibrator {
   private readonly stepsPerDoubling: number;
   private readonly maxTokens: number;
   private readonly cache = new Map<number, DriftThresholds>();
+  /** Per bucket, each scored statistic's replicates sorted ascending (what `anyScore` ranks a window in). */
+  private readonly sortedNulls = new Map<number, readonly (readonly [ScoreName, Float64Array])[]>();
 
   constructor(
     readonly reference: BaselineReference,
@@ -94,19 +123,67 @@ export class DriftCalibrator {
     const cached = this.cache.get(bucket);
     if (cached !== undefined) return capped === cached.capped ? cached : { ...cached, capped };
     const nulls = this.nullScores(bucketTokens, bucket);
-    const rank = Math.ceil((1 - this.alpha) * (this.replicates + 1)); // 1-based, ≤ B by the constructor check
-    const pick = (scores: Float64Array): number => scores.sort()[Math.min(rank, this.replicates) - 1];
+    const B = this.replicates;
+    const scored = SCORES.filter((name) => name !== 'projectionPsi' || this.reference.totals.projectionHistogram !== null);
+    // Ranks need each replicate's scores together, so the family rank is taken before sorting.
+    const sorted = Object.fromEntries(scored.map((name) => [name, Float64Array.from(nulls[name]).sort()])) as Record<ScoreName, Float64Array>;
+    const familyRank = this.familyRank(scored.map((name) => [nulls[name], sorted[name]] as const));
+    const rank = Math.ceil((1 - this.alpha) * (B + 1)); // 1-based, ≤ B by the constructor check
+    const pick = (name: ScoreName, at: number): number => sorted[name][Math.min(at, B) - 1];
+    const projection = this.reference.totals.projectionHistogram !== null;
     const thresholds: DriftThresholds = {
       tokens: bucketTokens,
       capped,
-      jsd: pick(nulls.jsd),
-      l0Psi: pick(nulls.l0Psi),
-      fvuPsi: pick(nulls.fvuPsi),
-      meanFvu: pick(nulls.meanFvu),
-      projectionPsi: this.reference.totals.projectionHistogram === null ? null : pick(nulls.projectionPsi),
+      jsd: pick('jsd', rank),
+      l0Psi: pick('l0Psi', rank),
+      fvuPsi: pick('fvuPsi', rank),
+      meanFvu: pick('meanFvu', rank),
+      projectionPsi: projection ? pick('projectionPsi', rank) : null,
+      any: (familyRank - 1) / B,
+      family: {
+        jsd: pick('jsd', familyRank),
+        l0Psi: pick('l0Psi', familyRank),
+        fvuPsi: pick('fvuPsi', familyRank),
+        meanFvu: pick('meanFvu', familyRank),
+        projectionPsi: projection ? pick('projectionPsi', familyRank) : null,
+      },
     };
     this.cache.set(bucket, thresholds);
+    this.sortedNulls.set(bucket, scored.map((name) => [name, sorted[name]] as const));
     return thresholds;
+  }
+
+  /**
+   * The family-wise `any` score of a window of `scores.tokens` tokens: the largest share of its
+   * bucket's replicates that one of the window's scores exceeds, in [0, 1]. Above
+   * `thresholds(tokens).any` ⟺ some score is above its `family` threshold.
+   */
+  anyScore(scores: Readonly<Record<ScoreName, number | null>> & { readonly tokens: number }): number {
+    this.thresholds(scores.tokens);
+    const sorted = this.sortedNulls.get(this.bucketOf(scores.tokens).bucket)!;
+    let most = 0;
+    for (const [name, replicates] of sorted) {
+      const x = scores[name];
+      if (x !== null) most = Math.max(most, countBelow(replicates, x));
+    }
+    return most / this.replicates;
+  }
+
+  /**
+   * r* (step 4 of the file comment): one more than the (⌊α(B + 1)⌋)-th largest M_b, so that
+   * #{b : M_b ≥ r*} ≤ α(B + 1) − 1. `scores` holds, per scored statistic, its replicates in
+   * replicate order and sorted ascending.
+   */
+  private familyRank(scores: readonly (readonly [Float64Array, Float64Array])[]): number {
+    const B = this.replicates;
+    const most = new Float64Array(B);
+    for (const [replicates, sorted] of scores) {
+      for (let b = 0; b < B; b++) most[b] = Math.max(most[b], countBelow(sorted, replicates[b]));
+    }
+    most.sort();
+    // The constructor's B ≥ 1/α − 1 makes ⌊α(B + 1)⌋ ≥ 1 (floating error aside, hence the max).
+    const allowed = Math.max(0, Math.floor(this.alpha * (B + 1) + 1e-9) - 1);
+    return most[B - 1 - allowed] + 1;
   }
 
   /** Token buckets calibrated so far. */
@@ -181,6 +258,18 @@ export class DriftCalibrator {
     }
     return out;
   }
+}
+
+/** Number of entries of ascending `sorted` strictly below `x` (lower bound). */
+function countBelow(sorted: Float64Array, x: number): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (sorted[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 function subtract(out: Float64Array, a: Float64Array, b: Float64Array): void {

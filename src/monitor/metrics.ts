@@ -20,8 +20,11 @@ import type { DriftThresholds } from './calibration.js';
 import type { DriftScores } from './divergence.js';
 import { DEFAULT_FVU_EDGES, DEFAULT_L0_EDGES } from './histogram.js';
 
-/** `saegate_drift_score{statistic}` label values, one per window-level drift score. */
-export const DRIFT_STATISTICS = ['jsd', 'l0_psi', 'fvu_psi', 'mean_fvu', 'projection_psi'] as const;
+/**
+ * `saegate_drift_score{statistic}` label values, one per window-level drift score, and `any`: the
+ * family-wise score over the others (calibration.ts), whose threshold holds α for all of them.
+ */
+export const DRIFT_STATISTICS = ['jsd', 'l0_psi', 'fvu_psi', 'mean_fvu', 'projection_psi', 'any'] as const;
 export type DriftStatistic = (typeof DRIFT_STATISTICS)[number];
 
 /** Why the monitor dropped rows (`saegate_monitor_rows_dropped_total{reason}`). */
@@ -168,6 +171,7 @@ const STATISTIC_OF: Readonly<Record<DriftStatistic, keyof DriftThresholds & keyo
   fvu_psi: 'fvuPsi',
   mean_fvu: 'meanFvu',
   projection_psi: 'projectionPsi',
+  any: 'any',
 };
 
 type SaeLabels = 'model' | 'sae' | 'hook';
