@@ -18,13 +18,22 @@
  *    baseline and the replicates drawn: one baseline's thresholds give a rate scattered around α
  *    (docs/monitor.md, "How exact α is").
  * 4. The family-wise signal `any`, calibrated jointly from the same replicates (a max-statistic):
- *    a score x's rank is c(x) = #{replicates of that score < x}; a replicate's family statistic is
- *    the largest rank among its scores, M_b = max_s c_s(b). The family rank r* is one more than the
- *    (⌊α(B + 1)⌋)-th largest M_b, so at most α(B + 1) − 1 replicates reach it, and a window alarms on
- *    `any` when one of its scores reaches rank r*: P(any score alarms) ≤ α for the whole family,
- *    whatever the scores' correlation (less conservative than Bonferroni's α/m when they move
- *    together, as JSD, FVU PSI and mean FVU do). With one score this is exactly step 3. The `any`
- *    score is max_s c_s(x) / B, its threshold (r* − 1) / B.
+ *    each score is put on a common scale, z_s = (x_s − median_s)/(p90_s − median_s) (median and 90th
+ *    percentile of its B replicates), the window's `any` is the largest, max_s z_s, and its
+ *    threshold is step 3's rank of the B replicates' own max_s z_s. So P(any alarm) ≤ α over all
+ *    scores together, whatever their correlation: less conservative than Bonferroni's α/m when
+ *    they move together, as JSD, FVU PSI and mean FVU do; with one score it is step 3 exactly.
+ *    - The scale uses inner quantiles on purpose: a replicate in the tail, where the alarm is
+ *      decided, cannot move them, so the window and the replicates stay exchangeable. Scaling to
+ *      each score's own α threshold (its 99th percentile) instead let the tail replicates set the
+ *      scale they were then judged on: on the stories260K baseline, fresh null draws crossed that
+ *      family threshold 1.34 % of the time at α = 1 % (the per-score ones 1.01–1.08 %).
+ *    - A max of *ranks* instead of scaled scores ties at the top (a window beyond every replicate
+ *      of one score ties with the replicates that top the others), which at B = 400 and five
+ *      scores can never reach α = 1 %. The scale is continuous, so a far-off window stays far off.
+ *    - A score with no spread up to its 90th percentile falls back to its α threshold as the
+ *      upper point, and one with none up to that (L0 PSI of a TopK SAE, 0 in every replicate)
+ *      counts +∞ above its threshold and −∞ at or below it.
  *
  * Thresholds are cached per bucket; the PRNG (src/common/random.ts) is seeded per bucket from
  * `seed`, so a bucket's thresholds do not depend on the order buckets were asked for. Cost per
@@ -60,22 +69,21 @@ export interface DriftThresholds {
   readonly meanFvu: number;
   readonly projectionPsi: number | null;
   /**
-   * The family-wise threshold on the `any` score (max over scores of the share of replicates the
-   * window's score exceeds): above it, the window alarms with probability ≤ α over all scores
-   * together. See the file comment, step 4.
+   * The family-wise threshold on the `any` score (the largest of the window's scores, each scaled
+   * to 0 at its replicates' median and 1 at their 90th percentile): above it, the window alarms
+   * with probability ≤ α over all scores together (file comment, step 4).
    */
   readonly any: number;
-  /**
-   * Per score, the value it must exceed to raise `any` (the r*-th smallest replicate, at or above
-   * the score's own threshold); null for an absent projection.
-   */
-  readonly family: {
-    readonly jsd: number;
-    readonly l0Psi: number;
-    readonly fvuPsi: number;
-    readonly meanFvu: number;
-    readonly projectionPsi: number | null;
-  };
+}
+
+/** How one score is put on the family's common scale: z = (x − median)/(upper − median). */
+interface FamilyScale {
+  readonly name: ScoreName;
+  readonly median: number;
+  /** The replicates' 90th percentile, or the score's α threshold where that equals the median. */
+  readonly upper: number;
+  /** The score's own α threshold. */
+  readonly threshold: number;
 }
 
 type ScoreName = 'jsd' | 'l0Psi' | 'fvuPsi' | 'meanFvu' | 'projectionPsi';
@@ -88,8 +96,8 @@ export class DriftCalibrator {
   private readonly stepsPerDoubling: number;
   private readonly maxTokens: number;
   private readonly cache = new Map<number, DriftThresholds>();
-  /** Per bucket, each scored statistic's replicates sorted ascending (what `anyScore` ranks a window in). */
-  private readonly sortedNulls = new Map<number, readonly (readonly [ScoreName, Float64Array])[]>();
+  /** Per bucket, each scored statistic's scale on the family's common one (what `anyScore` uses). */
+  private readonly familyScales = new Map<number, readonly FamilyScale[]>();
 
   constructor(
     readonly reference: BaselineReference,
@@ -124,66 +132,45 @@ export class DriftCalibrator {
     if (cached !== undefined) return capped === cached.capped ? cached : { ...cached, capped };
     const nulls = this.nullScores(bucketTokens, bucket);
     const B = this.replicates;
-    const scored = SCORES.filter((name) => name !== 'projectionPsi' || this.reference.totals.projectionHistogram !== null);
-    // Ranks need each replicate's scores together, so the family rank is taken before sorting.
-    const sorted = Object.fromEntries(scored.map((name) => [name, Float64Array.from(nulls[name]).sort()])) as Record<ScoreName, Float64Array>;
-    const familyRank = this.familyRank(scored.map((name) => [nulls[name], sorted[name]] as const));
-    const rank = Math.ceil((1 - this.alpha) * (B + 1)); // 1-based, ≤ B by the constructor check
-    const pick = (name: ScoreName, at: number): number => sorted[name][Math.min(at, B) - 1];
     const projection = this.reference.totals.projectionHistogram !== null;
+    const rank = Math.ceil((1 - this.alpha) * (B + 1)); // 1-based, ≤ B by the constructor check
+    const scales = SCORES.filter((name) => name !== 'projectionPsi' || projection).map((name): FamilyScale => {
+      const sorted = Float64Array.from(nulls[name]).sort();
+      const median = sorted[(B - 1) >> 1];
+      const threshold = sorted[Math.min(rank, B) - 1];
+      const p90 = sorted[Math.floor(0.9 * (B - 1))];
+      return { name, median, upper: p90 > median ? p90 : threshold, threshold };
+    });
+    // The replicates' own family statistic, thresholded by the same rank rule.
+    const family = new Float64Array(B);
+    for (let b = 0; b < B; b++) family[b] = familyStatistic(scales, (name) => nulls[name][b]);
+    family.sort();
+    const threshold = (name: ScoreName): number => scales.find((scale) => scale.name === name)?.threshold ?? NaN;
     const thresholds: DriftThresholds = {
       tokens: bucketTokens,
       capped,
-      jsd: pick('jsd', rank),
-      l0Psi: pick('l0Psi', rank),
-      fvuPsi: pick('fvuPsi', rank),
-      meanFvu: pick('meanFvu', rank),
-      projectionPsi: projection ? pick('projectionPsi', rank) : null,
-      any: (familyRank - 1) / B,
-      family: {
-        jsd: pick('jsd', familyRank),
-        l0Psi: pick('l0Psi', familyRank),
-        fvuPsi: pick('fvuPsi', familyRank),
-        meanFvu: pick('meanFvu', familyRank),
-        projectionPsi: projection ? pick('projectionPsi', familyRank) : null,
-      },
+      jsd: threshold('jsd'),
+      l0Psi: threshold('l0Psi'),
+      fvuPsi: threshold('fvuPsi'),
+      meanFvu: threshold('meanFvu'),
+      projectionPsi: projection ? threshold('projectionPsi') : null,
+      any: family[Math.min(rank, B) - 1],
     };
     this.cache.set(bucket, thresholds);
-    this.sortedNulls.set(bucket, scored.map((name) => [name, sorted[name]] as const));
+    this.familyScales.set(bucket, scales);
     return thresholds;
   }
 
   /**
-   * The family-wise `any` score of a window of `scores.tokens` tokens: the largest share of its
-   * bucket's replicates that one of the window's scores exceeds, in [0, 1]. Above
-   * `thresholds(tokens).any` ⟺ some score is above its `family` threshold.
+   * The family-wise `any` score of a window scored `scores` (file comment, step 4): the largest of
+   * its scores, each scaled to 0 at its replicates' median and 1 at their 90th percentile. Above
+   * `thresholds(scores.tokens).any` is an alarm.
    */
   anyScore(scores: Readonly<Record<ScoreName, number | null>> & { readonly tokens: number }): number {
     this.thresholds(scores.tokens);
-    const sorted = this.sortedNulls.get(this.bucketOf(scores.tokens).bucket)!;
-    let most = 0;
-    for (const [name, replicates] of sorted) {
-      const x = scores[name];
-      if (x !== null) most = Math.max(most, countBelow(replicates, x));
-    }
-    return most / this.replicates;
-  }
-
-  /**
-   * r* (step 4 of the file comment): one more than the (⌊α(B + 1)⌋)-th largest M_b, so that
-   * #{b : M_b ≥ r*} ≤ α(B + 1) − 1. `scores` holds, per scored statistic, its replicates in
-   * replicate order and sorted ascending.
-   */
-  private familyRank(scores: readonly (readonly [Float64Array, Float64Array])[]): number {
-    const B = this.replicates;
-    const most = new Float64Array(B);
-    for (const [replicates, sorted] of scores) {
-      for (let b = 0; b < B; b++) most[b] = Math.max(most[b], countBelow(sorted, replicates[b]));
-    }
-    most.sort();
-    // The constructor's B ≥ 1/α − 1 makes ⌊α(B + 1)⌋ ≥ 1 (floating error aside, hence the max).
-    const allowed = Math.max(0, Math.floor(this.alpha * (B + 1) + 1e-9) - 1);
-    return most[B - 1 - allowed] + 1;
+    const scales = this.familyScales.get(this.bucketOf(scores.tokens).bucket);
+    if (scales === undefined) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `no calibration cached for a window of ${scores.tokens} tokens`);
+    return familyStatistic(scales, (name) => scores[name] ?? 0);
   }
 
   /** Token buckets calibrated so far. */
@@ -260,16 +247,16 @@ export class DriftCalibrator {
   }
 }
 
-/** Number of entries of ascending `sorted` strictly below `x` (lower bound). */
-function countBelow(sorted: Float64Array, x: number): number {
-  let lo = 0;
-  let hi = sorted.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (sorted[mid] < x) lo = mid + 1;
-    else hi = mid;
+/** max_s z_s over `scales`, z = (x − median)/(upper − median); a zero-width scale gives +∞ above the score's threshold, −∞ at or below. */
+function familyStatistic(scales: readonly FamilyScale[], score: (name: ScoreName) => number): number {
+  let most = -Infinity;
+  for (const { name, median, upper, threshold } of scales) {
+    const x = score(name);
+    const width = upper - median;
+    const z = width > 0 ? (x - median) / width : x > threshold ? Infinity : -Infinity;
+    if (z > most) most = z;
   }
-  return lo;
+  return most;
 }
 
 function subtract(out: Float64Array, a: Float64Array, b: Float64Array): void {

@@ -72,22 +72,17 @@ describe('calibrated drift thresholds', () => {
     expect(huge.jsd).toBeLessThan(a.jsd);
   });
 
-  it('give a family-wise any signal that null windows raise in at most ~α of windows, fewer than any single score does', () => {
+  it('give a family-wise any signal that null windows raise in at most ~α of windows, fewer than the scores each at α together', () => {
     const null300 = windows(300, 1001);
     const anyAlarms = null300.filter((a) => a.exceeded.any).length;
     const unionAlarms = null300.filter((a) => scores.some((s) => a.exceeded[s])).length;
     expect(anyAlarms).toBeLessThanOrEqual(9);
     expect(anyAlarms).toBeLessThanOrEqual(unionAlarms);
-    for (const a of null300) {
-      // any alarms exactly when some score is above its family threshold, which is at or above its own.
-      const byFamily = scores.some((s) => (a.scores[s] ?? 0) > (a.thresholds.family[s] ?? Infinity));
-      expect(a.exceeded.any).toBe(byFamily);
-      for (const s of scores) expect(a.thresholds.family[s] ?? 0).toBeGreaterThanOrEqual(a.thresholds[s] ?? 0);
-      expect(a.scores.any).toBeGreaterThanOrEqual(0);
-      expect(a.scores.any).toBeLessThanOrEqual(1);
-    }
-    // The family thresholds sit higher than the scores' own, so a shift that JSD alone catches in
-    // ≥ 48 of 50 windows (above) costs any a little power.
+    // Scores are scaled to 1 at their replicates' 90th percentile, so the family threshold lies
+    // beyond 1 (a 99th percentile of the largest of them).
+    expect(null300[0].thresholds.any).toBeGreaterThan(1);
+    // One threshold for all scores sits further out than each score's own, so a shift that JSD
+    // alone catches in ≥ 48 of 50 windows (above) costs any a little power.
     const shifted = windows(50, 2002, { boostFeatures: 16, boostFactor: 2 });
     expect(shifted.filter((a) => a.exceeded.any).length).toBeGreaterThanOrEqual(45);
   });
