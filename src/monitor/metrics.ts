@@ -222,7 +222,7 @@ export class MonitorMetrics {
     const registers = [registry];
     const saeLabels = (m: MonitoredSae): Record<SaeLabels, string> => ({ model: m.model, sae: m.sae, hook: m.hook });
     const statistics = (m: MonitoredSae): readonly DriftStatistic[] =>
-      m.projectionOnly === true ? ['projection_psi'] : m.projection === true ? DRIFT_STATISTICS : DRIFT_STATISTICS.filter((s) => s !== 'projection_psi');
+      m.projectionOnly === true ? ['projection_psi', 'any'] : m.projection === true ? DRIFT_STATISTICS : DRIFT_STATISTICS.filter((s) => s !== 'projection_psi');
     /** Calls `each` for every window the source reports now. */
     const eachWindow = (each: (m: MonitoredSae, window: string, reading: WindowReading) => void): void => {
       const readings = source.readings();
