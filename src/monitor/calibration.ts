@@ -14,7 +14,26 @@
  *    the same features on every token) is in the null, as it is in real traffic.
  * 3. Each score's threshold is the ⌈(1 − α)(B + 1)⌉-th smallest of its B replicate scores: a
  *    window from the baseline's distribution exceeds it with probability ≤ α (up to the bucket
- *    rounding, which only lowers it).
+ *    rounding, which only lowers it). Like any Monte-Carlo test, that holds on average over the
+ *    baseline and the replicates drawn: one baseline's thresholds give a rate scattered around α
+ *    (docs/monitor.md, "How exact α is").
+ * 4. The family-wise signal `any`, calibrated jointly from the same replicates (a max-statistic):
+ *    each score is put on a common scale, z_s = (x_s − median_s)/(p90_s − median_s) (median and 90th
+ *    percentile of its B replicates), the window's `any` is the largest, max_s z_s, and its
+ *    threshold is step 3's rank of the B replicates' own max_s z_s. So P(any alarm) ≤ α over all
+ *    scores together, whatever their correlation: less conservative than Bonferroni's α/m when
+ *    they move together, as JSD, FVU PSI and mean FVU do; with one score it is step 3 exactly.
+ *    - The scale uses inner quantiles on purpose: a replicate in the tail, where the alarm is
+ *      decided, cannot move them, so the window and the replicates stay exchangeable. Scaling to
+ *      each score's own α threshold (its 99th percentile) instead let the tail replicates set the
+ *      scale they were then judged on: on the stories260K baseline, fresh null draws crossed that
+ *      family threshold 1.34 % of the time at α = 1 % (the per-score ones 1.01–1.08 %).
+ *    - A max of *ranks* instead of scaled scores ties at the top (a window beyond every replicate
+ *      of one score ties with the replicates that top the others), which at B = 400 and five
+ *      scores can never reach α = 1 %. The scale is continuous, so a far-off window stays far off.
+ *    - A score with no spread up to its 90th percentile falls back to its α threshold as the
+ *      upper point, and one with none up to that (L0 PSI of a TopK SAE, 0 in every replicate)
+ *      counts +∞ above its threshold and −∞ at or below it.
  *
  * Thresholds are cached per bucket; the PRNG (src/common/random.ts) is seeded per bucket from
  * `seed`, so a bucket's thresholds do not depend on the order buckets were asked for. Cost per
@@ -49,6 +68,22 @@ export interface DriftThresholds {
   readonly fvuPsi: number;
   readonly meanFvu: number;
   readonly projectionPsi: number | null;
+  /**
+   * The family-wise threshold on the `any` score (the largest of the window's scores, each scaled
+   * to 0 at its replicates' median and 1 at their 90th percentile): above it, the window alarms
+   * with probability ≤ α over all scores together (file comment, step 4).
+   */
+  readonly any: number;
+}
+
+/** How one score is put on the family's common scale: z = (x − median)/(upper − median). */
+interface FamilyScale {
+  readonly name: ScoreName;
+  readonly median: number;
+  /** The replicates' 90th percentile, or the score's α threshold where that equals the median. */
+  readonly upper: number;
+  /** The score's own α threshold. */
+  readonly threshold: number;
 }
 
 type ScoreName = 'jsd' | 'l0Psi' | 'fvuPsi' | 'meanFvu' | 'projectionPsi';
@@ -61,6 +96,8 @@ export class DriftCalibrator {
   private readonly stepsPerDoubling: number;
   private readonly maxTokens: number;
   private readonly cache = new Map<number, DriftThresholds>();
+  /** Per bucket, each scored statistic's scale on the family's common one (what `anyScore` uses). */
+  private readonly familyScales = new Map<number, readonly FamilyScale[]>();
 
   constructor(
     readonly reference: BaselineReference,
@@ -94,19 +131,46 @@ export class DriftCalibrator {
     const cached = this.cache.get(bucket);
     if (cached !== undefined) return capped === cached.capped ? cached : { ...cached, capped };
     const nulls = this.nullScores(bucketTokens, bucket);
-    const rank = Math.ceil((1 - this.alpha) * (this.replicates + 1)); // 1-based, ≤ B by the constructor check
-    const pick = (scores: Float64Array): number => scores.sort()[Math.min(rank, this.replicates) - 1];
+    const B = this.replicates;
+    const projection = this.reference.totals.projectionHistogram !== null;
+    const rank = Math.ceil((1 - this.alpha) * (B + 1)); // 1-based, ≤ B by the constructor check
+    const scales = SCORES.filter((name) => name !== 'projectionPsi' || projection).map((name): FamilyScale => {
+      const sorted = Float64Array.from(nulls[name]).sort();
+      const median = sorted[(B - 1) >> 1];
+      const threshold = sorted[Math.min(rank, B) - 1];
+      const p90 = sorted[Math.floor(0.9 * (B - 1))];
+      return { name, median, upper: p90 > median ? p90 : threshold, threshold };
+    });
+    // The replicates' own family statistic, thresholded by the same rank rule.
+    const family = new Float64Array(B);
+    for (let b = 0; b < B; b++) family[b] = familyStatistic(scales, (name) => nulls[name][b]);
+    family.sort();
+    const threshold = (name: ScoreName): number => scales.find((scale) => scale.name === name)?.threshold ?? NaN;
     const thresholds: DriftThresholds = {
       tokens: bucketTokens,
       capped,
-      jsd: pick(nulls.jsd),
-      l0Psi: pick(nulls.l0Psi),
-      fvuPsi: pick(nulls.fvuPsi),
-      meanFvu: pick(nulls.meanFvu),
-      projectionPsi: this.reference.totals.projectionHistogram === null ? null : pick(nulls.projectionPsi),
+      jsd: threshold('jsd'),
+      l0Psi: threshold('l0Psi'),
+      fvuPsi: threshold('fvuPsi'),
+      meanFvu: threshold('meanFvu'),
+      projectionPsi: projection ? threshold('projectionPsi') : null,
+      any: family[Math.min(rank, B) - 1],
     };
     this.cache.set(bucket, thresholds);
+    this.familyScales.set(bucket, scales);
     return thresholds;
+  }
+
+  /**
+   * The family-wise `any` score of a window scored `scores` (file comment, step 4): the largest of
+   * its scores, each scaled to 0 at its replicates' median and 1 at their 90th percentile. Above
+   * `thresholds(scores.tokens).any` is an alarm.
+   */
+  anyScore(scores: Readonly<Record<ScoreName, number | null>> & { readonly tokens: number }): number {
+    this.thresholds(scores.tokens);
+    const scales = this.familyScales.get(this.bucketOf(scores.tokens).bucket);
+    if (scales === undefined) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `no calibration cached for a window of ${scores.tokens} tokens`);
+    return familyStatistic(scales, (name) => scores[name] ?? 0);
   }
 
   /** Token buckets calibrated so far. */
@@ -181,6 +245,18 @@ export class DriftCalibrator {
     }
     return out;
   }
+}
+
+/** max_s z_s over `scales`, z = (x − median)/(upper − median); a zero-width scale gives +∞ above the score's threshold, −∞ at or below. */
+function familyStatistic(scales: readonly FamilyScale[], score: (name: ScoreName) => number): number {
+  let most = -Infinity;
+  for (const { name, median, upper, threshold } of scales) {
+    const x = score(name);
+    const width = upper - median;
+    const z = width > 0 ? (x - median) / width : x > threshold ? Infinity : -Infinity;
+    if (z > most) most = z;
+  }
+  return most;
 }
 
 function subtract(out: Float64Array, a: Float64Array, b: Float64Array): void {

@@ -92,6 +92,11 @@ export interface DriftScores {
   readonly meanFvu: number;
   /** PSI of the projection histogram; null when either side has none. */
   readonly projectionPsi: number | null;
+  /**
+   * The family-wise score over all of the above (calibration.ts, `anyScore`): it needs the
+   * calibration's replicates, so `driftScores` leaves it null and `assessWindow` fills it in.
+   */
+  readonly any: number | null;
 }
 
 /** Scores `window` against `reference` (both on the same bins). */
@@ -104,5 +109,6 @@ export function driftScores(window: DistributionSums, reference: DistributionSum
     meanFvu: window.tokens === 0 ? 0 : window.fvuSum / window.tokens,
     projectionPsi:
       window.projectionHistogram === null || reference.projectionHistogram === null ? null : psi(window.projectionHistogram, reference.projectionHistogram),
+    any: null,
   };
 }

@@ -19,6 +19,8 @@ export interface DriftAssessment {
     readonly fvuPsi: boolean;
     readonly meanFvu: boolean;
     readonly projectionPsi: boolean;
+    /** Whether the family-wise `any` score is above its threshold: P ≤ α over all scores together. */
+    readonly any: boolean;
   };
   readonly features: FeatureTestResult;
 }
@@ -37,7 +39,9 @@ export function assessWindow(window: DistributionSums, calibrator: DriftCalibrat
   if (window.l0Histogram.length !== totals.l0Histogram.length || window.fvuHistogram.length !== totals.fvuHistogram.length) {
     throw err('SAEGATE_ERR_MONITOR_ARGUMENT', 'window histograms have other bins than the baseline');
   }
-  const scores = driftScores(window, totals);
+  const pairwise = driftScores(window, totals);
+  const familyScore = calibrator.anyScore(pairwise);
+  const scores: DriftScores = { ...pairwise, any: familyScore };
   const thresholds = calibrator.thresholds(window.tokens);
   const live = window.tokens > 0;
   return {
@@ -49,6 +53,7 @@ export function assessWindow(window: DistributionSums, calibrator: DriftCalibrat
       fvuPsi: live && scores.fvuPsi > thresholds.fvuPsi,
       meanFvu: live && scores.meanFvu > thresholds.meanFvu,
       projectionPsi: live && scores.projectionPsi !== null && thresholds.projectionPsi !== null && scores.projectionPsi > thresholds.projectionPsi,
+      any: live && familyScore > thresholds.any,
     },
     features: featureRateTests(window, reference, featureOptions),
   };

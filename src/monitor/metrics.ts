@@ -18,10 +18,14 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { err } from '../common/errors.js';
 import type { DriftThresholds } from './calibration.js';
 import type { DriftScores } from './divergence.js';
+import { FixedSeriesGauge } from './fixed-series-gauge.js';
 import { DEFAULT_FVU_EDGES, DEFAULT_L0_EDGES } from './histogram.js';
 
-/** `saegate_drift_score{statistic}` label values, one per window-level drift score. */
-export const DRIFT_STATISTICS = ['jsd', 'l0_psi', 'fvu_psi', 'mean_fvu', 'projection_psi'] as const;
+/**
+ * `saegate_drift_score{statistic}` label values, one per window-level drift score, and `any`: the
+ * family-wise score over the others (calibration.ts), whose threshold holds α for all of them.
+ */
+export const DRIFT_STATISTICS = ['jsd', 'l0_psi', 'fvu_psi', 'mean_fvu', 'projection_psi', 'any'] as const;
 export type DriftStatistic = (typeof DRIFT_STATISTICS)[number];
 
 /** Why the monitor dropped rows (`saegate_monitor_rows_dropped_total{reason}`). */
@@ -168,6 +172,7 @@ const STATISTIC_OF: Readonly<Record<DriftStatistic, keyof DriftThresholds & keyo
   fvu_psi: 'fvuPsi',
   mean_fvu: 'meanFvu',
   projection_psi: 'projectionPsi',
+  any: 'any',
 };
 
 type SaeLabels = 'model' | 'sae' | 'hook';
@@ -217,7 +222,7 @@ export class MonitorMetrics {
     const registers = [registry];
     const saeLabels = (m: MonitoredSae): Record<SaeLabels, string> => ({ model: m.model, sae: m.sae, hook: m.hook });
     const statistics = (m: MonitoredSae): readonly DriftStatistic[] =>
-      m.projectionOnly === true ? ['projection_psi'] : m.projection === true ? DRIFT_STATISTICS : DRIFT_STATISTICS.filter((s) => s !== 'projection_psi');
+      m.projectionOnly === true ? ['projection_psi', 'any'] : m.projection === true ? DRIFT_STATISTICS : DRIFT_STATISTICS.filter((s) => s !== 'projection_psi');
     /** Calls `each` for every window the source reports now. */
     const eachWindow = (each: (m: MonitoredSae, window: string, reading: WindowReading) => void): void => {
       const readings = source.readings();
@@ -300,35 +305,43 @@ export class MonitorMetrics {
         for (const a of alerts) this.set({ alert: a.alert, severity: a.severity }, firing.has(a.alert) ? 1 : 0);
       },
     });
+    // Watched-feature series are fixed at construction (m × window × feature, in that order), so
+    // their label objects are built once and a scrape only writes numbers (fixed-series-gauge.ts).
     const featureLabels = ['model', 'sae', 'hook', 'feature', 'label', 'window'] as const;
-    /** Sets one gauge per watched feature and window from `value(firings, activationSum, tokens)`. */
-    const perFeature = (gauge: Gauge<(typeof featureLabels)[number]>, value: (firings: number, sum: number, tokens: number) => number): void => {
-      eachWindow((m, window, w) => {
-        const watched = m.watched ?? [];
-        for (let i = 0; i < watched.length; i++) {
-          const firings = w.watchedFirings[i] ?? 0;
-          gauge.set({ ...saeLabels(m), feature: String(watched[i].feature), label: watched[i].label, window }, value(firings, w.watchedActivationSums[i] ?? 0, w.tokens));
-        }
-      });
-    };
-    new Gauge({
-      name: 'saegate_feature_firing_rate',
-      help: 'Fraction of the window’s rows on which the watched feature was active (0 for an empty window).',
-      labelNames: featureLabels,
-      registers,
-      collect() {
-        perFeature(this, (firings, _sum, tokens) => (tokens === 0 ? 0 : firings / tokens));
-      },
-    });
-    new Gauge({
-      name: 'saegate_feature_mean_activation',
-      help: 'Mean activation of the watched feature over the window’s rows where it was active (0 when it never fired).',
-      labelNames: featureLabels,
-      registers,
-      collect() {
-        perFeature(this, (firings, sum) => (firings === 0 ? 0 : sum / firings));
-      },
-    });
+    const featureSeries: Record<(typeof featureLabels)[number], string>[] = [];
+    const featureBase = new Map<MonitoredSae, Map<string, number>>();
+    for (const m of monitored) {
+      const bases = new Map<string, number>();
+      for (const window of m.windows) {
+        bases.set(window, featureSeries.length);
+        for (const f of m.watched ?? []) featureSeries.push({ ...saeLabels(m), feature: String(f.feature), label: f.label, window });
+      }
+      featureBase.set(m, bases);
+    }
+    /** Writes every watched feature's `value(firings, activationSum, tokens)` for the windows the source reports now. */
+    const perFeature =
+      (value: (firings: number, sum: number, tokens: number) => number) =>
+      (values: Float64Array, present: Uint8Array): void => {
+        eachWindow((m, window, w) => {
+          const base = featureBase.get(m)?.get(window);
+          if (base === undefined) return;
+          const watched = m.watched ?? [];
+          for (let i = 0; i < watched.length; i++) {
+            values[base + i] = value(w.watchedFirings[i] ?? 0, w.watchedActivationSums[i] ?? 0, w.tokens);
+            present[base + i] = 1;
+          }
+        });
+      };
+    new FixedSeriesGauge(
+      { name: 'saegate_feature_firing_rate', help: 'Fraction of the window’s rows on which the watched feature was active (0 for an empty window).', labelNames: featureLabels, registers },
+      featureSeries,
+      perFeature((firings, _sum, tokens) => (tokens === 0 ? 0 : firings / tokens)),
+    );
+    new FixedSeriesGauge(
+      { name: 'saegate_feature_mean_activation', help: 'Mean activation of the watched feature over the window’s rows where it was active (0 when it never fired).', labelNames: featureLabels, registers },
+      featureSeries,
+      perFeature((firings, sum) => (firings === 0 ? 0 : sum / firings)),
+    );
     this.l0 = new Histogram({
       name: 'saegate_sae_l0',
       help: 'Active latents per encoded row (L0), as seen by the drift monitor.',

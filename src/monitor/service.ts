@@ -881,10 +881,11 @@ export class MonitorService implements MonitorMetricsSource {
   }
 }
 
-const STATISTIC_FIELD: Readonly<Record<DriftStatistic, 'jsd' | 'l0Psi' | 'fvuPsi' | 'meanFvu' | 'projectionPsi'>> = {
+const STATISTIC_FIELD: Readonly<Record<DriftStatistic, 'jsd' | 'l0Psi' | 'fvuPsi' | 'meanFvu' | 'projectionPsi' | 'any'>> = {
   jsd: 'jsd',
   l0_psi: 'l0Psi',
   fvu_psi: 'fvuPsi',
   mean_fvu: 'meanFvu',
   projection_psi: 'projectionPsi',
+  any: 'any',
 };

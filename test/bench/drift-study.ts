@@ -29,6 +29,7 @@ const options: DriftStudyOptions = {
   windowTokens: 256,
   windows: quick ? 100 : 400,
   nullRepeats: quick ? 2 : 5,
+  nullResplits: quick ? 10 : 50,
   alpha: 0.01,
   sae: { dSae: 512, k: 8, steps: quick ? 200 : 1000, batch: 1024, lr: 4e-3 },
   seed: 7,

@@ -5,10 +5,15 @@
  * series is present. Baseline in the same run: the same 3 SAEs with no watched features and no
  * baselines. A scrape is `registry.metrics()`, what the proxy's /metrics handler serves.
  *
+ * Then the watched-feature series alone, two ways in the same run: `Gauge.set(labels, value)` per
+ * series in `collect()` (what the monitor did before `FixedSeriesGauge`) and `FixedSeriesGauge`
+ * (label objects built once, values written in place), same 2 × 500 × 3 series and values.
+ *
  *   npx tsx test/bench/metrics-scrape.ts [--scrapes 200]
  */
 import { performance } from 'node:perf_hooks';
-import { Registry } from 'prom-client';
+import { Gauge, Registry } from 'prom-client';
+import { FixedSeriesGauge } from '../../src/monitor/fixed-series-gauge.js';
 import { SeededRandom } from '../../src/common/random.js';
 import { BaselineRecorder } from '../../src/monitor/baseline-recorder.js';
 import type { EncodedRows } from '../../src/monitor/rows.js';
@@ -70,6 +75,53 @@ async function scenario(watchedTotal: number, withBaselines: boolean): Promise<{
   return { p50: times[Math.floor(times.length * 0.5)], p99: times[Math.min(times.length - 1, Math.floor(times.length * 0.99))], bytes: Buffer.byteLength(text), series };
 }
 
+const WINDOWS = ['1m', '5m', '1h'];
+const featureLabelNames = ['model', 'sae', 'hook', 'feature', 'label', 'window'] as const;
+
+/** Scrape time of the watched-feature series alone: per-series `set` in collect() or `FixedSeriesGauge`. */
+async function featureSeries(fixed: boolean): Promise<{ p50: number; p99: number; bytes: number; series: number }> {
+  const registry = new Registry();
+  const labelSets = Array.from({ length: SAES }, (_, s) =>
+    WINDOWS.flatMap((window) => Array.from({ length: Math.ceil(WATCHED / SAES) }, (_, i) => ({ model: 'bench-model', sae: `sae${s}`, hook: `blocks.${s}.hook_resid_post`, feature: String(i * 31), label: `feature ${i * 31} of sae${s}`, window }))),
+  ).flat();
+  const value = (i: number, scrape: number): number => ((i * 7919 + scrape) % 1000) / 1000;
+  let scrape = 0;
+  for (const name of ['saegate_feature_firing_rate', 'saegate_feature_mean_activation']) {
+    if (fixed) {
+      new FixedSeriesGauge({ name, help: name, labelNames: featureLabelNames, registers: [registry] }, labelSets, (values, present) => {
+        scrape++;
+        for (let i = 0; i < labelSets.length; i++) {
+          values[i] = value(i, scrape);
+          present[i] = 1;
+        }
+      });
+    } else {
+      const ids = labelSets.map((l) => ({ sae: l.sae, hook: l.hook, feature: Number(l.feature), label: l.label, window: l.window }));
+      new Gauge({
+        name,
+        help: name,
+        labelNames: featureLabelNames,
+        registers: [registry],
+        collect() {
+          scrape++;
+          // As the monitor built them: a fresh label object per series per scrape.
+          for (let i = 0; i < ids.length; i++) this.set({ model: 'bench-model', sae: ids[i].sae, hook: ids[i].hook, feature: String(ids[i].feature), label: ids[i].label, window: ids[i].window }, value(i, scrape));
+        },
+      });
+    }
+  }
+  const text = await registry.metrics();
+  const times: number[] = [];
+  for (let i = 0; i < scrapes; i++) {
+    const t0 = performance.now();
+    await registry.metrics();
+    times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  const series = text.split('\n').filter((line) => line.length > 0 && !line.startsWith('#')).length;
+  return { p50: times[Math.floor(times.length * 0.5)], p99: times[Math.min(times.length - 1, Math.floor(times.length * 0.99))], bytes: Buffer.byteLength(text), series };
+}
+
 // Interleaved: baseline, full, baseline, full; the second pair is reported (warm).
 await scenario(0, false);
 await scenario(WATCHED, true);
@@ -80,3 +132,12 @@ const line = (name: string, r: { p50: number; p99: number; bytes: number; series
 process.stdout.write(line(`${SAES} SAEs × d_sae ${D_SAE}, no watched, no baselines`, bare));
 process.stdout.write(line(`${SAES} SAEs, ${WATCHED} watched, baselines, assessed`, full));
 process.stdout.write(`ratio full / bare: p50 ×${(full.p50 / bare.p50).toFixed(2)}, p99 ×${(full.p99 / bare.p99).toFixed(2)}\n`);
+
+// The watched-feature series alone, interleaved the same way (warm second pair).
+await featureSeries(false);
+await featureSeries(true);
+const perSet = await featureSeries(false);
+const fixedSeries = await featureSeries(true);
+process.stdout.write(line(`${2 * WATCHED * WINDOWS.length} feature series, Gauge.set per series`, perSet));
+process.stdout.write(line(`${2 * WATCHED * WINDOWS.length} feature series, FixedSeriesGauge`, fixedSeries));
+process.stdout.write(`ratio FixedSeriesGauge / Gauge.set: p50 ×${(fixedSeries.p50 / perSet.p50).toFixed(2)}, p99 ×${(fixedSeries.p99 / perSet.p99).toFixed(2)}\n`);

@@ -17,6 +17,14 @@
  *    until the window holds `windowTokens` tokens, summed and judged by `assessWindow`. Per score:
  *    p5/p50/p95 of the scores, the calibrated threshold at that size, the fraction of windows above.
  *
+ * 6. The null again, the way α is stated (`nullResplits`): the baseline and held-out documents are
+ *    pooled and split at random into a baseline and a held-out set of the same sizes, again and
+ *    again; each split gets its own calibrator (its own seed) and its held-out documents are cut
+ *    into *disjoint* windows, so windows within a split share no document. The pooled rate is the
+ *    false-alarm rate over baselines, calibration draws and windows — what a threshold's α
+ *    promises — and the spread of the per-split rates is how far one deployment's rate may lie
+ *    from it (docs/monitor.md, "How exact α is").
+ *
  * Every document is a whole prompt, as in the calibration (which draws whole baseline documents),
  * so windows and their null agree on within-document correlation.
  */
@@ -24,6 +32,7 @@ import { SeededRandom, shuffledIndices } from '../../src/common/random.js';
 import { recordBaseline } from '../../src/lab/baseline/record.js';
 import type { CollectInputDocument } from '../../src/lab/collect.js';
 import { sampleCorpus } from '../../src/lab/corpus/sample.js';
+import { wilson, type Rate } from '../../src/lab/eval/stats.js';
 import { defaultTrainConfig, toSaeWeights, trainTopKSae } from '../../src/lab/train/trainer.js';
 import { LocalEngine } from '../../src/model/engine.js';
 import { loadModel } from '../../src/model/load.js';
@@ -60,6 +69,8 @@ export interface DriftStudyOptions {
    * overlapping windows is noisy. Default none.
    */
   nullRepeats?: number;
+  /** Random re-splits of baseline + held-out documents judged with disjoint windows (step 6). Default none. */
+  nullResplits?: number;
   alpha: number;
   sae: { dSae: number; k: number; steps: number; batch: number; lr: number };
   seed: number;
@@ -91,6 +102,22 @@ export interface CaseResult {
   scores: Record<ScoreName, ScoreSummary>;
   /** Windows where any of the four scores is above its threshold. */
   anyAbove: number;
+  /** Windows where the family-wise `any` score is above its threshold (α over all scores together). */
+  familyAbove: number;
+}
+
+/** Alarms over the windows of many splits, pooled, with the per-split rates' spread. */
+export interface ResplitResult {
+  splits: number;
+  windows: number;
+  /** Pooled, with 95% Wilson intervals (which treat the windows as independent). */
+  above: Record<ScoreName | 'union' | 'family', Rate>;
+  /**
+   * Per statistic, the per-split rates' smallest, median and largest value, and a 95% interval of
+   * their mean (± 1.96 standard errors over splits), which allows for the windows of one split
+   * sharing its baseline and thresholds.
+   */
+  perSplit: Record<ScoreName | 'union' | 'family', { min: number; p50: number; max: number; low: number; high: number }>;
 }
 
 export interface DriftStudyResult {
@@ -100,7 +127,9 @@ export interface DriftStudyResult {
   rowNorm: number;
   cases: CaseResult[];
   /** The held-out case over the study's calibrator and `nullRepeats` more: windows and alarms, pooled. */
-  nullPooled: { runs: number; windows: number; above: Record<ScoreName, number>; anyAbove: number };
+  nullPooled: { runs: number; windows: number; above: Record<ScoreName, number>; anyAbove: number; familyAbove: number };
+  /** Step 6; null without `nullResplits`. */
+  nullResplit: ResplitResult | null;
   seconds: number;
 }
 
@@ -203,6 +232,7 @@ export function judgeWindows(name: string, recorded: Baseline, calibrator: Drift
   const above = Object.fromEntries(SCORE_NAMES.map((s) => [s, 0])) as Record<ScoreName, number>;
   const thresholds: Record<ScoreName, number>[] = [];
   let anyAbove = 0;
+  let familyAbove = 0;
   let tokenSum = 0;
   for (let w = 0; w < windows; w++) {
     const order = shuffledIndices(docs.length, random);
@@ -223,6 +253,7 @@ export function judgeWindows(name: string, recorded: Baseline, calibrator: Drift
       }
     }
     if (any) anyAbove++;
+    if (assessment.exceeded.any) familyAbove++;
     thresholds.push({ jsd: assessment.thresholds.jsd, l0Psi: assessment.thresholds.l0Psi, fvuPsi: assessment.thresholds.fvuPsi, meanFvu: assessment.thresholds.meanFvu });
   }
   const summary = {} as Record<ScoreName, ScoreSummary>;
@@ -232,7 +263,69 @@ export function judgeWindows(name: string, recorded: Baseline, calibrator: Drift
     summary[s] = { p5: quantile(sorted, 0.05), p50: quantile(sorted, 0.5), p95: quantile(sorted, 0.95), threshold: quantile(t, 0.5), above: above[s] };
   }
   const tokens = docs.reduce((sum, d) => sum + d.tokens, 0);
-  return { name, documents: docs.length, tokens, windows, windowTokens: tokenSum / windows, scores: summary, anyAbove };
+  return { name, documents: docs.length, tokens, windows, windowTokens: tokenSum / windows, scores: summary, anyAbove, familyAbove };
+}
+
+/**
+ * Step 6: `splits` random re-splits of `pool` into a baseline of `baselineDocuments` and the rest,
+ * each judged by a fresh calibrator on disjoint windows of ≥ `windowTokens` tokens cut from the
+ * rest in random order (a last, short window is dropped).
+ */
+export function judgeResplits(base: Baseline, pool: readonly BaselineDocument[], options: { baselineDocuments: number; windowTokens: number; alpha: number; splits: number; seed: number }): ResplitResult {
+  const keys = [...SCORE_NAMES, 'union', 'family'] as const;
+  const hits = Object.fromEntries(keys.map((k) => [k, 0])) as Record<(typeof keys)[number], number>;
+  const rates = Object.fromEntries(keys.map((k) => [k, [] as number[]])) as Record<(typeof keys)[number], number[]>;
+  const random = new SeededRandom(options.seed);
+  let windows = 0;
+  for (let split = 0; split < options.splits; split++) {
+    const order = shuffledIndices(pool.length, random);
+    const baselineDocs = Array.from(order.subarray(0, options.baselineDocuments), (i) => pool[i]);
+    const heldOut = Array.from(order.subarray(options.baselineDocuments), (i) => pool[i]);
+    const reference = new BaselineReference({ ...base, documents: baselineDocs, provenance: { ...base.provenance, documents: baselineDocs.length, tokens: baselineDocs.reduce((sum, d) => sum + d.tokens, 0) } });
+    const calibrator = new DriftCalibrator(reference, { alpha: options.alpha, seed: options.seed + 1 + split });
+    const l0Bins = reference.totals.l0Histogram.length;
+    const fvuBins = reference.totals.fvuHistogram.length;
+    const splitHits = Object.fromEntries(keys.map((k) => [k, 0])) as Record<(typeof keys)[number], number>;
+    let splitWindows = 0;
+    let picked: number[] = [];
+    let tokens = 0;
+    for (let i = 0; i < heldOut.length; i++) {
+      picked.push(i);
+      tokens += heldOut[i].tokens;
+      if (tokens < options.windowTokens) continue;
+      const assessment = assessWindow(windowSums(heldOut, picked, reference.dSae, l0Bins, fvuBins), calibrator);
+      splitWindows++;
+      let union = false;
+      for (const s of SCORE_NAMES) {
+        if (assessment.exceeded[s]) {
+          splitHits[s]++;
+          union = true;
+        }
+      }
+      if (union) splitHits.union++;
+      if (assessment.exceeded.any) splitHits.family++;
+      picked = [];
+      tokens = 0;
+    }
+    windows += splitWindows;
+    for (const k of keys) {
+      hits[k] += splitHits[k];
+      rates[k].push(splitHits[k] / splitWindows);
+    }
+  }
+  const spread = (values: number[]): ResplitResult['perSplit']['jsd'] => {
+    const sorted = Float64Array.from(values).sort();
+    const n = values.length;
+    const mean = values.reduce((a, x) => a + x, 0) / n;
+    const se = n > 1 ? Math.sqrt(values.reduce((a, x) => a + (x - mean) ** 2, 0) / (n - 1) / n) : NaN;
+    return { min: sorted[0], p50: quantile(sorted, 0.5), max: sorted[n - 1], low: Math.max(0, mean - 1.96 * se), high: mean + 1.96 * se };
+  };
+  return {
+    splits: options.splits,
+    windows,
+    above: Object.fromEntries(keys.map((k) => [k, wilson(hits[k], windows)])) as ResplitResult['above'],
+    perSplit: Object.fromEntries(keys.map((k) => [k, spread(rates[k])])) as ResplitResult['perSplit'],
+  };
 }
 
 /** A seeded random direction of norm `norm`. */
@@ -283,14 +376,20 @@ export async function runDriftStudy(options: DriftStudyOptions): Promise<DriftSt
     log(`recording held-out and shifted cases`);
     const heldOut = await record(heldOutDocs);
     judge('held-out stories', heldOut, options.windows, options.seed + 10);
-    const nullPooled = { runs: 1, windows: cases[0].windows, above: Object.fromEntries(SCORE_NAMES.map((s) => [s, cases[0].scores[s].above])) as Record<ScoreName, number>, anyAbove: cases[0].anyAbove };
+    const nullPooled = { runs: 1, windows: cases[0].windows, above: Object.fromEntries(SCORE_NAMES.map((s) => [s, cases[0].scores[s].above])) as Record<ScoreName, number>, anyAbove: cases[0].anyAbove, familyAbove: cases[0].familyAbove };
     for (let r = 1; r <= (options.nullRepeats ?? 0); r++) {
       const again = judgeWindows('held-out stories', heldOut, new DriftCalibrator(reference, { alpha: options.alpha, seed: options.seed + 100 + r }), options.windowTokens, options.windows, options.seed + 200 + r);
       nullPooled.runs++;
       nullPooled.windows += again.windows;
       nullPooled.anyAbove += again.anyAbove;
+      nullPooled.familyAbove += again.familyAbove;
       for (const s of SCORE_NAMES) nullPooled.above[s] += again.scores[s].above;
     }
+    const splits = options.nullResplits ?? 0;
+    const nullResplit =
+      splits > 0
+        ? judgeResplits(baseline, [...baseline.documents, ...heldOut.documents], { baselineDocuments: baseline.documents.length, windowTokens: options.windowTokens, alpha: options.alpha, splits, seed: options.seed + 500 })
+        : null;
     judge('random tokens', await record(asDocuments(randomTokens, 'random')), Math.min(options.windows, 100), options.seed + 11);
     judge('aidreams260K text', await record(asDocuments(aidreams, 'aidreams')), Math.min(options.windows, 100), options.seed + 12);
     const steerPrompts = heldOutDocs.slice(0, options.shiftedDocuments);
@@ -305,6 +404,7 @@ export async function runDriftStudy(options: DriftStudyOptions): Promise<DriftSt
       rowNorm: trained.rowNorm,
       cases,
       nullPooled,
+      nullResplit,
       seconds: (performance.now() - started) / 1000,
     };
   } finally {
@@ -329,15 +429,35 @@ export function formatDriftStudy(result: DriftStudyResult, options: Pick<DriftSt
       const x = c.scores[s];
       lines.push(`| ${c.name} | ${c.windows} | ${s} | ${f(x.p5)} | ${f(x.p50)} | ${f(x.p95)} | ${f(x.threshold)} | ${x.above}/${c.windows} (${((100 * x.above) / c.windows).toFixed(1)}%) |`);
     }
-    lines.push(`| ${c.name} | ${c.windows} | any | | | | | ${c.anyAbove}/${c.windows} (${((100 * c.anyAbove) / c.windows).toFixed(1)}%) |`);
+    lines.push(`| ${c.name} | ${c.windows} | any score (each at α) | | | | | ${c.anyAbove}/${c.windows} (${((100 * c.anyAbove) / c.windows).toFixed(1)}%) |`);
+    lines.push(`| ${c.name} | ${c.windows} | any (family-wise α) | | | | | ${c.familyAbove}/${c.windows} (${((100 * c.familyAbove) / c.windows).toFixed(1)}%) |`);
   }
   const pooled = result.nullPooled;
   const rate = (n: number): string => `${n}/${pooled.windows} (${((100 * n) / pooled.windows).toFixed(2)}%)`;
   lines.push(
     '',
-    `held-out stories under ${pooled.runs} calibrator seeds, pooled: ${SCORE_NAMES.map((s) => `${s} ${rate(pooled.above[s])}`).join(', ')}; any ${rate(pooled.anyAbove)}`,
+    `held-out stories against the study's one baseline, ${pooled.runs} calibrator seeds, overlapping windows from one pool of held-out documents, pooled: ${SCORE_NAMES.map((s) => `${s} ${rate(pooled.above[s])}`).join(', ')}; any score ${rate(pooled.anyAbove)}; family-wise any ${rate(pooled.familyAbove)}`,
     '',
     `${result.seconds.toFixed(1)} s in all`,
   );
+  const resplit = result.nullResplit;
+  if (resplit !== null) {
+    const pct = (x: number): string => `${(100 * x).toFixed(2)}%`;
+    lines.splice(
+      lines.length - 2,
+      0,
+      `held-out stories over ${resplit.splits} random re-splits of the baseline + held-out documents (a fresh baseline and calibrator each, disjoint windows), ${resplit.windows} windows:`,
+      '',
+      `| statistic | false alarms | rate | 95% Wilson | 95% over splits | per split: min / median / max |`,
+      `|---|---|---|---|---|---|`,
+      ...([...SCORE_NAMES, 'union', 'family'] as const).map((k) => {
+        const r = resplit.above[k];
+        const p = resplit.perSplit[k];
+        const name = k === 'union' ? 'any score (each at α)' : k === 'family' ? 'any (family-wise α)' : k;
+        return `| ${name} | ${r.hits}/${r.n} | ${pct(r.value)} | ${pct(r.low)}–${pct(r.high)} | ${pct(p.low)}–${pct(p.high)} | ${pct(p.min)} / ${pct(p.p50)} / ${pct(p.max)} |`;
+      }),
+      '',
+    );
+  }
   return lines.join('\n');
 }

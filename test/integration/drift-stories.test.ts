@@ -65,6 +65,8 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('drift on stories260K with a
     const allowed = allowedAlarms(heldOut.windows, options.alpha);
     expect(allowed).toBe(5); // 100 windows at α = 1 %: P(more than 5) < 0.001
     for (const score of SCORE_NAMES) expect(heldOut.scores[score].above, `${score}: ${JSON.stringify(heldOut.scores[score])}`).toBeLessThanOrEqual(allowed);
+    // The family-wise any holds the same α for all scores together.
+    expect(heldOut.familyAbove).toBeLessThanOrEqual(allowed);
     // And well under on the whole: the median held-out window sits below every threshold.
     for (const score of SCORE_NAMES) expect(heldOut.scores[score].p50).toBeLessThanOrEqual(heldOut.scores[score].threshold);
   });
@@ -72,6 +74,7 @@ describe.skipIf(!hasSharedModels)(needsSharedModels('drift on stories260K with a
   it.each(['random tokens', 'aidreams260K text', 'steered'])('raises %s windows above the thresholds', (name) => {
     const shifted = byName(result, name);
     expect(shifted.anyAbove).toBe(shifted.windows);
+    expect(shifted.familyAbove).toBeGreaterThanOrEqual(0.95 * shifted.windows);
     expect(shifted.scores.jsd.above).toBeGreaterThanOrEqual(0.95 * shifted.windows);
     expect(shifted.scores.meanFvu.above).toBeGreaterThanOrEqual(0.95 * shifted.windows);
   });

@@ -72,6 +72,43 @@ describe('calibrated drift thresholds', () => {
     expect(huge.jsd).toBeLessThan(a.jsd);
   });
 
+  it('give a family-wise any signal that null windows raise in at most ~α of windows, fewer than the scores each at α together', () => {
+    const null300 = windows(300, 1001);
+    const anyAlarms = null300.filter((a) => a.exceeded.any).length;
+    const unionAlarms = null300.filter((a) => scores.some((s) => a.exceeded[s])).length;
+    expect(anyAlarms).toBeLessThanOrEqual(9);
+    expect(anyAlarms).toBeLessThanOrEqual(unionAlarms);
+    // Scores are scaled to 1 at their replicates' 90th percentile, so the family threshold lies
+    // beyond 1 (a 99th percentile of the largest of them).
+    expect(null300[0].thresholds.any).toBeGreaterThan(1);
+    // One threshold for all scores sits further out than each score's own, so a shift that JSD
+    // alone catches in ≥ 48 of 50 windows (above) costs any a little power.
+    const shifted = windows(50, 2002, { boostFeatures: 16, boostFactor: 2 });
+    expect(shifted.filter((a) => a.exceeded.any).length).toBeGreaterThanOrEqual(45);
+  });
+
+  it('hold the family-wise α on fresh replicates of the null, where the five per-score thresholds together do not', () => {
+    // Fresh bootstrap windows (another seed) are exact draws from the null the thresholds were
+    // calibrated on, so their rates test the rank arithmetic itself at a tight binomial margin.
+    const fine = new DriftCalibrator(calibrator.reference, { alpha: 0.01, replicates: 2000, seed: 9 });
+    const tokens = 2048;
+    const t = fine.thresholds(tokens);
+    const fresh = fine.nullScores(t.tokens, 12345);
+    const n = fresh.jsd.length;
+    let family = 0;
+    let union = 0;
+    for (let b = 0; b < n; b++) {
+      const window = { tokens, jsd: fresh.jsd[b], l0Psi: fresh.l0Psi[b], fvuPsi: fresh.fvuPsi[b], meanFvu: fresh.meanFvu[b], projectionPsi: fresh.projectionPsi[b] };
+      if (fine.anyScore(window) > t.any) family++;
+      if (scores.some((s) => window[s] > (t[s] ?? Infinity))) union++;
+    }
+    // α = 1 % of 2000: expected 20 (sd ≈ 4.5 from the fresh draws, ≈ 4.5 more from the thresholds' own replicates).
+    expect(family).toBeLessThanOrEqual(40);
+    expect(family).toBeGreaterThanOrEqual(6);
+    // Five scores at α each: well above α together (they are correlated, so below 5α).
+    expect(union).toBeGreaterThan(family);
+  });
+
   it('refuses an α its replicates cannot resolve', () => {
     expectSaegateError(() => new DriftCalibrator(calibrator.reference, { alpha: 0.001, replicates: 400 }), 'SAEGATE_ERR_MONITOR_ARGUMENT', 'replicates must be an integer ≥ 1/alpha − 1 = 999');
   });

@@ -6,8 +6,8 @@ function reading(windows: MonitoredSaeReading['windows']): MonitoredSaeReading {
   return { baseline: null, rows: 0, rowsDropped: {} as MonitoredSaeReading['rowsDropped'], windows };
 }
 
-const scores = (jsd: number) => ({ tokens: 100, jsd, l0Psi: 9, fvuPsi: 9, meanFvu: 9, projectionPsi: null });
-const thresholds = (jsd: number) => ({ tokens: 100, capped: false, jsd, l0Psi: 1, fvuPsi: 1, meanFvu: 1, projectionPsi: 1 });
+const scores = (jsd: number) => ({ tokens: 100, jsd, l0Psi: 9, fvuPsi: 9, meanFvu: 9, projectionPsi: null, any: 1 });
+const thresholds = (jsd: number) => ({ tokens: 100, capped: false, jsd, l0Psi: 1, fvuPsi: 1, meanFvu: 1, projectionPsi: 1, any: 0.99, family: { jsd, l0Psi: 1, fvuPsi: 1, meanFvu: 1, projectionPsi: 1 } });
 
 describe('monitorDriftSource', () => {
   it('charts each SAE window\'s JSD with its threshold, skips windows without a baseline, and lists firing alerts', () => {
