@@ -3,6 +3,7 @@
  * interleaved rounds of
  *
  *   direct                  load → model server (no tap)
+ *   proxy                   load → saegate serve → model server without a tap (the HTTP hop alone)
  *   saegate                 load → saegate serve (no SAE) → model server --tap
  *   saegate+sae             … with `--sae` (a seeded TopK SAE on one hook, every tapped row)
  *   saegate+sae+monitor     … plus `--baseline`, `--watch` (8 features) and `--policies` (a
@@ -77,7 +78,7 @@ const streamCounts = (values.streams ?? '1,8,32').split(',').map(Number);
 const maxTokens = Number(values.tokens ?? 128);
 const profileDir = values.profile === undefined ? null : path.resolve(values.profile);
 
-const ARMS = ['direct', 'saegate', 'saegate+sae', 'saegate+sae+monitor'] as const;
+const ARMS = ['direct', 'proxy', 'saegate', 'saegate+sae', 'saegate+sae+monitor'] as const;
 type ArmName = (typeof ARMS)[number];
 const armNames = (values.arms?.split(',') ?? [...ARMS]) as ArmName[];
 for (const a of armNames) if (!ARMS.includes(a)) throw new Error(`unknown arm ${a}; arms: ${ARMS.join(', ')}`);
@@ -288,8 +289,8 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
       continue;
     }
     const upstreamPort = await freePort();
-    const args = ['serve', '--upstream', `http://127.0.0.1:${upstreamPort}`, '--port', '0', '--require-tap', ...extraSaegateArgs];
-    if (name !== 'saegate') args.push('--sae', saeDir);
+    const args = ['serve', '--upstream', `http://127.0.0.1:${upstreamPort}`, '--port', '0', ...(name === 'proxy' ? [] : ['--require-tap']), ...extraSaegateArgs];
+    if (name === 'saegate+sae' || name === 'saegate+sae+monitor') args.push('--sae', saeDir);
     if (name === 'saegate+sae+monitor') args.push('--baseline', baseline, '--watch', path.join(dir, 'watch.yaml'), '--policies', policyDir);
     const saegate = startProc(`${m.name} saegate ${name}`, SAEGATE_CORE, args);
     let apiUrl = '';
@@ -302,7 +303,7 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
     }, saegate);
     // The model server takes the port saegate forwards to (freePort: free a moment ago).
     const modelPort = upstreamPort;
-    const modelArgs = ['model', 'serve', '--model', m.spec, '--name', MODEL_NAME, '--port', String(modelPort), '--max-batch', '32', '--threads', '1', '--tap', tapUrl];
+    const modelArgs = ['model', 'serve', '--model', m.spec, '--name', MODEL_NAME, '--port', String(modelPort), '--max-batch', '32', '--threads', '1', ...(name === 'proxy' ? [] : ['--tap', tapUrl])];
     const model = startProc(`${m.name} model ${name}`, MODEL_CORE, modelArgs);
     await waitUntil(`${saegate.name} ready with its tap connected`, async () => (await status(`${apiUrl}/readyz`)) === 200, model);
     arms.push({ name, model, saegate, url: apiUrl, saegateUrl: apiUrl });
@@ -435,7 +436,7 @@ async function ledger(arm: Arm): Promise<string> {
     for (const [key, value] of m) if ((key === name || key.startsWith(`${name}{`)) && value > 0) drops.push(`${key} ${value}`);
   }
   const droppedSae = total(m, 'saegate_sae_rows_dropped_total') + total(m, 'saegate_tap_rows_dropped_total');
-  const sae = arm.name === 'saegate' ? 'no SAE' : `encoded ${encoded} + dropped ${droppedSae} = ${encoded + droppedSae} ${encoded + droppedSae === tapRows ? '(balanced)' : '(NOT balanced)'}`;
+  const sae = arm.name === 'saegate' || arm.name === 'proxy' ? 'no SAE' : `encoded ${encoded} + dropped ${droppedSae} = ${encoded + droppedSae} ${encoded + droppedSae === tapRows ? '(balanced)' : '(NOT balanced)'}`;
   return `  ${arm.name}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}`;
 }
 
@@ -557,7 +558,7 @@ try {
         const rowsPerToken = rs.map((x) => x.rowsEncoded / x.tokens);
         const perRow = rs.map((x, i) => (x.rowsEncoded > 0 && noSae ? ((x.saegateCpuNs / x.tokens - noSae[i].saegateCpuNs / noSae[i].tokens) * x.tokens) / 1e3 / x.rowsEncoded : NaN));
         const tpot = rs.flatMap((x) => x.tpotMs);
-        const sae = arm.name !== 'direct' && arm.name !== 'saegate';
+        const sae = arm.name === 'saegate+sae' || arm.name === 'saegate+sae+monitor';
         lines.push(
           `| ${s} | ${arm.name} | ${f(median(tps))} | ${f(median(ratio), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelRatio), 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
         );
