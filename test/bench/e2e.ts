@@ -18,13 +18,17 @@
  *
  *   tok/s and × direct      generated tokens per second of wall time, against direct in the same round
  *   TPOT p50/p99            time per output token within a request (first to last chunk / (n − 1))
- *   model CPU-µs/tok        the model server's CPU time (every thread, /proc/PID/task/{TID}/schedstat) per generated token
+ *   model CPU-µs/tok        the model server's CPU time (every thread, /proc/PID/task/{TID}/schedstat) per generated
+ *                           token; × direct and × proxy compare it with the untapped server of the
+ *                           direct and proxy arms in the same round (× proxy is the tap's own cost)
  *   saegate CPU-µs/tok      saegate's CPU time per generated token
  *   rows/tok                rows encoded per generated token (prompt rows included)
  *   saegate µs/row          what a monitored row costs saegate: (its CPU per token − the no-SAE
  *                           arm's in the same round) × tokens / rows
  *   beyond SAE              that, less the SAE's own arithmetic: raw onnxruntime on the same SAE
  *                           graph at batch 256 (f32 rows, one thread), measured in this process
+ *   event loop µs/row       the part of saegate µs/row spent on saegate's main thread (the event
+ *                           loop: tap frames, batching, results, monitor, live view, policies)
  *
  * and, per saegate, the row ledger at the end: tap rows = rows encoded + rows dropped by reason.
  * Models: stories260K (../shared/models; a 64 → 1024 TopK SAE, k 32, at blocks.3) and a synthetic
@@ -169,17 +173,23 @@ async function stopAll(): Promise<void> {
 }
 process.on('exit', () => procs.forEach((p) => p.child.exitCode === null && p.child.kill('SIGKILL')));
 
-/** CPU time of every thread of `pid` so far, in ns (/proc/PID/task/TID/schedstat: on-CPU ns first). */
-function cpuNs(pid: number): number {
-  let total = 0;
+/**
+ * CPU time of `pid` so far, in ns, from /proc/PID/task/TID/schedstat (on-CPU ns first): every
+ * thread, and the main thread (TID = PID: the event loop) alone.
+ */
+function cpuNs(pid: number): { all: number; main: number } {
+  let all = 0;
+  let main = 0;
   for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
     try {
-      total += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+      const ns = Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+      all += ns;
+      if (Number(tid) === pid) main = ns;
     } catch {
       // the thread exited between the listing and the read
     }
   }
-  return total;
+  return { all, main };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -320,6 +330,8 @@ interface RoundResult {
   tpotMs: number[];
   modelCpuNs: number;
   saegateCpuNs: number;
+  /** saegate's main thread (event loop) alone. */
+  saegateMainNs: number;
   rowsEncoded: number;
   errors: number;
 }
@@ -380,8 +392,8 @@ function total(metrics: Map<string, number>, name: string): number {
 async function runRound(arm: Arm, streams: number, seconds: number): Promise<RoundResult> {
   const agent = new Agent({ connections: streams, keepAliveTimeout: 30_000 });
   const before = arm.saegateUrl ? await scrape(arm.saegateUrl) : null;
-  const model0 = cpuNs(arm.model.child.pid!);
-  const sg0 = arm.saegate ? cpuNs(arm.saegate.child.pid!) : 0;
+  const model0 = cpuNs(arm.model.child.pid!).all;
+  const sg0 = arm.saegate ? cpuNs(arm.saegate.child.pid!) : { all: 0, main: 0 };
   const t0 = performance.now();
   const deadline = t0 + seconds * 1000;
   let tokens = 0;
@@ -403,12 +415,12 @@ async function runRound(arm: Arm, streams: number, seconds: number): Promise<Rou
     }),
   );
   const wallS = (performance.now() - t0) / 1000;
-  const modelCpuNs = cpuNs(arm.model.child.pid!) - model0;
-  const saegateCpuNs = arm.saegate ? cpuNs(arm.saegate.child.pid!) - sg0 : 0;
+  const modelCpuNs = cpuNs(arm.model.child.pid!).all - model0;
+  const sg1 = arm.saegate ? cpuNs(arm.saegate.child.pid!) : { all: 0, main: 0 };
   const after = arm.saegateUrl ? await scrape(arm.saegateUrl) : null;
   await agent.close();
   const delta = (name: string): number => (before && after ? total(after, name) - total(before, name) : 0);
-  return { tokens, wallS, tpotMs: tpot, modelCpuNs, saegateCpuNs, rowsEncoded: delta('saegate_sae_rows_encoded_total'), errors };
+  return { tokens, wallS, tpotMs: tpot, modelCpuNs, saegateCpuNs: sg1.all - sg0.all, saegateMainNs: sg1.main - sg0.main, rowsEncoded: delta('saegate_sae_rows_encoded_total'), errors };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -542,8 +554,8 @@ try {
     measuredTo = Number(process.hrtime.bigint() / 1000n);
     const lines = [
       `\n## ${m.name} (SAE ${m.dIn} → ${m.dSae} TopK k ${m.k} at ${m.hook}; raw onnxruntime ${f(rawMicrosPerRow, 2)} µs/row at batch 256)\n`,
-      '| streams | path | tok/s | × direct | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | × untapped | saegate CPU-µs/tok | rows/tok | saegate µs/row | beyond SAE | errors |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+      '| streams | path | tok/s | × direct | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | × direct | × proxy | saegate CPU-µs/tok | rows/tok | saegate µs/row | beyond SAE | event loop µs/row | errors |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ];
     for (const s of streamCounts) {
       const direct = results.get(`${s}|direct`)!;
@@ -557,10 +569,13 @@ try {
         const sgCpu = rs.map((x) => x.saegateCpuNs / 1e3 / x.tokens);
         const rowsPerToken = rs.map((x) => x.rowsEncoded / x.tokens);
         const perRow = rs.map((x, i) => (x.rowsEncoded > 0 && noSae ? ((x.saegateCpuNs / x.tokens - noSae[i].saegateCpuNs / noSae[i].tokens) * x.tokens) / 1e3 / x.rowsEncoded : NaN));
+        const mainPerRow = rs.map((x, i) => (x.rowsEncoded > 0 && noSae ? ((x.saegateMainNs / x.tokens - noSae[i].saegateMainNs / noSae[i].tokens) * x.tokens) / 1e3 / x.rowsEncoded : NaN));
+        const proxy = results.get(`${s}|proxy`);
+        const proxyRatio = rs.map((x, i) => (proxy ? x.modelCpuNs / x.tokens / (proxy[i].modelCpuNs / proxy[i].tokens) : NaN));
         const tpot = rs.flatMap((x) => x.tpotMs);
         const sae = arm.name === 'saegate+sae' || arm.name === 'saegate+sae+monitor';
         lines.push(
-          `| ${s} | ${arm.name} | ${f(median(tps))} | ${f(median(ratio), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelRatio), 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
+          `| ${s} | ${arm.name} | ${f(median(tps))} | ${f(median(ratio), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelRatio), 2)} | ${f(median(proxyRatio), 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${sae ? f(median(mainPerRow), 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
         );
       }
     }
