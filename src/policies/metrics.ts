@@ -30,7 +30,7 @@ export class PolicyRuntimeMetrics {
 
   constructor(registry: Registry) {
     const registers = [registry];
-    this.requests = new Gauge({ name: 'saegate_policy_conditional_requests', help: 'Requests with conditional rules being evaluated now.', registers });
+    this.requests = new Gauge({ name: 'saegate_policy_conditional_requests', help: 'Requests with conditional rules being evaluated now (a finished request stays 10 s for SAE results that land late).', registers });
     this.triggers = new Counter({ name: 'saegate_policy_triggers_total', help: 'Conditional rules that fired, by policy and kind (steer, flag, abort).', labelNames: ['policy', 'kind'], registers });
     this.flags = new Counter({ name: 'saegate_policy_flags_total', help: 'Requests flagged, by policy and flag name (unconditional flags when the request matched, conditional ones when they fired).', labelNames: ['policy', 'flag'], registers });
     this.planUpdates = new Counter({

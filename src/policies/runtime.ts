@@ -8,7 +8,9 @@
  * the request's steering, and the whole steering goes to the connection serving the request as one
  * `plan_update` (`TapHost.planUpdate`); a flag adds `flag=NAME:p` to the request's
  * `x-saegate-applied` and counts in `saegate_policy_flags_total`. The proxy calls `done()` when the
- * exchange is over, however it ended, which releases the request.
+ * exchange is over, however it ended; the request is then kept for `lateResultsMs` (10 s) so flags
+ * on SAE results that land after the response still count (steers and aborts no longer act), and
+ * released after that.
  *
  * **Lag.** A plan update takes effect from the model server's next decode step, and the tap says
  * nothing about which step that was. What it does say, in order on one socket: the `tokens` of
@@ -100,6 +102,13 @@ export interface ConditionRuntimeOptions {
   registry?: Registry;
   /** Requests evaluated at once; beyond, the oldest is released. Default 4096. */
   maxRequests?: number;
+  /**
+   * How long a request is still evaluated after its exchange ended, for SAE results that land
+   * late (the SAE runs behind the model when it is loaded): flags that fire then still count in
+   * `saegate_policy_flags_total`, the live view and trigger records, though the response (and its
+   * `x-saegate-applied`) is gone; steers and aborts no longer act. Default 10 000 ms.
+   */
+  lateResultsMs?: number;
   /**
    * Stops a request's generation when an `abort` condition fires (the proxy's `abortRequest`,
    * declared here structurally: policies cannot import the proxy). Without it, aborts are counted
@@ -197,6 +206,11 @@ class LiveRequest {
   readonly tokenSlots = new Int32Array(TOKEN_RING).fill(-1);
   readonly pendingAcks = new Set<string>();
   readonly awaiting: AwaitingStep[] = [];
+  /**
+   * Set when the exchange is over (`done()`) while results may still come: the request is kept
+   * for `lateResultsMs` so that flags on late SAE results still count; steers and aborts no longer act.
+   */
+  finishedTimer: NodeJS.Timeout | null = null;
 
   constructor(
     readonly requestId: string,
@@ -237,10 +251,12 @@ export class ConditionRuntime {
   private readonly listeners = new Set<(record: RuntimeRecord) => void>();
   private readonly metrics: PolicyRuntimeMetrics | null;
   private readonly maxRequests: number;
+  private readonly lateResultsMs: number;
 
   constructor(private readonly options: ConditionRuntimeOptions) {
     this.metrics = options.registry ? new PolicyRuntimeMetrics(options.registry) : null;
     this.maxRequests = options.maxRequests ?? 4096;
+    this.lateResultsMs = options.lateResultsMs ?? 10_000;
   }
 
   /** Requests being evaluated now. */
@@ -304,7 +320,12 @@ export class ConditionRuntime {
         done: () => {
           if (finished) return;
           finished = true;
-          if (this.requests.get(requestId) === live) this.release(live);
+          if (this.requests.get(requestId) !== live) return;
+          // Rows of the request may still be with the SAE: keep listening a while for flags.
+          live.finishedTimer = setTimeout(() => {
+            if (this.requests.get(requestId) === live) this.release(live);
+          }, this.lateResultsMs);
+          live.finishedTimer.unref();
         },
       },
     };
@@ -428,7 +449,10 @@ export class ConditionRuntime {
 
   private fired(live: LiveRequest, events: ConditionEvent[]): void {
     let steered: ConditionEvent[] | null = null;
+    const over = live.finishedTimer !== null;
     for (const event of events) {
+      // After the exchange: only flags still mean something (counted, shown); nothing is left to steer or stop.
+      if (over && event.kind !== 'flag') continue;
       if (event.kind === 'flag') {
         const flag = event.detail ?? 'flag';
         live.items.push(`flag=${flag}:${event.triggerPosition}`);
@@ -488,6 +512,8 @@ export class ConditionRuntime {
   }
 
   private release(live: LiveRequest): void {
+    if (live.finishedTimer !== null) clearTimeout(live.finishedTimer);
+    live.finishedTimer = null;
     this.requests.delete(live.requestId);
     for (const planId of live.pendingAcks) this.acks.delete(planId);
     live.pendingAcks.clear();

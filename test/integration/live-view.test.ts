@@ -110,10 +110,13 @@ describe.skipIf(skipBrowserTests || !hasModel)(needsChromium(`live view in Chrom
       return state.startsWith('done') && generated.includes(text.trim());
     }, { deadlineMs: 15_000 });
     // The SAE results (features, the flag's trigger) may land after the model server's end.
+    let seen = '';
     await waitFor('the flag trigger and highlighted tokens on the page', async () => {
       const steeringText = await page.$eval(`${card} .steering`, (el) => el.textContent ?? '');
-      return /flag seen live@1 at position \d+/.test(steeringText) && (await page.$$(`${card} .tok.hl`)).length > 10;
-    }, { deadlineMs: 15_000 });
+      const highlighted = (await page.$$(`${card} .tok.hl`)).length;
+      seen = `steering: ${steeringText}; highlighted tokens: ${highlighted} of ${(await page.$$(`${card} .tok`)).length}`;
+      return /flag seen live@1 at position \d+/.test(steeringText) && highlighted > 10;
+    }, { deadlineMs: 15_000, observed: () => seen });
 
     // Policy, steering, applied value and the flag's trigger position.
     const steering = await page.$eval(`${card} .steering`, (el) => el.textContent ?? '');

@@ -361,6 +361,7 @@ describe.skipIf(!hasModel)('conditional steering and flags on live traffic', () 
     expect(value('saegate_policy_plan_updates_total{outcome="sent"}')).toBe(5);
     expect(value('saegate_policy_trigger_lag_steps_count')).toBe(5);
     expect(value('saegate_policy_triggers_total{policy="cond-stop",kind="abort"}')).toBe(1);
-    expect(value('saegate_policy_conditional_requests')).toBe(0);
+    // (saegate_policy_conditional_requests still counts the finished requests here: they stay 10 s
+    // for late SAE results; their release is tested in test/unit/policies/runtime.test.ts.)
   });
 });

@@ -1,5 +1,5 @@
 import { Registry } from 'prom-client';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { err } from '../../../src/common/errors.js';
 import { projectionKey, type CompiledPolicy } from '../../../src/policies/compile.js';
 import { float32ToFloat16 } from '../../../src/common/safetensors.js';
@@ -72,12 +72,12 @@ class RecordingTap implements PlanUpdater {
   }
 }
 
-function setup(maxRequests?: number) {
+function setup(maxRequests?: number, lateResultsMs?: number) {
   const tap = new RecordingTap();
   const registry = new Registry();
   const aborts: { requestId: string; policy: string; reason?: string }[] = [];
   const aborter = { taken: true, abortRequest: (requestId: string, abort: { policy: string; reason?: string }) => (aborts.push({ requestId, ...abort }), aborter.taken) };
-  const runtime = new ConditionRuntime({ tap, saeByHook: new Map([[HOOK, 'demo']]), registry, maxRequests, aborter });
+  const runtime = new ConditionRuntime({ tap, saeByHook: new Map([[HOOK, 'demo']]), registry, maxRequests, aborter, lateResultsMs });
   const records: RuntimeRecord[] = [];
   runtime.onRecord((r) => records.push(r));
   /** Sum of a series' values over the matching labels (`NAME_count` of a histogram too). */
@@ -154,22 +154,34 @@ describe('conditional policies at run time', () => {
     expect(await metric('saegate_policy_plan_updates_total', { outcome: 'rejected' })).toBe(1);
   });
 
-  it('releases a request when its exchange is done, and holds at most maxRequests', async () => {
-    const { runtime, tap, metric } = setup(2);
-    const first = runtime.resolve('r1', plan(conditionalSteer)).outcome!;
-    runtime.resolve('r2', plan(conditionalSteer));
-    expect(await metric('saegate_policy_conditional_requests')).toBe(2);
-    first.done();
-    first.done();
-    expect(runtime.activeRequests).toBe(1);
-    runtime.onResult(batch([['r1', 0, 3]]));
-    expect(tap.updates).toEqual([]);
-    runtime.resolve('r3', plan(conditionalSteer));
-    runtime.resolve('r4', plan(conditionalSteer)); // r2, the oldest, goes
-    expect(runtime.activeRequests).toBe(2);
-    runtime.onResult(batch([['r2', 0, 3], ['r4', 0, 3]]));
-    expect(tap.updates.map((u) => u.requestId)).toEqual(['r4']);
-    expect(await metric('saegate_policy_conditional_requests')).toBe(2);
+  it('keeps a finished request lateResultsMs for late SAE results, acting on flags only, then releases it; holds at most maxRequests', async () => {
+    vi.useFakeTimers();
+    try {
+      const { runtime, tap, metric } = setup(2, 1000);
+      const flagging = policy({ name: 'late', qualifiedName: 'late@1', flags: [{ name: 'hot', when: when(2) }] });
+      const first = runtime.resolve('r1', plan(conditionalSteer, flagging)).outcome!;
+      runtime.resolve('r2', plan(conditionalSteer));
+      expect(await metric('saegate_policy_conditional_requests')).toBe(2);
+      first.done();
+      first.done();
+      // Its rows may still be with the SAE: still evaluated, but a steer has nothing left to steer.
+      expect(runtime.activeRequests).toBe(2);
+      runtime.onResult(batch([['r1', 0, 3]]));
+      expect(tap.updates).toEqual([]);
+      expect(await metric('saegate_policy_flags_total', { policy: 'late', flag: 'hot' })).toBe(1);
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(runtime.activeRequests).toBe(1);
+      runtime.onResult(batch([['r1', 1, 3]]));
+      expect(await metric('saegate_policy_flags_total', { policy: 'late', flag: 'hot' })).toBe(1);
+      runtime.resolve('r3', plan(conditionalSteer));
+      runtime.resolve('r4', plan(conditionalSteer)); // r2, the oldest, goes
+      expect(runtime.activeRequests).toBe(2);
+      runtime.onResult(batch([['r2', 0, 3], ['r4', 0, 3]]));
+      expect(tap.updates.map((u) => u.requestId)).toEqual(['r4']);
+      expect(await metric('saegate_policy_conditional_requests')).toBe(2);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('stops the generation through the aborter when an abort condition fires, once, and lists it', async () => {
