@@ -6,15 +6,17 @@
  * The monitor service implements `MonitorMetricsSource`, a narrow read-only view of what it has
  * already computed (scores, thresholds, window counts, alert states); everything except the L0 and
  * FVU histograms is read from it at scrape time, so the row path does no metrics work. The
- * histograms are observed through a `MonitorRowObserver` whose children are resolved once per
- * SAE/hook, so observing a batch is two bucket searches per row and no allocation.
+ * histograms are observed through a `MonitorRowObserver` whose recorders (`ArrayHistogram`) are
+ * resolved once per SAE/hook, so observing a batch is two bucket searches per row into typed
+ * arrays, with no label handling and no allocation.
  *
  * Cardinality is fixed at construction: the monitored SAEs, their windows, their watched features
  * and the alerts are given up front, every series exists from start, and watched features are
  * capped (`maxWatchedFeatures`) because each one adds two series per window. `model` is the served
  * model's name, the label the model server's own metrics join on.
  */
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { ArrayHistogram } from './array-histogram.js';
 import { err } from '../common/errors.js';
 import type { DriftThresholds } from './calibration.js';
 import type { DriftScores } from './divergence.js';
@@ -209,8 +211,8 @@ function validate(monitored: readonly MonitoredSae[], alerts: readonly MonitorAl
 
 export class MonitorMetrics {
   private readonly registry: Registry;
-  private readonly l0: Histogram<SaeLabels>;
-  private readonly fvu: Histogram<SaeLabels>;
+  private readonly l0: ArrayHistogram<SaeLabels>;
+  private readonly fvu: ArrayHistogram<SaeLabels>;
   private readonly monitored: readonly MonitoredSae[];
 
   constructor(options: MonitorMetricsOptions) {
@@ -342,14 +344,14 @@ export class MonitorMetrics {
       featureSeries,
       perFeature((firings, sum) => (firings === 0 ? 0 : sum / firings)),
     );
-    this.l0 = new Histogram({
+    this.l0 = new ArrayHistogram({
       name: 'saegate_sae_l0',
       help: 'Active latents per encoded row (L0), as seen by the drift monitor.',
       labelNames: ['model', 'sae', 'hook'],
       buckets: [...(options.l0Buckets ?? DEFAULT_L0_EDGES)],
       registers,
     });
-    this.fvu = new Histogram({
+    this.fvu = new ArrayHistogram({
       name: 'saegate_sae_fvu',
       help: "Fraction of the row's variance the SAE failed to reconstruct (FVU), as seen by the drift monitor.",
       labelNames: ['model', 'sae', 'hook'],
@@ -438,8 +440,8 @@ export class MonitorMetrics {
     const m = this.monitored.find((candidate) => candidate.sae === sae && candidate.hook === hook);
     if (m === undefined) throw err('SAEGATE_ERR_MONITOR_ARGUMENT', `SAE '${sae}' at hook '${hook}' is not monitored`);
     const labels = { model: m.model, sae, hook };
-    const l0 = this.l0.labels(labels);
-    const fvu = this.fvu.labels(labels);
+    const l0 = this.l0.recorder(labels);
+    const fvu = this.fvu.recorder(labels);
     return {
       observeRows(rows, l0Values, fvuValues) {
         for (let r = 0; r < rows; r++) {
