@@ -39,6 +39,8 @@ export interface ModelServerOptions {
   maxConcurrentRequests?: number;
   /** How long a request waits for its saegate plan. Default 2000 ms. */
   planWaitTimeoutMs?: number;
+  /** The tap's flush interval (TapBridge `flushMs`). Default 2 ms. */
+  tapFlushMs?: number;
   /** Fastify logging. Default false. */
   logger?: boolean;
   /** Client connection limits (count, head/request timeouts, keep-alive); defaults in src/common/http-server.ts. */
@@ -88,6 +90,7 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
       tokenizer: model.tokenizer,
       modelId: model.name,
       planWaitTimeoutMs: options.planWaitTimeoutMs,
+      flushMs: options.tapFlushMs,
       logger: app.log,
     });
   }

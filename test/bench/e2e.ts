@@ -41,7 +41,7 @@
  *
  *   npx tsx test/bench/e2e.ts [--quick] [--rounds N] [--seconds S] [--streams 1,8,32]
  *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR]
- *                             [--saegate-args='--sae-max-delay-ms 8']
+ *                             [--saegate-args='--sae-max-delay-ms 8'] [--model-args='--tap-flush-ms 5']
  *
  * Prints tables; asserts nothing about time.
  */
@@ -71,8 +71,11 @@ const { values } = parseArgs({
     tokens: { type: 'string' },
     profile: { type: 'string' },
     'saegate-args': { type: 'string' },
+    'model-args': { type: 'string' },
   },
 });
+/** Extra flags for every tapped `saegate model serve` (for example `--tap-flush-ms 5`), split on spaces. */
+const extraModelArgs = values['model-args']?.split(' ').filter((a) => a !== '') ?? [];
 /** Extra flags for every `saegate serve` (for example `--sae-max-delay-ms 8`), split on spaces. */
 const extraSaegateArgs = values['saegate-args']?.split(' ').filter((a) => a !== '') ?? [];
 const quick = values.quick === true;
@@ -313,7 +316,7 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
     }, saegate);
     // The model server takes the port saegate forwards to (freePort: free a moment ago).
     const modelPort = upstreamPort;
-    const modelArgs = ['model', 'serve', '--model', m.spec, '--name', MODEL_NAME, '--port', String(modelPort), '--max-batch', '32', '--threads', '1', ...(name === 'proxy' ? [] : ['--tap', tapUrl])];
+    const modelArgs = ['model', 'serve', '--model', m.spec, '--name', MODEL_NAME, '--port', String(modelPort), '--max-batch', '32', '--threads', '1', ...(name === 'proxy' ? [] : ['--tap', tapUrl, ...extraModelArgs])];
     const model = startProc(`${m.name} model ${name}`, MODEL_CORE, modelArgs);
     await waitUntil(`${saegate.name} ready with its tap connected`, async () => (await status(`${apiUrl}/readyz`)) === 200, model);
     arms.push({ name, model, saegate, url: apiUrl, saegateUrl: apiUrl });
