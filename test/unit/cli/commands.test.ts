@@ -70,14 +70,14 @@ describe('flags and defaults kept from before the options system', () => {
   it('model serve', () => {
     expect(parseCommand(modelServeCommand, ['--model', 'm.bin'])).toEqual({
       model: 'm.bin', tokenizer: undefined, name: undefined, host: '127.0.0.1', port: 8000, tap: undefined, tapToken: undefined,
-      device: 'cpu', maxBatch: 8, threads: undefined, planTimeoutMs: 2000, log: false,
+      device: 'cpu', maxBatch: 8, threads: undefined, planTimeoutMs: 2000, tapFlushMs: 2, log: false,
       maxConnections: 10_000, clientHeadersTimeoutMs: 10_000, clientRequestTimeoutMs: 120_000, keepAliveTimeoutMs: 5000, maxRequestsPerSocket: 1000,
     });
     const all = parseCommand(
       modelServeCommand,
-      ['--model', 'm', '--tokenizer', 't', '--name', 'n', '--host', '0.0.0.0', '--port', '0', '--tap', 'ws://h:1/v1/tap', '--tap-token', 'x', '--device', 'cuda', '--max-batch', '4', '--threads', '2', '--plan-timeout-ms', '0', '--log'],
+      ['--model', 'm', '--tokenizer', 't', '--name', 'n', '--host', '0.0.0.0', '--port', '0', '--tap', 'ws://h:1/v1/tap', '--tap-token', 'x', '--device', 'cuda', '--max-batch', '4', '--threads', '2', '--plan-timeout-ms', '0', '--tap-flush-ms', '5', '--log'],
     );
-    expect(all).toMatchObject({ port: 0, tapToken: 'x', device: 'cuda', maxBatch: 4, threads: 2, planTimeoutMs: 0, log: true });
+    expect(all).toMatchObject({ port: 0, tapToken: 'x', device: 'cuda', maxBatch: 4, threads: 2, planTimeoutMs: 0, tapFlushMs: 5, log: true });
   });
 
   it('model serve reads the tap token from SAEGATE_TAP_TOKEN, the flag winning', () => {
