@@ -168,7 +168,8 @@ export function monitorKey(sae: string, hook: string): string {
   return `${sae}\u0000${hook}`;
 }
 
-const STATISTIC_OF: Readonly<Record<DriftStatistic, keyof DriftThresholds & keyof DriftScores>> = {
+/** The field of `DriftScores` and `DriftThresholds` each exported `statistic` label reads. */
+export const STATISTIC_OF: Readonly<Record<DriftStatistic, keyof DriftThresholds & keyof DriftScores>> = {
   jsd: 'jsd',
   l0_psi: 'l0Psi',
   fvu_psi: 'fvuPsi',

@@ -44,12 +44,12 @@ import { LiveProjectionRecording } from './live-projection-recording.js';
 import {
   MonitorMetrics,
   monitorKey,
+  STATISTIC_OF,
   type MonitorAlert,
   type MonitorDropReason,
   type MonitorMetricsSource,
   type MonitorRowObserver,
   type MonitoredSaeReading,
-  type DriftStatistic,
   type WatchedFeature,
   type WindowReading,
 } from './metrics.js';
@@ -547,7 +547,7 @@ export class MonitorService implements MonitorMetricsSource {
     const assessment = window.assessment;
     if (assessment === null) return null;
     if (signal === 'flagged_features') return { value: assessment.features.flagged, threshold: rule.threshold as number };
-    const field = STATISTIC_FIELD[signal];
+    const field = STATISTIC_OF[signal];
     const value = assessment.scores[field];
     if (value === null) return null;
     if (typeof rule.threshold === 'number') return { value, threshold: rule.threshold };
@@ -880,12 +880,3 @@ export class MonitorService implements MonitorMetricsSource {
     if (drift !== null) await (await drift.catch(() => null))?.close();
   }
 }
-
-const STATISTIC_FIELD: Readonly<Record<DriftStatistic, 'jsd' | 'l0Psi' | 'fvuPsi' | 'meanFvu' | 'projectionPsi' | 'any'>> = {
-  jsd: 'jsd',
-  l0_psi: 'l0Psi',
-  fvu_psi: 'fvuPsi',
-  mean_fvu: 'meanFvu',
-  projection_psi: 'projectionPsi',
-  any: 'any',
-};
