@@ -59,6 +59,8 @@ import { seededUniform } from '../../src/common/random.js';
 import type { SaeWeights } from '../../src/sae/types.js';
 import { hasSharedModels, makeTempDir, stories260K } from '../helpers/fixtures.js';
 import { freePort } from '../helpers/ports.js';
+import { seededStandardSae } from '../helpers/sae.js';
+import { waitFor } from '../helpers/wait.js';
 
 const { values } = parseArgs({
   options: {
@@ -147,14 +149,16 @@ function startProc(name: string, core: string, args: string[]): Proc {
   return proc;
 }
 
-async function waitUntil(what: string, check: () => Promise<boolean> | boolean, proc: Proc, deadlineMs = 120_000): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  for (;;) {
-    if (proc.child.exitCode !== null) throw new Error(`${proc.name} exited before ${what}:\n${proc.out().slice(-3000)}`);
-    if (await check()) return;
-    if (Date.now() > end) throw new Error(`${what}: not after ${deadlineMs} ms\n${proc.out().slice(-3000)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+/** Waits for `check` (test/helpers/wait.ts), failing at once with its output when `proc` exits first. */
+function waitUntil(what: string, check: () => Promise<boolean> | boolean, proc: Proc, deadlineMs = 120_000): Promise<void> {
+  return waitFor(
+    what,
+    async () => {
+      if (proc.child.exitCode !== null) throw new Error(`${proc.name} exited before ${what}:\n${proc.out().slice(-3000)}`);
+      return check();
+    },
+    { deadlineMs, intervalMs: 50, observed: () => proc.out().slice(-3000) },
+  );
 }
 
 async function status(url: string): Promise<number> {
@@ -198,18 +202,10 @@ function cpuNs(pid: number): { all: number; main: number } {
 // ---------------------------------------------------------------------------------------------
 // Set-up per model
 
+/** A seeded TopK SAE: the test helper's seeded weights with a TopK activation. */
 function seededTopK(m: ModelCase, seed: number): SaeWeights {
-  const u = seededUniform(seed);
-  const arr = (n: number, scale: number): Float32Array => Float32Array.from({ length: n }, () => (u() - 0.5) * scale);
-  return {
-    config: { architecture: 'topk', format: 'saelens', dIn: m.dIn, dSae: m.dSae, hookName: m.hook, modelName: null, applyBDecToInput: true, normalizeActivations: 'none', k: m.k, scalingFactor: null, dtype: 'f32', source: 'bench' },
-    W_enc: arr(m.dIn * m.dSae, 2 / Math.sqrt(m.dIn)),
-    b_enc: arr(m.dSae, 0.01),
-    W_dec: arr(m.dSae * m.dIn, 2 / Math.sqrt(m.dSae)),
-    b_dec: arr(m.dIn, 0.01),
-    threshold: null,
-    gated: null,
-  };
+  const sae = seededStandardSae({ dIn: m.dIn, dSae: m.dSae, hook: m.hook, seed, scales: { W_enc: 2 / Math.sqrt(m.dIn), b_enc: 0.01, W_dec: 2 / Math.sqrt(m.dSae), b_dec: 0.01 } });
+  return { ...sae, config: { ...sae.config, architecture: 'topk', k: m.k } };
 }
 
 const prompts = ['happy.txt', 'sad.txt', 'control.txt'].flatMap((file) =>
