@@ -41,6 +41,20 @@ function batch(rows: number, random: SeededRandom, request: string): EncodedRows
   return { rows, offsets, indices, values, l0: new Uint32Array(rows).fill(L0), fvu: new Float32Array(rows).map(() => random.next() * 0.3), requestIndex: new Uint32Array(rows), requestIds: [request] };
 }
 
+/** `scrapes` timed scrapes of `registry` after one untimed one: p50 and p99 ms, the text's size and series count. */
+async function timeScrapes(registry: Registry): Promise<{ p50: number; p99: number; bytes: number; series: number }> {
+  const text = await registry.metrics();
+  const times: number[] = [];
+  for (let i = 0; i < scrapes; i++) {
+    const t0 = performance.now();
+    await registry.metrics();
+    times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  const series = text.split('\n').filter((line) => line.length > 0 && !line.startsWith('#')).length;
+  return { p50: times[Math.floor(times.length * 0.5)], p99: times[Math.min(times.length - 1, Math.floor(times.length * 0.99))], bytes: Buffer.byteLength(text), series };
+}
+
 async function scenario(watchedTotal: number, withBaselines: boolean): Promise<{ p50: number; p99: number; bytes: number; series: number }> {
   const random = new SeededRandom(7);
   const registry = new Registry();
@@ -62,17 +76,9 @@ async function scenario(watchedTotal: number, withBaselines: boolean): Promise<{
     }
   }
   await Promise.resolve(service.assess());
-  const text = await registry.metrics();
-  const times: number[] = [];
-  for (let i = 0; i < scrapes; i++) {
-    const t0 = performance.now();
-    await registry.metrics();
-    times.push(performance.now() - t0);
-  }
+  const result = await timeScrapes(registry);
   await service.close();
-  times.sort((a, b) => a - b);
-  const series = text.split('\n').filter((line) => line.length > 0 && !line.startsWith('#')).length;
-  return { p50: times[Math.floor(times.length * 0.5)], p99: times[Math.min(times.length - 1, Math.floor(times.length * 0.99))], bytes: Buffer.byteLength(text), series };
+  return result;
 }
 
 const WINDOWS = ['1m', '5m', '1h'];
@@ -110,16 +116,7 @@ async function featureSeries(fixed: boolean): Promise<{ p50: number; p99: number
       });
     }
   }
-  const text = await registry.metrics();
-  const times: number[] = [];
-  for (let i = 0; i < scrapes; i++) {
-    const t0 = performance.now();
-    await registry.metrics();
-    times.push(performance.now() - t0);
-  }
-  times.sort((a, b) => a - b);
-  const series = text.split('\n').filter((line) => line.length > 0 && !line.startsWith('#')).length;
-  return { p50: times[Math.floor(times.length * 0.5)], p99: times[Math.min(times.length - 1, Math.floor(times.length * 0.99))], bytes: Buffer.byteLength(text), series };
+  return timeScrapes(registry);
 }
 
 // Interleaved: baseline, full, baseline, full; the second pair is reported (warm).
