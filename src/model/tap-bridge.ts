@@ -51,6 +51,18 @@ export interface TapBridgeOptions {
   logger?: TapLogger;
 }
 
+/** Token entries gathered for the next flush (a `tokens` message's columns). */
+interface PendingTokens {
+  requestIds: string[];
+  positions: number[];
+  tokenIds: number[];
+  texts: string[];
+}
+
+function noTokens(): PendingTokens {
+  return { requestIds: [], positions: [], tokenIds: [], texts: [] };
+}
+
 export class TapBridge {
   readonly client: TapClient;
   private readonly engine: LocalEngine;
@@ -67,7 +79,7 @@ export class TapBridge {
   private pending: ActivationBatch[][] = [];
   private pendingRows = 0;
   /** Token entries not yet sent, in step order (one `tokens` message at the next flush). */
-  private pendingTokens: { requestIds: string[]; positions: number[]; tokenIds: number[]; texts: string[] } = { requestIds: [], positions: [], tokenIds: [], texts: [] };
+  private pendingTokens = noTokens();
   private flushTimer: NodeJS.Timeout | null = null;
 
   constructor(options: TapBridgeOptions) {
@@ -155,7 +167,7 @@ export class TapBridge {
   private sendPending(): void {
     const tokens = this.pendingTokens;
     if (tokens.requestIds.length > 0) {
-      this.pendingTokens = { requestIds: [], positions: [], tokenIds: [], texts: [] };
+      this.pendingTokens = noTokens();
       this.client.sendTokens(tokens);
     }
     const steps = this.pending;

@@ -265,12 +265,12 @@ export class TapClient extends EventEmitter<TapClientEvents> {
     });
   }
 
-  /** Sends the tokens of a step. Queued while disconnected; false only when dropped (see stats.messagesDropped). */
   /** Runs `sends` (several `send…` calls) so that their frames leave in one system call. */
   batch(sends: () => void): void {
     this.connection.corked(sends);
   }
 
+  /** Sends token entries (one `tokens` message). Queued while disconnected; false only when dropped (see stats.messagesDropped). */
   sendTokens(entries: TokenEntries): boolean {
     return this.sendControl(encodeTokensFrame(entries));
   }

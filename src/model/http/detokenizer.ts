@@ -208,7 +208,7 @@ export class TokenPieceDecoder {
     const full = this.tokenizer.decode(this.window);
     if (full.endsWith(REPLACEMENT_CHARACTER)) return '';
     const piece = full.startsWith(contextText) ? full.slice(contextText.length) : this.tokenizer.decode(this.window.slice(this.contextLength));
-    if (clean && key >= 0 && !piece.includes(REPLACEMENT_CHARACTER)) {
+    if (clean && !piece.includes(REPLACEMENT_CHARACTER)) {
       if (this.memo.size >= MEMO_MAX_ENTRIES) this.memo.clear();
       this.memo.set(key, piece);
     }
