@@ -77,8 +77,19 @@ export interface GenerateResult {
 /** Called once per generated token, in order; `position` is the token's index in the sequence. */
 export type TokenCallback = (tokenId: number, position: number) => void;
 
+/** What an engine has run so far (counters; /healthz reports them). */
+export interface EngineStats {
+  prefillSteps: number;
+  decodeSteps: number;
+  generatedTokens: number;
+  /** Time inside onnxruntime, milliseconds. */
+  runMs: number;
+}
+
 export interface Engine {
   readonly config: ModelConfig;
+  /** Counters, when the engine keeps them. */
+  readonly stats?: EngineStats;
   /** Runs one request to completion. Rejects with a SaegateError on bad input or runtime failure. */
   generate(request: GenerateRequest, onToken: TokenCallback): Promise<GenerateResult>;
   /** Stops accepting requests, finishes nothing further, and terminates workers. */

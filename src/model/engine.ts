@@ -9,7 +9,7 @@ import { SaegateError } from '../common/errors.js';
 import type { Device } from '../common/ort.js';
 import { siblingModule } from '../common/worker.js';
 import { WorkerHost } from '../common/worker-host.js';
-import type { Engine, GenerateRequest, GenerateResult, PromptLogprobs, TokenCallback } from './engine-types.js';
+import type { Engine, EngineStats, GenerateRequest, GenerateResult, PromptLogprobs, TokenCallback } from './engine-types.js';
 import { buildDecoderGraph } from './graph.js';
 import { absoluteSteering, type PlanSteeringEntry, type RuntimeNotice, type RuntimeStep, type RuntimeWorkerProtocol, type TapSubscription, type WorkerSteeringEntry } from './runtime-protocol.js';
 import { allHookPoints, type ModelConfig, type ModelWeights } from './types.js';
@@ -48,14 +48,6 @@ interface Pending {
   onPromptLogprobs: ((result: PromptLogprobs) => void) | null;
   reject: (error: Error) => void;
   cleanup: () => void;
-}
-
-export interface EngineStats {
-  prefillSteps: number;
-  decodeSteps: number;
-  generatedTokens: number;
-  /** Time inside onnxruntime, milliseconds. */
-  runMs: number;
 }
 
 export class LocalEngine implements Engine {

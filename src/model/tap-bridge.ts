@@ -7,13 +7,18 @@
  * disconnected the runtime stops computing taps at all; the subscription comes back with the next
  * connection.
  *
- * Rows and tokens are coalesced across steps before they become frames: a small model decodes a
- * step in about a millisecond, and one frame per hook per step (ten for stories260K) plus one
- * `tokens` message per step cost more on both ends of the socket than the rows themselves (the
- * end-to-end bench, test/bench/e2e.ts, measured the per-step `tokens` message alone at a fifth of
- * the model server's event-loop time). Pending tokens and rows are flushed together, the tokens
- * first, when they reach `flushRows`, `flushMs` after the first one, and always before a request's
- * `end`, so a request's tokens precede its rows and both precede its end on the wire.
+ * Rows, tokens and request ends are coalesced across steps before they become frames: a small
+ * model decodes a step in about a millisecond, and every write to saegate's socket costs the model
+ * server's core tens of microseconds (on loopback the sender also runs the receiver's TCP work and
+ * wakes it), about what a whole step of stories260K's event-loop work costs. Flushes happen at step
+ * boundaries: after a step's data is queued, the bridge flushes when the oldest pending entry would
+ * be older than `flushMs` by the time the next step is expected (the step interval is tracked), or
+ * when `flushRows` rows and tokens are pending. So a model whose steps take longer than `flushMs`
+ * sends every step at once, and a fast one sends about every `flushMs`, in the same event-loop turn
+ * as a step (no timer wakeup of its own). A timer at `flushMs` after the first pending entry covers
+ * the end of a burst. A request's `end` waits for the next flush, after its last tokens and rows,
+ * so its tokens precede its rows and both precede its end on the wire; each flush is one write
+ * (the tap client corks its socket).
  *
  * Prompt tokens: the engine's steps carry only generated tokens, so the HTTP side hands each
  * request's prompt to the bridge (`engineWithPromptTokens`). At the request's prefill step, when the
@@ -28,14 +33,18 @@ import type { LocalEngine } from './engine.js';
 import type { Engine } from './engine-types.js';
 import { TokenPieceDecoder } from './http/detokenizer.js';
 import type { ActivationBatch, StepTokens, PlanSteeringEntry } from './runtime-protocol.js';
+import type { RequestEnd } from '../tap/messages.js';
 import type { Tokenizer } from './types.js';
+
+/** What the bridge needs of the engine (a LocalEngine; benches drive it with recorded steps). */
+export type TapEngine = Pick<LocalEngine, 'config' | 'hookPoints' | 'onStep' | 'onEnd' | 'setTapSubscription' | 'isActive' | 'updatePlan'>;
 
 export interface TapBridgeOptions {
   /** saegate's tap endpoint, `ws://HOST:PORT/v1/tap`. */
   url: string;
   /** Bearer token. */
   token?: string;
-  engine: LocalEngine;
+  engine: TapEngine;
   /** Turns token ids into the text pieces of `tokens` messages; null sends empty pieces. */
   tokenizer: Tokenizer | null;
   /** Model id announced in hello. */
@@ -46,7 +55,7 @@ export interface TapBridgeOptions {
   maxQueueBytes?: number;
   /** Rows (all hooks together) that trigger a flush of coalesced activations. Default 512. */
   flushRows?: number;
-  /** Longest a row waits to be sent, ms. Default 2. */
+  /** Longest a row, token or end should wait to be sent, ms (see the class comment). Default 2. */
   flushMs?: number;
   logger?: TapLogger;
 }
@@ -65,7 +74,7 @@ function noTokens(): PendingTokens {
 
 export class TapBridge {
   readonly client: TapClient;
-  private readonly engine: LocalEngine;
+  private readonly engine: TapEngine;
   private readonly tokenizer: Tokenizer | null;
   private readonly planWaitTimeoutMs: number;
   /** Per request: turns its tokens, prompt then generated, into text pieces. */
@@ -80,6 +89,13 @@ export class TapBridge {
   private pendingRows = 0;
   /** Token entries not yet sent, in step order (one `tokens` message at the next flush). */
   private pendingTokens = noTokens();
+  /** Ends of requests whose last tokens and rows are pending or sent; they go last in a flush. */
+  private pendingEnds: RequestEnd[] = [];
+  /** performance.now() when the oldest pending entry was queued; NaN when nothing is pending. */
+  private pendingSince = NaN;
+  /** performance.now() of the last step, and a moving average of the time between steps (ms). */
+  private lastStepAt = NaN;
+  private stepIntervalMs = 0;
   private flushTimer: NodeJS.Timeout | null = null;
 
   constructor(options: TapBridgeOptions) {
@@ -125,42 +141,52 @@ export class TapBridge {
 
     this.unsubscribe.push(
       engine.onStep((step) => {
+        const now = performance.now();
+        if (!Number.isNaN(this.lastStepAt)) this.stepIntervalMs = 0.8 * this.stepIntervalMs + 0.2 * (now - this.lastStepAt);
+        this.lastStepAt = now;
         // Tokens before rows: a prefill step's tokens message carries the prompt, which must reach
-        // saegate before any row of the request (enqueue may flush at once).
+        // saegate before any row of the request.
         if (step.tokens.requestIds.length > 0) this.sendStepTokens(step.tokens, step.phase === 'prefill');
-        if (step.activations.length > 0) this.enqueue(step.activations);
+        if (step.activations.length > 0) {
+          this.pending.push(step.activations);
+          this.pendingRows += step.activations.length * step.activations[0].requestIds.length;
+        }
+        this.afterQueue(now);
       }),
       engine.onEnd((requestId, result) => {
         this.detokenizers.delete(requestId);
         this.prompts.delete(requestId);
-        // The request's last tokens and rows, then its end, in one write.
-        this.client.batch(() => {
-          this.flush();
-          this.client.sendEnd({ requestId, promptTokens: result.promptTokens, completionTokens: result.completionTokens, finishReason: result.finishReason });
-        });
+        // After the request's last tokens and rows (queued by its last step), in the next flush.
+        this.pendingEnds.push({ requestId, promptTokens: result.promptTokens, completionTokens: result.completionTokens, finishReason: result.finishReason });
+        this.afterQueue(performance.now(), false);
       }),
     );
   }
 
-  private enqueue(step: ActivationBatch[]): void {
-    this.pending.push(step);
-    this.pendingRows += step.length * step[0].requestIds.length;
-    this.flushSoon();
+  /**
+   * After entries were queued: flushes now when enough is pending or when the oldest entry would
+   * pass `flushMs` before the next step is expected (`atStep`: called for a step), else makes
+   * sure the timer will flush `flushMs` after the oldest entry.
+   */
+  private afterQueue(now: number, atStep = true): void {
+    const pendingEntries = this.pendingRows + this.pendingTokens.requestIds.length;
+    if (pendingEntries === 0 && this.pendingEnds.length === 0) return;
+    if (Number.isNaN(this.pendingSince)) this.pendingSince = now;
+    if (pendingEntries >= this.flushRows || (atStep && now - this.pendingSince + this.stepIntervalMs >= this.flushMs)) {
+      this.flush();
+      return;
+    }
+    this.flushTimer ??= setTimeout(() => this.flush(), Math.max(0, this.pendingSince + this.flushMs - now));
   }
 
-  /** Flushes now when enough is pending, else arms the flush timer if it is not armed. */
-  private flushSoon(): void {
-    if (this.pendingRows + this.pendingTokens.requestIds.length >= this.flushRows) this.flush();
-    else this.flushTimer ??= setTimeout(() => this.flush(), this.flushMs);
-  }
-
-  /** Sends the pending tokens (one message), then every pending row, one frame per hook, in one write. */
+  /** Sends the pending tokens (one message), every pending row (one frame per hook), then pending ends, in one write. */
   flush(): void {
     if (this.flushTimer) {
       clearTimeout(this.flushTimer);
       this.flushTimer = null;
     }
-    if (this.pendingTokens.requestIds.length === 0 && this.pending.length === 0) return;
+    this.pendingSince = NaN;
+    if (this.pendingTokens.requestIds.length === 0 && this.pending.length === 0 && this.pendingEnds.length === 0) return;
     this.client.batch(() => this.sendPending());
   }
 
@@ -171,14 +197,23 @@ export class TapBridge {
       this.client.sendTokens(tokens);
     }
     const steps = this.pending;
-    if (steps.length === 0) return;
     this.pending = [];
     this.pendingRows = 0;
+    this.sendRows(steps);
+    const ends = this.pendingEnds;
+    this.pendingEnds = [];
+    for (const end of ends) this.client.sendEnd(end);
+  }
+
+  /** Every row of `steps`, one frame per hook. */
+  private sendRows(steps: ActivationBatch[][]): void {
+    if (steps.length === 0) return;
     if (steps.length === 1) {
       for (const b of steps[0]) this.client.sendActivations({ hook: b.hook, requestIds: b.requestIds, positions: b.positions, data: b.data });
       return;
     }
-    // Group by hook across steps; each step's hooks share their request ids and positions.
+    // Group by hook across steps; each step's hooks share their request ids and positions. The
+    // steps' rows go into the frame as parts: no concatenated copy.
     const byHook = new Map<string, ActivationBatch[]>();
     for (const step of steps) {
       for (const b of step) {
@@ -188,17 +223,13 @@ export class TapBridge {
       }
     }
     for (const [hook, parts] of byHook) {
-      const rows = parts.reduce((n, p) => n + p.requestIds.length, 0);
-      const data = parts[0].data instanceof Uint16Array ? new Uint16Array(rows * parts[0].dModel) : new Float32Array(rows * parts[0].dModel);
-      const positions = new Int32Array(rows);
       const requestIds: string[] = [];
-      let row = 0;
+      const positions: number[] = [];
       for (const p of parts) {
-        data.set(p.data, row * p.dModel);
-        positions.set(p.positions, row);
         for (const id of p.requestIds) requestIds.push(id);
-        row += p.requestIds.length;
+        for (const position of p.positions) positions.push(position);
       }
+      const data = parts[0].data instanceof Uint16Array ? parts.map((p) => p.data as Uint16Array) : parts.map((p) => p.data as Float32Array);
       this.client.sendActivations({ hook, requestIds, positions, data });
     }
   }
@@ -257,7 +288,6 @@ export class TapBridge {
       pending.tokenIds.push(tokenIds[i]);
       pending.texts.push(this.piece(requestIds[i], tokenIds[i]));
     }
-    this.flushSoon();
   }
 
   /**
@@ -318,6 +348,7 @@ export class TapBridge {
 export function engineWithPromptTokens(engine: Engine, bridge: () => TapBridge | null): Engine {
   return {
     config: engine.config,
+    stats: engine.stats,
     async generate(request, onToken) {
       const forget = bridge()?.trackPrompt(request.requestId, request.promptTokens);
       try {

@@ -7,7 +7,7 @@
  * it against its queue budget, and drop the rows before paying for the copy and f16 conversion.
  */
 import { argumentError } from './layout.js';
-import { activationsFrameByteLength, encodeMessage, writeActivationsFrame } from './codec.js';
+import { activationsFrameByteLength, writeActivationsFrame, writeTokensFrame, type ActivationData } from './codec.js';
 import { MAX_ID_BYTES, type StreamDtype } from './messages.js';
 
 /** Rows of one hook point, in the model server's shape. */
@@ -21,12 +21,13 @@ export interface ActivationRows {
   /** Request id of each row; the row count is `requestIds.length`. Ids take 1..255 UTF-8 bytes. */
   requestIds: readonly string[];
   /** Token position of each row (0 = first prompt token), one per row. */
-  positions: Int32Array;
+  positions: ArrayLike<number>;
   /**
    * rows × dModel values, row-major. A Float32Array holds f32 values, a Uint16Array holds f16 bit
-   * patterns; either is converted to `dtype` while it is copied into the frame.
+   * patterns; either is converted to `dtype` while it is copied into the frame. Several arrays are
+   * consecutive parts of the rows (several decode steps), copied straight into the frame.
    */
-  data: Float32Array | Uint16Array;
+  data: ActivationData;
 }
 
 /**
@@ -117,32 +118,43 @@ export interface TokenEntries {
   texts: readonly string[];
 }
 
+/**
+ * Builds tokens frames from per-entry request ids, with a reused id map and index buffer (like
+ * ActivationFrameBuilder): building a frame allocates the frame and nothing per entry.
+ */
+export class TokensFrameBuilder {
+  private readonly indexById = new Map<string, number>();
+  private readonly table: string[] = [];
+  private rowIndexes = new Uint16Array(1024);
+
+  build(entries: TokenEntries): Uint8Array {
+    const count = entries.requestIds.length;
+    if (entries.positions.length !== count || entries.tokenIds.length !== count || entries.texts.length !== count) {
+      throw argumentError('tokens: requestIds, positions, tokenIds and texts must have the same length');
+    }
+    if (this.rowIndexes.length < count) this.rowIndexes = new Uint16Array(Math.max(count, this.rowIndexes.length * 2));
+    const { indexById, table, rowIndexes } = this;
+    indexById.clear();
+    table.length = 0;
+    for (let i = 0; i < count; i++) {
+      const id = entries.requestIds[i];
+      let index = indexById.get(id);
+      if (index === undefined) {
+        index = table.length;
+        if (index === 0xffff) throw argumentError('more than 65535 distinct request ids in one frame');
+        indexById.set(id, index);
+        table.push(id);
+      }
+      rowIndexes[i] = index;
+    }
+    // writeTokensFrame validates id lengths (requestTableByteLength), positions and texts.
+    return writeTokensFrame({ requestIds: table, count, rowRequestIndexes: rowIndexes, positions: entries.positions, tokenIds: entries.tokenIds, texts: entries.texts });
+  }
+}
+
+const sharedTokensBuilder = new TokensFrameBuilder();
+
 /** Builds a tokens frame from per-entry request ids. */
 export function encodeTokensFrame(entries: TokenEntries): Uint8Array {
-  const count = entries.requestIds.length;
-  if (entries.positions.length !== count || entries.tokenIds.length !== count || entries.texts.length !== count) {
-    throw argumentError('tokens: requestIds, positions, tokenIds and texts must have the same length');
-  }
-  const indexById = new Map<string, number>();
-  const requestIds: string[] = [];
-  const rowRequestIndexes = new Uint16Array(count);
-  for (let i = 0; i < count; i++) {
-    const id = entries.requestIds[i];
-    let index = indexById.get(id);
-    if (index === undefined) {
-      index = requestIds.length;
-      indexById.set(id, index);
-      requestIds.push(id);
-    }
-    rowRequestIndexes[i] = index;
-  }
-  // encodeMessage validates id lengths and the 65535-id limit (past which the indexes above wrap).
-  return encodeMessage({
-    type: 'tokens',
-    requestIds,
-    rowRequestIndexes,
-    positions: Int32Array.from(entries.positions),
-    tokenIds: Int32Array.from(entries.tokenIds),
-    texts: [...entries.texts],
-  });
+  return sharedTokensBuilder.build(entries);
 }

@@ -20,7 +20,7 @@ import { err } from '../common/errors.js';
 import { encodeTokensFrame, type TokenEntries } from './builders.js';
 import { ReconnectBackoff, type TapReconnectOptions } from './backoff.js';
 import { ClientConnection } from './client-connection.js';
-import { encodeMessage } from './codec.js';
+import { encodeMessage, type ActivationData } from './codec.js';
 import { assertLittleEndianHost } from './layout.js';
 import { silentLogger, type TapLogger } from './logger.js';
 import { SUPPORTED_PROTOCOL_VERSIONS, type HelloInfo, type Plan, type PlanAck, type RequestEnd, type Subscription, type TapMessage } from './messages.js';
@@ -87,12 +87,13 @@ export interface ActivationBatch {
   /** Request id of each row. */
   requestIds: readonly string[];
   /** Token position of each row (0 = first prompt token). */
-  positions: Int32Array;
+  positions: ArrayLike<number>;
   /**
    * rows × dModel values, row-major: a Float32Array of f32 values or a Uint16Array of f16 bit
-   * patterns. Converted to the subscribed dtype while the frame is built.
+   * patterns, or consecutive parts of them (rows of several steps, copied straight into the frame).
+   * Converted to the subscribed dtype while the frame is built.
    */
-  data: Float32Array | Uint16Array;
+  data: ActivationData;
 }
 
 
@@ -103,6 +104,12 @@ export interface TapClientStats extends SendQueueStats {
   connects: number;
   /** Connection attempts that ended before a welcome. */
   connectFailures: number;
+  /**
+   * Writes to the socket: one per `batch()` that sent anything (its frames leave together), one
+   * per frame sent outside a batch. Each costs a system call and, on loopback, the receiver's TCP
+   * work and wakeup, so it is what the tap's cost to a fast model server scales with.
+   */
+  writes: number;
 }
 
 export interface TapClientEvents {
@@ -135,6 +142,9 @@ export class TapClient extends EventEmitter<TapClientEvents> {
   private readonly helloFrame: Uint8Array;
   private readonly hookIndexByName: Map<string, number>;
   private readonly autoAckPlans: boolean;
+  /** Inside batch(): frames leave together, counted as one write. */
+  private batching = false;
+  private writes = 0;
   private readonly logger: TapLogger;
   private readonly connection: ClientConnection;
   private readonly queue: SendQueue;
@@ -212,6 +222,7 @@ export class TapClient extends EventEmitter<TapClientEvents> {
       vectorsRejected: this.vectors.rejected,
       connects: this.connection.connects,
       connectFailures: this.connection.connectFailures,
+      writes: this.writes,
     };
   }
 
@@ -255,7 +266,8 @@ export class TapClient extends EventEmitter<TapClientEvents> {
     if (sub === null || !this.subscribedHooks.has(batch.hook)) return false;
     const hookIndex = this.hookIndexByName.get(batch.hook);
     if (hookIndex === undefined) return false;
-    return this.queue.sendRows(ws, {
+    const before = this.queue.framesSent;
+    const sent = this.queue.sendRows(ws, {
       hookIndex,
       dtype: sub.dtype,
       dModel: this.hello.dModel,
@@ -263,11 +275,29 @@ export class TapClient extends EventEmitter<TapClientEvents> {
       positions: batch.positions,
       data: batch.data,
     });
+    this.countWrite(before);
+    return sent;
   }
 
   /** Runs `sends` (several `send…` calls) so that their frames leave in one system call. */
   batch(sends: () => void): void {
-    this.connection.corked(sends);
+    if (this.batching) {
+      sends();
+      return;
+    }
+    const before = this.queue.framesSent;
+    this.batching = true;
+    try {
+      this.connection.corked(sends);
+    } finally {
+      this.batching = false;
+      if (this.queue.framesSent > before) this.writes++;
+    }
+  }
+
+  /** Counts the write of frames sent since `before` outside a batch (see TapClientStats.writes). */
+  private countWrite(before: number): void {
+    if (!this.batching && this.queue.framesSent > before) this.writes++;
   }
 
   /** Sends token entries (one `tokens` message). Queued while disconnected; false only when dropped (see stats.messagesDropped). */
@@ -397,7 +427,10 @@ export class TapClient extends EventEmitter<TapClientEvents> {
       this.queue.dropControl();
       return false;
     }
-    return this.queue.sendControl(this.connection.socket, frame);
+    const before = this.queue.framesSent;
+    const sent = this.queue.sendControl(this.connection.socket, frame);
+    this.countWrite(before);
+    return sent;
   }
 
   private emitSafely<K extends keyof TapClientEvents>(event: K, ...args: TapClientEvents[K]): void {

@@ -104,9 +104,23 @@ export interface ActivationsLayout {
   requestTableBytes: number;
   rowCount: number;
   rowRequestIndexes: Uint16Array;
-  positions: Int32Array;
-  /** Float32Array: f32 values; Uint16Array: f16 bits. Converted to `dtype` while copying. */
-  data: Float32Array | Uint16Array;
+  positions: ArrayLike<number>;
+  /**
+   * Float32Array: f32 values; Uint16Array: f16 bits. Converted to `dtype` while copying. Several
+   * arrays (of one type) are the rows of consecutive parts, copied one after another.
+   */
+  data: ActivationData;
+}
+
+/** Row values: one array, or the consecutive parts of one (all Float32Array or all Uint16Array). */
+export type ActivationData = Float32Array | Uint16Array | readonly Float32Array[] | readonly Uint16Array[];
+
+/** How many values `data` holds, over all its parts. */
+export function activationDataLength(data: ActivationData): number {
+  if (!Array.isArray(data)) return (data as Float32Array | Uint16Array).length;
+  let n = 0;
+  for (const part of data as readonly (Float32Array | Uint16Array)[]) n += part.length;
+  return n;
 }
 
 function checkActivationsHeader(hookIndex: number, dModel: number, rowCount: number, dataLength: number): void {
@@ -122,7 +136,7 @@ function checkActivationsHeader(hookIndex: number, dModel: number, rowCount: num
 export function writeActivationsFrame(layout: ActivationsLayout): Buffer {
   assertLittleEndianHost();
   const { dtype, dModel, rowCount, rowRequestIndexes, positions, requestIds } = layout;
-  checkActivationsHeader(layout.hookIndex, dModel, rowCount, layout.data.length);
+  checkActivationsHeader(layout.hookIndex, dModel, rowCount, activationDataLength(layout.data));
   if (positions.length < rowCount || rowRequestIndexes.length < rowCount) throw argumentError('fewer positions than rows');
   const byteLength = activationsFrameByteLength(layout.requestTableBytes, rowCount, dModel, dtype);
   if (byteLength > bufferConstants.MAX_LENGTH) throw argumentError(`frame of ${byteLength} bytes exceeds the buffer limit`);
@@ -146,7 +160,14 @@ export function writeActivationsFrame(layout: ActivationsLayout): Buffer {
     at += ACTIVATION_ROW_BYTES;
   }
   for (let pad = padTo4(at); pad > 0; pad--) frame[at++] = 0;
-  writeElements(frame, at, dtype, layout.data, rowCount * dModel);
+  if (!Array.isArray(layout.data)) {
+    writeElements(frame, at, dtype, layout.data as Float32Array | Uint16Array, rowCount * dModel);
+    return frame;
+  }
+  for (const part of layout.data as readonly (Float32Array | Uint16Array)[]) {
+    writeElements(frame, at, dtype, part, part.length);
+    at += part.length * dtypeBytes(dtype);
+  }
   return frame;
 }
 
@@ -248,34 +269,55 @@ const TOKENS_FIXED_BYTES = 8;
 /** Entry without its text: u16 request index, u32 position, u32 token id, u16 text length. */
 const TOKEN_ENTRY_BYTES = 12;
 
-function encodeTokens(msg: TokensMessage): Buffer {
-  const count = msg.positions.length;
-  if (msg.rowRequestIndexes.length !== count || msg.tokenIds.length !== count || msg.texts.length !== count) {
+/** Everything writeTokensFrame needs: the request table and per-entry columns (`count` entries). */
+export interface TokensLayout {
+  /** Distinct request ids (the frame's request table). */
+  requestIds: readonly string[];
+  count: number;
+  /** Index into `requestIds` per entry; may be longer than `count`. */
+  rowRequestIndexes: Uint16Array;
+  positions: ArrayLike<number>;
+  tokenIds: ArrayLike<number>;
+  texts: readonly string[];
+}
+
+/** Writes one tokens frame (one allocation). Validates what the layout cannot guarantee. */
+export function writeTokensFrame(layout: TokensLayout): Buffer {
+  const { count, requestIds, rowRequestIndexes, positions, tokenIds, texts } = layout;
+  if (rowRequestIndexes.length < count || positions.length < count || tokenIds.length < count || texts.length < count) {
     throw argumentError('tokens: rowRequestIndexes, positions, tokenIds and texts must have the same length');
   }
-  let byteLength = TOKENS_FIXED_BYTES + requestTableByteLength(msg.requestIds);
+  let byteLength = TOKENS_FIXED_BYTES + requestTableByteLength(requestIds);
   for (let i = 0; i < count; i++) {
-    const n = Buffer.byteLength(msg.texts[i], 'utf8');
+    const n = Buffer.byteLength(texts[i], 'utf8');
     if (n > 0xffff) throw argumentError(`token text ${i} takes ${n} bytes, at most 65535`);
     byteLength += TOKEN_ENTRY_BYTES + n;
   }
   const { frame, view } = allocFrame(byteLength, 'tokens');
   view.setUint32(4, count, true);
-  let at = writeRequestTable(frame, TOKENS_FIXED_BYTES, msg.requestIds);
+  let at = writeRequestTable(frame, TOKENS_FIXED_BYTES, requestIds);
   for (let i = 0; i < count; i++) {
-    const requestIndex = msg.rowRequestIndexes[i];
-    const position = msg.positions[i];
-    const tokenId = msg.tokenIds[i];
-    if (requestIndex >= msg.requestIds.length) throw argumentError(`token ${i} refers to request ${requestIndex} of ${msg.requestIds.length}`);
+    const requestIndex = rowRequestIndexes[i];
+    const position = positions[i];
+    const tokenId = tokenIds[i];
+    if (requestIndex >= requestIds.length) throw argumentError(`token ${i} refers to request ${requestIndex} of ${requestIds.length}`);
     if (position < 0 || tokenId < 0) throw argumentError(`token ${i} has a negative position or token id`);
     view.setUint16(at, requestIndex, true);
     view.setUint32(at + 2, position, true);
     view.setUint32(at + 6, tokenId, true);
-    const n = frame.write(msg.texts[i], at + TOKEN_ENTRY_BYTES, 'utf8');
+    const n = texts[i].length === 0 ? 0 : frame.write(texts[i], at + TOKEN_ENTRY_BYTES, 'utf8');
     view.setUint16(at + 10, n, true);
     at += TOKEN_ENTRY_BYTES + n;
   }
   return frame;
+}
+
+function encodeTokens(msg: TokensMessage): Buffer {
+  const count = msg.positions.length;
+  if (msg.rowRequestIndexes.length !== count || msg.tokenIds.length !== count || msg.texts.length !== count) {
+    throw argumentError('tokens: rowRequestIndexes, positions, tokenIds and texts must have the same length');
+  }
+  return writeTokensFrame({ requestIds: msg.requestIds, count, rowRequestIndexes: msg.rowRequestIndexes, positions: msg.positions, tokenIds: msg.tokenIds, texts: msg.texts });
 }
 
 function decodeTokens(reader: FrameReader): TokensMessage {

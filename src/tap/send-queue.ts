@@ -57,6 +57,11 @@ export class SendQueue {
     this.maxQueueBytes = maxQueueBytes;
   }
 
+  /** Frames handed to the socket so far (stats.framesSent without the snapshot). */
+  get framesSent(): number {
+    return this.counters.framesSent;
+  }
+
   /** A snapshot of the counters. */
   get stats(): SendQueueStats {
     return { ...this.counters, rowsDropped: { ...this.counters.rowsDropped } };

@@ -17,10 +17,17 @@
  * round's seconds. Reported per arm, as the median over rounds:
  *
  *   tok/s and × direct      generated tokens per second of wall time, against direct in the same round
+ *   TTFT p50                time to first token: request sent to the first chunk with a choice
  *   TPOT p50/p99            time per output token within a request (first to last chunk / (n − 1))
  *   model CPU-µs/tok        the model server's CPU time (every thread, /proc/PID/task/{TID}/schedstat) per generated
  *                           token; × direct and × proxy compare it with the untapped server of the
  *                           direct and proxy arms in the same round (× proxy is the tap's own cost)
+ *   loop / worker / kernel  of it, the model server's main thread (event loop: HTTP, tap bridge), its
+ *                           busiest other thread (the decode worker), and kernel mode (every thread;
+ *                           from clock ticks, so coarse), µs per token
+ *   switches/tok            the model server's context switches (every thread) per generated token
+ *   tok/step                generated tokens per decode step (the mean decode batch, from /healthz)
+ *   onnxruntime µs/tok      wall time inside onnxruntime's run() per generated token (from /healthz)
  *   saegate CPU-µs/tok      saegate's CPU time per generated token
  *   rows/tok                rows encoded per generated token (prompt rows included)
  *   saegate µs/row          what a monitored row costs saegate: (its CPU per token − the no-SAE
@@ -37,10 +44,13 @@
  *
  * `--profile DIR` runs every process with `--cpu-prof` into DIR and prints, per process, the
  * functions with the most self time over the whole run (the profiles stay in DIR for a closer
- * look in Chrome DevTools).
+ * look in Chrome DevTools). `--perf-map` runs them with `--perf-basic-prof` instead, for Linux
+ * `perf record` (kernel time included, and no preemption charged to JavaScript), for example
+ * `perf record -C 0 -g -o core0.data -- npx tsx test/bench/e2e.ts --perf-map …` for the model
+ * servers' core; stderr names each process's pid for `perf report --pid`.
  *
  *   npx tsx test/bench/e2e.ts [--quick] [--rounds N] [--seconds S] [--streams 1,8,32]
- *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR]
+ *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR] [--perf-map]
  *                             [--saegate-args='--sae-max-delay-ms 8'] [--model-args='--tap-flush-ms 5']
  *
  * Prints tables; asserts nothing about time.
@@ -74,6 +84,7 @@ const { values } = parseArgs({
     profile: { type: 'string' },
     'saegate-args': { type: 'string' },
     'model-args': { type: 'string' },
+    'perf-map': { type: 'boolean' },
   },
 });
 /** Extra flags for every tapped `saegate model serve` (for example `--tap-flush-ms 5`), split on spaces. */
@@ -131,6 +142,8 @@ const procs: Proc[] = [];
 
 function startProc(name: string, core: string, args: string[]): Proc {
   const nodeArgs = ['--import', 'tsx'];
+  // For `perf record`: JIT-compiled functions get names in /tmp/perf-PID.map.
+  if (values['perf-map'] === true) nodeArgs.push('--perf-basic-prof');
   if (profileDir !== null) {
     const dir = path.join(profileDir, name.replace(/[^a-zA-Z0-9.+-]+/g, '_'));
     fs.mkdirSync(dir, { recursive: true });
@@ -145,6 +158,7 @@ function startProc(name: string, core: string, args: string[]): Proc {
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const proc = { name, child, out: () => out, exited };
+  process.stderr.write(`${name}: pid ${child.pid}\n`);
   procs.push(proc);
   return proc;
 }
@@ -180,24 +194,60 @@ async function stopAll(): Promise<void> {
 }
 process.on('exit', () => procs.forEach((p) => p.child.exitCode === null && p.child.kill('SIGKILL')));
 
-/**
- * CPU time of `pid` so far, in ns, from /proc/PID/task/TID/schedstat (on-CPU ns first): every
- * thread, and the main thread (TID = PID: the event loop) alone.
- */
-function cpuNs(pid: number): { all: number; main: number } {
-  let all = 0;
-  let main = 0;
+/** One thread's counters so far: on-CPU ns (schedstat), kernel-mode clock ticks (stat), context switches (status). */
+interface ThreadCounters {
+  ns: number;
+  sysTicks: number;
+  switches: number;
+}
+
+/** Counters of every thread of `pid`, by TID, from /proc/PID/task/TID/{schedstat,stat,status}. */
+function threadCounters(pid: number): Map<number, ThreadCounters> {
+  const out = new Map<number, ThreadCounters>();
   for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    const dir = `/proc/${pid}/task/${tid}`;
     try {
-      const ns = Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
-      all += ns;
-      if (Number(tid) === pid) main = ns;
+      const ns = Number(fs.readFileSync(`${dir}/schedstat`, 'utf8').split(' ')[0]);
+      // stat: "pid (comm) state …"; after the comm, field 15 of the line (stime) is the 13th.
+      const stat = fs.readFileSync(`${dir}/stat`, 'utf8');
+      const sysTicks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[12]);
+      const status = fs.readFileSync(`${dir}/status`, 'utf8');
+      const switches = [...status.matchAll(/ctxt_switches:\s+(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+      out.set(Number(tid), { ns, sysTicks, switches });
     } catch {
       // the thread exited between the listing and the read
     }
   }
-  return { all, main };
+  return out;
 }
+
+/**
+ * What `pid` spent between two `threadCounters` readings: CPU ns of every thread, of the main
+ * thread (TID = PID: the event loop) and of the busiest other thread (in a model server, the
+ * decode worker); kernel-mode ns (from clock ticks, so coarse); context switches.
+ */
+interface CpuSplit {
+  all: number;
+  main: number;
+  busiestOther: number;
+  sys: number;
+  switches: number;
+}
+const NS_PER_TICK = 1e9 / Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+function cpuBetween(pid: number, before: Map<number, ThreadCounters>, after: Map<number, ThreadCounters>): CpuSplit {
+  const split: CpuSplit = { all: 0, main: 0, busiestOther: 0, sys: 0, switches: 0 };
+  for (const [tid, now] of after) {
+    const was = before.get(tid) ?? { ns: 0, sysTicks: 0, switches: 0 };
+    const d = now.ns - was.ns;
+    split.all += d;
+    split.sys += (now.sysTicks - was.sysTicks) * NS_PER_TICK;
+    split.switches += now.switches - was.switches;
+    if (tid === pid) split.main = d;
+    else split.busiestOther = Math.max(split.busiestOther, d);
+  }
+  return split;
+}
+const NO_CPU: CpuSplit = { all: 0, main: 0, busiestOther: 0, sys: 0, switches: 0 };
 
 // ---------------------------------------------------------------------------------------------
 // Set-up per model
@@ -223,6 +273,8 @@ interface Arm {
   url: string;
   /** saegate's base URL (metrics), when there is one. */
   saegateUrl: string | null;
+  /** The model server's base URL (/healthz: its engine's counters). */
+  modelUrl: string;
 }
 
 const MODEL_NAME = 'bench';
@@ -294,7 +346,7 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
   for (const name of armNames) {
     if (name === 'direct') {
       const { proc, url } = await startModelServer(m, name, null);
-      arms.push({ name, model: proc, saegate: null, url, saegateUrl: null });
+      arms.push({ name, model: proc, saegate: null, url, saegateUrl: null, modelUrl: url });
       continue;
     }
     const upstreamPort = await freePort();
@@ -315,7 +367,7 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
     const modelArgs = ['model', 'serve', '--model', m.spec, '--name', MODEL_NAME, '--port', String(modelPort), '--max-batch', '32', '--threads', '1', ...(name === 'proxy' ? [] : ['--tap', tapUrl, ...extraModelArgs])];
     const model = startProc(`${m.name} model ${name}`, MODEL_CORE, modelArgs);
     await waitUntil(`${saegate.name} ready with its tap connected`, async () => (await status(`${apiUrl}/readyz`)) === 200, model);
-    arms.push({ name, model, saegate, url: apiUrl, saegateUrl: apiUrl });
+    arms.push({ name, model, saegate, url: apiUrl, saegateUrl: apiUrl, modelUrl: `http://127.0.0.1:${modelPort}` });
   }
   return arms;
 }
@@ -327,7 +379,18 @@ interface RoundResult {
   tokens: number;
   wallS: number;
   tpotMs: number[];
+  /** Time to first token: request sent → first chunk with a choice. */
+  ttftMs: number[];
   modelCpuNs: number;
+  /** The model server's main thread (event loop: HTTP, tap bridge) and its decode worker. */
+  modelMainNs: number;
+  modelWorkerNs: number;
+  /** The model server's kernel-mode CPU and context switches (every thread). */
+  modelSysNs: number;
+  modelSwitches: number;
+  /** The model server's engine over the round: decode steps, and milliseconds inside onnxruntime. */
+  decodeSteps: number;
+  onnxMs: number;
   saegateCpuNs: number;
   /** saegate's main thread (event loop) alone. */
   saegateMainNs: number;
@@ -335,7 +398,8 @@ interface RoundResult {
   errors: number;
 }
 
-async function oneCompletion(agent: Agent, url: string, prompt: string): Promise<{ tokens: number; tpotMs: number | null }> {
+async function oneCompletion(agent: Agent, url: string, prompt: string): Promise<{ tokens: number; tpotMs: number | null; ttftMs: number | null }> {
+  const sent = performance.now();
   const res = await request(`${url}/v1/completions`, {
     method: 'POST',
     dispatcher: agent,
@@ -365,7 +429,7 @@ async function oneCompletion(agent: Agent, url: string, prompt: string): Promise
       }
     }
   }
-  return { tokens, tpotMs: tokens > 1 && last > first ? (last - first) / (tokens - 1) : null };
+  return { tokens, tpotMs: tokens > 1 && last > first ? (last - first) / (tokens - 1) : null, ttftMs: first > 0 ? first - sent : null };
 }
 
 async function scrape(url: string): Promise<Map<string, number>> {
@@ -388,16 +452,28 @@ function total(metrics: Map<string, number>, name: string): number {
   return sum;
 }
 
+interface EngineCounters {
+  decode_steps: number;
+  onnxruntime_ms: number;
+}
+
+async function engineCounters(modelUrl: string): Promise<EngineCounters> {
+  const res = await request(`${modelUrl}/healthz`);
+  return ((await res.body.json()) as { engine: EngineCounters }).engine;
+}
+
 async function runRound(arm: Arm, streams: number, seconds: number): Promise<RoundResult> {
   const agent = new Agent({ connections: streams, keepAliveTimeout: 30_000 });
   const before = arm.saegateUrl ? await scrape(arm.saegateUrl) : null;
-  const model0 = cpuNs(arm.model.child.pid!).all;
-  const sg0 = arm.saegate ? cpuNs(arm.saegate.child.pid!) : { all: 0, main: 0 };
+  const engine0 = await engineCounters(arm.modelUrl);
+  const model0 = threadCounters(arm.model.child.pid!);
+  const sg0 = arm.saegate ? threadCounters(arm.saegate.child.pid!) : new Map<number, ThreadCounters>();
   const t0 = performance.now();
   const deadline = t0 + seconds * 1000;
   let tokens = 0;
   let errors = 0;
   const tpot: number[] = [];
+  const ttft: number[] = [];
   let next = 0;
   await Promise.all(
     Array.from({ length: streams }, async () => {
@@ -406,6 +482,7 @@ async function runRound(arm: Arm, streams: number, seconds: number): Promise<Rou
           const r = await oneCompletion(agent, arm.url, prompts[next++ % prompts.length]);
           tokens += r.tokens;
           if (r.tpotMs !== null) tpot.push(r.tpotMs);
+          if (r.ttftMs !== null) ttft.push(r.ttftMs);
         } catch (e) {
           errors++;
           if (errors === 1) process.stderr.write(`${arm.name}: ${(e as Error).message}\n`);
@@ -414,12 +491,13 @@ async function runRound(arm: Arm, streams: number, seconds: number): Promise<Rou
     }),
   );
   const wallS = (performance.now() - t0) / 1000;
-  const modelCpuNs = cpuNs(arm.model.child.pid!).all - model0;
-  const sg1 = arm.saegate ? cpuNs(arm.saegate.child.pid!) : { all: 0, main: 0 };
+  const model = cpuBetween(arm.model.child.pid!, model0, threadCounters(arm.model.child.pid!));
+  const sg = arm.saegate ? cpuBetween(arm.saegate.child.pid!, sg0, threadCounters(arm.saegate.child.pid!)) : NO_CPU;
   const after = arm.saegateUrl ? await scrape(arm.saegateUrl) : null;
+  const engine1 = await engineCounters(arm.modelUrl);
   await agent.close();
   const delta = (name: string): number => (before && after ? total(after, name) - total(before, name) : 0);
-  return { tokens, wallS, tpotMs: tpot, modelCpuNs, saegateCpuNs: sg1.all - sg0.all, saegateMainNs: sg1.main - sg0.main, rowsEncoded: delta('saegate_sae_rows_encoded_total'), errors };
+  return { tokens, wallS, tpotMs: tpot, ttftMs: ttft, modelCpuNs: model.all, modelMainNs: model.main, modelWorkerNs: model.busiestOther, modelSysNs: model.sys, modelSwitches: model.switches, decodeSteps: engine1.decode_steps - engine0.decode_steps, onnxMs: engine1.onnxruntime_ms - engine0.onnxruntime_ms, saegateCpuNs: sg.all, saegateMainNs: sg.main, rowsEncoded: delta('saegate_sae_rows_encoded_total'), errors };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -448,7 +526,8 @@ async function ledger(arm: Arm): Promise<string> {
   }
   const droppedSae = total(m, 'saegate_sae_rows_dropped_total') + total(m, 'saegate_tap_rows_dropped_total');
   const sae = arm.name === 'saegate' || arm.name === 'proxy' ? 'no SAE' : `encoded ${encoded} + dropped ${droppedSae} = ${encoded + droppedSae} ${encoded + droppedSae === tapRows ? '(balanced)' : '(NOT balanced)'}`;
-  return `  ${arm.name}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}`;
+  const steering = arm.name === 'saegate+sae+monitor' ? `; policy triggers ${total(m, 'saegate_policy_triggers_total')}, plan updates ${total(m, 'saegate_policy_plan_updates_total')}, plans ${total(m, 'saegate_steering_plans_total')}` : '';
+  return `  ${arm.name}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}${steering}`;
 }
 
 interface ProfileNode {
@@ -553,8 +632,8 @@ try {
     measuredTo = Number(process.hrtime.bigint() / 1000n);
     const lines = [
       `\n## ${m.name} (SAE ${m.dIn} → ${m.dSae} TopK k ${m.k} at ${m.hook}; raw onnxruntime ${f(rawMicrosPerRow, 2)} µs/row at batch 256)\n`,
-      '| streams | path | tok/s | × direct | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | × direct | × proxy | saegate CPU-µs/tok | rows/tok | saegate µs/row | beyond SAE | event loop µs/row | errors |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+      '| streams | path | tok/s | × direct | TTFT p50 ms | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | of it, loop / worker / kernel | switches/tok | tok/step | onnxruntime µs/tok | × direct | × proxy | saegate CPU-µs/tok | rows/tok | saegate µs/row | beyond SAE | event loop µs/row | errors |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ];
     for (const s of streamCounts) {
       const direct = results.get(`${s}|direct`)!;
@@ -564,6 +643,12 @@ try {
         const tps = rs.map((x) => x.tokens / x.wallS);
         const ratio = rs.map((x, i) => x.tokens / x.wallS / (direct[i].tokens / direct[i].wallS));
         const modelCpu = rs.map((x) => x.modelCpuNs / 1e3 / x.tokens);
+        const modelMain = rs.map((x) => x.modelMainNs / 1e3 / x.tokens);
+        const modelWorker = rs.map((x) => x.modelWorkerNs / 1e3 / x.tokens);
+        const modelSys = rs.map((x) => x.modelSysNs / 1e3 / x.tokens);
+        const modelSwitches = rs.map((x) => x.modelSwitches / x.tokens);
+        const tokPerStep = rs.map((x) => x.tokens / x.decodeSteps);
+        const onnxPerTok = rs.map((x) => (x.onnxMs * 1e3) / x.tokens);
         const modelRatio = rs.map((x, i) => x.modelCpuNs / x.tokens / (direct[i].modelCpuNs / direct[i].tokens));
         const sgCpu = rs.map((x) => x.saegateCpuNs / 1e3 / x.tokens);
         const rowsPerToken = rs.map((x) => x.rowsEncoded / x.tokens);
@@ -572,9 +657,10 @@ try {
         const proxy = results.get(`${s}|proxy`);
         const proxyRatio = rs.map((x, i) => (proxy ? x.modelCpuNs / x.tokens / (proxy[i].modelCpuNs / proxy[i].tokens) : NaN));
         const tpot = rs.flatMap((x) => x.tpotMs);
+        const ttft = rs.flatMap((x) => x.ttftMs);
         const sae = arm.name === 'saegate+sae' || arm.name === 'saegate+sae+monitor';
         lines.push(
-          `| ${s} | ${arm.name} | ${f(median(tps))} | ${f(median(ratio), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelRatio), 2)} | ${f(median(proxyRatio), 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${sae ? f(median(mainPerRow), 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
+          `| ${s} | ${arm.name} | ${f(median(tps))} | ${f(median(ratio), 2)} | ${f(quantile(ttft, 0.5), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelMain))} / ${f(median(modelWorker))} / ${f(median(modelSys))} | ${f(median(modelSwitches), 2)} | ${f(median(tokPerStep), 2)} | ${f(median(onnxPerTok))} | ${f(median(modelRatio), 2)} | ${f(median(proxyRatio), 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${sae ? f(median(mainPerRow), 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
         );
       }
     }

@@ -128,6 +128,9 @@ export function registerModelRoutes(app: FastifyInstance, options: ModelRoutesOp
     in_flight: limiter.inFlight,
     max_concurrent_requests: limiter.max,
     plan_wait_timeout_ms: options.planWaitTimeoutMs,
+    ...(engine.stats && {
+      engine: { prefill_steps: engine.stats.prefillSteps, decode_steps: engine.stats.decodeSteps, generated_tokens: engine.stats.generatedTokens, onnxruntime_ms: Math.round(engine.stats.runMs) },
+    }),
   }));
 
   app.get('/v1/models', async () => ({ object: 'list', data: [modelObject] }));
