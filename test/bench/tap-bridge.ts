@@ -28,10 +28,10 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadModel } from '../../src/model/load.js';
-import { TapBridge, type TapEngine } from '../../src/model/tap-bridge.js';
-import type { EndListener, StepListener } from '../../src/model/engine.js';
-import type { ActivationBatch, RuntimeStep, TapSubscription } from '../../src/model/runtime-protocol.js';
-import { allHookPoints, type Tokenizer } from '../../src/model/types.js';
+import { TapBridge } from '../../src/model/tap-bridge.js';
+import { StepSource } from '../helpers/step-source.js';
+import type { ActivationBatch, RuntimeStep } from '../../src/model/runtime-protocol.js';
+import type { Tokenizer } from '../../src/model/types.js';
 import { TapServer, type TapConnection } from '../../src/tap/server.js';
 import { seededUniform } from '../../src/common/random.js';
 import { hasSharedModels, stories260K } from '../helpers/fixtures.js';
@@ -44,34 +44,6 @@ const HOOK = 'blocks.3.hook_resid_post';
 /** CPU time of this process's main thread so far, µs (/proc/self/task/PID/schedstat, on-CPU ns first). */
 function mainThreadCpuUs(): number {
   return Number(fs.readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8').split(' ')[0]) / 1e3;
-}
-
-/** Drives listeners with steps the way LocalEngine does (onStep per step, onEnd per request). */
-class StepSource implements TapEngine {
-  readonly config;
-  readonly hookPoints: readonly string[];
-  readonly steps = new Set<StepListener>();
-  readonly ends = new Set<EndListener>();
-  tap: TapSubscription | null = null;
-  constructor(config: TapEngine['config']) {
-    this.config = config;
-    this.hookPoints = allHookPoints(config);
-  }
-  onStep(listener: StepListener): () => void {
-    this.steps.add(listener);
-    return () => this.steps.delete(listener);
-  }
-  onEnd(listener: EndListener): () => void {
-    this.ends.add(listener);
-    return () => this.ends.delete(listener);
-  }
-  setTapSubscription(subscription: TapSubscription | null): void {
-    this.tap = subscription;
-  }
-  isActive(): boolean {
-    return true;
-  }
-  updatePlan(): void {}
 }
 
 async function main(): Promise<void> {
@@ -144,7 +116,7 @@ async function main(): Promise<void> {
           tokens: { requestIds: ids, positions: Int32Array.from(batch, (r) => r.position), tokenIds: Int32Array.from(batch, (r, i) => text[(r.generated + i * 7) % text.length]) },
           activations,
         };
-        for (const listener of source.steps) listener(emitted);
+        source.step(emitted);
         tokens += batch.length;
         for (const r of batch) {
           r.generated++;
@@ -155,11 +127,11 @@ async function main(): Promise<void> {
       for (let i = live.length - 1; i >= 0; i--) {
         if (live[i].generated < 128) continue;
         const [done] = live.splice(i, 1);
-        for (const listener of source.ends) listener(done.id, { finishReason: 'length', promptTokens: prompt.length, completionTokens: 128 });
+        source.end(done.id, { finishReason: 'length', promptTokens: prompt.length, completionTokens: 128 });
       }
       await sleep(1);
     }
-    for (const r of live) for (const listener of source.ends) listener(r.id, { finishReason: 'abort', promptTokens: prompt.length, completionTokens: r.generated });
+    for (const r of live) source.end(r.id, { finishReason: 'abort', promptTokens: prompt.length, completionTokens: r.generated });
     return tokens;
   }
 
