@@ -22,7 +22,7 @@ const modelServeOptions = {
   maxBatch: { type: integer(1, 1024), default: 8, help: 'most sequences decoded together (KV-cache slots)' },
   threads: { type: integer(1, 256), defaultText: 'one per core', help: 'onnxruntime intra-op threads' },
   planTimeoutMs: { type: integer(0), default: 2000, help: 'how long a request waits for its saegate plan, ms' },
-  tapFlushMs: { type: integer(0), default: 2, help: 'longest a tapped row or token waits to be sent, ms (rows and tokens of faster steps are sent together)' },
+  tapFlushMs: { type: integer(0), default: 2, help: 'longest a tapped row, token or end should wait to be sent, ms (flushed at step boundaries; faster steps go together)' },
   maxConnections: { type: integer(1, 1_000_000), default: 10_000, help: 'open client connections; further ones are closed on accept' },
   clientHeadersTimeoutMs: { type: integer(1, 86_400_000), default: 10_000, help: 'time a client has to send its request head, ms; 408 after' },
   clientRequestTimeoutMs: { type: integer(0, 86_400_000), default: 120_000, help: 'time a client has to send its whole request, ms; 408 after (0 = none)' },

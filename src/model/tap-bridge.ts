@@ -131,6 +131,9 @@ export class TapBridge {
     });
     this.client.on('disconnected', () => engine.setTapSubscription(null));
     this.client.on('planUpdate', (update) => {
+      // The tokens of every step finished before the update go ahead of its plan_ack (the client
+      // sends both in one write): saegate reads the trigger lag from that order.
+      this.flush();
       if (!engine.isActive(update.requestId)) return;
       try {
         engine.updatePlan(update.requestId, update.entries);

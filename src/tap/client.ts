@@ -409,14 +409,18 @@ export class TapClient extends EventEmitter<TapClientEvents> {
       if (type === 'plan') this.plans.offerRejection(plan.planId, plan.requestId, resolved);
       return;
     }
-    if (type === 'plan') {
-      this.plans.offer(resolved);
-      this.emitSafely('plan', resolved);
-    } else {
-      this.plans.update(resolved);
-      this.emitSafely('planUpdate', resolved);
-    }
-    if (this.autoAckPlans) this.sendPlanAck({ requestId: plan.requestId, planId: plan.planId, accepted: true });
+    // One write: whatever a listener sends while taking the plan (a model server flushes the tokens
+    // of the steps it finished before the update), then the ack.
+    this.batch(() => {
+      if (type === 'plan') {
+        this.plans.offer(resolved);
+        this.emitSafely('plan', resolved);
+      } else {
+        this.plans.update(resolved);
+        this.emitSafely('planUpdate', resolved);
+      }
+      if (this.autoAckPlans) this.sendPlanAck({ requestId: plan.requestId, planId: plan.planId, accepted: true });
+    });
   }
 
   // -------------------------------------------------------------------------------------------
