@@ -9,6 +9,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { TapServerStats } from '../tap/server.js';
+import { ArrayHistogram, type HistogramRecorder } from '../monitor/array-histogram.js';
 
 /** Route label values. */
 export type RouteLabel = 'chat_completions' | 'completions' | 'passthrough' | 'tap' | 'ops' | 'admin' | 'ui' | 'not_found';
@@ -58,7 +59,8 @@ export class ProxyMetrics {
   readonly upstreamDuration: Histogram<'route'>;
   readonly overhead: Histogram<'route'>;
   readonly timeToFirstToken: Histogram<'route'>;
-  readonly interToken: Histogram;
+  /** Observed once per streamed chunk: counted in a typed array (see ArrayHistogram). */
+  readonly interToken: HistogramRecorder;
   readonly inFlight: Gauge;
   readonly activeStreams: Gauge;
   readonly streamAborts: Counter<'side'>;
@@ -101,12 +103,13 @@ export class ProxyMetrics {
       buckets: REQUEST_BUCKETS,
       registers,
     });
-    this.interToken = new Histogram({
+    this.interToken = new ArrayHistogram({
       name: 'saegate_inter_token_seconds',
       help: 'Streams: time between consecutive body chunks from the upstream.',
       buckets: TOKEN_BUCKETS,
+      labelNames: [],
       registers,
-    });
+    }).recorder({});
     this.inFlight = new Gauge({ name: 'saegate_requests_in_flight', help: 'Proxied requests being served.', registers });
     this.activeStreams = new Gauge({ name: 'saegate_active_streams', help: 'Streaming requests being served.', registers });
     this.streamAborts = new Counter({
