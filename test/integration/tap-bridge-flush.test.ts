@@ -12,7 +12,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { f16BitsToF32, f32ToF16Bits } from '../../src/common/f16.js';
 import { TapBridge } from '../../src/model/tap-bridge.js';
 import type { ActivationBatch, RuntimeStep } from '../../src/model/runtime-protocol.js';
@@ -257,6 +257,60 @@ describe('TapBridge flush policy over a real tap connection', () => {
     expect(writesAfter).toEqual([0, 0, 1]);
     await waitFor('the tokens', () => log.length === 1);
     expect(log).toEqual([tokensOf(steps)]);
+  });
+
+  /**
+   * Steps `count` single-token steps `intervalMs` apart on fake time (performance.now and the
+   * flush timer); per step, whether its data left at the step (1) or by the timer before the next
+   * step (1 in `byTimer`). The socket stays real: writes happen when the fake clock says so.
+   */
+  function paced(tapped: Tapped, count: number, intervalMs: number): { atStep: number[]; byTimer: number[]; steps: StepEntry[][] } {
+    const { bridge, source } = tapped;
+    const atStep: number[] = [];
+    const byTimer: number[] = [];
+    const steps: StepEntry[][] = [];
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    try {
+      for (let i = 0; i < count; i++) {
+        const entries = [{ id: 'req-1', position: i, tokenId: i }];
+        steps.push(entries);
+        let before = bridge.stats().writes;
+        source.step(decodeStep(source, entries));
+        atStep.push(bridge.stats().writes - before);
+        before = bridge.stats().writes;
+        vi.advanceTimersByTime(intervalMs);
+        byTimer.push(bridge.stats().writes - before);
+      }
+    } finally {
+      vi.useRealTimers();
+    }
+    return { atStep, byTimer, steps };
+  }
+
+  it('flushes at the step after which the oldest entry would pass flushMs, before the timer would', async () => {
+    const gate = await startGate();
+    const tapped = await tappedBridge(gate, { flushMs: 10, flushRows: NEVER_ROWS });
+    // Steps 3 ms apart: the step interval average climbs from 0 towards 3 and passes 1 by the
+    // fourth step, so at the step 9 ms after the oldest entry 9 + interval ≥ 10: flushed there,
+    // 1 ms before the timer; at 6 ms, 6 + interval < 10 (the average stays below 3).
+    const { atStep, byTimer, steps } = paced(tapped, 12, 3);
+    expect(atStep).toEqual([0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]);
+    expect(byTimer).toEqual(new Array<number>(12).fill(0));
+    await waitFor('three flushes', () => tapped.log.length === 6, { observed: () => tapped.log.map((m) => m.kind) });
+    expect(tapped.log).toEqual([0, 4, 8].flatMap((i) => [tokensOf(steps.slice(i, i + 4)), rowsOf(HOOK_A, steps.slice(i, i + 4))]));
+  });
+
+  it('leaves slow steps to the timer until the step interval average reaches flushMs, then sends every step at that step', async () => {
+    const gate = await startGate();
+    const tapped = await tappedBridge(gate, { flushMs: 10, flushRows: NEVER_ROWS });
+    // Steps 12 ms apart (slower than flushMs): after step k the average is 12·(1 − 0.8^(k−1)),
+    // 9.99 ms at the ninth step and 10.4 ms at the tenth; before that the timer sends each step
+    // 10 ms after it, before the next one.
+    const { atStep, byTimer, steps } = paced(tapped, 14, 12);
+    expect(atStep).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
+    expect(byTimer).toEqual([1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]);
+    await waitFor('every step', () => tapped.log.length === 28, { observed: () => tapped.log.length });
+    expect(tapped.log).toEqual(steps.flatMap((entries) => [tokensOf([entries]), rowsOf(HOOK_A, [entries])]));
   });
 
   it('sends a lone step and a lone end by the timer, with no further step or call', async () => {

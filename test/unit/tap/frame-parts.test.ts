@@ -237,7 +237,7 @@ describe('TokensFrameBuilder', () => {
     expect(fits.requestIds[65_534]).toBe('r65534');
     expect(fits.rowRequestIndexes[65_534]).toBe(65_534);
 
-    expectSaegateError(() => builder.build(entries(65_536)), 'SAEGATE_ERR_TAP_ARGUMENT', 'more than 65535 distinct request ids');
+    expectSaegateError(() => builder.build(entries(65_536)), 'SAEGATE_ERR_TAP_ARGUMENT', 'distinct request ids in one frame', '65535');
 
     const after = decodeTokens(builder.build({ requestIds: ['r9', 'z'], positions: [1, 2], tokenIds: [3, 4], texts: ['m', 'n'] }));
     expect(after.requestIds).toEqual(['r9', 'z']);
