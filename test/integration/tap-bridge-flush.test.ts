@@ -398,6 +398,31 @@ describe('TapBridge flush policy over a real tap connection', () => {
     expect(log).toEqual([tokensOf([entries]), rowsOf(HOOK_A, [entries]), endOf('req-2', 2), { kind: 'close' }]);
   });
 
+  it('flushing while saegate is away drops the rows as disconnected and delivers the tokens, then the end, on the next connection', async () => {
+    const gate = await startGate();
+    const { bridge, source, conn, log } = await tappedBridge(gate, { flushMs: NEVER_MS, flushRows: NEVER_ROWS });
+    const entries: StepEntry[] = [
+      { id: 'req-1', position: 3, tokenId: 11 },
+      { id: 'req-2', position: 1, tokenId: 21 },
+    ];
+    source.step(decodeStep(source, entries));
+    source.end('req-1', finished(1));
+    const nextConn = gate.tap.nextConnection();
+    conn.close();
+    await waitFor('the bridge to see the disconnection', () => !bridge.client.connected);
+    expect(source.tap).toBeNull();
+
+    bridge.flush();
+    expect(bridge.stats().rowsDropped.disconnected).toBe(2);
+    // Nothing reached a socket: the tokens and the end wait in the client's queue.
+    expect(bridge.stats().writes).toBe(0);
+    const reconnected = await nextConn;
+    const again = record(reconnected);
+    await waitFor('the tokens and the end on the new connection', () => again.length === 2, { observed: () => again.map((m) => m.kind) });
+    expect(again).toEqual([tokensOf([entries]), endOf('req-1', 1)]);
+    expect(log).toEqual([{ kind: 'close' }]);
+  });
+
   it('sends one frame per subscribed hook per flush, each with the rows of every pending step (f16 rows as parts)', async () => {
     const gate = await startGate();
     const { bridge, source, log } = await tappedBridge(gate, { flushMs: NEVER_MS, flushRows: NEVER_ROWS }, [HOOK_A, HOOK_B], 'f16');
