@@ -4,7 +4,9 @@
  * ends become a write (at a step once `flushRows` entries are pending or the oldest would pass
  * `flushMs` before the next step, by the timer otherwise, on `flush()` and on `close()`), what one
  * flush puts on the wire (tokens, then one frame per hook with every pending step's rows, then the
- * ends), and TapClientStats.writes, which counts those writes.
+ * ends; a prefilled request's prompt tokens among the tokens), what a flush does while saegate is
+ * away, and TapClientStats.writes, which counts those writes. The step-interval rule runs on fake
+ * time (performance.now and the timer) so that it is decided by the clock the test sets.
  *
  * Steps are fed synchronously, so a flush that the policy makes "at a step" is visible in
  * `stats().writes` right after `source.step()` returns; a wire order is observed as the order in
@@ -151,7 +153,7 @@ interface Tapped {
 }
 
 /** A bridge connected to `gate` and subscribed to `hooks` (the engine has seen the subscription). */
-async function tappedBridge(gate: Gate, flush: { flushMs: number; flushRows: number }, hooks: string[] = [HOOK_A], dtype: StreamDtype = 'f32'): Promise<Tapped> {
+async function tappedBridge(gate: Gate, flush: { flushMs: number; flushRows: number }, hooks: string[] = [HOOK_A], dtype: StreamDtype = 'f32', includePrompt = false): Promise<Tapped> {
   const source = new StepSource(config);
   const nextConn = gate.tap.nextConnection();
   const bridge = new TapBridge({ url: gate.url, engine: source, tokenizer: null, modelId: 'synthetic', ...flush });
@@ -159,7 +161,7 @@ async function tappedBridge(gate: Gate, flush: { flushMs: number; flushRows: num
   bridge.start();
   const conn = await nextConn;
   const log = record(conn);
-  const subscription: Subscription = { hooks, dtype, includePrompt: false };
+  const subscription: Subscription = { hooks, dtype, includePrompt };
   conn.subscribe(subscription);
   await waitFor('the subscription to reach the bridge', () => bridge.client.subscription !== null, { observed: () => source.tap });
   // No hook: the engine is untapped (tokens and ends still go up).
@@ -421,6 +423,23 @@ describe('TapBridge flush policy over a real tap connection', () => {
     await waitFor('the tokens and the end on the new connection', () => again.length === 2, { observed: () => again.map((m) => m.kind) });
     expect(again).toEqual([tokensOf([entries]), endOf('req-1', 1)]);
     expect(log).toEqual([{ kind: 'close' }]);
+  });
+
+  it('puts a prefilled request\'s prompt tokens in the same pending tokens message, before any of its rows', async () => {
+    const gate = await startGate();
+    const { bridge, source, log } = await tappedBridge(gate, { flushMs: NEVER_MS, flushRows: NEVER_ROWS }, [HOOK_A], 'f32', true);
+    const decode: StepEntry[] = [{ id: 'req-1', position: 9, tokenId: 19 }];
+    source.step(decodeStep(source, decode));
+    // req-2 arrives with a 3-token prompt: its prefill taps the prompt's positions and emits the
+    // token at position 3.
+    bridge.trackPrompt('req-2', [5, 6, 7]);
+    const promptRows: StepEntry[] = [0, 1, 2].map((position) => ({ id: 'req-2', position, tokenId: 5 + position }));
+    const prefill = decodeStep(source, promptRows);
+    source.step({ ...prefill, phase: 'prefill', batchSize: 1, tokens: { requestIds: ['req-2'], positions: Int32Array.from([3]), tokenIds: Int32Array.from([8]) } });
+    expect(bridge.stats().writes).toBe(0);
+    bridge.flush();
+    await waitFor('the flush', () => log.length === 2, { observed: () => log.map((m) => m.kind) });
+    expect(log).toEqual([tokensOf([decode, promptRows, [{ id: 'req-2', position: 3, tokenId: 8 }]]), rowsOf(HOOK_A, [decode, promptRows])]);
   });
 
   it('sends one frame per subscribed hook per flush, each with the rows of every pending step (f16 rows as parts)', async () => {
