@@ -145,7 +145,9 @@ export class TapBridge {
     this.unsubscribe.push(
       engine.onStep((step) => {
         const now = performance.now();
-        if (!Number.isNaN(this.lastStepAt)) this.stepIntervalMs = 0.8 * this.stepIntervalMs + 0.2 * (now - this.lastStepAt);
+        // A sample is capped at twice flushMs: longer intervals all mean "flush at the step", and
+        // an idle gap before a burst must not keep the average high through the burst's first steps.
+        if (!Number.isNaN(this.lastStepAt)) this.stepIntervalMs = 0.8 * this.stepIntervalMs + 0.2 * Math.min(now - this.lastStepAt, 2 * this.flushMs);
         this.lastStepAt = now;
         // Tokens before rows: a prefill step's tokens message carries the prompt, which must reach
         // saegate before any row of the request.

@@ -106,8 +106,9 @@ export interface TapClientStats extends SendQueueStats {
   connectFailures: number;
   /**
    * Writes to the socket: one per `batch()` that sent anything (its frames leave together), one
-   * per frame sent outside a batch. Each costs a system call and, on loopback, the receiver's TCP
-   * work and wakeup, so it is what the tap's cost to a fast model server scales with.
+   * per frame sent outside a batch, one for what was queued while disconnected (sent at the
+   * welcome). The hello is not counted. Each costs a system call and, on loopback, the receiver's
+   * TCP work and wakeup, so it is what the tap's cost to a fast model server scales with.
    */
   writes: number;
 }
@@ -331,8 +332,8 @@ export class TapClient extends EventEmitter<TapClientEvents> {
 
   private onWelcome(ws: WebSocket, sessionId: string): void {
     this.sessionIdValue = sessionId;
-    // What was produced while disconnected goes first, in order, before anything new.
-    this.queue.flushOutbox(ws);
+    // What was produced while disconnected goes first, in order, before anything new: one write.
+    this.batch(() => this.queue.flushOutbox(ws));
     this.logger.info({ url: this.url, sessionId }, 'tap: connected');
     this.emitSafely('connected', { sessionId });
   }

@@ -266,8 +266,9 @@ describe('TapBridge flush policy over a real tap connection', () => {
    * flush timer); per step, whether its data left at the step (1) or by the timer before the next
    * step (1 in `byTimer`). The socket stays real: writes happen when the fake clock says so.
    */
-  function paced(tapped: Tapped, count: number, intervalMs: number): { atStep: number[]; byTimer: number[]; steps: StepEntry[][] } {
+  function paced(tapped: Tapped, count: number, intervalMs: number | ((step: number) => number)): { atStep: number[]; byTimer: number[]; steps: StepEntry[][] } {
     const { bridge, source } = tapped;
+    const after = typeof intervalMs === 'number' ? () => intervalMs : intervalMs;
     const atStep: number[] = [];
     const byTimer: number[] = [];
     const steps: StepEntry[][] = [];
@@ -280,7 +281,7 @@ describe('TapBridge flush policy over a real tap connection', () => {
         source.step(decodeStep(source, entries));
         atStep.push(bridge.stats().writes - before);
         before = bridge.stats().writes;
-        vi.advanceTimersByTime(intervalMs);
+        vi.advanceTimersByTime(after(i));
         byTimer.push(bridge.stats().writes - before);
       }
     } finally {
@@ -305,14 +306,23 @@ describe('TapBridge flush policy over a real tap connection', () => {
   it('leaves slow steps to the timer until the step interval average reaches flushMs, then sends every step at that step', async () => {
     const gate = await startGate();
     const tapped = await tappedBridge(gate, { flushMs: 10, flushRows: NEVER_ROWS });
-    // Steps 12 ms apart (slower than flushMs): after step k the average is 12·(1 − 0.8^(k−1)),
-    // 9.99 ms at the ninth step and 10.4 ms at the tenth; before that the timer sends each step
-    // 10 ms after it, before the next one.
+    // Steps 12 ms apart (slower than flushMs): after step k the average is 12·(1 − 0.8^(k−1)) (a
+    // sample is capped at 2 × flushMs = 20 ms, above 12), 9.99 ms at the ninth step and 10.4 ms at
+    // the tenth; before that the timer sends each step 10 ms after it, before the next one.
     const { atStep, byTimer, steps } = paced(tapped, 14, 12);
     expect(atStep).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
     expect(byTimer).toEqual([1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]);
     await waitFor('every step', () => tapped.log.length === 28, { observed: () => tapped.log.length });
     expect(tapped.log).toEqual(steps.flatMap((entries) => [tokensOf([entries]), rowsOf(HOOK_A, [entries])]));
+  });
+
+  it('goes back to a flush every other 1 ms step right after an idle gap (a sample counts at most 2 × flushMs)', async () => {
+    const gate = await startGate();
+    const tapped = await tappedBridge(gate, { flushMs: 2, flushRows: NEVER_ROWS });
+    // 20 steps 1 ms apart, 5 s idle after the 20th, then 1 ms steps again.
+    const { atStep, byTimer } = paced(tapped, 30, (i) => (i === 19 ? 5000 : 1));
+    expect(atStep.slice(20)).toEqual([0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+    expect(byTimer.slice(19, 21)).toEqual([1, 0]);
   });
 
   it('sends a lone step and a lone end by the timer, with no further step or call', async () => {
@@ -400,7 +410,7 @@ describe('TapBridge flush policy over a real tap connection', () => {
     expect(log).toEqual([tokensOf([entries]), rowsOf(HOOK_A, [entries]), endOf('req-2', 2), { kind: 'close' }]);
   });
 
-  it('flushing while saegate is away drops the rows as disconnected and delivers the tokens, then the end, on the next connection', async () => {
+  it('flushing while saegate is away drops the rows as disconnected and delivers the tokens, then the end, on the next connection in one write', async () => {
     const gate = await startGate();
     const { bridge, source, conn, log } = await tappedBridge(gate, { flushMs: NEVER_MS, flushRows: NEVER_ROWS });
     const entries: StepEntry[] = [
@@ -422,6 +432,8 @@ describe('TapBridge flush policy over a real tap connection', () => {
     const again = record(reconnected);
     await waitFor('the tokens and the end on the new connection', () => again.length === 2, { observed: () => again.map((m) => m.kind) });
     expect(again).toEqual([tokensOf([entries]), endOf('req-1', 1)]);
+    // What waited went out in one write at the welcome.
+    expect(bridge.stats().writes).toBe(1);
     expect(log).toEqual([{ kind: 'close' }]);
   });
 
