@@ -261,3 +261,28 @@ describe.each(engines)('model server OpenAI API contract, on $engine', ({ start 
     });
   });
 });
+
+describe('model server /healthz engine counters', () => {
+  it('counts the prefill, the decode steps and the generated tokens of a request, and the time inside onnxruntime', async () => {
+    const server = await startModelServer({ model: 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=96,seed=7', name: NAME, port: 0, maxBatch: 4, threads: 1 });
+    try {
+      interface Health {
+        engine: { prefill_steps: number; decode_steps: number; generated_tokens: number; onnxruntime_ms: number };
+      }
+      const health = async (): Promise<Health['engine']> => ((await (await fetch(`${server.url}/healthz`)).json()) as Health).engine;
+      expect(await health()).toEqual({ prefill_steps: 0, decode_steps: 0, generated_tokens: 0, onnxruntime_ms: 0 });
+      const response = await fetch(`${server.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: NAME, prompt: 'Hi there', max_tokens: 6, temperature: 0 }),
+      });
+      expect(((await response.json()) as Completion).usage.completion_tokens).toBe(6);
+      // The prefill emits the first token, each decode step one more.
+      const after = await health();
+      expect(after).toMatchObject({ prefill_steps: 1, decode_steps: 5, generated_tokens: 6 });
+      expect(Number.isInteger(after.onnxruntime_ms) && after.onnxruntime_ms >= 0).toBe(true);
+    } finally {
+      await server.close();
+    }
+  });
+});
