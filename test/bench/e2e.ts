@@ -17,6 +17,8 @@
  * round's seconds. Reported per arm, as the median over rounds:
  *
  *   tok/s and × direct      generated tokens per second of wall time, against direct in the same round
+ *                           (ratios: median over rounds and a distribution-free interval for it,
+ *                           from order statistics, with its coverage printed under the table)
  *   TTFT p50                time to first token: request sent to the first chunk with a choice
  *   TPOT p50/p99            time per output token within a request (first to last chunk / (n − 1))
  *   model CPU-µs/tok        the model server's CPU time (every thread, /proc/PID/task/{TID}/schedstat) per generated
@@ -508,6 +510,34 @@ function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)];
 }
+/**
+ * The median of per-round values with a distribution-free confidence interval from order
+ * statistics: [x(k), x(n+1−k)] for the largest k whose coverage, 1 − 2·P(Binomial(n, ½) < k), is
+ * at least 90% (with 3 to 5 rounds that is the range, ~75–94%; the coverage is printed with the
+ * table). Rounds are paired within an arm's round, so the interval is about the ratio itself.
+ */
+function medianWithInterval(xs: number[], digits: number): string {
+  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  const n = s.length;
+  if (n < 3) return f(median(s), digits);
+  const k = orderStatisticK(n);
+  return `${f(median(s), digits)} [${f(s[k - 1], digits)}–${f(s[n - k], digits)}]`;
+}
+/** Largest k ≥ 1 with 1 − 2·P(Binomial(n, ½) ≤ k − 1) ≥ 0.9 (k = 1 when none reaches it). */
+function orderStatisticK(n: number): number {
+  let k = 1;
+  for (let c = 2; c <= Math.floor(n / 2); c++) if (intervalCoverage(n, c) >= 0.9) k = c;
+  return k;
+}
+function intervalCoverage(n: number, k: number): number {
+  let below = 0;
+  let binom = 1; // C(n, 0)
+  for (let i = 0; i < k; i++) {
+    below += binom / 2 ** n;
+    binom = (binom * (n - i)) / (i + 1);
+  }
+  return 1 - 2 * below;
+}
 function quantile(xs: number[], q: number): number {
   if (xs.length === 0) return NaN;
   const s = [...xs].sort((a, b) => a - b);
@@ -660,10 +690,12 @@ try {
         const ttft = rs.flatMap((x) => x.ttftMs);
         const sae = arm.name === 'saegate+sae' || arm.name === 'saegate+sae+monitor';
         lines.push(
-          `| ${s} | ${arm.name} | ${f(median(tps))} | ${f(median(ratio), 2)} | ${f(quantile(ttft, 0.5), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelMain))} / ${f(median(modelWorker))} / ${f(median(modelSys))} | ${f(median(modelSwitches), 2)} | ${f(median(tokPerStep), 2)} | ${f(median(onnxPerTok))} | ${f(median(modelRatio), 2)} | ${f(median(proxyRatio), 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${sae ? f(median(mainPerRow), 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
+          `| ${s} | ${arm.name} | ${f(median(tps))} | ${medianWithInterval(ratio, 2)} | ${f(quantile(ttft, 0.5), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelMain))} / ${f(median(modelWorker))} / ${f(median(modelSys))} | ${f(median(modelSwitches), 2)} | ${f(median(tokPerStep), 2)} | ${f(median(onnxPerTok))} | ${medianWithInterval(modelRatio, 2)} | ${medianWithInterval(proxyRatio, 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${sae ? f(median(mainPerRow), 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
         );
       }
     }
+    const k = orderStatisticK(rounds);
+    if (rounds >= 3) lines.push('', `Ratios: median over ${rounds} rounds [x(${k})–x(${rounds + 1 - k})], a distribution-free interval for the median covering ${f(intervalCoverage(rounds, k) * 100, 1)}%.`);
     lines.push('', 'Row ledger (tap rows = encoded + dropped):');
     for (const arm of arms) if (arm.saegate) lines.push(await ledger(arm));
     process.stdout.write(`${lines.join('\n')}\n`);
