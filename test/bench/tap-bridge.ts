@@ -150,7 +150,7 @@ async function main(): Promise<void> {
       sink.stdin.write(`${name === 'rows' ? HOOK : 'none'}\n`);
       while ((bridge.client.subscription?.hooks.length ?? -1) !== want) await sleep(1);
     }
-    await run(50);
+    await run(500); // warm-up: JIT-compiles this variant's paths before the measured steps
     const writes0 = bridge?.stats().writes ?? 0;
     const c0 = process.cpuUsage();
     const main0 = mainThreadCpuUs();
