@@ -6,9 +6,9 @@
  * Building is split in `measure` and `build` so a sender can learn the exact frame size, compare
  * it against its queue budget, and drop the rows before paying for the copy and f16 conversion.
  */
-import { argumentError } from './layout.js';
+import { argumentError, requestTableByteLength } from './layout.js';
 import { activationsFrameByteLength, writeActivationsFrame, writeTokensFrame, type ActivationData } from './codec.js';
-import { MAX_ID_BYTES, type StreamDtype } from './messages.js';
+import type { StreamDtype } from './messages.js';
 
 /** Rows of one hook point, in the model server's shape. */
 export interface ActivationRows {
@@ -31,13 +31,44 @@ export interface ActivationRows {
 }
 
 /**
+ * Turns per-row request ids into a frame's request table (distinct ids, in order of first row) and
+ * an index column into it, with a reused map and index buffer: a steady stream of frames stops
+ * allocating after the first few.
+ */
+class RequestTableIndex {
+  private readonly indexById = new Map<string, number>();
+  /** The distinct ids of the last `index` call. */
+  readonly table: string[] = [];
+  /** Row i's index into `table`, for the rows of the last `index` call (the array may be longer). */
+  rowIndexes = new Uint16Array(1024);
+
+  index(requestIds: readonly string[]): void {
+    const count = requestIds.length;
+    // Grow geometrically.
+    if (this.rowIndexes.length < count) this.rowIndexes = new Uint16Array(Math.max(count, this.rowIndexes.length * 2));
+    const { indexById, table, rowIndexes } = this;
+    indexById.clear();
+    table.length = 0;
+    for (let i = 0; i < count; i++) {
+      const id = requestIds[i];
+      let index = indexById.get(id);
+      if (index === undefined) {
+        index = table.length;
+        if (index === 0xffff) throw argumentError('more than 65535 distinct request ids in one frame');
+        indexById.set(id, index);
+        table.push(id);
+      }
+      rowIndexes[i] = index;
+    }
+  }
+}
+
+/**
  * Builds activations frames from per-row request ids. Keep one per sender: its id map and index
  * buffer are reused from frame to frame. Not safe to interleave `measure`/`build` of different rows.
  */
 export class ActivationFrameBuilder {
-  private readonly indexById = new Map<string, number>();
-  private readonly table: string[] = [];
-  private rowIndexes = new Uint16Array(1024);
+  private readonly requests = new RequestTableIndex();
   private tableBytes = 0;
   private measured: ActivationRows | null = null;
 
@@ -45,33 +76,11 @@ export class ActivationFrameBuilder {
   measure(rows: ActivationRows): number {
     const rowCount = rows.requestIds.length;
     if (rows.positions.length !== rowCount) throw argumentError(`${rows.positions.length} positions for ${rowCount} rows`);
-    if (this.rowIndexes.length < rowCount) {
-      // Grow geometrically so a steady stream of frames stops allocating after the first few.
-      this.rowIndexes = new Uint16Array(Math.max(rowCount, this.rowIndexes.length * 2));
-    }
-    const indexById = this.indexById;
-    const table = this.table;
-    const rowIndexes = this.rowIndexes;
-    indexById.clear();
-    table.length = 0;
-    let tableBytes = 2;
-    for (let i = 0; i < rowCount; i++) {
-      const id = rows.requestIds[i];
-      let index = indexById.get(id);
-      if (index === undefined) {
-        index = table.length;
-        if (index === 0xffff) throw argumentError('more than 65535 distinct request ids in one frame');
-        const n = Buffer.byteLength(id, 'utf8');
-        if (n === 0 || n > MAX_ID_BYTES) throw argumentError(`request id '${id}' must take 1..${MAX_ID_BYTES} UTF-8 bytes`);
-        tableBytes += 1 + n;
-        indexById.set(id, index);
-        table.push(id);
-      }
-      rowIndexes[i] = index;
-    }
-    this.tableBytes = tableBytes;
+    this.requests.index(rows.requestIds);
+    // Checks every id takes 1..MAX_ID_BYTES UTF-8 bytes.
+    this.tableBytes = requestTableByteLength(this.requests.table);
     this.measured = rows;
-    return activationsFrameByteLength(tableBytes, rowCount, rows.dModel, rows.dtype);
+    return activationsFrameByteLength(this.tableBytes, rowCount, rows.dModel, rows.dtype);
   }
 
   /**
@@ -86,10 +95,10 @@ export class ActivationFrameBuilder {
       dtype: rows.dtype,
       dModel: rows.dModel,
       droppedRows: droppedRowsSinceLastFrame,
-      requestIds: this.table,
+      requestIds: this.requests.table,
       requestTableBytes: this.tableBytes,
       rowCount: rows.requestIds.length,
-      rowRequestIndexes: this.rowIndexes,
+      rowRequestIndexes: this.requests.rowIndexes,
       positions: rows.positions,
       data: rows.data,
     });
@@ -123,32 +132,16 @@ export interface TokenEntries {
  * ActivationFrameBuilder): building a frame allocates the frame and nothing per entry.
  */
 export class TokensFrameBuilder {
-  private readonly indexById = new Map<string, number>();
-  private readonly table: string[] = [];
-  private rowIndexes = new Uint16Array(1024);
+  private readonly requests = new RequestTableIndex();
 
   build(entries: TokenEntries): Uint8Array {
     const count = entries.requestIds.length;
     if (entries.positions.length !== count || entries.tokenIds.length !== count || entries.texts.length !== count) {
       throw argumentError('tokens: requestIds, positions, tokenIds and texts must have the same length');
     }
-    if (this.rowIndexes.length < count) this.rowIndexes = new Uint16Array(Math.max(count, this.rowIndexes.length * 2));
-    const { indexById, table, rowIndexes } = this;
-    indexById.clear();
-    table.length = 0;
-    for (let i = 0; i < count; i++) {
-      const id = entries.requestIds[i];
-      let index = indexById.get(id);
-      if (index === undefined) {
-        index = table.length;
-        if (index === 0xffff) throw argumentError('more than 65535 distinct request ids in one frame');
-        indexById.set(id, index);
-        table.push(id);
-      }
-      rowIndexes[i] = index;
-    }
+    this.requests.index(entries.requestIds);
     // writeTokensFrame validates id lengths (requestTableByteLength), positions and texts.
-    return writeTokensFrame({ requestIds: table, count, rowRequestIndexes: rowIndexes, positions: entries.positions, tokenIds: entries.tokenIds, texts: entries.texts });
+    return writeTokensFrame({ requestIds: this.requests.table, count, rowRequestIndexes: this.requests.rowIndexes, positions: entries.positions, tokenIds: entries.tokenIds, texts: entries.texts });
   }
 }
 
