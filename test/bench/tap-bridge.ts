@@ -26,7 +26,7 @@ import os from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { setInterval } from 'node:timers/promises';
 import { loadModel } from '../../src/model/load.js';
 import { TapBridge } from '../../src/model/tap-bridge.js';
 import { StepSource } from '../helpers/step-source.js';
@@ -35,6 +35,7 @@ import type { Tokenizer } from '../../src/model/types.js';
 import { TapServer, type TapConnection } from '../../src/tap/server.js';
 import { seededUniform } from '../../src/common/random.js';
 import { hasSharedModels, stories260K } from '../helpers/fixtures.js';
+import { waitFor } from '../helpers/wait.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, steps: { type: 'string' }, streams: { type: 'string' }, 'flush-ms': { type: 'string' }, variants: { type: 'string' }, sink: { type: 'string' } } });
 const HOOK = 'blocks.3.hook_resid_post';
@@ -82,11 +83,17 @@ async function main(): Promise<void> {
   let connections = 0;
 
   let requestSeq = 0;
-  /** Runs `count` steps at one step per millisecond: `streams` requests, each 128 tokens after a prefill. */
+  /**
+   * Runs `count` steps at one step per millisecond, the decode clock of stories260K at 8 streams (a
+   * 1 ms interval: the steps' own work does not stretch the period): `streams` requests, each 128
+   * tokens after a prefill.
+   */
   async function run(count: number): Promise<number> {
     const live: { id: string; generated: number; position: number }[] = [];
     let tokens = 0;
+    const clock = setInterval(1)[Symbol.asyncIterator]();
     for (let step = 0; step < count; step++) {
+      await clock.next();
       // Requests that finished make room for new ones, which arrive as one prefill step.
       const admitted: typeof live = [];
       while (live.length + admitted.length < streams) admitted.push({ id: `cmpl-bench-${String(requestSeq++).padStart(24, '0')}`, generated: 0, position: prompt.length });
@@ -129,8 +136,8 @@ async function main(): Promise<void> {
         const [done] = live.splice(i, 1);
         source.end(done.id, { finishReason: 'length', promptTokens: prompt.length, completionTokens: 128 });
       }
-      await sleep(1);
     }
+    await clock.return?.();
     for (const r of live) source.end(r.id, { finishReason: 'abort', promptTokens: prompt.length, completionTokens: r.generated });
     return tokens;
   }
@@ -147,8 +154,9 @@ async function main(): Promise<void> {
     }
     if (bridge !== null) {
       const want = name === 'rows' ? 1 : 0;
+      const client = bridge.client;
       sink.stdin.write(`${name === 'rows' ? HOOK : 'none'}\n`);
-      while ((bridge.client.subscription?.hooks.length ?? -1) !== want) await sleep(1);
+      await waitFor(`the ${name} subscription (${want} hook)`, () => (client.subscription?.hooks.length ?? -1) === want, { observed: () => client.subscription });
     }
     await run(500); // warm-up: JIT-compiles this variant's paths before the measured steps
     const writes0 = bridge?.stats().writes ?? 0;
