@@ -115,11 +115,15 @@ export interface ActivationsLayout {
 /** Row values: one array, or the consecutive parts of one (all Float32Array or all Uint16Array). */
 export type ActivationData = Float32Array | Uint16Array | readonly Float32Array[] | readonly Uint16Array[];
 
+/** `data` as a list of parts (one array is one part). */
+function dataParts(data: ActivationData): readonly (Float32Array | Uint16Array)[] {
+  return Array.isArray(data) ? (data as readonly (Float32Array | Uint16Array)[]) : [data as Float32Array | Uint16Array];
+}
+
 /** How many values `data` holds, over all its parts. */
 export function activationDataLength(data: ActivationData): number {
-  if (!Array.isArray(data)) return (data as Float32Array | Uint16Array).length;
   let n = 0;
-  for (const part of data as readonly (Float32Array | Uint16Array)[]) n += part.length;
+  for (const part of dataParts(data)) n += part.length;
   return n;
 }
 
@@ -160,28 +164,26 @@ export function writeActivationsFrame(layout: ActivationsLayout): Buffer {
     at += ACTIVATION_ROW_BYTES;
   }
   for (let pad = padTo4(at); pad > 0; pad--) frame[at++] = 0;
-  if (!Array.isArray(layout.data)) {
-    writeElements(frame, at, dtype, layout.data as Float32Array | Uint16Array, rowCount * dModel);
-    return frame;
-  }
-  for (const part of layout.data as readonly (Float32Array | Uint16Array)[]) {
-    writeElements(frame, at, dtype, part, part.length);
+  // The parts hold rowCount × dModel values together (checked above).
+  for (const part of dataParts(layout.data)) {
+    writeElements(frame, at, dtype, part);
     at += part.length * dtypeBytes(dtype);
   }
   return frame;
 }
 
-/** Copies `count` elements into the frame at `offset` (4-aligned), converting to `dtype`. */
-function writeElements(frame: Buffer, offset: number, dtype: StreamDtype, data: Float32Array | Uint16Array, count: number): void {
+/** Copies all of `data` into the frame at `offset` (4-aligned), converting to `dtype`. */
+function writeElements(frame: Buffer, offset: number, dtype: StreamDtype, data: Float32Array | Uint16Array): void {
+  const count = data.length;
   if (count === 0) return;
   if (dtype === 'f32') {
     const dst = new Float32Array(frame.buffer, frame.byteOffset + offset, count);
-    if (data instanceof Float32Array) dst.set(data.length === count ? data : data.subarray(0, count));
-    else f16ToF32(data.length === count ? data : data.subarray(0, count), dst);
+    if (data instanceof Float32Array) dst.set(data);
+    else f16ToF32(data, dst);
   } else {
     const dst = new Uint16Array(frame.buffer, frame.byteOffset + offset, count);
-    if (data instanceof Uint16Array) dst.set(data.length === count ? data : data.subarray(0, count));
-    else f32ToF16(data.length === count ? data : data.subarray(0, count), dst);
+    if (data instanceof Uint16Array) dst.set(data);
+    else f32ToF16(data, dst);
   }
 }
 
