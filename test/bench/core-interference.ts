@@ -17,6 +17,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import { LocalEngine } from '../../src/model/engine.js';
 import { loadModel } from '../../src/model/load.js';
+import { median } from '../helpers/bench-stats.js';
 import { hasSharedModels, stories260K } from '../helpers/fixtures.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, seconds: { type: 'string' } } });
@@ -77,7 +78,7 @@ async function main(): Promise<void> {
       '| round | idle µs/tok | busy µs/tok | busy / idle |',
       '|---|---|---|---|',
       ...rows,
-      `\nmedian busy / idle: ${sorted[Math.floor(sorted.length / 2)].toFixed(3)} (range ${sorted[0].toFixed(3)}–${sorted[sorted.length - 1].toFixed(3)})\n`,
+      `\nmedian busy / idle: ${median(ratios).toFixed(3)} (range ${sorted[0].toFixed(3)}–${sorted[sorted.length - 1].toFixed(3)})\n`,
     ].join('\n'),
   );
 }

@@ -73,6 +73,7 @@ import { hasSharedModels, makeTempDir, stories260K } from '../helpers/fixtures.j
 import { freePort } from '../helpers/ports.js';
 import { seededStandardSae } from '../helpers/sae.js';
 import { waitFor } from '../helpers/wait.js';
+import { median } from '../helpers/bench-stats.js';
 
 const { values } = parseArgs({
   options: {
@@ -505,11 +506,6 @@ async function runRound(arm: Arm, streams: number, seconds: number): Promise<Rou
 // ---------------------------------------------------------------------------------------------
 // Report
 
-function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 /**
  * The median of per-round values with a distribution-free confidence interval from order
  * statistics: [x(k), x(n+1−k)] for the largest k whose coverage, 1 − 2·P(Binomial(n, ½) < k), is

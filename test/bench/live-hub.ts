@@ -17,6 +17,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { LiveHub, type LiveFeatureBatch } from '../../src/proxy/live/hub.js';
+import { median } from '../helpers/bench-stats.js';
 
 const ROWS = 256;
 const REQUESTS = 8;
@@ -65,11 +66,6 @@ function runSegment(variant: Variant, batches: LiveFeatureBatch[]): number {
   const seconds = (performance.now() - start) / 1000;
   if (sink === Number.NEGATIVE_INFINITY) console.log(sink);
   return rows / seconds;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
 }
 
 console.log(`LiveHub.features: ${ROWS}-row batches from ${REQUESTS} requests; median of 4 segments of ${SEGMENT_MS} ms per variant`);

@@ -22,6 +22,7 @@ import { allHookPoints, type ModelWeights } from '../../src/model/types.js';
 import { syntheticWeights } from '../../src/model/weights/synthetic.js';
 import { TapServer } from '../../src/tap/server.js';
 import { hasSharedModels, stories260K } from '../helpers/fixtures.js';
+import { median } from '../helpers/bench-stats.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, tokens: { type: 'string' }, threads: { type: 'string' }, quick: { type: 'boolean' } } });
 const rounds = Number(values.rounds ?? (values.quick ? 2 : 7));
@@ -30,11 +31,6 @@ const tokensPerStream = Number(values.tokens ?? (values.quick ? 32 : 96));
 
 type Variant = 'plain' | 'tap all f32' | 'tap all f16' | 'steer 1 hook';
 const variants: Variant[] = ['plain', 'tap all f32', 'tap all f16', 'steer 1 hook'];
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 /** Waits until the model server has received a subscription to `hookCount` hooks. */
 async function subscribed(bridge: TapBridge, hookCount: number): Promise<void> {

@@ -36,6 +36,7 @@ import { TapServer, type TapConnection } from '../../src/tap/server.js';
 import { seededUniform } from '../../src/common/random.js';
 import { hasSharedModels, stories260K } from '../helpers/fixtures.js';
 import { waitFor } from '../helpers/wait.js';
+import { median } from '../helpers/bench-stats.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, steps: { type: 'string' }, streams: { type: 'string' }, 'flush-ms': { type: 'string' }, variants: { type: 'string' }, sink: { type: 'string' } } });
 const HOOK = 'blocks.3.hook_resid_post';
@@ -196,7 +197,6 @@ async function main(): Promise<void> {
   sink.stdin.write('count\n');
   const [, rows, tokens] = await waitOut(/count (\d+) (\d+)/);
   sink.stdin.end();
-  const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   process.stdout.write(`\n## Tap bridge on the model server's event loop: ${streams} streams, one step per ms, ${stepsPerRound} steps per round, median of ${rounds} rounds\n\n`);
   process.stdout.write('| variant | writes/step | CPU µs/step | CPU µs/token | of it, main thread | of it, kernel | bridge µs/token (over untapped, same round) |\n|---|---|---|---|---|---|---|\n');
   for (const name of names) {

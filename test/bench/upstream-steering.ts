@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util';
 import { createSteeringStrategy, type SteeringStrategy } from '../../src/proxy/upstream-steering.js';
 import type { SteeringTerm } from '../../src/tap/host.js';
 import type { TapHost } from '../../src/tap/host.js';
+import { median } from '../helpers/bench-stats.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, iterations: { type: 'string' } } });
 const rounds = Number(values.rounds ?? 7);
@@ -40,11 +41,6 @@ function terms(dModel: number): SteeringTerm[] {
   // One Float32Array reused across requests, as the policy resolver hands them out.
   const vector = Float32Array.from({ length: dModel }, (_, i) => Math.sin(i * 0.37) / 7);
   return [{ hook: 'blocks.6.hook_resid_post', vector, scale: 4, fromPosition: 0, untilPosition: null }];
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
 }
 
 /** Mean µs per call of `run` over `iterations` calls. */

@@ -18,17 +18,13 @@ import { vectorsBuild } from '../../src/cli/vectors-build.js';
 import { readCorpus } from '../../src/lab/corpus/read.js';
 import { startModelServer } from '../../src/model/server.js';
 import { hasSharedModels, makeTempDir, stories260K } from '../helpers/fixtures.js';
+import { median } from '../helpers/bench-stats.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, quick: { type: 'boolean' } } });
 const rounds = Number(values.rounds ?? (values.quick ? 1 : 3));
 const CONCURRENCY = 8;
 
 const examples = path.resolve(import.meta.dirname, '../../examples/prompts');
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 /** Runs `texts` as one-token completions, `CONCURRENCY` at a time; returns prompts/s. */
 async function baseline(url: string, model: string, texts: string[]): Promise<number> {
