@@ -97,6 +97,7 @@ export async function startProxyWithSaes(
           registry,
           maxBatchRows: options.saeBatchRows,
           maxDelayMs: options.saeMaxDelayMs,
+          monitorDelayMs: options.saeMonitorDelayMs,
           maxQueuedRows: options.saeMaxQueuedRows,
           workers: options.saeWorkers,
           ...(options.saeTopK !== undefined && options.saeTopK > 0 && { topK: options.saeTopK }),
@@ -117,6 +118,8 @@ export async function startProxyWithSaes(
   }) : undefined;
   const planResolver: PlanResolver | undefined = policies && conditions && { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) };
   const offResults = conditions && sink?.onResult(conditions.onResult);
+  // Rows a conditional rule waits on get the short batch deadline; the rest only feed monitoring.
+  sink?.setUrgency(conditions ? (hook, requestIds) => conditions.waitsOn(hook, requestIds) : () => false);
   // The condition runtime sees tokens, plan acks and (for projection conditions) the tapped rows,
   // with or without SAEs.
   const observedSaes = conditions ? conditions.observing(sink ?? new CountingSink()) : sink;

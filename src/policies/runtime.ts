@@ -331,6 +331,23 @@ export class ConditionRuntime {
     };
   }
 
+  /**
+   * Whether a conditional rule still waits on the SAE results of rows at `hook` of any of these
+   * requests: one that has not fired yet, on that SAE's features (the SAE sink's urgency test, asked
+   * once per tap frame with its request table). Such rows go to the SAE with the short batch
+   * deadline; the others, including every row of a request whose rules have all fired, with the
+   * monitoring one.
+   */
+  waitsOn(hook: string, requestIds: readonly string[]): boolean {
+    if (this.requests.size === 0) return false;
+    const sae = this.options.saeByHook.get(hook);
+    if (sae === undefined) return false;
+    for (let i = 0; i < requestIds.length; i++) {
+      if (this.requests.get(requestIds[i])?.groups.get(sae)?.active === true) return true;
+    }
+    return false;
+  }
+
   /** `SaeSink.onResult` listener: evaluates every row of a request with conditional rules. */
   readonly onResult = (batch: SaeResultBatch): void => {
     if (this.requests.size === 0) return;

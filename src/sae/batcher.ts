@@ -5,12 +5,19 @@
  * Rows are copied as they come (f32 values, or f16 bits) into a preallocated batch buffer; f16
  * rows are widened to f32 by the worker, not here, so the event loop only copies bytes. A batch
  * holds rows of one hook and one element type; a push of another closes the open batch. A batch is
- * sent when it holds `maxBatchRows` rows or `maxDelayMs` after its first row arrived, whichever is
- * first. At most `maxInFlight` batches are with the pool; full batches beyond that wait in a queue.
- * A batch whose deadline passes while the pool has no room stays open and keeps taking rows until
- * the pool answers: it could not have left earlier anyway, so nobody waits longer, and under load
- * batches grow instead of each paying a worker round trip for a few rows (adaptive batching; the
- * end-to-end bench, test/bench/e2e.ts, shows a few rows per batch at 2 ms on a small model).
+ * sent when it holds `maxBatchRows` rows or at its deadline, whichever is first. At most
+ * `maxInFlight` batches are with the pool; full batches beyond that wait in a queue. A batch whose
+ * deadline passes while the pool has no room stays open and keeps taking rows until the pool
+ * answers: it could not have left earlier anyway, so nobody waits longer, and under load batches
+ * grow instead of each paying a worker round trip for a few rows (adaptive batching).
+ *
+ * Deadlines follow who waits on the rows. A batch's deadline is `relaxedDelayMs` after its first
+ * row when nobody waits on its rows (they feed monitoring, whose windows span seconds), and
+ * `maxDelayMs` after the first urgent push (`isUrgent`: a conditional policy's rule on these
+ * features has yet to fire for one of its requests). Each batch and worker round trip costs a fixed
+ * amount whatever its size, so long deadlines cut the cost per row; short ones keep the lag of
+ * conditional steering low. On stories260K at 8 streams (test/bench/e2e.ts) 2 ms gathers about 35
+ * rows and 20 ms about 250.
  *
  * Overload: `push()` never blocks and never throws on overload, so the tap and the request path
  * never wait on the SAE. The queue (waiting batches plus the open one, not the batches with the
@@ -42,7 +49,6 @@
  * arrived while its row was being encoded is still attached.
  */
 import diagnostics from 'node:diagnostics_channel';
-import { performance } from 'node:perf_hooks';
 import { SAE_BATCH_SENT_CHANNEL, SAE_BATCH_SETTLED_CHANNEL } from '../common/diagnostics.js';
 import { err } from '../common/errors.js';
 import type { SaeEncoder } from './pool.js';
@@ -91,8 +97,19 @@ export interface MicroBatcherOptions {
   dIn: number;
   /** Most rows per batch. Default 256. */
   maxBatchRows?: number;
-  /** Longest a row waits for its batch to fill, milliseconds. Default 2. */
+  /** Longest an urgent row (see `isUrgent`) waits for its batch to fill, milliseconds. Default 2. */
   maxDelayMs?: number;
+  /**
+   * Longest a row nobody waits on waits for its batch to fill, milliseconds: rows that only feed
+   * monitoring gather into larger batches, which cost far less per row. Default `maxDelayMs`.
+   */
+  relaxedDelayMs?: number;
+  /**
+   * Whether someone waits on a push's rows (a conditional policy on one of their requests): asked
+   * once per push, not per row; an urgent push cuts the open batch's deadline to `maxDelayMs` from
+   * now. Default: every push is urgent. Replaceable later with `setUrgency`.
+   */
+  isUrgent?: (meta: PushMeta) => boolean;
   /** Most rows waiting for the pool (open batch plus full batches not yet sent); rows beyond are dropped as `queue_full`. Default 8192. */
   maxQueuedRows?: number;
   /**
@@ -203,6 +220,8 @@ export interface MicroBatcherStats {
   batches: number;
   /** Rows per batch sent, on average (0 before the first). */
   meanBatchRows: number;
+  /** Batches whose deadline was `maxDelayMs` because an urgent push reached them (see `isUrgent`). */
+  urgentBatches: number;
 }
 
 interface Batch {
@@ -220,6 +239,8 @@ interface Batch {
   positions: Int32Array;
   /** performance.now() when the first row was pushed. */
   openedAt: number;
+  /** An urgent push reached it (its deadline is `maxDelayMs` from that push at the latest). */
+  urgent: boolean;
   /** performance.now() when the batch went to the pool. */
   sentAt: number;
 }
@@ -254,11 +275,14 @@ export class MicroBatcher {
     rowsDropped: { queue_full: 0, sampled: 0, worker_exited: 0, encode_failed: 0 },
     batches: 0,
     meanBatchRows: 0,
+    urgentBatches: 0,
   };
   private readonly pool: SaeEncoder;
   private readonly dIn: number;
   private readonly maxBatchRows: number;
   private readonly maxDelayMs: number;
+  private readonly relaxedDelayMs: number;
+  private isUrgent: ((meta: PushMeta) => boolean) | null;
   private readonly maxQueuedRows: number;
   private readonly sampleAboveRows: number;
   private readonly maxInFlight: number;
@@ -269,6 +293,8 @@ export class MicroBatcher {
   private readonly freeBuffers: ArrayBuffer[] = [];
   private open: Batch | null = null;
   private timer: NodeJS.Timeout | null = null;
+  /** performance.now() at which the open batch's timer fires (Infinity with no timer). */
+  private deadlineAt = Infinity;
   /** The open batch's deadline passed while the pool had no room: it goes as soon as there is. */
   private overdue = false;
   private readonly waiting: Batch[] = [];
@@ -296,6 +322,8 @@ export class MicroBatcher {
     this.dIn = options.dIn;
     this.maxBatchRows = options.maxBatchRows ?? 256;
     this.maxDelayMs = options.maxDelayMs ?? 2;
+    this.relaxedDelayMs = options.relaxedDelayMs ?? this.maxDelayMs;
+    this.isUrgent = options.isUrgent ?? null;
     this.maxQueuedRows = options.maxQueuedRows ?? 8192;
     this.sampleAboveRows = options.sampleAboveRows ?? Math.floor(this.maxQueuedRows / 2);
     this.maxInFlight = options.maxInFlight ?? options.pool.workers;
@@ -308,6 +336,12 @@ export class MicroBatcher {
       throw err('SAEGATE_ERR_CONFIG', 'sampleAboveRows', `an integer from 0 to maxQueuedRows (${this.maxQueuedRows}), got ${this.sampleAboveRows}`);
     }
     if (!(this.maxDelayMs >= 0)) throw err('SAEGATE_ERR_CONFIG', 'maxDelayMs', `a non-negative number, got ${this.maxDelayMs}`);
+    if (!(this.relaxedDelayMs >= this.maxDelayMs)) throw err('SAEGATE_ERR_CONFIG', 'relaxedDelayMs', `a number of at least maxDelayMs (${this.maxDelayMs}), got ${this.relaxedDelayMs}`);
+  }
+
+  /** Replaces the urgency test (`MicroBatcherOptions.isUrgent`); null makes every push urgent. Batches already open keep their deadline. */
+  setUrgency(isUrgent: ((meta: PushMeta) => boolean) | null): void {
+    this.isUrgent = isUrgent;
   }
 
   /** Subscribes to result batches; returns the unsubscribe function. */
@@ -366,6 +400,7 @@ export class MicroBatcher {
       return;
     }
     if (this.open !== null && (this.open.hook !== meta.hook || this.open.rows instanceof Uint16Array !== rows instanceof Uint16Array)) this.flush();
+    const urgent = this.isUrgent === null || this.isUrgent(meta);
     const max = this.maxQueuedRows;
     const mark = this.sampleAboveRows;
     const span = max - mark;
@@ -379,7 +414,7 @@ export class MicroBatcher {
     let runLength = 0;
     const commit = (): void => {
       if (runLength === 0) return;
-      this.append(rows, runStart, runLength, meta);
+      this.append(rows, runStart, runLength, meta, urgent);
       runLength = 0;
       queued = this.queuedRows;
       room = this.maxBatchRows - (this.open?.rowCount ?? 0);
@@ -416,9 +451,14 @@ export class MicroBatcher {
   }
 
   /** Copies rows [start, start + count) into the open batch (opening one); `count` fits in it. */
-  private append(rows: Float32Array | Uint16Array, start: number, count: number, meta: PushMeta): void {
+  private append(rows: Float32Array | Uint16Array, start: number, count: number, meta: PushMeta, urgent: boolean): void {
     const dIn = this.dIn;
     const batch = this.open ?? this.openBatch(meta.hook, rows instanceof Uint16Array);
+    // The deadline starts with the batch's first row (relaxed or urgent) and an urgent push cuts it
+    // to maxDelayMs from now; a full batch flushes before it fires.
+    if (batch.rowCount === 0) this.arm(urgent ? this.maxDelayMs : this.relaxedDelayMs);
+    else if (urgent && !batch.urgent) this.arm(this.maxDelayMs);
+    if (urgent) batch.urgent = true;
     const at = batch.rowCount;
     // Same element type on both sides (push() closes a batch of the other type): a byte copy.
     batch.rows.set(rows.subarray(start * dIn, (start + count) * dIn), at * dIn);
@@ -463,17 +503,25 @@ export class MicroBatcher {
     const size = this.maxBatchRows;
     // A batch has at most maxBatchRows requests, so indexes below 65536 fit 16 bits.
     const rowRequestIndexes = size <= 0x10000 ? new Uint16Array(size) : new Uint32Array(size);
-    const batch: Batch = { seq: -1, hook, rows, rowCount: 0, requestIds: [], requestIndex: new Map(), rowRequestIndexes, positions: new Int32Array(size), openedAt: performance.now(), sentAt: 0 };
+    const batch: Batch = { seq: -1, hook, rows, rowCount: 0, requestIds: [], requestIndex: new Map(), rowRequestIndexes, positions: new Int32Array(size), openedAt: performance.now(), sentAt: 0, urgent: false };
     // The translation map of the current push points into the previous batch's table.
     this.epoch++;
     this.open = batch;
-    // The deadline starts with the batch's first row; a full batch flushes before it fires.
+    return batch;
+  }
+
+  /** Sets the open batch's deadline to `delayMs` from now, unless it already falls earlier. */
+  private arm(delayMs: number): void {
+    const at = performance.now() + delayMs;
+    if (at >= this.deadlineAt) return;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.deadlineAt = at;
     this.timer = setTimeout(() => {
       this.timer = null;
+      this.deadlineAt = Infinity;
       if (this.inFlight >= this.maxInFlight) this.overdue = true;
       else this.flush();
-    }, this.maxDelayMs);
-    return batch;
+    }, delayMs);
   }
 
   /** Closes the open batch (if any) and sends it, or queues it when `maxInFlight` batches are out. */
@@ -482,6 +530,7 @@ export class MicroBatcher {
       clearTimeout(this.timer);
       this.timer = null;
     }
+    this.deadlineAt = Infinity;
     this.overdue = false;
     const batch = this.open;
     this.open = null;
@@ -503,6 +552,7 @@ export class MicroBatcher {
   private send(batch: Batch): void {
     this.inFlight++;
     this.stats.batches++;
+    if (batch.urgent) this.stats.urgentBatches++;
     this.rowsSent += batch.rowCount;
     this.stats.meanBatchRows = this.rowsSent / this.stats.batches;
     batch.sentAt = performance.now();

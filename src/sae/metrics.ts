@@ -48,6 +48,8 @@ export const SAE_METRIC_NAMES = [
   'saegate_sae_rows_encoded_total',
   'saegate_sae_rows_dropped_total',
   'saegate_sae_batches_total',
+  'saegate_sae_urgent_batches_total',
+  'saegate_sae_run_seconds_total',
   'saegate_sae_batch_rows',
   'saegate_sae_encode_seconds',
   'saegate_sae_result_latency_seconds',
@@ -83,6 +85,8 @@ export class SaeMetrics {
     perHook('saegate_sae_rows_total', 'Activation rows that reached an SAE (encoded, dropped or still queued).', (s) => s.batcher.rowsIn + s.rowsRejected);
     perHook('saegate_sae_rows_encoded_total', 'Activation rows encoded by the SAE.', (s) => s.batcher.rowsEncoded);
     perHook('saegate_sae_batches_total', 'Batches sent to the SAE worker pool.', (s) => s.batcher.batches);
+    perHook('saegate_sae_urgent_batches_total', 'Batches sent on the short deadline (--sae-max-delay-ms) because a conditional policy waited on their rows.', (s) => s.batcher.urgentBatches);
+    perHook('saegate_sae_run_seconds_total', "Time the SAE's workers spent inside onnxruntime's run (wall clock), seconds.", (s) => s.pool.runMs / 1000);
     perHook('saegate_sae_worker_restarts_total', 'SAE workers replaced after they crashed or exited.', (s) => s.pool.workerRestarts);
     new Counter({
       name: 'saegate_sae_rows_dropped_total',

@@ -37,8 +37,13 @@ export interface SaeSinkOptions {
   device?: Device;
   /** Micro-batch size in rows. Default 256. */
   maxBatchRows?: number;
-  /** Longest a row waits for its batch, ms. Default 2. */
+  /** Longest a row someone waits on (see `setUrgency`) waits for its batch, ms. Default 2. */
   maxDelayMs?: number;
+  /**
+   * Longest a row nobody waits on waits for its batch, ms: monitoring-only rows gather into larger,
+   * cheaper batches. Never shorter than `maxDelayMs`, which is also the default.
+   */
+  monitorDelayMs?: number;
   /** Rows queued per SAE before every row is dropped (`queue_full`). Default 8192. */
   maxQueuedRows?: number;
   /** Queued rows per SAE above which rows are sampled (see MicroBatcher). Default `maxQueuedRows / 2`. */
@@ -96,6 +101,7 @@ export class SaeSink implements ActivationSink {
           dIn: sae.config.dIn,
           maxBatchRows: options.maxBatchRows,
           maxDelayMs: options.maxDelayMs,
+          relaxedDelayMs: Math.max(options.monitorDelayMs ?? 0, options.maxDelayMs ?? 2),
           maxQueuedRows: options.maxQueuedRows,
           sampleAboveRows: options.sampleAboveRows,
           tokens,
@@ -157,6 +163,15 @@ export class SaeSink implements ActivationSink {
     // A pool that never answers must not make this list grow without bound: the oldest ends go
     // early, and rows still queued for them get unknown tokens.
     if (this.pendingEnds.length > this.maxPendingEnds) this.requestTokens.delete(this.pendingEnds.shift()!.requestId);
+  }
+
+  /**
+   * Says which rows someone waits on: `isUrgent(hook, requestIds)` is asked once per tap frame with
+   * the frame's request table, and a true answer gives the frame's rows `maxDelayMs` instead of
+   * `monitorDelayMs`. null (the default) makes every row urgent.
+   */
+  setUrgency(isUrgent: ((hook: string, requestIds: readonly string[]) => boolean) | null): void {
+    for (const b of this.bindings) b.batcher.setUrgency(isUrgent === null ? null : (meta) => isUrgent(meta.hook, meta.requestIds));
   }
 
   /** Subscribes to encoded batches of every SAE; returns the unsubscribe function. */

@@ -6,6 +6,8 @@
  *   proxy                   load → saegate serve → model server without a tap (the HTTP hop alone)
  *   saegate                 load → saegate serve (no SAE) → model server --tap
  *   saegate+sae             … with `--sae` (a seeded TopK SAE on one hook, every tapped row)
+ *   saegate+sae+drift       … plus `--baseline` and `--watch` (8 features): monitoring only, so
+ *                           every row takes the monitoring batch deadline (--sae-monitor-delay-ms)
  *   saegate+sae+monitor     … plus `--baseline`, `--watch` (8 features) and `--policies` (a
  *                           conditional steer and a conditional flag on watched features)
  *
@@ -38,6 +40,9 @@
  *                           graph at batch 256 (f32 rows, one thread), measured in this process
  *   event loop µs/row       the part of saegate µs/row spent on saegate's main thread (the event
  *                           loop: tap frames, batching, results, monitor, live view, policies)
+ *   SAE run µs/row          wall time saegate's SAE workers spent inside onnxruntime's run per
+ *                           row (saegate_sae_run_seconds_total): the SAE's arithmetic at the batch
+ *                           sizes it really got, with cold caches and preemption on a shared core
  *
  * and, per saegate, the row ledger at the end: tap rows = rows encoded + rows dropped by reason.
  * Models: stories260K (../shared/models; a 64 → 1024 TopK SAE, k 32, at blocks.3) and a synthetic
@@ -101,8 +106,10 @@ const streamCounts = (values.streams ?? '1,8,32').split(',').map(Number);
 const maxTokens = Number(values.tokens ?? 128);
 const profileDir = values.profile === undefined ? null : path.resolve(values.profile);
 
-const ARMS = ['direct', 'proxy', 'saegate', 'saegate+sae', 'saegate+sae+monitor'] as const;
+const ARMS = ['direct', 'proxy', 'saegate', 'saegate+sae', 'saegate+sae+drift', 'saegate+sae+monitor'] as const;
 type ArmName = (typeof ARMS)[number];
+/** The arms that run an SAE. */
+const hasSae = (name: ArmName): boolean => name === 'saegate+sae' || name === 'saegate+sae+drift' || name === 'saegate+sae+monitor';
 const armNames = (values.arms?.split(',') ?? [...ARMS]) as ArmName[];
 for (const a of armNames) if (!ARMS.includes(a)) throw new Error(`unknown arm ${a}; arms: ${ARMS.join(', ')}`);
 if (!armNames.includes('direct')) armNames.unshift('direct');
@@ -354,8 +361,9 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
     }
     const upstreamPort = await freePort();
     const args = ['serve', '--upstream', `http://127.0.0.1:${upstreamPort}`, '--port', '0', ...(name === 'proxy' ? [] : ['--require-tap']), ...extraSaegateArgs];
-    if (name === 'saegate+sae' || name === 'saegate+sae+monitor') args.push('--sae', saeDir);
-    if (name === 'saegate+sae+monitor') args.push('--baseline', baseline, '--watch', path.join(dir, 'watch.yaml'), '--policies', policyDir);
+    if (hasSae(name)) args.push('--sae', saeDir);
+    if (name === 'saegate+sae+drift' || name === 'saegate+sae+monitor') args.push('--baseline', baseline, '--watch', path.join(dir, 'watch.yaml'));
+    if (name === 'saegate+sae+monitor') args.push('--policies', policyDir);
     const saegate = startProc(`${m.name} saegate ${name}`, SAEGATE_CORE, args);
     let apiUrl = '';
     let tapUrl = '';
@@ -398,6 +406,8 @@ interface RoundResult {
   /** saegate's main thread (event loop) alone. */
   saegateMainNs: number;
   rowsEncoded: number;
+  /** Seconds saegate's SAE workers spent inside onnxruntime's run. */
+  saeRunS: number;
   errors: number;
 }
 
@@ -500,7 +510,7 @@ async function runRound(arm: Arm, streams: number, seconds: number): Promise<Rou
   const engine1 = await engineCounters(arm.modelUrl);
   await agent.close();
   const delta = (name: string): number => (before && after ? total(after, name) - total(before, name) : 0);
-  return { tokens, wallS, tpotMs: tpot, ttftMs: ttft, modelCpuNs: model.all, modelMainNs: model.main, modelWorkerNs: model.busiestOther, modelSysNs: model.sys, modelSwitches: model.switches, decodeSteps: engine1.decode_steps - engine0.decode_steps, onnxMs: engine1.onnxruntime_ms - engine0.onnxruntime_ms, saegateCpuNs: sg.all, saegateMainNs: sg.main, rowsEncoded: delta('saegate_sae_rows_encoded_total'), errors };
+  return { tokens, wallS, tpotMs: tpot, ttftMs: ttft, modelCpuNs: model.all, modelMainNs: model.main, modelWorkerNs: model.busiestOther, modelSysNs: model.sys, modelSwitches: model.switches, decodeSteps: engine1.decode_steps - engine0.decode_steps, onnxMs: engine1.onnxruntime_ms - engine0.onnxruntime_ms, saegateCpuNs: sg.all, saegateMainNs: sg.main, rowsEncoded: delta('saegate_sae_rows_encoded_total'), saeRunS: delta('saegate_sae_run_seconds_total'), errors };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,7 +561,11 @@ async function ledger(arm: Arm): Promise<string> {
     for (const [key, value] of m) if ((key === name || key.startsWith(`${name}{`)) && value > 0) drops.push(`${key} ${value}`);
   }
   const droppedSae = total(m, 'saegate_sae_rows_dropped_total') + total(m, 'saegate_tap_rows_dropped_total');
-  const sae = arm.name === 'saegate' || arm.name === 'proxy' ? 'no SAE' : `encoded ${encoded} + dropped ${droppedSae} = ${encoded + droppedSae} ${encoded + droppedSae === tapRows ? '(balanced)' : '(NOT balanced)'}`;
+  const batches = total(m, 'saegate_sae_batches_total');
+  const sae =
+    arm.name === 'saegate' || arm.name === 'proxy'
+      ? 'no SAE'
+      : `encoded ${encoded} + dropped ${droppedSae} = ${encoded + droppedSae} ${encoded + droppedSae === tapRows ? '(balanced)' : '(NOT balanced)'} in ${batches} SAE batches (${f(encoded / batches, 1)} rows each, ${total(m, 'saegate_sae_urgent_batches_total')} on the short deadline)`;
   const steering = arm.name === 'saegate+sae+monitor' ? `; policy triggers ${total(m, 'saegate_policy_triggers_total')}, plan updates ${total(m, 'saegate_policy_plan_updates_total')}, plans ${total(m, 'saegate_steering_plans_total')}` : '';
   return `  ${arm.name}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}${steering}`;
 }
@@ -658,8 +672,8 @@ try {
     measuredTo = Number(process.hrtime.bigint() / 1000n);
     const lines = [
       `\n## ${m.name} (SAE ${m.dIn} → ${m.dSae} TopK k ${m.k} at ${m.hook}; raw onnxruntime ${f(rawMicrosPerRow, 2)} µs/row at batch 256)\n`,
-      '| streams | path | tok/s | × direct | TTFT p50 ms | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | of it, loop / worker / kernel | switches/tok | tok/step | onnxruntime µs/tok | × direct | × proxy | saegate CPU-µs/tok | rows/tok | saegate µs/row | beyond SAE | event loop µs/row | errors |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+      '| streams | path | tok/s | × direct | TTFT p50 ms | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | of it, loop / worker / kernel | switches/tok | tok/step | onnxruntime µs/tok | × direct | × proxy | saegate CPU-µs/tok | rows/tok | saegate µs/row | beyond SAE | event loop µs/row | SAE run µs/row | errors |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ];
     for (const s of streamCounts) {
       const direct = results.get(`${s}|direct`)!;
@@ -680,13 +694,14 @@ try {
         const rowsPerToken = rs.map((x) => x.rowsEncoded / x.tokens);
         const perRow = rs.map((x, i) => (x.rowsEncoded > 0 && noSae ? ((x.saegateCpuNs / x.tokens - noSae[i].saegateCpuNs / noSae[i].tokens) * x.tokens) / 1e3 / x.rowsEncoded : NaN));
         const mainPerRow = rs.map((x, i) => (x.rowsEncoded > 0 && noSae ? ((x.saegateMainNs / x.tokens - noSae[i].saegateMainNs / noSae[i].tokens) * x.tokens) / 1e3 / x.rowsEncoded : NaN));
+        const runPerRow = rs.map((x) => (x.rowsEncoded > 0 ? (x.saeRunS * 1e6) / x.rowsEncoded : NaN));
         const proxy = results.get(`${s}|proxy`);
         const proxyRatio = rs.map((x, i) => (proxy ? x.modelCpuNs / x.tokens / (proxy[i].modelCpuNs / proxy[i].tokens) : NaN));
         const tpot = rs.flatMap((x) => x.tpotMs);
         const ttft = rs.flatMap((x) => x.ttftMs);
-        const sae = arm.name === 'saegate+sae' || arm.name === 'saegate+sae+monitor';
+        const sae = hasSae(arm.name);
         lines.push(
-          `| ${s} | ${arm.name} | ${f(median(tps))} | ${medianWithInterval(ratio, 2)} | ${f(quantile(ttft, 0.5), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelMain))} / ${f(median(modelWorker))} / ${f(median(modelSys))} | ${f(median(modelSwitches), 2)} | ${f(median(tokPerStep), 2)} | ${f(median(onnxPerTok))} | ${medianWithInterval(modelRatio, 2)} | ${medianWithInterval(proxyRatio, 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${sae ? f(median(mainPerRow), 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
+          `| ${s} | ${arm.name} | ${f(median(tps))} | ${medianWithInterval(ratio, 2)} | ${f(quantile(ttft, 0.5), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelMain))} / ${f(median(modelWorker))} / ${f(median(modelSys))} | ${f(median(modelSwitches), 2)} | ${f(median(tokPerStep), 2)} | ${f(median(onnxPerTok))} | ${medianWithInterval(modelRatio, 2)} | ${medianWithInterval(proxyRatio, 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${sae ? f(median(mainPerRow), 1) : '–'} | ${sae ? f(median(runPerRow), 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
         );
       }
     }

@@ -361,6 +361,12 @@ describe.skipIf(!hasModel)('conditional steering and flags on live traffic', () 
     expect(value('saegate_policy_plan_updates_total{outcome="sent"}')).toBe(5);
     expect(value('saegate_policy_trigger_lag_steps_count')).toBe(5);
     expect(value('saegate_policy_triggers_total{policy="cond-stop",kind="abort"}')).toBe(1);
+    // Rows of conditional requests left on the short deadline; the calibration requests' rows
+    // (only the monitor policy matched them) on the monitoring one.
+    const urgent = value(`saegate_sae_urgent_batches_total{hook="${HOOK}"}`);
+    expect(urgent).toBeGreaterThan(0);
+    expect(urgent).toBeLessThan(value(`saegate_sae_batches_total{hook="${HOOK}"}`));
+    expect(value(`saegate_sae_run_seconds_total{hook="${HOOK}"}`)).toBeGreaterThan(0);
     // (saegate_policy_conditional_requests still counts the finished requests here: they stay 10 s
     // for late SAE results; their release is tested in test/unit/policies/runtime.test.ts.)
   });

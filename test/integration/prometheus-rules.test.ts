@@ -74,7 +74,7 @@ describe.skipIf(skipPrometheusTests)(needsPrometheus('dashboards and rules on a 
     let sinkDropped = 0;
     const proxy = new ProxyMetrics({ registry, tapStats: () => tap, sinkDroppedRows: () => sinkDropped });
     // The SAE pipeline.
-    const batcher: MicroBatcherStats = { rowsIn: 0, rowsEncoded: 0, rowsDropped: { queue_full: 0, sampled: 0, worker_exited: 0, encode_failed: 0 }, batches: 0, meanBatchRows: 0 };
+    const batcher: MicroBatcherStats = { rowsIn: 0, rowsEncoded: 0, rowsDropped: { queue_full: 0, sampled: 0, worker_exited: 0, encode_failed: 0 }, batches: 0, meanBatchRows: 0, urgentBatches: 0 };
     const saeStats: SaeHookStats = { batcher, pool: { batches: 0, rowsEncoded: 0, workerRestarts: 0, rowsLost: 0, runMs: 0 }, rowsRejected: 0, queuedRows: 3 };
     const sae = new SaeMetrics({ registry, hooks: [HOOK], stats: () => ({ [HOOK]: saeStats }) });
     const observer = sae.observer(HOOK);
@@ -113,6 +113,7 @@ describe.skipIf(skipPrometheusTests)(needsPrometheus('dashboards and rules on a 
       batcher.rowsEncoded += 190;
       batcher.rowsDropped.queue_full += 10;
       batcher.batches += 4;
+      batcher.urgentBatches += 1;
       saeStats.pool.workerRestarts += 1;
       policy.lagSteps.observe(3);
       policy.lagSeconds.observe(0.02);

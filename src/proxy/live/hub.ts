@@ -308,11 +308,12 @@ export class LiveHub {
   tokens(message: TokensMessage): void {
     const n = message.positions.length;
     this.tokensSinceSample += n;
+    const tracked = this.trackedOf(message.requestIds);
+    if (tracked === null) return;
     for (let i = 0; i < n; i++) {
-      const requestId = message.requestIds[message.rowRequestIndexes[i]];
-      const tracked = this.requests.get(requestId);
-      if (tracked === undefined) continue;
-      const token = this.token(tracked, message.positions[i]);
+      const request = tracked[message.rowRequestIndexes[i]];
+      if (request === undefined) continue;
+      const token = this.token(request, message.positions[i]);
       if (token !== undefined && token.text === '') token.text = message.texts[i];
     }
   }
@@ -321,11 +322,12 @@ export class LiveHub {
   features(batch: LiveFeatureBatch): void {
     this.rowsSinceSample += batch.rowCount;
     const { topK, indices, values } = batch;
+    const tracked = this.trackedOf(batch.requestIds);
+    if (tracked === null) return;
     for (let r = 0; r < batch.rowCount; r++) {
-      const requestId = batch.requestIds[batch.rowRequestIndexes[r]];
-      const tracked = this.requests.get(requestId);
-      if (tracked === undefined) continue;
-      const token = this.token(tracked, batch.positions[r]);
+      const request = tracked[batch.rowRequestIndexes[r]];
+      if (request === undefined) continue;
+      const token = this.token(request, batch.positions[r]);
       if (token === undefined) continue;
       if (token.text === '') token.text = batch.tokenTexts[r];
       // Pick the row's strongest few in preallocated scratch first, so a row costs at most
@@ -428,13 +430,27 @@ export class LiveHub {
     for (const listener of this.listeners) listener(message);
   }
 
-  /** The token at `position`, created if there is room; undefined past the cap. Marks the request dirty. */
+  /**
+   * The tracked request of each entry of a request table (a tap message's or a result batch's),
+   * each marked dirty: rows are then matched by index, not by id. null when none is tracked.
+   */
+  private trackedOf(requestIds: readonly string[]): (TrackedRequest | undefined)[] | null {
+    let tracked: (TrackedRequest | undefined)[] | null = null;
+    for (let k = 0; k < requestIds.length; k++) {
+      const request = this.requests.get(requestIds[k]);
+      if (request === undefined) continue;
+      (tracked ??= new Array<TrackedRequest | undefined>(requestIds.length))[k] = request;
+      this.dirty.add(request.view.id);
+    }
+    return tracked;
+  }
+
+  /** The token at `position` of a request `trackedOf` marked dirty, created if there is room; undefined past the cap. */
   private token(tracked: TrackedRequest, position: number): LiveToken | undefined {
     let token = tracked.byPosition.get(position);
     if (token === undefined) {
       if (tracked.byPosition.size >= this.maxTokens) {
         tracked.view.truncatedTokens++;
-        this.dirty.add(tracked.view.id);
         return undefined;
       }
       token = { position, text: '', features: [] };
@@ -443,7 +459,6 @@ export class LiveHub {
       if (tokens.length > 0 && tokens[tokens.length - 1].position > position) tracked.sorted = false;
       tokens.push(token);
     }
-    this.dirty.add(tracked.view.id);
     return token;
   }
 

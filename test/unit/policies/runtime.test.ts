@@ -119,6 +119,33 @@ describe('conditional policies at run time', () => {
     expect(tap.updates).toHaveLength(1);
   });
 
+  it('says it waits on the SAE results of a request with a condition on that SAE, at that SAE\'s hook only, until the request is released', () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      const { runtime } = setup(undefined, 1000);
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(false);
+      // Unconditional steering and flags wait on nothing.
+      runtime.resolve('plain', plan(policy({ steers: [{ vector, hooks: [HOOK], scale: 1, positions: 'all', when: undefined, forTokens: undefined }], flags: [{ name: 'always', when: undefined }] })));
+      expect(runtime.waitsOn(HOOK, ['plain'])).toBe(false);
+      const { outcome } = runtime.resolve('r', plan(conditionalSteer));
+      expect(runtime.waitsOn(HOOK, ['other', 'r'])).toBe(true);
+      expect(runtime.waitsOn(HOOK, ['other', 'plain'])).toBe(false);
+      expect(runtime.waitsOn('blocks.9.hook_resid_post', ['r'])).toBe(false);
+      // Once every conditional rule of the request has fired, nothing waits on its rows any more.
+      runtime.resolve('fires', plan(conditionalSteer));
+      runtime.onResult(batch([['fires', 0, 5]]));
+      expect(runtime.waitsOn(HOOK, ['fires'])).toBe(false);
+      outcome!.done();
+      // Still listening for late results until lateResultsMs have passed.
+      vi.advanceTimersByTime(999);
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(true);
+      vi.advanceTimersByTime(1);
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(false);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('measures the lag from the tokens seen before the plan ack, in steps and seconds', async () => {
     const { runtime, records, metric } = setup();
     runtime.resolve('r', plan(conditionalSteer));

@@ -253,6 +253,84 @@ describe('MicroBatcher', () => {
     });
   });
 
+  describe('deadlines by urgency (fake timers and clock)', () => {
+    beforeEach(() => {
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    });
+    afterEach(() => {
+      vi.useRealTimers();
+    });
+    const hot = new Set(['hot']);
+    const urgentIf = (m: PushMeta): boolean => m.requestIds.some((id) => hot.has(id));
+
+    it('sends a batch nobody waits on after relaxedDelayMs, not maxDelayMs, and counts it as not urgent', async () => {
+      const pool = new FakePool(1);
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 64, maxDelayMs: 2, relaxedDelayMs: 20, isUrgent: urgentIf });
+      batcher.push(markerRows([0, 1]), 2, meta(['cold', 'cold'], Int32Array.of(0, 1)));
+      await vi.advanceTimersByTimeAsync(19);
+      expect(pool.calls).toBe(0);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(pool.calls).toBe(1);
+      expect(batcher.stats).toMatchObject({ batches: 1, urgentBatches: 0 });
+    });
+
+    it('cuts the open batch\'s deadline to maxDelayMs from an urgent push, taking every row since with it', async () => {
+      const pool = new FakePool(1);
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 64, maxDelayMs: 2, relaxedDelayMs: 20, isUrgent: urgentIf });
+      const batches = collect(batcher);
+      batcher.push(markerRows([0]), 1, meta(['cold'], Int32Array.of(0)));
+      await vi.advanceTimersByTimeAsync(5);
+      // One request of the frame is waited on: the whole batch leaves 2 ms from now.
+      batcher.push(markerRows([1, 2]), 2, meta(['cold', 'hot'], Int32Array.of(1, 0)));
+      await vi.advanceTimersByTimeAsync(1);
+      batcher.push(markerRows([3]), 1, meta(['cold'], Int32Array.of(2)));
+      await vi.advanceTimersByTimeAsync(0);
+      expect(pool.calls).toBe(0);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(pool.calls).toBe(1);
+      await vi.runOnlyPendingTimersAsync();
+      expect(batches.map((b) => b.rowCount)).toEqual([4]);
+      expect(rowIds(batches[0])).toEqual(['cold', 'cold', 'hot', 'cold']);
+      expect(batcher.stats).toMatchObject({ batches: 1, urgentBatches: 1 });
+    });
+
+    it('never postpones a deadline: an urgent push late in a relaxed batch keeps the earlier one', async () => {
+      const pool = new FakePool(1);
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 64, maxDelayMs: 5, relaxedDelayMs: 20, isUrgent: urgentIf });
+      batcher.push(markerRows([0]), 1, meta(['cold'], Int32Array.of(0)));
+      await vi.advanceTimersByTimeAsync(18);
+      batcher.push(markerRows([1]), 1, meta(['hot'], Int32Array.of(0)));
+      await vi.advanceTimersByTimeAsync(2);
+      expect(pool.calls).toBe(1);
+      // An urgent batch is not postponed by cold rows either: the next batch opens urgent.
+      batcher.push(markerRows([2]), 1, meta(['hot'], Int32Array.of(1)));
+      batcher.push(markerRows([3]), 1, meta(['cold'], Int32Array.of(1)));
+      await vi.advanceTimersByTimeAsync(5);
+      expect(pool.calls).toBe(2);
+      expect(batcher.stats.urgentBatches).toBe(2);
+    });
+
+    it('asks the urgency test once per push, and setUrgency(null) makes every push urgent', async () => {
+      const pool = new FakePool(1);
+      const asked: string[][] = [];
+      const batcher = new MicroBatcher({ pool, dIn: D_IN, maxBatchRows: 64, maxDelayMs: 2, relaxedDelayMs: 20, isUrgent: (m) => (asked.push([...m.requestIds]), false) });
+      batcher.push(markerRows([0, 1, 2]), 3, meta(['a', 'b', 'a'], Int32Array.of(0, 0, 1)));
+      expect(asked).toEqual([['a', 'b']]);
+      await vi.advanceTimersByTimeAsync(20);
+      expect(pool.calls).toBe(1);
+      batcher.setUrgency(null);
+      batcher.push(markerRows([3]), 1, meta(['a'], Int32Array.of(2)));
+      await vi.advanceTimersByTimeAsync(2);
+      expect(pool.calls).toBe(2);
+      expect(asked).toHaveLength(1);
+      expect(batcher.stats.urgentBatches).toBe(1);
+    });
+
+    it('refuses a relaxedDelayMs below maxDelayMs with SAEGATE_ERR_CONFIG naming the option', () => {
+      expect(() => new MicroBatcher({ pool: new FakePool(1), dIn: D_IN, maxDelayMs: 10, relaxedDelayMs: 5 })).toThrow(/relaxedDelayMs.*at least maxDelayMs \(10\)/);
+    });
+  });
+
   it('drops activation rows and counts them when the SAE queue is full, without throwing or blocking push', async () => {
     const pool = new FakePool(1, [0], true);
     // Sampling off: this test is about the hard limit alone.

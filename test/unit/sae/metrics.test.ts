@@ -8,7 +8,7 @@ import { documentedMetrics } from '../../helpers/metrics-doc.js';
 const HOOKS = ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'];
 
 function zeroStats(): SaeHookStats {
-  const batcher: MicroBatcherStats = { rowsIn: 0, rowsEncoded: 0, rowsDropped: { queue_full: 0, sampled: 0, worker_exited: 0, encode_failed: 0 }, batches: 0, meanBatchRows: 0 };
+  const batcher: MicroBatcherStats = { rowsIn: 0, rowsEncoded: 0, rowsDropped: { queue_full: 0, sampled: 0, worker_exited: 0, encode_failed: 0 }, batches: 0, meanBatchRows: 0, urgentBatches: 0 };
   const pool: SaePoolStats = { batches: 0, rowsEncoded: 0, workerRestarts: 0, rowsLost: 0, runMs: 0 };
   return { batcher, pool, rowsRejected: 0, queuedRows: 0 };
 }
@@ -26,7 +26,7 @@ describe('SaeMetrics', () => {
     new SaeMetrics({ registry, hooks: HOOKS, stats: () => stats });
     const text = await registry.metrics();
     for (const hook of HOOKS) {
-      for (const name of ['saegate_sae_rows_total', 'saegate_sae_rows_encoded_total', 'saegate_sae_batches_total', 'saegate_sae_worker_restarts_total', 'saegate_sae_queued_rows']) {
+      for (const name of ['saegate_sae_rows_total', 'saegate_sae_rows_encoded_total', 'saegate_sae_batches_total', 'saegate_sae_urgent_batches_total', 'saegate_sae_run_seconds_total', 'saegate_sae_worker_restarts_total', 'saegate_sae_queued_rows']) {
         expect(sample(text, `${name}{hook="${hook}"}`), name).toBe(0);
       }
       for (const reason of SAE_DROP_REASONS) expect(sample(text, `saegate_sae_rows_dropped_total{hook="${hook}",reason="${reason}"}`)).toBe(0);
@@ -44,7 +44,8 @@ describe('SaeMetrics', () => {
     const metrics = new SaeMetrics({ registry, hooks: HOOKS, stats: () => stats });
     const observer = metrics.observer(hook);
     const s = stats[hook];
-    Object.assign(s.batcher, { rowsIn: 100, rowsEncoded: 60, batches: 3 });
+    Object.assign(s.batcher, { rowsIn: 100, rowsEncoded: 60, batches: 3, urgentBatches: 2 });
+    s.pool.runMs = 1250;
     Object.assign(s.batcher.rowsDropped, { queue_full: 5, sampled: 20, worker_exited: 8, encode_failed: 4 });
     s.rowsRejected = 7;
     s.queuedRows = 3;
@@ -61,6 +62,8 @@ describe('SaeMetrics', () => {
     expect(sample(text, `saegate_sae_rows_total${on}`)).toBe(107);
     expect(sample(text, `saegate_sae_rows_encoded_total${on}`)).toBe(60);
     expect(sample(text, `saegate_sae_batches_total${on}`)).toBe(3);
+    expect(sample(text, `saegate_sae_urgent_batches_total${on}`)).toBe(2);
+    expect(sample(text, `saegate_sae_run_seconds_total${on}`)).toBe(1.25);
     expect(sample(text, `saegate_sae_queued_rows${on}`)).toBe(3);
     expect(sample(text, `saegate_sae_worker_restarts_total${on}`)).toBe(1);
     const dropped = Object.fromEntries(SAE_DROP_REASONS.map((reason) => [reason, sample(text, `saegate_sae_rows_dropped_total{hook="${hook}",reason="${reason}"}`)]));
@@ -86,7 +89,7 @@ describe('SaeMetrics', () => {
     new SaeMetrics({ registry, hooks: HOOKS, stats: () => ({}) });
     const exported = new Set([...(await registry.metrics()).matchAll(/^# TYPE (saegate_\w+) /gm)].map((m) => m[1]));
     const documented = documentedMetrics('SAE pipeline');
-    expect(documented.size).toBe(9);
+    expect(documented.size).toBe(11);
     expect([...exported].sort()).toEqual([...documented].sort());
     expect([...exported].sort()).toEqual([...SAE_METRIC_NAMES].sort());
   });
