@@ -69,6 +69,8 @@ export class RequestConditions {
   private readonly rules: Rule[] = [];
   private nextPosition: number;
   private readonly pending = new Map<number, PositionValues>();
+  /** Rules not fired yet (a rule fires at most once). */
+  private unfired = 0;
   /** Initial (unconditional) terms plus every fired steer's terms: the request's current steering. */
   readonly steering: PlannedTerm[];
   readonly events: ConditionEvent[] = [];
@@ -98,6 +100,7 @@ export class RequestConditions {
         if (accept('abort', abort.when)) this.rules.push({ policy: policy.qualifiedName, kind: 'abort', when: abort.when, forTokens: 0, run: 0, fired: false, detail: abort.reason });
       }
     }
+    this.unfired = this.rules.length;
   }
 
   /** Rules this instance evaluates (fired or not). */
@@ -107,7 +110,7 @@ export class RequestConditions {
 
   /** True when the request has rules still able to fire. */
   get active(): boolean {
-    return this.rules.some((r) => !r.fired);
+    return this.unfired > 0;
   }
 
   /**
@@ -116,14 +119,21 @@ export class RequestConditions {
    * `steering`: send it as the request's plan update.
    */
   observe(position: number, values: PositionValues): ConditionEvent[] {
-    if (position < this.nextPosition) return [];
+    // Once every rule has fired nothing can happen: later rows cost nothing.
+    if (position < this.nextPosition || this.unfired === 0) return [];
+    const fired: ConditionEvent[] = [];
+    if (position === this.nextPosition && this.pending.size === 0) {
+      // The usual case, rows in order: evaluated at once, without the reorder map.
+      this.evaluate(position, values, fired);
+      this.nextPosition++;
+      return fired;
+    }
     this.pending.set(position, values);
     if (this.pending.size > MAX_REORDER) {
       // A position never arrived (dropped under overload): evaluate past the gap, resetting runs.
       this.nextPosition = Math.min(...this.pending.keys());
       for (const rule of this.rules) rule.run = 0;
     }
-    const fired: ConditionEvent[] = [];
     for (let values = this.pending.get(this.nextPosition); values !== undefined; values = this.pending.get(this.nextPosition)) {
       this.pending.delete(this.nextPosition);
       this.evaluate(this.nextPosition, values, fired);
@@ -140,6 +150,7 @@ export class RequestConditions {
       rule.run = value > above ? rule.run + 1 : 0;
       if (rule.run < forTokens) continue;
       rule.fired = true;
+      this.unfired--;
       const event: ConditionEvent = { requestId: this.requestId, triggerPosition: position, policy: rule.policy, kind: rule.kind, detail: rule.detail };
       if (rule.kind === 'steer' && rule.steer) {
         const from = position + 1;

@@ -371,7 +371,7 @@ export class ConditionRuntime {
     for (let r = 0; r < rowCount; r++) {
       const k = rowRequestIndexes[r];
       const group = groups[k];
-      if (group === undefined) continue;
+      if (group === undefined || !group.active) continue;
       const events = group.observe(positions[r], new RowValues(batch, r));
       if (events.length > 0) this.fired(lives[k] as LiveRequest, events);
     }

@@ -36,6 +36,21 @@ describe('conditional rules', () => {
     expect(c.observe(3, at(series, 3))).toEqual([]);
   });
 
+  it('stays active until its last rule fires, then reads no more values', () => {
+    const series = [0, 5, 0, 9, 9];
+    const c = new RequestConditions('r', [policy({ flags: [{ name: 'low', when: when(1) }, { name: 'high', when: when(8) }] })], []);
+    let reads = 0;
+    const counted = (p: number): PositionValues => ({ feature: (sae, index) => (reads++, at(series, p).feature(sae, index)), projection: () => Number.NaN });
+    const fired = series.slice(0, 3).flatMap((_, p) => c.observe(p, counted(p)));
+    expect(fired.map((e) => [e.detail, e.triggerPosition])).toEqual([['low', 1]]);
+    expect(c.active).toBe(true);
+    expect(c.observe(3, counted(3)).map((e) => [e.detail, e.triggerPosition])).toEqual([['high', 3]]);
+    expect(c.active).toBe(false);
+    const before = reads;
+    expect(c.observe(4, counted(4))).toEqual([]);
+    expect(reads).toBe(before);
+  });
+
   it('never fires for a request whose values stay under the threshold, and keeps the initial steering', () => {
     const initial = [{ hook: 'blocks.2.hook_resid_post', vector: vector.hooks.get('blocks.2.hook_resid_post')!, scale: 1, fromPosition: 0, untilPosition: null }];
     const c = new RequestConditions('r', [policy({ aborts: [{ when: when(10), reason: 'x' }] })], initial);
