@@ -86,7 +86,7 @@ export interface ProxyConfig {
   saeBatchRows: number;
   /** Longest a row a conditional policy waits on waits for its SAE batch to fill, ms. Default 2. */
   saeMaxDelayMs: number;
-  /** Longest any other row (monitoring, live view) waits for its SAE batch to fill, ms; never less than saeMaxDelayMs. Default 20. */
+  /** Longest any other row (monitoring, live view) waits for its SAE batch to fill, ms; never less than saeMaxDelayMs. Default 100. */
   saeMonitorDelayMs: number;
   /** Rows queued per SAE before the hard drop; sampling starts at half. Default 8192. */
   saeMaxQueuedRows: number;
@@ -170,7 +170,7 @@ export const proxyOptions = deriveEnv({
   tapMaxFrameBytes: { type: integer(64, 2048 * MiB), default: 256 * MiB, help: 'largest tap frame accepted, bytes' },
   saeBatchRows: { type: integer(1, 65536), default: 256, help: 'SAE micro-batch size, rows' },
   saeMaxDelayMs: { type: integer(0, 60_000), default: 2, help: 'longest a row a conditional policy waits on waits for its SAE batch, ms' },
-  saeMonitorDelayMs: { type: integer(0, 60_000), default: 20, help: 'longest any other SAE row waits for its batch, ms (at least --sae-max-delay-ms)' },
+  saeMonitorDelayMs: { type: integer(0, 60_000), default: 100, help: 'longest any other SAE row waits for its batch, ms (at least --sae-max-delay-ms)' },
   saeMaxQueuedRows: { type: integer(1, 16 * MiB), default: 8192, help: 'rows queued per SAE before drops (sampling from half)' },
   saeWorkers: { type: integer(1, 64), default: 1, help: 'worker threads per SAE' },
   saeTopK: { type: integer(0, 1 << 20), default: 0, help: 'most features listed per row, the strongest (0: every active feature; L0 and errors are exact either way)' },

@@ -17,7 +17,7 @@
  * features has yet to fire for one of its requests). Each batch and worker round trip costs a fixed
  * amount whatever its size, so long deadlines cut the cost per row; short ones keep the lag of
  * conditional steering low. On stories260K at 8 streams (test/bench/e2e.ts) 2 ms gathers about 35
- * rows and 20 ms about 160; test/bench/sae-deadline.ts measures the cost per row at each.
+ * rows and 100 ms a full batch (256); test/bench/sae-deadline.ts measures the cost per row at each.
  *
  * Overload: `push()` never blocks and never throws on overload, so the tap and the request path
  * never wait on the SAE. The queue (waiting batches plus the open one, not the batches with the
