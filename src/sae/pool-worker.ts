@@ -15,25 +15,14 @@ let session: InferenceSession;
 let dIn = 0;
 
 /**
- * int64 → int32 by taking the low word of each value (little-endian, as on every platform
- * onnxruntime-node ships for). Indices < dSae and counts ≤ dSae always fit, and −1 stays −1.
- * Reading the BigInt64Array itself allocates a BigInt per element: at 256 rows × 32 slots that
- * conversion, with the copies `owned` avoids, cost about 200 µs of CPU per batch; now about 25.
+ * int64 → int32 into `out` by taking the low word of each value (little-endian, as on every
+ * platform onnxruntime-node ships for). Indices < dSae and counts ≤ dSae always fit, and −1 stays
+ * −1. Reading the BigInt64Array itself allocates a BigInt per element: at 256 rows × 32 slots that
+ * cost about 200 µs of CPU per batch; this about 25.
  */
-function lowWords(src: BigInt64Array, n: number): Int32Array {
-  const words = new Int32Array(src.buffer, src.byteOffset, 2 * n);
-  const out = new Int32Array(n);
-  for (let i = 0; i < n; i++) out[i] = words[2 * i];
-  return out;
-}
-
-/**
- * `data` itself when it is the whole of its buffer (what onnxruntime-node hands out: one fresh
- * ArrayBuffer per output), so it can be transferred without a copy; otherwise an exact-size copy, so
- * the transfer list never holds memory we do not own.
- */
-function owned(data: Float32Array): Float32Array {
-  return data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? data : data.slice();
+function lowWordsInto(src: BigInt64Array, out: Int32Array): void {
+  const words = new Int32Array(src.buffer, src.byteOffset, 2 * out.length);
+  for (let i = 0; i < out.length; i++) out[i] = words[2 * i];
 }
 
 const outputNames = [...saeEncoderOutputNames];
@@ -57,14 +46,23 @@ async function encode({ rows, rowCount }: EncodeRequest): Promise<WorkerReply<En
   const runMs = performance.now() - t0;
   // The graph chose the list width for this batch (its largest L0, or the cap).
   const topK = out[SaeEncoderNames.indices].dims[1];
-  const indices = lowWords(out[SaeEncoderNames.indices].data as BigInt64Array, rowCount * topK);
-  const l0 = lowWords(out[SaeEncoderNames.l0].data as BigInt64Array, rowCount);
-  const values = owned(out[SaeEncoderNames.values].data as Float32Array);
-  const sqError = owned(out[SaeEncoderNames.sqError].data as Float32Array);
-  const fvu = owned(out[SaeEncoderNames.fvu].data as Float32Array);
+  // The five outputs go back as views of one buffer: a transferred buffer costs both threads a few
+  // microseconds of allocation and bookkeeping, and the copies here are a few kilobytes.
+  const slots = rowCount * topK;
+  const packed = new ArrayBuffer(4 * (2 * slots + 3 * rowCount));
+  const indices = new Int32Array(packed, 0, slots);
+  const values = new Float32Array(packed, 4 * slots, slots);
+  const l0 = new Int32Array(packed, 8 * slots, rowCount);
+  const sqError = new Float32Array(packed, 8 * slots + 4 * rowCount, rowCount);
+  const fvu = new Float32Array(packed, 8 * slots + 8 * rowCount, rowCount);
+  lowWordsInto(out[SaeEncoderNames.indices].data as BigInt64Array, indices);
+  lowWordsInto(out[SaeEncoderNames.l0].data as BigInt64Array, l0);
+  values.set(out[SaeEncoderNames.values].data as Float32Array);
+  sqError.set(out[SaeEncoderNames.sqError].data as Float32Array);
+  fvu.set(out[SaeEncoderNames.fvu].data as Float32Array);
   return {
     body: { rowCount, topK, rows, indices, values, l0, sqError, fvu, runMs },
-    transfer: [rows.buffer, indices.buffer, values.buffer, l0.buffer, sqError.buffer, fvu.buffer] as ArrayBuffer[],
+    transfer: [rows.buffer as ArrayBuffer, packed],
   };
 }
 

@@ -68,7 +68,7 @@ describe('SaePool', () => {
     expect(pool.stats).toMatchObject({ batches: 1, rowsEncoded: rowCount, workerRestarts: 0, rowsLost: 0 });
   });
 
-  it('lists every active feature without a cap, pads rows below the batch\'s largest L0 with index −1 and value 0, and hands back arrays that own their whole buffers', async () => {
+  it('lists every active feature without a cap, pads rows below the batch\'s largest L0 with index −1 and value 0, and hands the outputs back as views of one exact-size buffer', async () => {
     pool = await SaePool.create({ sae: makeSmallSae(), workers: 1, intraOpThreads: 1 });
     const rowCount = 5;
     const rows = uniform(rng(41), rowCount * D_IN, -2, 2);
@@ -85,11 +85,16 @@ describe('SaePool', () => {
       expect(Array.from(result.values.subarray(r * width + l0, (r + 1) * width))).toEqual(Array<number>(width - l0).fill(0));
     }
     await expectMatchesDirect(result, copy, rowCount, null);
-    // Exact-size buffers: a subscriber may transfer them on without sending anything else along.
-    for (const array of [result.indices, result.values, result.l0, result.sqError, result.fvu]) {
-      expect(array.byteOffset).toBe(0);
-      expect(array.buffer.byteLength).toBe(array.byteLength);
+    // One buffer for the five outputs, back to back: one transfer instead of five, nothing else in it.
+    const outputs = [result.indices, result.values, result.l0, result.sqError, result.fvu];
+    let offset = 0;
+    for (const array of outputs) {
+      expect(array.buffer).toBe(result.indices.buffer);
+      expect(array.byteOffset).toBe(offset);
+      offset += array.byteLength;
     }
+    expect(result.indices.buffer.byteLength).toBe(offset);
+    expect(result.rows.buffer).not.toBe(result.indices.buffer);
   });
 
   it('spreads concurrent batches over the workers and resolves each with its own rows', async () => {
