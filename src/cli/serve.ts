@@ -157,7 +157,18 @@ export async function startProxyWithSaes(
   // The tap streams the SAEs' hooks, the projection monitors' and those the policies' projection
   // conditions read (of the set loaded at start; a reload needing another hook needs a restart).
   const tappedHooks = [...new Set([...(sink?.hooks ?? []), ...projections.map((p) => p.hook), ...(policies ? ConditionRuntime.projectionHooks(policies.policies()) : [])])];
-  if (tappedHooks.length > 0) server.tap.subscribeAll({ hooks: tappedHooks, dtype: 'f16', includePrompt: true });
+  // While no loaded policy has a condition, nothing needs the tapped data within milliseconds:
+  // model servers may then hold it for --tap-monitor-delay-ms and write it that many times less.
+  const monitorDelay = options.tapMonitorDelayMs ?? 0;
+  const tapDelay = (): number | undefined => ((policies && ConditionRuntime.hasConditions(policies.policies())) || monitorDelay <= 0 ? undefined : monitorDelay);
+  let subscribedDelay = tapDelay();
+  const subscribe = (): void => void server!.tap.subscribeAll({ hooks: tappedHooks, dtype: 'f16', includePrompt: true, ...(subscribedDelay !== undefined && { maxDelayMs: subscribedDelay }) });
+  if (tappedHooks.length > 0 || subscribedDelay !== undefined) subscribe();
+  policies?.onLoad((result) => {
+    if (!result.ok || tapDelay() === subscribedDelay) return;
+    subscribedDelay = tapDelay();
+    subscribe();
+  });
   if (sink || projections.length > 0) {
     const unsubscribe = monitor && tapSide ? startMonitor(monitor, sink, tapSide, server, monitorFlags) : () => {};
     const closeProxy = server.close.bind(server);

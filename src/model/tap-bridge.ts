@@ -16,7 +16,9 @@
  * when `flushRows` rows and tokens are pending. So a model whose steps take longer than `flushMs`
  * sends every step at once, and a fast one sends about every `flushMs`, in the same event-loop turn
  * as a step (no timer wakeup of its own). A timer at `flushMs` after the first pending entry covers
- * the end of a burst. A request's `end` waits for the next flush, after its last tokens and rows,
+ * the end of a burst. A subscription's `maxDelayMs`, when longer, replaces `flushMs` in all of
+ * this: saegate asks for it when nothing it runs needs the data sooner (no conditional policy),
+ * which makes the writes that many times fewer. A request's `end` waits for the next flush, after its last tokens and rows,
  * so its tokens precede its rows and both precede its end on the wire; each flush is one write
  * (the tap client corks its socket).
  *
@@ -84,6 +86,8 @@ export class TapBridge {
   private readonly unsubscribe: (() => void)[] = [];
   private readonly flushRows: number;
   private readonly flushMs: number;
+  /** How long entries may wait: `flushMs`, or the subscription's longer `maxDelayMs`. */
+  private delayMs: number;
   /** Steps whose rows are not yet sent, oldest first. */
   private pending: ActivationBatch[][] = [];
   private pendingRows = 0;
@@ -105,6 +109,7 @@ export class TapBridge {
     this.planWaitTimeoutMs = options.planWaitTimeoutMs ?? 2000;
     this.flushRows = options.flushRows ?? 512;
     this.flushMs = options.flushMs ?? 2;
+    this.delayMs = this.flushMs;
     this.client = new TapClient({
       url: options.url,
       token: options.token,
@@ -123,13 +128,21 @@ export class TapBridge {
     const log = options.logger;
 
     this.client.on('subscribe', (sub) => {
+      // saegate may let entries wait longer than our own interval when nothing it runs needs them
+      // sooner; when it stops, what is pending goes now.
+      const delayMs = Math.max(this.flushMs, sub.maxDelayMs ?? 0);
+      if (delayMs < this.delayMs) this.flush();
+      this.delayMs = delayMs;
       try {
         engine.setTapSubscription(sub.hooks.length > 0 ? { hooks: sub.hooks, dtype: sub.dtype, includePrompt: sub.includePrompt } : null);
       } catch (error) {
         log?.warn({ err: error }, 'tap: subscription refused');
       }
     });
-    this.client.on('disconnected', () => engine.setTapSubscription(null));
+    this.client.on('disconnected', () => {
+      engine.setTapSubscription(null);
+      this.delayMs = this.flushMs;
+    });
     this.client.on('planUpdate', (update) => {
       // The tokens of every step finished before the update go ahead of its plan_ack (the client
       // sends both in one write): saegate reads the trigger lag from that order.
@@ -145,9 +158,9 @@ export class TapBridge {
     this.unsubscribe.push(
       engine.onStep((step) => {
         const now = performance.now();
-        // A sample is capped at twice flushMs: longer intervals all mean "flush at the step", and
+        // A sample is capped at twice the delay: longer intervals all mean "flush at the step", and
         // an idle gap before a burst must not keep the average high through the burst's first steps.
-        if (!Number.isNaN(this.lastStepAt)) this.stepIntervalMs = 0.8 * this.stepIntervalMs + 0.2 * Math.min(now - this.lastStepAt, 2 * this.flushMs);
+        if (!Number.isNaN(this.lastStepAt)) this.stepIntervalMs = 0.8 * this.stepIntervalMs + 0.2 * Math.min(now - this.lastStepAt, 2 * this.delayMs);
         this.lastStepAt = now;
         // Tokens before rows: a prefill step's tokens message carries the prompt, which must reach
         // saegate before any row of the request.
@@ -177,11 +190,11 @@ export class TapBridge {
     const pendingEntries = this.pendingRows + this.pendingTokens.requestIds.length;
     if (pendingEntries === 0 && this.pendingEnds.length === 0) return;
     if (Number.isNaN(this.pendingSince)) this.pendingSince = now;
-    if (pendingEntries >= this.flushRows || (atStep && now - this.pendingSince + this.stepIntervalMs >= this.flushMs)) {
+    if (pendingEntries >= this.flushRows || (atStep && now - this.pendingSince + this.stepIntervalMs >= this.delayMs)) {
       this.flush();
       return;
     }
-    this.flushTimer ??= setTimeout(() => this.flush(), Math.max(0, this.pendingSince + this.flushMs - now));
+    this.flushTimer ??= setTimeout(() => this.flush(), Math.max(0, this.pendingSince + this.delayMs - now));
   }
 
   /** Sends the pending tokens (one message), every pending row (one frame per hook), then pending ends, in one write. */

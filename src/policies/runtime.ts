@@ -400,6 +400,11 @@ export class ConditionRuntime {
     }
   }
 
+  /** Whether any of the policies has a condition (a `when` on a steer or flag, or an abort): then tapped data is needed within milliseconds. */
+  static hasConditions(policies: readonly CompiledPolicy[]): boolean {
+    return policies.some((p) => p.steers.some((s) => s.when !== undefined) || p.flags.some((f) => f.when !== undefined) || p.aborts.length > 0);
+  }
+
   /** Hooks the given policies' projection conditions read (the tap must stream them). */
   static projectionHooks(policies: readonly CompiledPolicy[]): string[] {
     const hooks = new Set<string>();

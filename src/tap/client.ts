@@ -374,7 +374,7 @@ export class TapClient extends EventEmitter<TapClientEvents> {
       this.connection.fail(ws, 'SAEGATE_ERR_TAP_FRAME', `subscribe names unknown hook points: ${unknown.join(', ')}`, TapCloseCode.protocolError);
       return;
     }
-    this.sub = { hooks: [...sub.hooks], dtype: sub.dtype, includePrompt: sub.includePrompt };
+    this.sub = { hooks: [...sub.hooks], dtype: sub.dtype, includePrompt: sub.includePrompt, ...(sub.maxDelayMs !== undefined && { maxDelayMs: sub.maxDelayMs }) };
     this.subscribedHooks.clear();
     for (const h of sub.hooks) this.subscribedHooks.add(h);
     this.emitSafely('subscribe', this.sub);

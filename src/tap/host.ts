@@ -58,6 +58,8 @@ export interface HostSubscription {
   hooks: readonly string[];
   dtype: StreamDtype | readonly StreamDtype[];
   includePrompt: boolean;
+  /** How long a model server may hold rows, tokens and ends before sending them (the protocol's `maxDelayMs`); absent: its own interval. */
+  maxDelayMs?: number;
 }
 
 /** What `planUpdate` did: sent on the serving connection, or why not (the update went nowhere). */
@@ -165,7 +167,7 @@ export class TapHost {
    */
   subscribeAll(subscription: HostSubscription): SubscribeResult[] {
     const dtype = typeof subscription.dtype === 'string' ? subscription.dtype : [...subscription.dtype];
-    this.subscription = { hooks: [...subscription.hooks], dtype, includePrompt: subscription.includePrompt };
+    this.subscription = { hooks: [...subscription.hooks], dtype, includePrompt: subscription.includePrompt, ...(subscription.maxDelayMs !== undefined && { maxDelayMs: subscription.maxDelayMs }) };
     return this.connections.map((connection) => this.subscribe(connection, this.subscription!));
   }
 
@@ -306,7 +308,7 @@ export class TapHost {
     const dtype = typeof subscription.dtype === 'string' ? subscription.dtype : (subscription.dtype.find((d) => hello.dtypes.includes(d)) ?? subscription.dtype[0]);
     try {
       if (dtype === undefined) throw err('SAEGATE_ERR_TAP_ARGUMENT', 'the subscription lists no dtype');
-      connection.subscribe({ hooks, dtype, includePrompt: subscription.includePrompt });
+      connection.subscribe({ hooks, dtype, includePrompt: subscription.includePrompt, ...(subscription.maxDelayMs !== undefined && { maxDelayMs: subscription.maxDelayMs }) });
       if (typeof subscription.dtype !== 'string') result.dtype = dtype;
     } catch (error) {
       result.hooks = [];

@@ -95,6 +95,11 @@ export const subscribeSchema = z.object({
   hooks: z.array(hookNameSchema).max(MAX_HOOK_POINTS).refine(uniqueStrings, 'hooks must be unique'),
   dtype: z.enum(['f32', 'f16']),
   includePrompt: z.boolean(),
+  /**
+   * How long the server may hold this connection's rows, tokens and request ends before sending
+   * them, ms (it waits the longer of this and its own flush interval). Absent: its own interval.
+   */
+  maxDelayMs: z.int().min(0).max(60_000).optional(),
 });
 
 export const planEntrySchema = z

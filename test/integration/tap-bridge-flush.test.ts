@@ -325,6 +325,30 @@ describe('TapBridge flush policy over a real tap connection', () => {
     expect(byTimer.slice(19, 21)).toEqual([1, 0]);
   });
 
+  it('holds entries for a subscription\'s longer maxDelayMs, and sends what is pending at once when a subscription takes it back', async () => {
+    const gate = await startGate();
+    const tapped = await tappedBridge(gate, { flushMs: 2, flushRows: NEVER_ROWS });
+    tapped.conn.subscribe({ hooks: [HOOK_A], dtype: 'f32', includePrompt: false, maxDelayMs: 10 });
+    await waitFor('the relaxed subscription to reach the bridge', () => tapped.bridge.client.subscription?.maxDelayMs === 10);
+    // 1 ms steps: with flushMs 2 every other step would flush; with 10 ms the timer sends every
+    // tenth step's worth (the step interval average stays just under 1 ms, so no step reaches 10).
+    const relaxed = paced(tapped, 25, 1);
+    const every10th = Array.from({ length: 25 }, (_, i) => (i % 10 === 9 ? 1 : 0));
+    expect(relaxed.atStep).toEqual(new Array<number>(25).fill(0));
+    expect(relaxed.byTimer).toEqual(every10th);
+    // Five steps are pending; a subscription without maxDelayMs sends them as it arrives.
+    const before = tapped.bridge.stats().writes;
+    tapped.conn.subscribe({ hooks: [HOOK_A], dtype: 'f32', includePrompt: false });
+    await waitFor('the pending steps to leave with the stricter subscription', () => tapped.bridge.stats().writes === before + 1, { observed: () => tapped.bridge.stats().writes });
+    expect(tapped.bridge.client.subscription?.maxDelayMs).toBeUndefined();
+    const strict = paced(tapped, 10, 1);
+    // Back to flushMs 2: one write every other 1 ms step.
+    expect(strict.atStep.map((n, i) => n + strict.byTimer[i])).toEqual([0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+    // Steps 1–10 and 11–20 by the timer, 21–25 at the new subscription.
+    await waitFor('every relaxed step on the wire', () => tapped.log.length >= 6, { observed: () => tapped.log.length });
+    expect(tapped.log.slice(0, 6)).toEqual([0, 10, 20].flatMap((i) => [tokensOf(relaxed.steps.slice(i, i + 10)), rowsOf(HOOK_A, relaxed.steps.slice(i, i + 10))]));
+  });
+
   it('sends a lone step and a lone end by the timer, with no further step or call', async () => {
     const gate = await startGate();
     const { bridge, source, log } = await tappedBridge(gate, { flushMs: 20, flushRows: NEVER_ROWS });

@@ -37,6 +37,7 @@ const controlMessages: TapMessage[] = [
   { type: 'welcome', protocolVersion: 1, sessionId: 'c0ffee' },
   { type: 'subscribe', hooks: ['blocks.0.hook_resid_post'], dtype: 'f16', includePrompt: true },
   { type: 'subscribe', hooks: [], dtype: 'f32', includePrompt: false },
+  { type: 'subscribe', hooks: ['blocks.0.hook_resid_post'], dtype: 'f16', includePrompt: true, maxDelayMs: 50 },
   {
     type: 'plan',
     requestId: 'req-1',
@@ -324,6 +325,8 @@ describe('malformed frames', () => {
     ['a JSON body that fails the schema', control(0x02, '{"protocolVersion":"1","sessionId":"s"}')],
     ['a JSON body that is not UTF-8', control(0x02, Uint8Array.from([0x7b, 0xc3, 0x28, 0x7d]))],
     ['a JSON body that is null', control(0x0b, 'null')],
+    ['a subscribe with a negative maxDelayMs', control(0x03, '{"hooks":[],"dtype":"f32","includePrompt":false,"maxDelayMs":-1}')],
+    ['a subscribe with a fractional maxDelayMs', control(0x03, '{"hooks":[],"dtype":"f32","includePrompt":false,"maxDelayMs":2.5}')],
     ['an empty JSON body', control(0x01, '')],
     ['a vector id of the wrong length', control(0x06, Uint8Array.from([3, 0x61, 0x62, 0x63]))],
     ['a tokens frame with trailing bytes', new Uint8Array(Buffer.concat([encodeTokensFrame({ requestIds: ['a'], positions: [0], tokenIds: [1], texts: ['x'] }), Buffer.from([1])]))],

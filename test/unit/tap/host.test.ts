@@ -91,6 +91,10 @@ describe('TapHost', () => {
     expect(a.subscription).toEqual(subscription);
     expect(b.subscription).toEqual({ hooks: [HOOKS[1]], dtype: 'f32', includePrompt: true });
     expect(host.currentSubscription).toEqual(subscription);
+    // A longer delay for the model servers travels with the subscription, to every connection.
+    host.subscribeAll({ ...subscription, maxDelayMs: 50 });
+    await waitFor('the relaxed subscriptions', () => a.subscription?.maxDelayMs === 50 && b.subscription?.maxDelayMs === 50);
+    expect(b.subscription).toEqual({ hooks: [HOOKS[1]], dtype: 'f32', includePrompt: true, maxDelayMs: 50 });
   });
 
   it('gives each connection the first dtype it offers from a preference list, and reports a connection that offers none', async () => {
