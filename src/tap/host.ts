@@ -167,7 +167,7 @@ export class TapHost {
    */
   subscribeAll(subscription: HostSubscription): SubscribeResult[] {
     const dtype = typeof subscription.dtype === 'string' ? subscription.dtype : [...subscription.dtype];
-    this.subscription = { hooks: [...subscription.hooks], dtype, includePrompt: subscription.includePrompt, ...(subscription.maxDelayMs !== undefined && { maxDelayMs: subscription.maxDelayMs }) };
+    this.subscription = { ...subscription, hooks: [...subscription.hooks], dtype };
     return this.connections.map((connection) => this.subscribe(connection, this.subscription!));
   }
 
@@ -308,7 +308,7 @@ export class TapHost {
     const dtype = typeof subscription.dtype === 'string' ? subscription.dtype : (subscription.dtype.find((d) => hello.dtypes.includes(d)) ?? subscription.dtype[0]);
     try {
       if (dtype === undefined) throw err('SAEGATE_ERR_TAP_ARGUMENT', 'the subscription lists no dtype');
-      connection.subscribe({ hooks, dtype, includePrompt: subscription.includePrompt, ...(subscription.maxDelayMs !== undefined && { maxDelayMs: subscription.maxDelayMs }) });
+      connection.subscribe({ ...subscription, hooks, dtype });
       if (typeof subscription.dtype !== 'string') result.dtype = dtype;
     } catch (error) {
       result.hooks = [];

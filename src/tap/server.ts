@@ -202,7 +202,7 @@ export class TapConnection extends EventEmitter<TapConnectionEvents> {
       throw err('SAEGATE_ERR_TAP_ARGUMENT', `dtype ${subscription.dtype} not offered by '${this.hello.modelId}' (${this.hello.dtypes.join(', ')})`);
     }
     this.send(encodeMessage({ type: 'subscribe', ...subscription }));
-    this.sub = { hooks: [...subscription.hooks], dtype: subscription.dtype, includePrompt: subscription.includePrompt, ...(subscription.maxDelayMs !== undefined && { maxDelayMs: subscription.maxDelayMs }) };
+    this.sub = { ...subscription, hooks: [...subscription.hooks] };
   }
 
   /**
