@@ -165,8 +165,9 @@ export async function startProxyWithSaes(
   const subscribe = (): void => void server!.tap.subscribeAll({ hooks: tappedHooks, dtype: 'f16', includePrompt: true, ...(subscribedDelay !== undefined && { maxDelayMs: subscribedDelay }) });
   if (tappedHooks.length > 0 || subscribedDelay !== undefined) subscribe();
   policies?.onLoad((result) => {
-    if (!result.ok || tapDelay() === subscribedDelay) return;
-    subscribedDelay = tapDelay();
+    const next = tapDelay();
+    if (!result.ok || next === subscribedDelay) return;
+    subscribedDelay = next;
     subscribe();
   });
   if (sink || projections.length > 0) {

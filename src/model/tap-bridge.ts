@@ -18,9 +18,9 @@
  * as a step (no timer wakeup of its own). A timer at `flushMs` after the first pending entry covers
  * the end of a burst. A subscription's `maxDelayMs`, when longer, replaces `flushMs` in all of
  * this: saegate asks for it when nothing it runs needs the data sooner (no conditional policy),
- * which makes the writes that many times fewer. A request's `end` waits for the next flush, after its last tokens and rows,
- * so its tokens precede its rows and both precede its end on the wire; each flush is one write
- * (the tap client corks its socket).
+ * which makes the writes that many times fewer. A request's `end` waits for the next flush, after
+ * its last tokens and rows, so its tokens precede its rows and both precede its end on the wire;
+ * each flush is one write (the tap client corks its socket).
  *
  * Prompt tokens: the engine's steps carry only generated tokens, so the HTTP side hands each
  * request's prompt to the bridge (`engineWithPromptTokens`). At the request's prefill step, when the
@@ -183,8 +183,8 @@ export class TapBridge {
 
   /**
    * After entries were queued: flushes now when enough is pending or when the oldest entry would
-   * pass `flushMs` before the next step is expected (`atStep`: called for a step), else makes
-   * sure the timer will flush `flushMs` after the oldest entry.
+   * pass `delayMs` before the next step is expected (`atStep`: called for a step), else makes
+   * sure the timer will flush `delayMs` after the oldest entry.
    */
   private afterQueue(now: number, atStep = true): void {
     const pendingEntries = this.pendingRows + this.pendingTokens.requestIds.length;
