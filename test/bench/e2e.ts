@@ -76,7 +76,7 @@ import { seededUniform } from '../../src/common/random.js';
 import type { SaeWeights } from '../../src/sae/types.js';
 import { hasSharedModels, makeTempDir, stories260K } from '../helpers/fixtures.js';
 import { freePort } from '../helpers/ports.js';
-import { seededStandardSae } from '../helpers/sae.js';
+import { seededTopKSae } from '../helpers/sae.js';
 import { waitFor } from '../helpers/wait.js';
 import { median } from '../helpers/bench-stats.js';
 
@@ -262,10 +262,9 @@ const NO_CPU: CpuSplit = { all: 0, main: 0, busiestOther: 0, sys: 0, switches: 0
 // ---------------------------------------------------------------------------------------------
 // Set-up per model
 
-/** A seeded TopK SAE: the test helper's seeded weights with a TopK activation. */
+/** A seeded TopK SAE for the model case. */
 function seededTopK(m: ModelCase, seed: number): SaeWeights {
-  const sae = seededStandardSae({ dIn: m.dIn, dSae: m.dSae, hook: m.hook, seed, scales: { W_enc: 2 / Math.sqrt(m.dIn), b_enc: 0.01, W_dec: 2 / Math.sqrt(m.dSae), b_dec: 0.01 } });
-  return { ...sae, config: { ...sae.config, architecture: 'topk', k: m.k } };
+  return seededTopKSae({ dIn: m.dIn, dSae: m.dSae, hook: m.hook, k: m.k, seed, scales: { W_enc: 2 / Math.sqrt(m.dIn), b_enc: 0.01, W_dec: 2 / Math.sqrt(m.dSae), b_dec: 0.01 } });
 }
 
 const prompts = ['happy.txt', 'sad.txt', 'control.txt'].flatMap((file) =>

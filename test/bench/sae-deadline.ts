@@ -8,7 +8,7 @@
  * every 2 ms: stories260K at 8 streams, about 8.5 rows per ms with its prompts, flushed by the
  * model server every 2 ms). Each round runs every deadline for `--seconds`, in rotated order, and
  * an idle arm that decodes the same frames without pushing them; the pipeline's cost is the
- * process's CPU per row (every thread, /proc/self/task/TID/schedstat) over the idle arm's in the
+ * process's CPU per row (every thread: process.cpuUsage) over the idle arm's in the
  * same round. Also printed: rows per batch, and the wall time inside onnxruntime's run per row
  * (the pool's own counter), which shows how much of the cost is the SAE's arithmetic with its
  * weights out of cache.
@@ -18,17 +18,16 @@
  *
  * Medians over rounds; asserts nothing about time.
  */
-import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { setInterval as every } from 'node:timers/promises';
 import { seededUniform } from '../../src/common/random.js';
 import { MicroBatcher } from '../../src/sae/batcher.js';
 import { SaePool } from '../../src/sae/pool.js';
-import type { SaeWeights } from '../../src/sae/types.js';
 import { encodeActivationFrame } from '../../src/tap/builders.js';
 import { decodeMessage } from '../../src/tap/codec.js';
 import type { ActivationsMessage } from '../../src/tap/messages.js';
 import { median } from '../helpers/bench-stats.js';
+import { seededTopKSae } from '../helpers/sae.js';
 
 const { values } = parseArgs({
   options: {
@@ -52,32 +51,10 @@ const frameRows = Number(values['frame-rows'] ?? 17);
 const everyMs = Number(values['every-ms'] ?? 2);
 const HOOK = 'blocks.3.hook_resid_post';
 
-function seededSae(): SaeWeights {
-  const u = seededUniform(7);
-  const fill = (n: number, scale: number): Float32Array => Float32Array.from({ length: n }, () => (u() - 0.5) * scale);
-  const scale = 1 / Math.sqrt(dIn);
-  return {
-    config: { architecture: 'topk', format: 'saelens', dIn, dSae, hookName: HOOK, modelName: null, applyBDecToInput: true, normalizeActivations: 'none', k, scalingFactor: null, dtype: 'f32', source: 'bench' },
-    W_enc: fill(dIn * dSae, scale),
-    b_enc: fill(dSae, 0.01),
-    W_dec: fill(dSae * dIn, scale),
-    b_dec: fill(dIn, 0.01),
-    threshold: null,
-    gated: null,
-  };
-}
-
-/** CPU time of every thread of this process so far, µs. */
+/** CPU time of every thread of this process so far (user + system), µs. */
 function processCpuUs(): number {
-  let ns = 0;
-  for (const tid of fs.readdirSync('/proc/self/task')) {
-    try {
-      ns += Number(fs.readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // A thread that ended between the listing and the read.
-    }
-  }
-  return ns / 1e3;
+  const { user, system } = process.cpuUsage();
+  return user + system;
 }
 
 const u = seededUniform(3);
@@ -116,7 +93,8 @@ async function arm(batcher: MicroBatcher | null, pool: SaePool | null): Promise<
 
 async function main(): Promise<void> {
   process.stdout.write(`sae-deadline: ${dIn} → ${dSae} TopK k ${k}; ${frameRows} f16 rows every ${everyMs} ms (${((frameRows / everyMs) * 1000).toFixed(0)} rows/s); ${rounds} round(s) × ${seconds} s per arm\n`);
-  const pool = await SaePool.create({ sae: seededSae() });
+  const scale = 1 / Math.sqrt(dIn);
+  const pool = await SaePool.create({ sae: seededTopKSae({ dIn, dSae, k, hook: HOOK, seed: 7, scales: { W_enc: scale, b_enc: 0.01, W_dec: scale, b_dec: 0.01 } }) });
   try {
     // One batcher per deadline, all on the one pool; an arm's batcher is idle in the others.
     const batchers = new Map(deadlines.map((d) => [d, new MicroBatcher({ pool, dIn, maxDelayMs: d })]));

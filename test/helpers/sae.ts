@@ -11,6 +11,12 @@ export interface StandardSaeOptions {
   scales: { W_enc: number; b_enc: number; W_dec: number; b_dec: number };
 }
 
+/** `seededStandardSae`'s weights with a TopK activation keeping `k` latents per row. */
+export function seededTopKSae(options: StandardSaeOptions & { k: number }): SaeWeights {
+  const sae = seededStandardSae(options);
+  return { ...sae, config: { ...sae.config, architecture: 'topk', k: options.k } };
+}
+
 /** A standard (ReLU) SAELens-style SAE with seeded uniform weights, applying b_dec to the input. */
 export function seededStandardSae(options: StandardSaeOptions): SaeWeights {
   const { dIn, dSae, hook, seed, scales } = options;
