@@ -228,6 +228,15 @@ class LiveRequest {
   }
 }
 
+/** A policy's conditions: the `when` of its conditional steers and flags, and of every abort. */
+function conditionsOf(policy: CompiledPolicy): PolicyCondition[] {
+  const conditions: PolicyCondition[] = [];
+  for (const steer of policy.steers) if (steer.when !== undefined) conditions.push(steer.when);
+  for (const flag of policy.flags) if (flag.when !== undefined) conditions.push(flag.when);
+  for (const abort of policy.aborts) conditions.push(abort.when);
+  return conditions;
+}
+
 /** The evaluation group a condition belongs to: its SAE, or its projection's hook. */
 function conditionGroup(when: PolicyCondition): string {
   return 'feature' in when ? when.feature.sae : projectionGroup(when.projection.hook);
@@ -280,19 +289,11 @@ export class ConditionRuntime {
     const saes = new Set<string>();
     for (const policy of plan.matched) {
       for (const flag of policy.flags) {
-        if (flag.when === undefined) {
-          items.push(`flag=${flag.name}`);
-          this.metrics?.flags.inc({ policy: policy.name, flag: flag.name });
-        } else {
-          saes.add(conditionGroup(flag.when));
-        }
+        if (flag.when !== undefined) continue;
+        items.push(`flag=${flag.name}`);
+        this.metrics?.flags.inc({ policy: policy.name, flag: flag.name });
       }
-      for (const steer of policy.steers) {
-        if (steer.when !== undefined) saes.add(conditionGroup(steer.when));
-      }
-      for (const abort of policy.aborts) {
-        saes.add(conditionGroup(abort.when));
-      }
+      for (const when of conditionsOf(policy)) saes.add(conditionGroup(when));
     }
     if (saes.size === 0 && items.length === 0) return plan;
     if (saes.size === 0) {
@@ -402,7 +403,7 @@ export class ConditionRuntime {
 
   /** Whether any of the policies has a condition (a `when` on a steer or flag, or an abort): then tapped data is needed within milliseconds. */
   static hasConditions(policies: readonly CompiledPolicy[]): boolean {
-    return policies.some((p) => p.steers.some((s) => s.when !== undefined) || p.flags.some((f) => f.when !== undefined) || p.aborts.length > 0);
+    return policies.some((p) => conditionsOf(p).length > 0);
   }
 
   /** Hooks the given policies' projection conditions read (the tap must stream them). */
