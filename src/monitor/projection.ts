@@ -90,7 +90,7 @@ export function loadProjection(flag: ProjectionFlag): ProjectionSpec {
 let f16Table: Float32Array | null = null;
 
 /** All 65,536 binary16 values as f32, built on first use (256 KiB). */
-function f16Values(): Float32Array {
+export function f16Values(): Float32Array {
   if (f16Table === null) {
     f16Table = new Float32Array(65_536);
     for (let bits = 0; bits < 65_536; bits++) f16Table[bits] = f16BitsToF32(bits);

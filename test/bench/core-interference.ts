@@ -4,25 +4,84 @@
  * (a VM's vCPUs may be hyperthreads of one), saegate's own work shows up as model-server cost.
  *
  * stories260K's engine (decode worker, onnxruntime, one intra-op thread) runs 8 streams in this
- * process; rounds alternate between an idle core 1 and core 1 busy with a memory-streaming loop in
- * another process. Reported: time inside onnxruntime per generated token, both ways, and the ratio
- * per round (busy / idle), median over rounds. Run it pinned to core 0:
+ * process; each round measures it with core 1 idle and then with each kind of neighbour running
+ * on core 1 in another process:
  *
- *   taskset -c 0 npx tsx test/bench/core-interference.ts [--rounds 6] [--seconds 1.5]
+ * - `memory`: a loop streaming through 8 MiB (memory bandwidth and the shared cache);
+ * - `sae`: onnxruntime running a seeded 64 → 1024 TopK SAE (the e2e bench's, on stories260K) at
+ *   batch 256, one thread: what saegate's SAE worker does;
+ * - `spin`: arithmetic on 64 numbers (registers and L1 only: the core's execution units).
+ *
+ * A neighbour is busy for `--duty` of every 10 ms and sleeps the rest (1 = always busy). In the e2e
+ * bench's monitoring arm at 8 streams, saegate's SAE worker ran about 15% of the time. Reported:
+ * time inside onnxruntime per generated token, idle and per neighbour, and the ratio per round
+ * (busy / idle), median over rounds. Run it pinned to core 0:
+ *
+ *   taskset -c 0 npx tsx test/bench/core-interference.ts [--rounds 6] [--seconds 1.5] [--duty 1] [--neighbours memory,sae,spin]
  *
  * Prints a table; asserts nothing about time.
  */
 import { spawn } from 'node:child_process';
 import os from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { createSession, loadOrt } from '../../src/common/ort.js';
+import { seededUniform } from '../../src/common/random.js';
 import { LocalEngine } from '../../src/model/engine.js';
 import { loadModel } from '../../src/model/load.js';
+import { buildSaeEncoderGraph, SaeEncoderNames, saeEncoderOutputNames } from '../../src/sae/graph.js';
 import { median } from '../helpers/bench-stats.js';
 import { hasSharedModels, stories260K } from '../helpers/fixtures.js';
+import { seededTopKSae } from '../helpers/sae.js';
 
-const { values } = parseArgs({ options: { rounds: { type: 'string' }, seconds: { type: 'string' } } });
+const NEIGHBOURS = ['memory', 'sae', 'spin'] as const;
+type Neighbour = (typeof NEIGHBOURS)[number];
+const PERIOD_MS = 10;
+
+const { values } = parseArgs({
+  options: { rounds: { type: 'string' }, seconds: { type: 'string' }, duty: { type: 'string' }, neighbours: { type: 'string' }, child: { type: 'string' } },
+});
 const rounds = Number(values.rounds ?? 6);
 const seconds = Number(values.seconds ?? 1.5);
+const duty = Number(values.duty ?? 1);
+const neighbours = (values.neighbours ?? NEIGHBOURS.join(',')).split(',').map((n) => {
+  if (!(NEIGHBOURS as readonly string[]).includes(n)) throw new Error(`--neighbours: unknown neighbour "${n}" (known: ${NEIGHBOURS.join(', ')})`);
+  return n as Neighbour;
+});
+if (!(duty > 0 && duty <= 1)) throw new Error(`--duty must be in (0, 1], got ${values.duty}`);
+
+/** The neighbour process: one unit of its kind of work, repeated for `duty` of every period. */
+async function childMain(kind: Neighbour): Promise<void> {
+  let unit: () => Promise<void> | void;
+  if (kind === 'memory') {
+    const a = new Float64Array(1 << 20);
+    unit = () => {
+      for (let i = 0; i < a.length; i += 1) a[i] = a[i] * 1.0001 + 1;
+    };
+  } else if (kind === 'spin') {
+    const a = new Float64Array(64);
+    unit = () => {
+      for (let r = 0; r < 2000; r++) for (let i = 0; i < a.length; i++) a[i] = a[i] * 1.0001 + 1;
+    };
+  } else {
+    const sae = seededTopKSae({ dIn: 64, dSae: 1024, hook: 'blocks.3.hook_resid_post', k: 32, seed: 11, scales: { W_enc: 2 / 8, b_enc: 0.01, W_dec: 2 / 32, b_dec: 0.01 } });
+    const ort = await loadOrt();
+    const session = await createSession(buildSaeEncoderGraph(sae), { device: 'cpu', intraOpThreads: 1, spinning: false });
+    const u = seededUniform(5);
+    const feeds = { [SaeEncoderNames.input]: new ort.Tensor('float32', Float32Array.from({ length: 256 * 64 }, () => u() - 0.5), [256, 64]) };
+    const outputs = [...saeEncoderOutputNames];
+    unit = async () => {
+      await session.run(feeds, outputs);
+    };
+  }
+  process.stdout.write('on\n');
+  for (;;) {
+    const start = performance.now();
+    do await unit();
+    while (performance.now() - start < duty * PERIOD_MS);
+    if (duty < 1) await new Promise((r) => setTimeout(r, PERIOD_MS - (performance.now() - start)));
+  }
+}
 
 async function main(): Promise<void> {
   if (!hasSharedModels || os.cpus().length < 2) {
@@ -48,10 +107,10 @@ async function main(): Promise<void> {
     );
     return ((engine.stats.runMs - ort0) * 1e3) / tokens;
   };
-  /** Starts the neighbour: a loop streaming through 8 MiB on core 1; resolves once it runs. */
-  const busyNeighbour = async (): Promise<() => Promise<void>> => {
-    const code = 'const a = new Float64Array(1 << 20); process.stdout.write("on\\n"); for (;;) for (let i = 0; i < a.length; i++) a[i] = a[i] * 1.0001 + 1;';
-    const child = spawn('taskset', ['-c', '1', process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  /** Starts a neighbour of `kind` on core 1; resolves once it runs, to a function stopping it. */
+  const startNeighbour = async (kind: Neighbour): Promise<() => Promise<void>> => {
+    const args = [process.execPath, '--import', 'tsx', fileURLToPath(import.meta.url), '--child', kind, '--duty', String(duty)];
+    const child = spawn('taskset', ['-c', '1', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
     await new Promise((resolve) => child.stdout.once('data', resolve));
     return () =>
       new Promise<void>((resolve) => {
@@ -61,26 +120,38 @@ async function main(): Promise<void> {
   };
   await run(); // warm-up
   const rows: string[] = [];
-  const ratios: number[] = [];
+  const ratios = new Map<Neighbour, number[]>(neighbours.map((n) => [n, []]));
   for (let r = 0; r < rounds; r++) {
     const idle = await run();
-    const stop = await busyNeighbour();
-    const busy = await run();
-    await stop();
-    ratios.push(busy / idle);
-    rows.push(`| ${r + 1} | ${idle.toFixed(1)} | ${busy.toFixed(1)} | ${(busy / idle).toFixed(3)} |`);
+    const cells = [idle.toFixed(1)];
+    for (const kind of neighbours) {
+      const stop = await startNeighbour(kind);
+      const busy = await run();
+      await stop();
+      ratios.get(kind)!.push(busy / idle);
+      cells.push(`${busy.toFixed(1)} (${(busy / idle).toFixed(3)})`);
+    }
+    rows.push(`| ${r + 1} | ${cells.join(' | ')} |`);
   }
   await engine.close();
-  const sorted = [...ratios].sort((a, b) => a - b);
+  const summary = neighbours.map((kind) => {
+    const sorted = [...ratios.get(kind)!].sort((a, b) => a - b);
+    return `${kind}: median ${median(sorted).toFixed(3)} (range ${sorted[0].toFixed(3)}–${sorted[sorted.length - 1].toFixed(3)})`;
+  });
   process.stdout.write(
     [
-      '\n## onnxruntime time per token on core 0, core 1 idle and busy (stories260K, 8 streams)\n',
-      '| round | idle µs/tok | busy µs/tok | busy / idle |',
-      '|---|---|---|---|',
+      `\n## onnxruntime µs per token on core 0 (stories260K, 8 streams), core 1 idle and busy ${Math.round(duty * 100)}% of the time (× idle)\n`,
+      `| round | idle | ${neighbours.join(' | ')} |`,
+      `|---|---|${neighbours.map(() => '---|').join('')}`,
       ...rows,
-      `\nmedian busy / idle: ${median(ratios).toFixed(3)} (range ${sorted[0].toFixed(3)}–${sorted[sorted.length - 1].toFixed(3)})\n`,
+      `\nbusy / idle, over ${rounds} rounds: ${summary.join('; ')}\n`,
     ].join('\n'),
   );
 }
 
-await main();
+if (values.child !== undefined) {
+  if (!(NEIGHBOURS as readonly string[]).includes(values.child)) throw new Error(`--child: unknown neighbour "${values.child}"`);
+  await childMain(values.child as Neighbour);
+} else {
+  await main();
+}

@@ -1,0 +1,139 @@
+/**
+ * A cheap upper bound on one SAE feature's activation, computed from a tapped residual row on the
+ * proxy's thread, so that rows a conditional rule cannot fire on need not wait for the SAE.
+ *
+ * A conditional rule on a feature fires when the feature's activation is above its `above`. Every
+ * architecture's activation of feature f is bounded by an affine function of the row, in the
+ * space the SAE's graph works in (`src/sae/graph.ts`):
+ *
+ *   x_n = normalise(x);  x_c = x_n − b_dec (when the SAE applies b_dec to its input);  h = x_c · W_enc[:, f]
+ *   standard, JumpReLU, TopK: act ≤ max(0, h + b_enc[f])   (TopK keeps it or zeroes it; JumpReLU gates it)
+ *   gated:                    act ≤ max(0, exp(r_mag[f]) · h + b_mag[f])   (the gate only zeroes it)
+ *
+ * One dot product of `dIn` per feature and row, where the SAE's own encoder costs `dIn · dSae`. When
+ * the bound is at most `above` the rule cannot fire at that row, whatever the SAE computes; only
+ * rows whose bound exceeds it (rare for a rule watching for something unusual) need the SAE's
+ * answer soon. The bound is computed in double precision; onnxruntime's float32 product differs
+ * from it by rounding, so the bound is raised by a margin proportional to the row's
+ * `Σ |x_c[i] · W_enc[i, f]|`, far above float32's worst-case accumulation error
+ * (`test/unit/policies/screen.test.ts` checks it against the real graph). An SAE whose graph
+ * holds f16 weights gets no screen (`FeatureScreen.forPrecision`): its rounding is not bounded
+ * this tightly, so its rows keep waiting for the SAE.
+ */
+import { f16Values } from '../monitor/projection.js';
+import type { SaeWeights } from '../sae/types.js';
+import type { ActivationData } from '../tap/messages.js';
+
+/** Relative margin on the bound, times `Σ |x_c[i] · W_enc[i, f]|` (float32's ε is 1.2e-7 per operation). */
+const RELATIVE_MARGIN = 1e-4;
+/** Absolute margin, for rows whose products all vanish. */
+const ABSOLUTE_MARGIN = 1e-6;
+/** Mirrors of the graph's normalisation constants (`src/sae/graph.ts`). */
+const LAYER_NORM_EPS = 1e-5;
+const MIN_ROW_NORM = 1e-30;
+
+interface FeatureTerms {
+  /** W_enc's column f, contiguous. */
+  column: Float64Array;
+  /** Scale on h: 1, or exp(r_mag[f]) for gated SAEs. */
+  scale: number;
+  /** Offset: b_enc[f], or b_mag[f] for gated SAEs. */
+  offset: number;
+}
+
+export class FeatureScreen {
+  private readonly features = new Map<number, FeatureTerms>();
+  /** x_c of the row last prepared. */
+  private readonly xc: Float64Array;
+  private prepared = false;
+
+  private constructor(private readonly sae: SaeWeights) {
+    this.xc = new Float64Array(sae.config.dIn);
+  }
+
+  /** A screen for an SAE encoded with weights of this precision: null for f16 (see the module comment). */
+  static forPrecision(sae: SaeWeights, precision: 'f32' | 'f16'): FeatureScreen | null {
+    return precision === 'f32' ? new FeatureScreen(sae) : null;
+  }
+
+  get dIn(): number {
+    return this.sae.config.dIn;
+  }
+
+  /** Reads row `row` of `rows` (`dIn` wide) for the next `mayExceed` calls. */
+  prepare(rows: ActivationData, row: number): void {
+    const { config, b_dec } = this.sae;
+    const d = config.dIn;
+    const offset = row * d;
+    const xc = this.xc;
+    if (rows.dtype === 'f32') {
+      for (let i = 0; i < d; i++) xc[i] = rows.data[offset + i];
+    } else {
+      const table = f16Values();
+      for (let i = 0; i < d; i++) xc[i] = table[rows.data[offset + i]];
+    }
+    let scale = 1;
+    let shift = 0;
+    switch (config.normalizeActivations) {
+      case 'none':
+        break;
+      case 'constant_norm_rescale': {
+        let sum = 0;
+        for (let i = 0; i < d; i++) sum += xc[i] * xc[i];
+        scale = Math.sqrt(d) / Math.max(Math.sqrt(sum), MIN_ROW_NORM);
+        break;
+      }
+      case 'layer_norm': {
+        let mean = 0;
+        for (let i = 0; i < d; i++) mean += xc[i];
+        mean /= d;
+        let sum = 0;
+        for (let i = 0; i < d; i++) sum += (xc[i] - mean) ** 2;
+        shift = mean;
+        scale = 1 / (Math.sqrt(sum / (d - 1)) + LAYER_NORM_EPS);
+        break;
+      }
+      case 'expected_average_only_in':
+        if (config.scalingFactor !== null) scale = config.scalingFactor;
+        break;
+    }
+    const subtract = config.applyBDecToInput;
+    for (let i = 0; i < d; i++) xc[i] = (xc[i] - shift) * scale - (subtract ? b_dec[i] : 0);
+    this.prepared = true;
+  }
+
+  /**
+   * Whether feature `feature`'s activation may be above `above` at the prepared row; false only
+   * when it cannot be. An index outside the SAE never fires (its value reads as 0), so it is
+   * screened as 0.
+   */
+  mayExceed(feature: number, above: number): boolean {
+    if (!this.prepared) throw new Error('FeatureScreen.mayExceed before prepare');
+    if (!Number.isInteger(feature) || feature < 0 || feature >= this.sae.config.dSae) return 0 > above;
+    const terms = this.terms(feature);
+    const xc = this.xc;
+    const { column } = terms;
+    let h = 0;
+    let magnitude = 0;
+    for (let i = 0; i < xc.length; i++) {
+      const p = xc[i] * column[i];
+      h += p;
+      magnitude += Math.abs(p);
+    }
+    const margin = (Math.abs(terms.scale) * magnitude + Math.abs(terms.offset)) * RELATIVE_MARGIN + ABSOLUTE_MARGIN;
+    return Math.max(0, terms.scale * h + terms.offset) + margin > above;
+  }
+
+  private terms(feature: number): FeatureTerms {
+    let terms = this.features.get(feature);
+    if (terms === undefined) {
+      const { W_enc, b_enc, gated, config } = this.sae;
+      const { dIn, dSae } = config;
+      const column = new Float64Array(dIn);
+      for (let i = 0; i < dIn; i++) column[i] = W_enc[i * dSae + feature];
+      terms = config.architecture === 'gated' && gated !== null ? { column, scale: Math.exp(gated.r_mag[feature]), offset: gated.b_mag[feature] } : { column, scale: 1, offset: b_enc[feature] };
+      this.features.set(feature, terms);
+    }
+    return terms;
+  }
+}
