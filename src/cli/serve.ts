@@ -10,6 +10,7 @@ import { parseCommand, text, type CommandSpec } from '../common/options.js';
 import { formatProblem } from '../policies/load.js';
 import { PolicyManager } from '../policies/manager.js';
 import { ConditionRuntime } from '../policies/runtime.js';
+import { FeatureScreen } from '../policies/screen.js';
 import { monitorDriftSource } from '../proxy/live/drift.js';
 import { livePlanResolver, liveSink } from '../proxy/live/observe.js';
 import type { LiveView } from '../proxy/live/routes.js';
@@ -109,6 +110,11 @@ export async function startProxyWithSaes(
   const conditions = policies ? new ConditionRuntime({
     registry,
     saeByHook: new Map(saes.map((sae) => [sae.config.hookName, saeName(sae)])),
+    // Rows no unfired rule can fire on are settled on arrival and skip the short deadline.
+    screens: new Map(saes.flatMap((sae) => {
+      const screen = FeatureScreen.forPrecision(sae, sink?.precision(sae.config.hookName) ?? 'f16');
+      return screen === null ? [] : [[saeName(sae), screen] as const];
+    })),
     tap: {
       planUpdate: (requestId, steering) => server === undefined
         ? { delivered: false, error: err('SAEGATE_ERR_TAP_UNROUTED', requestId, 'the proxy is not started') }

@@ -68,6 +68,8 @@ function conditionThreshold(when: PolicyCondition): { above: number; forTokens: 
 export class RequestConditions {
   private readonly rules: Rule[] = [];
   private nextPosition: number;
+  /** Highest position seen at the proxy (`saw`); −1 before any. */
+  private seenThrough = -1;
   private readonly pending = new Map<number, PositionValues>();
   /** Rules not fired yet (a rule fires at most once). */
   private unfired = 0;
@@ -111,6 +113,35 @@ export class RequestConditions {
   /** True when the request has rules still able to fire. */
   get active(): boolean {
     return this.unfired > 0;
+  }
+
+  /** Notes that the row at `position` reached the proxy (its SAE result comes later): see `waiting`. */
+  saw(position: number): void {
+    if (position > this.seenThrough) this.seenThrough = position;
+  }
+
+  /**
+   * True when a rule that can still fire waits on a row seen (`saw`) but not evaluated yet: then
+   * the request's rows should reach the SAE soon. Rows settled at once (`settle`) wait on nothing.
+   */
+  get waiting(): boolean {
+    return this.unfired > 0 && this.nextPosition <= this.seenThrough;
+  }
+
+  /**
+   * Evaluates `position` at once, without its SAE result, when no rule that can still fire could
+   * fire there: `mayFire(when)` false for each (an upper bound on the value is at most the
+   * threshold, `FeatureScreen`). The row then counts as below every threshold (runs reset), which
+   * is what its SAE result would give; that result, when it comes, is ignored (`observe` skips
+   * positions already evaluated). Only the next position in order can be settled, and only while
+   * no later one is buffered. Returns whether it settled the position now.
+   */
+  settle(position: number, mayFire: (when: PolicyCondition) => boolean): boolean {
+    if (this.unfired === 0 || position !== this.nextPosition || this.pending.size > 0) return false;
+    for (const rule of this.rules) if (!rule.fired && mayFire(rule.when)) return false;
+    for (const rule of this.rules) rule.run = 0;
+    this.nextPosition++;
+    return true;
   }
 
   /**

@@ -18,6 +18,7 @@ export const POLICY_RUNTIME_METRIC_NAMES = [
   'saegate_policy_plan_updates_total',
   'saegate_policy_trigger_lag_steps',
   'saegate_policy_trigger_lag_seconds',
+  'saegate_policy_rows_settled_total',
 ] as const;
 
 export class PolicyRuntimeMetrics {
@@ -27,6 +28,7 @@ export class PolicyRuntimeMetrics {
   readonly planUpdates: Counter<'outcome'>;
   readonly lagSteps: Histogram;
   readonly lagSeconds: Histogram;
+  readonly rowsSettled: Counter;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -50,6 +52,11 @@ export class PolicyRuntimeMetrics {
       name: 'saegate_policy_trigger_lag_seconds',
       help: 'Seconds from the step that computed the triggering row to the end of the first steered step, both as seen on the tap.',
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.rowsSettled = new Counter({
+      name: 'saegate_policy_rows_settled_total',
+      help: 'Rows of requests with unfired conditional rules evaluated as they arrived, because the feature screen showed no such rule could fire on them: they did not wait for the SAE (short batch deadline).',
       registers,
     });
   }

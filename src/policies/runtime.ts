@@ -30,6 +30,13 @@
  * Projection conditions are evaluated on the tapped residual rows themselves (`onFrame`, through
  * the observing sink): ⟨x, v⟩/‖v‖ at the condition's hook, one dot product per row. Features
  * outside a row's reported list count as 0 (lists are complete unless `--sae-top-k` caps them). A fired `abort` calls the proxy's `abortRequest` (`aborter`).
+ *
+ * **Screening.** A request's rows reach the proxy (`onFrame`) before the SAE has encoded them.
+ * With a `FeatureScreen` for the SAE, each row whose bound on every unfired rule's feature is at
+ * most the rule's threshold is evaluated there and then (it cannot fire anything), so only rows
+ * that might fire a rule, and rows behind them in position order, wait for the SAE's result; the
+ * sink gives only those the short batch deadline (`waitsOn`). What fires, and at which position,
+ * is exactly what evaluating every SAE result would give.
  */
 import { performance } from 'node:perf_hooks';
 import type { Registry } from 'prom-client';
@@ -43,6 +50,7 @@ import { PolicyRuntimeMetrics, type PlanUpdateOutcome } from './metrics.js';
 import type { PlannedTerm, ResolvedRequestPlan } from './resolve.js';
 import { projectionKey, type CompiledPolicy } from './compile.js';
 import { projectRows } from '../monitor/projection.js';
+import type { FeatureScreen } from './screen.js';
 import type { PolicyCondition } from './schema.js';
 
 /** Where plan updates go (the proxy's `TapHost`). */
@@ -98,6 +106,13 @@ export interface ConditionRuntimeOptions {
   tap: PlanUpdater;
   /** The SAE name (as policies name it) of each hook an SAE reads. */
   saeByHook: ReadonlyMap<string, string>;
+  /**
+   * Per SAE name, a screen bounding its features' activations from the tapped rows
+   * (`FeatureScreen`): a row no unfired rule can fire on is evaluated as it arrives and does not
+   * wait for the SAE (see `waitsOn`). An SAE without one has every row of a request with unfired
+   * rules wait for its result. Default: none.
+   */
+  screens?: ReadonlyMap<string, FeatureScreen>;
   /** Registers `saegate_policy_*` run-time metrics here. Default: none. */
   registry?: Registry;
   /** Requests evaluated at once; beyond, the oldest is released. Default 4096. */
@@ -334,17 +349,19 @@ export class ConditionRuntime {
 
   /**
    * Whether a conditional rule still waits on the SAE results of rows at `hook` of any of these
-   * requests: one that has not fired yet, on that SAE's features (the SAE sink's urgency test, asked
-   * once per tap frame with its request table). Such rows go to the SAE with the short batch
-   * deadline; the others, including every row of a request whose rules have all fired, with the
-   * monitoring one.
+   * requests: one that has not fired yet, on that SAE's features, with a row seen (`onFrame`) and
+   * not yet evaluated (the SAE sink's urgency test, asked once per tap frame with its request
+   * table, after `onFrame` saw the frame). Such rows go to the SAE with the short batch deadline;
+   * the others with the monitoring one: every row of a request whose rules have all fired, and,
+   * with a screen for the SAE, rows settled as they arrived because no unfired rule could fire on
+   * them.
    */
   waitsOn(hook: string, requestIds: readonly string[]): boolean {
     if (this.requests.size === 0) return false;
     const sae = this.options.saeByHook.get(hook);
     if (sae === undefined) return false;
     for (let i = 0; i < requestIds.length; i++) {
-      if (this.requests.get(requestIds[i])?.groups.get(sae)?.active === true) return true;
+      if (this.requests.get(requestIds[i])?.groups.get(sae)?.waiting === true) return true;
     }
     return false;
   }
@@ -384,6 +401,7 @@ export class ConditionRuntime {
    */
   onFrame(frame: ActivationsFrame): void {
     if (this.requests.size === 0) return;
+    this.screenFrame(frame);
     const group = projectionGroup(frame.hook);
     const table = frame.requestIds;
     let lives: (LiveRequest | undefined)[] | null = null;
@@ -399,6 +417,46 @@ export class ConditionRuntime {
       const events = live.groups.get(group)!.observe(frame.positions[r], new FrameRowValues(frame, r, live.directions));
       if (events.length > 0) this.fired(live, events);
     }
+  }
+
+  /**
+   * Rows of a frame at an SAE's hook, before the SAE sees them: each row of a request with rules
+   * on that SAE is noted as seen, and, with a screen for the SAE, settled at once when no unfired
+   * rule can fire on it (`RequestConditions.settle`), so it need not reach the SAE soon.
+   */
+  private screenFrame(frame: ActivationsFrame): void {
+    const sae = this.options.saeByHook.get(frame.hook);
+    if (sae === undefined) return;
+    const table = frame.requestIds;
+    let groups: (RequestConditions | undefined)[] | null = null;
+    for (let i = 0; i < table.length; i++) {
+      const group = this.requests.get(table[i])?.groups.get(sae);
+      if (group === undefined || !group.active) continue;
+      (groups ??= new Array<RequestConditions | undefined>(table.length))[i] = group;
+    }
+    if (groups === null) return;
+    const screen = this.options.screens?.get(sae);
+    const usable = screen !== undefined && screen.dIn === frame.dModel;
+    let row = -1;
+    let prepared = -1;
+    const mayFire = (when: PolicyCondition): boolean => {
+      if (!('feature' in when)) return true;
+      if (prepared !== row) {
+        screen!.prepare(frame, row);
+        prepared = row;
+      }
+      return screen!.mayExceed(when.feature.index, when.feature.above);
+    };
+    const { rowRequestIndexes, positions, rowCount } = frame;
+    let settled = 0;
+    for (row = 0; row < rowCount; row++) {
+      const group = groups[rowRequestIndexes[row]];
+      if (group === undefined) continue;
+      const position = positions[row];
+      group.saw(position);
+      if (usable && group.settle(position, mayFire)) settled++;
+    }
+    if (settled > 0) this.metrics?.rowsSettled.inc(settled);
   }
 
   /** Whether any of the policies has a condition (a `when` on a steer or flag, or an abort): then tapped data is needed within milliseconds. */

@@ -174,6 +174,11 @@ export class SaeSink implements ActivationSink {
     for (const b of this.bindings) b.batcher.setUrgency(isUrgent === null ? null : (meta) => isUrgent(meta.hook, meta.requestIds));
   }
 
+  /** The precision of the weights the SAE at `hook` is encoded with (`SaePool.weights`); undefined for a hook without an SAE. */
+  precision(hook: string): 'f32' | 'f16' | undefined {
+    return this.byHook.get(hook)?.pool.weights;
+  }
+
   /** Subscribes to encoded batches of every SAE; returns the unsubscribe function. */
   onResult(listener: (batch: SaeResultBatch) => void): () => void {
     const offs = this.bindings.map((b) => b.batcher.onResult(listener));

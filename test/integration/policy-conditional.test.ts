@@ -366,6 +366,8 @@ describe.skipIf(!hasModel)('conditional steering and flags on live traffic', () 
     const urgent = value(`saegate_sae_urgent_batches_total{hook="${HOOK}"}`);
     expect(urgent).toBeGreaterThan(0);
     expect(urgent).toBeLessThan(value(`saegate_sae_batches_total{hook="${HOOK}"}`));
+    // Rows no unfired rule could fire on were settled as they arrived (the feature screen).
+    expect(value('saegate_policy_rows_settled_total')).toBeGreaterThan(0);
     expect(value(`saegate_sae_run_seconds_total{hook="${HOOK}"}`)).toBeGreaterThan(0);
     // (saegate_policy_conditional_requests still counts the finished requests here: they stay 10 s
     // for late SAE results; their release is tested in test/unit/policies/runtime.test.ts.)

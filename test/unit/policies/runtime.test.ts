@@ -10,6 +10,10 @@ import type { SaeResultBatch } from '../../../src/sae/batcher.js';
 import { makeSteeringVector } from '../../../src/steering/vector.js';
 import type { PlanUpdateResult, SteeringTerm } from '../../../src/tap/host.js';
 import type { TokensMessage } from '../../../src/tap/messages.js';
+import type { ActivationsFrame } from '../../../src/tap/server.js';
+import { FeatureScreen } from '../../../src/policies/screen.js';
+import { seededStandardSae } from '../../helpers/sae.js';
+import { seededUniform } from '../../../src/common/random.js';
 import { documentedMetrics } from '../../helpers/metrics-doc.js';
 
 const HOOK = 'blocks.2.hook_resid_post';
@@ -54,6 +58,24 @@ function batch(rows: [string, number, number][]): SaeResultBatch {
     l0: new Int32Array(n),
     sqError: new Float32Array(n),
     fvu: new Float32Array(n),
+  };
+}
+
+/** An activations frame at HOOK (f32, d_model 4): rows (request, position, values). */
+function rowsFrame(rows: [string, number, number[]][], dModel = 4): ActivationsFrame {
+  const requestIds = [...new Set(rows.map((r) => r[0]))];
+  return {
+    type: 'activations',
+    hookIndex: 0,
+    hook: HOOK,
+    dModel,
+    droppedRowsSinceLastFrame: 0,
+    rowCount: rows.length,
+    requestIds,
+    rowRequestIndexes: Uint16Array.from(rows.map((r) => requestIds.indexOf(r[0]))),
+    positions: Int32Array.from(rows.map((r) => r[1])),
+    dtype: 'f32',
+    data: Float32Array.from(rows.flatMap((r) => r[2])),
   };
 }
 
@@ -128,6 +150,9 @@ describe('conditional policies at run time', () => {
       runtime.resolve('plain', plan(policy({ steers: [{ vector, hooks: [HOOK], scale: 1, positions: 'all', when: undefined, forTokens: undefined }], flags: [{ name: 'always', when: undefined }] })));
       expect(runtime.waitsOn(HOOK, ['plain'])).toBe(false);
       const { outcome } = runtime.resolve('r', plan(conditionalSteer));
+      // Nothing waits before a row of the request arrived; without a screen, every row seen does.
+      expect(runtime.waitsOn(HOOK, ['other', 'r'])).toBe(false);
+      runtime.onFrame(rowsFrame([['r', 0, [0, 0, 0, 0]]]));
       expect(runtime.waitsOn(HOOK, ['other', 'r'])).toBe(true);
       expect(runtime.waitsOn(HOOK, ['other', 'plain'])).toBe(false);
       expect(runtime.waitsOn('blocks.9.hook_resid_post', ['r'])).toBe(false);
@@ -264,6 +289,130 @@ describe('conditional policies at run time', () => {
     runtime.onFrame(frame('f32', [0, 1, 2, 3], 'other'));
     expect(tap.updates).toHaveLength(1);
     expect(ConditionRuntime.projectionHooks([projecting])).toEqual([HOOK]);
+  });
+
+  describe('with a screen on the SAE', () => {
+    // SAE `demo` (standard, 4 → 8): feature 7's activation is relu(x · W_enc[:, 7] + b_enc[7]), with
+    // b_dec subtracted from x first; the rules read feature 7 above 1 (steer) and above 4 (flag).
+    const sae = seededStandardSae({ dIn: 4, dSae: 8, hook: HOOK, seed: 3, scales: { W_enc: 4, b_enc: 1, W_dec: 1, b_dec: 0.5 } });
+    const activation = (x: readonly number[]): number => {
+      let pre = sae.b_enc[7];
+      for (let i = 0; i < 4; i++) pre += (x[i] - sae.b_dec[i]) * sae.W_enc[i * 8 + 7];
+      return Math.max(0, pre);
+    };
+    /** Exact SAE results of these rows (feature 7 only), as the SAE sink would hand them over. */
+    const results = (rows: [string, number, number[]][]): SaeResultBatch => batch(rows.map(([id, position, x]) => [id, position, activation(x)]));
+    const screened = (): ReturnType<typeof setup> & { screen: FeatureScreen } => {
+      const screen = FeatureScreen.forPrecision(sae, 'f32')!;
+      const tap = new RecordingTap();
+      const runtime = new ConditionRuntime({ tap, saeByHook: new Map([[HOOK, 'demo']]), screens: new Map([['demo', screen]]) });
+      const records: RuntimeRecord[] = [];
+      runtime.onRecord((r) => records.push(r));
+      return { ...setup(), tap, runtime, records, screen };
+    };
+    /** A row whose feature 7 is exactly `value` (> 0), or whose pre-activation is far below 0. */
+    const rowWith = (value: number): number[] => {
+      // Along W_enc[:, 7]: x = b_dec + t · w / |w|², so x_c · w = t.
+      const w = [0, 1, 2, 3].map((i) => sae.W_enc[i * 8 + 7]);
+      const norm2 = w.reduce((a, b) => a + b * b, 0);
+      const t = value - sae.b_enc[7];
+      return w.map((wi, i) => sae.b_dec[i] + (t * wi) / norm2);
+    };
+
+    it('settles rows no unfired rule can fire on as they arrive: nothing waits on them, and their SAE results change nothing', () => {
+      const { runtime, tap } = screened();
+      runtime.resolve('r', plan(conditionalSteer));
+      const quiet: [string, number, number[]][] = [['r', 0, rowWith(-5)], ['r', 1, rowWith(0.5)], ['r', 2, rowWith(0.9)]];
+      runtime.onFrame(rowsFrame(quiet));
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(false);
+      runtime.onResult(results(quiet));
+      expect(tap.updates).toEqual([]);
+      // Position 3 might fire the steer (1.5 > 1): it and every row behind it wait for the SAE.
+      runtime.onFrame(rowsFrame([['r', 3, rowWith(1.5)], ['r', 4, rowWith(-5)]]));
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(true);
+      runtime.onFrame(rowsFrame([['r', 5, rowWith(-5)]]));
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(true);
+      runtime.onResult(results([['r', 3, rowWith(1.5)], ['r', 4, rowWith(-5)]]));
+      expect(tap.updates.map((u) => u.steering.map((t) => t.fromPosition))).toEqual([[4]]);
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(true); // position 5 is still with the SAE
+      runtime.onResult(results([['r', 5, rowWith(-5)]]));
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(false);
+      // Only the flag (above 4) is left: a row at 2 cannot fire it, one at 4.5 might.
+      runtime.onFrame(rowsFrame([['r', 6, rowWith(2)]]));
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(false);
+      runtime.onFrame(rowsFrame([['r', 7, rowWith(4.5)]]));
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(true);
+    });
+
+    it('leaves rows of another width, and every row without a screen, to the SAE', () => {
+      const { runtime } = screened();
+      runtime.resolve('r', plan(conditionalSteer));
+      runtime.onFrame(rowsFrame([['r', 0, [0, 0]]], 2));
+      expect(runtime.waitsOn(HOOK, ['r'])).toBe(true);
+      const { runtime: bare } = setup();
+      bare.resolve('r', plan(conditionalSteer));
+      bare.onFrame(rowsFrame([['r', 0, rowWith(-5)]]));
+      expect(bare.waitsOn(HOOK, ['r'])).toBe(true);
+    });
+
+    it('fires exactly what evaluating every SAE result fires, at the same positions, on random traffic', () => {
+      // Requests of 20–60 positions, four at a time; rows arrive in frames of random size, and each
+      // frame's SAE results come back zero to three frames later, as batches do. Most rows are
+      // quiet; one in eight is within 0.25 of a threshold, either side. The same traffic without a
+      // screen is the reference.
+      const u = seededUniform(17);
+      const forTokens = policy({
+        name: 'q',
+        qualifiedName: 'q@1',
+        steers: [{ vector, hooks: [HOOK], scale: 1, positions: 'all', when: when(2, 3), forTokens: undefined }],
+        aborts: [{ when: when(4.5), reason: 'hot' }],
+      });
+      const thresholds = [1, 2, 4, 4.5];
+      const { runtime, tap, records } = screened();
+      const reference = setup();
+      let started = 0;
+      const running: { id: string; next: number; length: number }[] = [];
+      const start = (): void => {
+        const id = `r${started++}`;
+        runtime.resolve(id, plan(conditionalSteer, forTokens));
+        reference.runtime.resolve(id, plan(conditionalSteer, forTokens));
+        running.push({ id, next: 0, length: 20 + Math.floor(u() * 40) });
+      };
+      for (let i = 0; i < 4; i++) start();
+      const inFlight: [string, number, number[]][][] = [];
+      let settledFrames = 0;
+      for (let f = 0; f < 600; f++) {
+        const rows: [string, number, number[]][] = [];
+        for (let n = 1 + Math.floor(u() * 4); n > 0; n--) {
+          const at = Math.floor(u() * running.length);
+          const request = running[at];
+          const value = u() < 0.875 ? -3 + 3.5 * u() : thresholds[Math.floor(u() * thresholds.length)] + 0.5 * u() - 0.25;
+          rows.push([request.id, request.next++, rowWith(value)]);
+          if (request.next === request.length) {
+            running.splice(at, 1);
+            start();
+          }
+        }
+        runtime.onFrame(rowsFrame(rows));
+        if (!runtime.waitsOn(HOOK, [...new Set(rows.map((r) => r[0]))])) settledFrames++;
+        inFlight.push(rows);
+        while (inFlight.length > 3 || (inFlight.length > 0 && u() < 0.4)) {
+          const done = inFlight.shift()!;
+          runtime.onResult(results(done));
+          reference.runtime.onResult(results(done));
+        }
+      }
+      for (const done of inFlight) {
+        runtime.onResult(results(done));
+        reference.runtime.onResult(results(done));
+      }
+      const fired = (list: RuntimeRecord[]) => list.map((r) => (r.type === 'trigger' ? `${r.requestId}:${r.kind}:${r.policy}:${r.triggerPosition}` : r.type));
+      expect(fired(reference.records).length).toBeGreaterThan(50);
+      expect(fired(records)).toEqual(fired(reference.records));
+      expect(tap.updates).toEqual(reference.tap.updates);
+      // The screen did its work: a good share of frames had nothing waiting on the SAE.
+      expect(settledFrames).toBeGreaterThan(150);
+    });
   });
 
   it('registers exactly the metrics docs/metrics.md lists under Policies, besides the policy manager\'s', () => {
