@@ -7,8 +7,14 @@
  * space the SAE's graph works in (`src/sae/graph.ts`):
  *
  *   x_n = normalise(x);  x_c = x_n − b_dec (when the SAE applies b_dec to its input);  h = x_c · W_enc[:, f]
- *   standard, JumpReLU, TopK: act ≤ max(0, h + b_enc[f])   (TopK keeps it or zeroes it; JumpReLU gates it)
- *   gated:                    act ≤ max(0, exp(r_mag[f]) · h + b_mag[f])   (the gate only zeroes it)
+ *   standard, TopK: act ≤ max(0, h + b_enc[f])   (equal for standard; TopK keeps it or zeroes it)
+ *   JumpReLU:       act = 0 when h + b_enc[f] ≤ threshold[f], else as standard
+ *   gated:          act = 0 when h + b_gate[f] ≤ 0, else ≤ max(0, exp(r_mag[f]) · h + b_mag[f])
+ *
+ * TopK's bound is loose: a feature with a positive pre-activation outside the k largest is 0, and
+ * telling that would take the other pre-activations. A rule on a TopK SAE with a low threshold
+ * (`above: 0`, "fires when active") therefore lets rows through the screen only when the feature's
+ * pre-activation is negative.
  *
  * One dot product of `dIn` per feature and row, where the SAE's own encoder costs `dIn · dSae`. When
  * the bound is at most `above` the rule cannot fire at that row, whatever the SAE computes; only
@@ -39,6 +45,12 @@ interface FeatureTerms {
   scale: number;
   /** Offset: b_enc[f], or b_mag[f] for gated SAEs. */
   offset: number;
+  /**
+   * The feature is 0 unless `h + gateOffset > gateAbove`: JumpReLU's `pre > threshold[f]`
+   * (gateOffset b_enc[f], gateAbove threshold[f]), gated SAEs' `h + b_gate[f] > 0`. Null for
+   * standard and TopK SAEs.
+   */
+  gate: { offset: number; above: number } | null;
 }
 
 export class FeatureScreen {
@@ -120,6 +132,9 @@ export class FeatureScreen {
       h += p;
       magnitude += Math.abs(p);
     }
+    const { gate } = terms;
+    // A closed gate zeroes the feature: then its value is 0, whatever the magnitude path says.
+    if (gate !== null && h + gate.offset + (magnitude + Math.abs(gate.offset)) * RELATIVE_MARGIN + ABSOLUTE_MARGIN <= gate.above) return 0 > above;
     const margin = (Math.abs(terms.scale) * magnitude + Math.abs(terms.offset)) * RELATIVE_MARGIN + ABSOLUTE_MARGIN;
     return Math.max(0, terms.scale * h + terms.offset) + margin > above;
   }
@@ -131,7 +146,13 @@ export class FeatureScreen {
       const { dIn, dSae } = config;
       const column = new Float64Array(dIn);
       for (let i = 0; i < dIn; i++) column[i] = W_enc[i * dSae + feature];
-      terms = config.architecture === 'gated' && gated !== null ? { column, scale: Math.exp(gated.r_mag[feature]), offset: gated.b_mag[feature] } : { column, scale: 1, offset: b_enc[feature] };
+      const { threshold } = this.sae;
+      if (config.architecture === 'gated' && gated !== null) {
+        terms = { column, scale: Math.exp(gated.r_mag[feature]), offset: gated.b_mag[feature], gate: { offset: gated.b_gate[feature], above: 0 } };
+      } else {
+        const gate = config.architecture === 'jumprelu' && threshold !== null ? { offset: b_enc[feature], above: threshold[feature] } : null;
+        terms = { column, scale: 1, offset: b_enc[feature], gate };
+      }
       this.features.set(feature, terms);
     }
     return terms;
