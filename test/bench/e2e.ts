@@ -47,7 +47,9 @@
  * and, per saegate, the row ledger at the end: tap rows = rows encoded + rows dropped by reason.
  * Models: stories260K (../shared/models; a 64 → 1024 TopK SAE, k 32, at blocks.3) and a synthetic
  * 512-wide, 8-layer model (a 512 → 8192 TopK SAE, k 64, at blocks.4). SAE weights are seeded
- * random: the cost of a TopK SAE does not depend on what it learned.
+ * random: the cost of a TopK SAE does not depend on what it learned. `--sae-arch jumprelu` uses a
+ * JumpReLU SAE of about the same L0 instead (`seededSae`), whose features the policies' feature
+ * screen bounds tightly.
  *
  * `--profile DIR` runs every process with `--cpu-prof` into DIR and prints, per process, the
  * functions with the most self time over the whole run (the profiles stay in DIR for a closer
@@ -59,6 +61,7 @@
  *   npx tsx test/bench/e2e.ts [--quick] [--rounds N] [--seconds S] [--streams 1,8,32]
  *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR] [--perf-map]
  *                             [--saegate-args='--sae-max-delay-ms 8'] [--model-args='--tap-flush-ms 5']
+ *                             [--sae-arch topk|jumprelu]
  *
  * Prints tables; asserts nothing about time.
  */
@@ -71,12 +74,13 @@ import { parseArgs } from 'node:util';
 import { Agent, request } from 'undici';
 import { createSession, loadOrt } from '../../src/common/ort.js';
 import { writeSaeLensDirectory } from '../../src/lab/train/trainer.js';
+import { writeSafetensors } from '../../src/common/safetensors.js';
 import { buildSaeEncoderGraph, SaeEncoderNames, saeEncoderOutputNames } from '../../src/sae/graph.js';
 import { seededUniform } from '../../src/common/random.js';
 import type { SaeWeights } from '../../src/sae/types.js';
 import { hasSharedModels, makeTempDir, stories260K } from '../helpers/fixtures.js';
 import { freePort } from '../helpers/ports.js';
-import { seededTopKSae } from '../helpers/sae.js';
+import { seededStandardSae, seededTopKSae } from '../helpers/sae.js';
 import { waitFor } from '../helpers/wait.js';
 import { median } from '../helpers/bench-stats.js';
 
@@ -93,8 +97,12 @@ const { values } = parseArgs({
     'saegate-args': { type: 'string' },
     'model-args': { type: 'string' },
     'perf-map': { type: 'boolean' },
+    'sae-arch': { type: 'string' },
   },
 });
+/** The seeded SAE's architecture: TopK (default), or JumpReLU with about the same L0 (see `seededSae`). */
+const saeArch = values['sae-arch'] ?? 'topk';
+if (saeArch !== 'topk' && saeArch !== 'jumprelu') throw new Error(`--sae-arch: topk or jumprelu, got ${saeArch}`);
 /** Extra flags for every tapped `saegate model serve` (for example `--tap-flush-ms 5`), split on spaces. */
 const extraModelArgs = values['model-args']?.split(' ').filter((a) => a !== '') ?? [];
 /** Extra flags for every `saegate serve` (for example `--sae-max-delay-ms 8`), split on spaces. */
@@ -262,9 +270,57 @@ const NO_CPU: CpuSplit = { all: 0, main: 0, busiestOther: 0, sys: 0, switches: 0
 // ---------------------------------------------------------------------------------------------
 // Set-up per model
 
-/** A seeded TopK SAE for the model case. */
-function seededTopK(m: ModelCase, seed: number): SaeWeights {
-  return seededTopKSae({ dIn: m.dIn, dSae: m.dSae, hook: m.hook, k: m.k, seed, scales: { W_enc: 2 / Math.sqrt(m.dIn), b_enc: 0.01, W_dec: 2 / Math.sqrt(m.dSae), b_dec: 0.01 } });
+/**
+ * A seeded SAE for the model case: TopK (k of the case), or with `--sae-arch jumprelu` a JumpReLU
+ * SAE with the same weights, inputs rescaled to norm √d_in (`constant_norm_rescale`) and one
+ * threshold for every feature, set so that about k features fire per row: with W_enc uniform in
+ * ±1/√d_in, a rescaled row's pre-activations spread over the features as a normal of variance 1/3
+ * whatever the row, so the threshold is that normal's (1 − k/d_sae) quantile.
+ */
+function seededSae(m: ModelCase, seed: number): SaeWeights {
+  const options = { dIn: m.dIn, dSae: m.dSae, hook: m.hook, seed, scales: { W_enc: 2 / Math.sqrt(m.dIn), b_enc: 0.01, W_dec: 2 / Math.sqrt(m.dSae), b_dec: 0.01 } };
+  if (saeArch === 'topk') return seededTopKSae({ ...options, k: m.k });
+  const sae = seededStandardSae(options);
+  const threshold = Math.sqrt(1 / 3) * normalQuantile(1 - m.k / m.dSae);
+  return { ...sae, config: { ...sae.config, architecture: 'jumprelu', normalizeActivations: 'constant_norm_rescale' }, threshold: new Float32Array(m.dSae).fill(threshold) };
+}
+
+/** Writes the bench SAE as a SAELens directory: TopK through the trainer's writer, JumpReLU here (with its `threshold`). */
+function writeSaeDirectory(dir: string, sae: SaeWeights): void {
+  if (sae.config.architecture === 'topk') {
+    writeSaeLensDirectory(dir, sae);
+    return;
+  }
+  const { dIn, dSae, hookName } = sae.config;
+  fs.mkdirSync(dir, { recursive: true });
+  const cfg = { architecture: 'jumprelu', d_in: dIn, d_sae: dSae, dtype: 'float32', hook_name: hookName, apply_b_dec_to_input: sae.config.applyBDecToInput, normalize_activations: sae.config.normalizeActivations };
+  fs.writeFileSync(path.join(dir, 'cfg.json'), `${JSON.stringify(cfg)}\n`);
+  writeSafetensors(path.join(dir, 'sae_weights.safetensors'), {
+    W_enc: { dtype: 'F32', shape: [dIn, dSae], data: sae.W_enc },
+    b_enc: { dtype: 'F32', shape: [dSae], data: sae.b_enc },
+    W_dec: { dtype: 'F32', shape: [dSae, dIn], data: sae.W_dec },
+    b_dec: { dtype: 'F32', shape: [dIn], data: sae.b_dec },
+    threshold: { dtype: 'F32', shape: [dSae], data: sae.threshold ?? new Float32Array(dSae) },
+  });
+}
+
+/** The standard normal's quantile at p (bisection on erf's complement; plenty for a threshold). */
+function normalQuantile(p: number): number {
+  const cdf = (z: number): number => {
+    // Abramowitz–Stegun 7.1.26 for erf, |error| < 1.5e-7.
+    const x = Math.abs(z) / Math.SQRT2;
+    const t = 1 / (1 + 0.3275911 * x);
+    const erf = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * Math.exp(-x * x);
+    return z >= 0 ? (1 + erf) / 2 : (1 - erf) / 2;
+  };
+  let lo = -10;
+  let hi = 10;
+  for (let i = 0; i < 80; i++) {
+    const mid = (lo + hi) / 2;
+    if (cdf(mid) < p) lo = mid;
+    else hi = mid;
+  }
+  return (lo + hi) / 2;
 }
 
 const prompts = ['happy.txt', 'sad.txt', 'control.txt'].flatMap((file) =>
@@ -321,14 +377,17 @@ async function rawSaeMicrosPerRow(sae: SaeWeights): Promise<number> {
 
 async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
   const saeDir = path.join(dir, 'bench');
-  const sae = seededTopK(m, 11);
-  writeSaeLensDirectory(saeDir, sae);
+  const sae = seededSae(m, 11);
+  writeSaeDirectory(saeDir, sae);
   rawMicrosPerRow = await rawSaeMicrosPerRow(sae);
   const watched = [1, 2, 3, 5, 8, 13, 21, 34];
   fs.writeFileSync(path.join(dir, 'watch.yaml'), `features:\n${watched.map((i) => `  - {sae: bench, index: ${i}, label: f${i}}\n`).join('')}`);
   const policyDir = path.join(dir, 'policies');
   fs.mkdirSync(policyDir, { recursive: true });
-  // A watched feature steers its own decoder direction down while it fires; another one flags.
+  // A watched feature steers its own decoder direction down while it fires; another one flags:
+  // when it is active on the TopK SAE (rarely), when it is far above its threshold on the JumpReLU
+  // one (a guard that practically never fires, the usual case for a safety rule).
+  const flagAbove = saeArch === 'topk' ? 0 : 2.5;
   fs.writeFileSync(
     path.join(policyDir, 'bench.yaml'),
     [
@@ -342,7 +401,7 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
       `        vector: sae:bench#${watched[0]}`,
       '        scale: -0.5',
       `        when: {feature: {sae: bench, index: ${watched[0]}, above: 0}}`,
-      `    - flag: {name: bench-flag, when: {feature: {sae: bench, index: ${watched[1]}, above: 0}}}`,
+      `    - flag: {name: bench-flag, when: {feature: {sae: bench, index: ${watched[1]}, above: ${flagAbove}}}}`,
       '',
     ].join('\n'),
   );
@@ -551,8 +610,17 @@ function quantile(xs: number[], q: number): number {
 const f = (x: number, digits = 0): string => (Number.isFinite(x) ? x.toFixed(digits) : '–');
 
 async function ledger(arm: Arm): Promise<string> {
-  if (!arm.saegateUrl) return '';
-  const m = await scrape(arm.saegateUrl);
+  const url = arm.saegateUrl;
+  if (!url) return '';
+  // Rows of the last round may still wait in an open batch (up to --sae-monitor-delay-ms): the
+  // ledger is read once nothing is queued or in flight at the SAE.
+  let m = await scrape(url);
+  if (hasSae(arm.name)) {
+    await waitFor(`${arm.name}: SAE rows settled`, async () => {
+      m = await scrape(url);
+      return total(m, 'saegate_sae_queued_rows') === 0 && total(m, 'saegate_sae_rows_encoded_total') + total(m, 'saegate_sae_rows_dropped_total') + total(m, 'saegate_tap_rows_dropped_total') >= total(m, 'saegate_tap_rows_total');
+    }, { deadlineMs: 5000, intervalMs: 50 }).catch(() => undefined);
+  }
   const tapRows = total(m, 'saegate_tap_rows_total');
   const encoded = total(m, 'saegate_sae_rows_encoded_total');
   const drops: string[] = [];
@@ -670,7 +738,7 @@ try {
     }
     measuredTo = Number(process.hrtime.bigint() / 1000n);
     const lines = [
-      `\n## ${m.name} (SAE ${m.dIn} → ${m.dSae} TopK k ${m.k} at ${m.hook}; raw onnxruntime ${f(rawMicrosPerRow, 2)} µs/row at batch 256)\n`,
+      `\n## ${m.name} (SAE ${m.dIn} → ${m.dSae} ${saeArch === 'topk' ? `TopK k ${m.k}` : `JumpReLU, about ${m.k} active`} at ${m.hook}; raw onnxruntime ${f(rawMicrosPerRow, 2)} µs/row at batch 256)\n`,
       '| streams | path | tok/s | × direct | TTFT p50 ms | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | of it, loop / worker / kernel | switches/tok | tok/step | onnxruntime µs/tok | × direct | × proxy | saegate CPU-µs/tok | rows/tok | saegate µs/row | beyond SAE | event loop µs/row | SAE run µs/row | errors |',
       '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ];
