@@ -14,8 +14,9 @@
  * the bound is at most `above` the rule cannot fire at that row, whatever the SAE computes; only
  * rows whose bound exceeds it (rare for a rule watching for something unusual) need the SAE's
  * answer soon. The bound is computed in double precision; onnxruntime's float32 product differs
- * from it by rounding, so the bound is raised by a margin proportional to the row's
- * `Σ |x_c[i] · W_enc[i, f]|`, far above float32's worst-case accumulation error
+ * from it by rounding, so the pre-activation is raised by a margin proportional to the row's
+ * `Σ |x_c[i] · W_enc[i, f]|`, far above float32's worst-case accumulation error, before the ReLU
+ * (so a feature whose pre-activation is clearly negative is screened out at `above = 0`)
  * (`test/unit/policies/screen.test.ts` checks it against the real graph). An SAE whose graph
  * holds f16 weights gets no screen (`FeatureScreen.forPrecision`): its rounding is not bounded
  * this tightly, so its rows keep waiting for the SAE.
@@ -121,7 +122,9 @@ export class FeatureScreen {
       magnitude += Math.abs(p);
     }
     const margin = (Math.abs(terms.scale) * magnitude + Math.abs(terms.offset)) * RELATIVE_MARGIN + ABSOLUTE_MARGIN;
-    return Math.max(0, terms.scale * h + terms.offset) + margin > above;
+    // The margin bounds the rounding of the pre-activation, so it goes inside the ReLU: an
+    // activation is never below 0, and a pre-activation below −margin rules out any `above` ≥ 0.
+    return Math.max(0, terms.scale * h + terms.offset + margin) > above;
   }
 
   private terms(feature: number): FeatureTerms {
