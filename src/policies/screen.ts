@@ -20,8 +20,16 @@
  * the bound is at most `above` the rule cannot fire at that row, whatever the SAE computes; only
  * rows whose bound exceeds it (rare for a rule watching for something unusual) need the SAE's
  * answer soon. The bound is computed in double precision; onnxruntime's float32 product differs
- * from it by rounding, so the bound is raised by a margin proportional to the row's
- * `Σ |x_c[i] · W_enc[i, f]|`, far above float32's worst-case accumulation error
+ * from it by rounding, so the pre-activation is raised by a margin proportional to
+ * `Σ a[i] · |W_enc[i, f]|`, far above float32's worst-case accumulation error, before the ReLU
+ * (so a feature whose pre-activation is clearly negative is screened out at `above = 0`). `a[i]`
+ * is x_c[i]'s magnitude *before* the cancellations of centring and of subtracting b_dec,
+ * `(|x[i]| + mean|x|) · scale + |b_dec[i]|` (mean|x| only for layer_norm), since float32 rounds
+ * those operands, not their difference. A row the graph cannot normalise to float32 accuracy is
+ * not screened at all (`mayExceed` is true): a non-finite row; a layer_norm row whose mean's
+ * rounding is not small next to its spread (a large common offset, a constant row: the graph's
+ * centred row is then mostly rounding, divided by a tiny deviation); a sum of squares that may
+ * overflow float32, or (constant_norm_rescale) underflow it
  * (`test/unit/policies/screen.test.ts` checks it against the real graph). An SAE whose graph
  * holds f16 weights gets no screen (`FeatureScreen.forPrecision`): its rounding is not bounded
  * this tightly, so its rows keep waiting for the SAE.
@@ -30,13 +38,24 @@ import { f16Values } from '../monitor/projection.js';
 import type { SaeWeights } from '../sae/types.js';
 import type { ActivationData } from '../tap/messages.js';
 
-/** Relative margin on the bound, times `Σ |x_c[i] · W_enc[i, f]|` (float32's ε is 1.2e-7 per operation). */
+/** Relative margin on the bound, times `Σ a[i] · |W_enc[i, f]|` (float32's ε is 1.2e-7 per operation). */
 const RELATIVE_MARGIN = 1e-4;
 /** Absolute margin, for rows whose products all vanish. */
 const ABSOLUTE_MARGIN = 1e-6;
 /** Mirrors of the graph's normalisation constants (`src/sae/graph.ts`). */
 const LAYER_NORM_EPS = 1e-5;
 const MIN_ROW_NORM = 1e-30;
+/** float32's unit roundoff, 2^-24. */
+const F32_UNIT_ROUNDOFF = 2 ** -24;
+/**
+ * Largest (dIn + 2) · u · mean|x| / (std + eps) of a layer_norm row that is screened: the graph's
+ * mean is off by at most (dIn + 2) · u · mean|x|, which shifts its normalised row by at most this
+ * (covered by the margin's mean|x| term) and changes its scale by a second-order ~this² / 2.
+ */
+const LAYER_NORM_MAX_MEAN_ERROR = 1e-3;
+/** Sums of squares screened: inside float32's normal range with room for accumulation. */
+const MAX_SUM_OF_SQUARES = 2 ** 120;
+const MIN_SUM_OF_SQUARES = 2 ** -100;
 
 interface FeatureTerms {
   /** W_enc's column f, contiguous. */
@@ -57,10 +76,15 @@ export class FeatureScreen {
   private readonly features = new Map<number, FeatureTerms>();
   /** x_c of the row last prepared. */
   private readonly xc: Float64Array;
+  /** a: x_c's magnitudes before cancellation, for the margin (see the module comment). */
+  private readonly xa: Float64Array;
   private prepared = false;
+  /** False when the graph's float32 normalisation of the prepared row is not reliable: no screening. */
+  private screenable = false;
 
   private constructor(private readonly sae: SaeWeights) {
     this.xc = new Float64Array(sae.config.dIn);
+    this.xa = new Float64Array(sae.config.dIn);
   }
 
   /** A screen for an SAE encoded with weights of this precision: null for f16 (see the module comment). */
@@ -84,14 +108,25 @@ export class FeatureScreen {
       const table = f16Values();
       for (let i = 0; i < d; i++) xc[i] = table[rows.data[offset + i]];
     }
+    this.prepared = true;
+    this.screenable = false;
+    let meanAbs = 0;
+    for (let i = 0; i < d; i++) meanAbs += Math.abs(xc[i]);
+    meanAbs /= d;
+    // Infinity or NaN anywhere (the sum is then not finite), or values whose sums overflow float32.
+    if (!(meanAbs * d <= MAX_SUM_OF_SQUARES)) return;
     let scale = 1;
     let shift = 0;
+    let spread = 0;
     switch (config.normalizeActivations) {
       case 'none':
         break;
       case 'constant_norm_rescale': {
         let sum = 0;
         for (let i = 0; i < d; i++) sum += xc[i] * xc[i];
+        // A zero row is exact (the graph's floor keeps it zero); a sum of squares that float32
+        // flushes or rounds coarsely (subnormals) or overflows would meet the floor or Infinity.
+        if (sum > MAX_SUM_OF_SQUARES || (sum > 0 && sum < MIN_SUM_OF_SQUARES)) return;
         scale = Math.sqrt(d) / Math.max(Math.sqrt(sum), MIN_ROW_NORM);
         break;
       }
@@ -101,8 +136,11 @@ export class FeatureScreen {
         mean /= d;
         let sum = 0;
         for (let i = 0; i < d; i++) sum += (xc[i] - mean) ** 2;
+        if (sum > MAX_SUM_OF_SQUARES) return;
         shift = mean;
         scale = 1 / (Math.sqrt(sum / (d - 1)) + LAYER_NORM_EPS);
+        if ((d + 2) * F32_UNIT_ROUNDOFF * meanAbs * scale > LAYER_NORM_MAX_MEAN_ERROR) return;
+        spread = meanAbs;
         break;
       }
       case 'expected_average_only_in':
@@ -110,33 +148,42 @@ export class FeatureScreen {
         break;
     }
     const subtract = config.applyBDecToInput;
-    for (let i = 0; i < d; i++) xc[i] = (xc[i] - shift) * scale - (subtract ? b_dec[i] : 0);
-    this.prepared = true;
+    const xa = this.xa;
+    const absScale = Math.abs(scale);
+    for (let i = 0; i < d; i++) {
+      const b = subtract ? b_dec[i] : 0;
+      xa[i] = (Math.abs(xc[i]) + spread) * absScale + Math.abs(b);
+      xc[i] = (xc[i] - shift) * scale - b;
+    }
+    this.screenable = true;
   }
 
   /**
    * Whether feature `feature`'s activation may be above `above` at the prepared row; false only
    * when it cannot be. An index outside the SAE never fires (its value reads as 0), so it is
-   * screened as 0.
+   * screened as 0. At a row that is not screened (see the module comment) every feature may.
    */
   mayExceed(feature: number, above: number): boolean {
     if (!this.prepared) throw new Error('FeatureScreen.mayExceed before prepare');
     if (!Number.isInteger(feature) || feature < 0 || feature >= this.sae.config.dSae) return 0 > above;
+    if (!this.screenable) return true;
     const terms = this.terms(feature);
-    const xc = this.xc;
+    const { xc, xa } = this;
     const { column } = terms;
     let h = 0;
     let magnitude = 0;
     for (let i = 0; i < xc.length; i++) {
-      const p = xc[i] * column[i];
-      h += p;
-      magnitude += Math.abs(p);
+      h += xc[i] * column[i];
+      magnitude += xa[i] * Math.abs(column[i]);
     }
     const { gate } = terms;
     // A closed gate zeroes the feature: then its value is 0, whatever the magnitude path says.
     if (gate !== null && h + gate.offset + (magnitude + Math.abs(gate.offset)) * RELATIVE_MARGIN + ABSOLUTE_MARGIN <= gate.above) return 0 > above;
     const margin = (Math.abs(terms.scale) * magnitude + Math.abs(terms.offset)) * RELATIVE_MARGIN + ABSOLUTE_MARGIN;
-    return Math.max(0, terms.scale * h + terms.offset) + margin > above;
+    // The margin bounds the rounding of the pre-activation, so it goes inside the ReLU: an
+    // activation is never below 0, and a pre-activation below −margin rules out any `above` ≥ 0.
+    // Written as "not at most" so that a NaN bound (say, from NaN weights) lets the row through.
+    return !(Math.max(0, terms.scale * h + terms.offset + margin) <= above);
   }
 
   private terms(feature: number): FeatureTerms {
