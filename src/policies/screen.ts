@@ -21,7 +21,7 @@
  * rows whose bound exceeds it (rare for a rule watching for something unusual) need the SAE's
  * answer soon. The bound is computed in double precision; onnxruntime's float32 product differs
  * from it by rounding, so the pre-activation is raised by a margin proportional to
- * `Σ a[i] · |W_enc[i, f]|`, far above float32's worst-case accumulation error, before the ReLU
+ * `Σ a[i] · |W_enc[i, f]|`, at least 4 × float32's worst-case accumulation error, before the ReLU
  * (so a feature whose pre-activation is clearly negative is screened out at `above = 0`). `a[i]`
  * is x_c[i]'s magnitude *before* the cancellations of centring and of subtracting b_dec,
  * `(|x[i]| + mean|x|) · scale + |b_dec[i]|` (mean|x| only for layer_norm), since float32 rounds
@@ -38,7 +38,11 @@ import { f16Values } from '../monitor/projection.js';
 import type { SaeWeights } from '../sae/types.js';
 import type { ActivationData } from '../tap/messages.js';
 
-/** Relative margin on the bound, times `Σ a[i] · |W_enc[i, f]|` (float32's ε is 1.2e-7 per operation). */
+/**
+ * Smallest relative margin on the bound, times `Σ a[i] · |W_enc[i, f]|` (float32's ε is 1.2e-7 per
+ * operation). Wider SAEs get 4 × float32's worst-case accumulation error over dIn + 2 terms,
+ * `4 · (dIn + 2) · 2^-24` (1e-4 up to dIn 417; 1.0e-3 at dIn 4096).
+ */
 const RELATIVE_MARGIN = 1e-4;
 /** Absolute margin, for rows whose products all vanish. */
 const ABSOLUTE_MARGIN = 1e-6;
@@ -82,7 +86,11 @@ export class FeatureScreen {
   /** False when the graph's float32 normalisation of the prepared row is not reliable: no screening. */
   private screenable = false;
 
+  /** Relative margin of this SAE's bounds (see RELATIVE_MARGIN). */
+  private readonly relativeMargin: number;
+
   private constructor(private readonly sae: SaeWeights) {
+    this.relativeMargin = Math.max(RELATIVE_MARGIN, 4 * (sae.config.dIn + 2) * F32_UNIT_ROUNDOFF);
     this.xc = new Float64Array(sae.config.dIn);
     this.xa = new Float64Array(sae.config.dIn);
   }
@@ -178,8 +186,8 @@ export class FeatureScreen {
     }
     const { gate } = terms;
     // A closed gate zeroes the feature: then its value is 0, whatever the magnitude path says.
-    if (gate !== null && h + gate.offset + (magnitude + Math.abs(gate.offset)) * RELATIVE_MARGIN + ABSOLUTE_MARGIN <= gate.above) return 0 > above;
-    const margin = (Math.abs(terms.scale) * magnitude + Math.abs(terms.offset)) * RELATIVE_MARGIN + ABSOLUTE_MARGIN;
+    if (gate !== null && h + gate.offset + (magnitude + Math.abs(gate.offset)) * this.relativeMargin + ABSOLUTE_MARGIN <= gate.above) return 0 > above;
+    const margin = (Math.abs(terms.scale) * magnitude + Math.abs(terms.offset)) * this.relativeMargin + ABSOLUTE_MARGIN;
     // The margin bounds the rounding of the pre-activation, so it goes inside the ReLU: an
     // activation is never below 0, and a pre-activation below −margin rules out any `above` ≥ 0.
     // Written as "not at most" so that a NaN bound (say, from NaN weights) lets the row through.
