@@ -14,58 +14,15 @@ import { FeatureScreen } from '../../../src/policies/screen.js';
 import { buildSaeEncoderGraph, SaeEncoderNames, saeEncoderOutputNames } from '../../../src/sae/graph.js';
 import type { SaeArchitecture, SaeNormalization, SaeWeights } from '../../../src/sae/types.js';
 import type { ActivationData } from '../../../src/tap/messages.js';
+import { makeSaeOf, uniform, type SaeSpec } from '../sae/sae-fixture.js';
 
 /** Rows per batch (each batch is also given as f16, decoded back to f32 for onnxruntime). */
 const ROWS = 32;
-const SCALING_FACTOR = 0.37;
 
-interface SaeSpec {
-  architecture: SaeArchitecture;
-  normalization: SaeNormalization;
-  applyBDecToInput: boolean;
-  dIn: number;
-  dSae: number;
-  /** The `topk` architecture's k. */
-  k: number;
-  /** Encoder weights are uniform in ±wEnc / sqrt(dIn). */
-  wEnc: number;
-  seed: number;
-}
+type ScreenSaeSpec = Omit<SaeSpec, 'source'>;
 
-function uniform(next: () => number, n: number, lo: number, hi: number): Float32Array {
-  return Float32Array.from({ length: n }, () => lo + (hi - lo) * next());
-}
-
-/** A seeded SAE like `test/unit/sae/graph.test.ts`'s `makeSae`, at any size. */
-function makeSae(spec: SaeSpec): SaeWeights {
-  const { architecture, normalization, applyBDecToInput, dIn, dSae, k, wEnc, seed } = spec;
-  const next = seededUniform(seed);
-  const scale = 1 / Math.sqrt(dIn);
-  return {
-    config: {
-      architecture,
-      format: 'saelens',
-      dIn,
-      dSae,
-      hookName: 'blocks.0.hook_resid_post',
-      modelName: null,
-      applyBDecToInput,
-      normalizeActivations: normalization,
-      k: architecture === 'topk' ? k : null,
-      scalingFactor: normalization === 'expected_average_only_in' ? SCALING_FACTOR : null,
-      dtype: 'f32',
-      source: `screen-${architecture}-${normalization}`,
-    },
-    W_enc: uniform(next, dIn * dSae, -wEnc * scale, wEnc * scale),
-    b_enc: uniform(next, dSae, -0.3, 0.3),
-    W_dec: uniform(next, dSae * dIn, -scale, scale),
-    b_dec: uniform(next, dIn, -0.5, 0.5),
-    threshold: architecture === 'jumprelu' ? uniform(next, dSae, 0, 0.4) : null,
-    gated:
-      architecture === 'gated'
-        ? { b_gate: uniform(next, dSae, -0.3, 0.3), r_mag: uniform(next, dSae, -0.5, 0.5), b_mag: uniform(next, dSae, -0.3, 0.3) }
-        : null,
-  };
+function makeSae(spec: ScreenSaeSpec): SaeWeights {
+  return makeSaeOf({ ...spec, source: `screen-${spec.architecture}-${spec.normalization}` });
 }
 
 /**
@@ -167,7 +124,7 @@ interface Fixture {
 }
 
 /** The SAE, its screen, its rows and onnxruntime's activations of them (one run for both row sets). */
-async function fixture(spec: SaeSpec, lo: number, hi: number): Promise<Fixture> {
+async function fixture(spec: ScreenSaeSpec, lo: number, hi: number): Promise<Fixture> {
   const sae = makeSae(spec);
   const screen = FeatureScreen.forPrecision(sae, 'f32');
   if (screen === null) throw new Error('no f32 screen');
@@ -199,7 +156,7 @@ function screenedOutShare({ screen, rows, dense, sae }: Fixture): { share: numbe
 
 const architectures: SaeArchitecture[] = ['standard', 'jumprelu', 'topk', 'gated'];
 const normalizations: SaeNormalization[] = ['none', 'constant_norm_rescale', 'layer_norm', 'expected_average_only_in'];
-const narrowCases: SaeSpec[] = architectures.flatMap((architecture, a) =>
+const narrowCases: ScreenSaeSpec[] = architectures.flatMap((architecture, a) =>
   normalizations.flatMap((normalization, n) =>
     [true, false].map((applyBDecToInput, b) => ({ architecture, normalization, applyBDecToInput, dIn: 16, dSae: 64, k: 12, wEnc: 2, seed: 5000 + 100 * a + 10 * n + b })),
   ),
@@ -263,7 +220,7 @@ describe.each([
 ] as const)('FeatureScreen vs onnxruntime at a wide SAE (dIn 768, inputs ±20): $architecture, normalize=$normalization', ({ architecture, normalization }) => {
   // Weights ~1/sqrt(dIn) and inputs of magnitude 20: the 768-term float32 dot products carry the
   // largest absolute rounding of these tests.
-  const spec: SaeSpec = { architecture, normalization, applyBDecToInput: true, dIn: 768, dSae: 128, k: 16, wEnc: 1, seed: normalization === 'none' ? 7100 : 7200 };
+  const spec: ScreenSaeSpec = { architecture, normalization, applyBDecToInput: true, dIn: 768, dSae: 128, k: 16, wEnc: 1, seed: normalization === 'none' ? 7100 : 7200 };
   let fx: Fixture;
   beforeAll(async () => {
     fx = await fixture(spec, -20, 20);
@@ -330,7 +287,7 @@ describe.each(
   ),
 )('FeatureScreen vs onnxruntime on rows float32 normalises poorly or not at all: $architecture, normalize=$normalization, dIn $dIn', ({ architecture, normalization, dIn, seed }) => {
   it('never screens out a feature onnxruntime fires on, for f32 rows and for the same rows as f16', async () => {
-    const spec: SaeSpec = { architecture, normalization, applyBDecToInput: true, dIn, dSae: 64, k: 12, wEnc: 2, seed };
+    const spec: ScreenSaeSpec = { architecture, normalization, applyBDecToInput: true, dIn, dSae: 64, k: 12, wEnc: 2, seed };
     const sae = makeSae(spec);
     const screen = FeatureScreen.forPrecision(sae, 'f32');
     if (screen === null) throw new Error('no f32 screen');

@@ -4,49 +4,19 @@ import { isSaegateError } from '../../../src/common/errors.js';
 import { buildSaeEncoderGraph, fitsFloat16, SaeEncoderNames, saeEncoderOutputNames } from '../../../src/sae/graph.js';
 import type { SaeArchitecture, SaeNormalization, SaeWeights } from '../../../src/sae/types.js';
 import { seededUniform as rng } from '../../../src/common/random.js';
+import { makeSaeOf } from './sae-fixture.js';
 
 const D_IN = 16;
 const D_SAE = 64;
 /** The `topk` architecture's own k. */
 const ARCH_K = 12;
-const SCALING_FACTOR = 0.37;
 /** A list cap below every row's L0 here (checked below), so every capped list is cut. */
 const CAP = 6;
 const ROWS = 7;
 
 
-function uniform(next: () => number, n: number, lo: number, hi: number): Float32Array {
-  return Float32Array.from({ length: n }, () => lo + (hi - lo) * next());
-}
-
 function makeSae(architecture: SaeArchitecture, normalization: SaeNormalization, applyBDecToInput: boolean, seed: number): SaeWeights {
-  const next = rng(seed);
-  const scale = 1 / Math.sqrt(D_IN);
-  return {
-    config: {
-      architecture,
-      format: 'saelens',
-      dIn: D_IN,
-      dSae: D_SAE,
-      hookName: 'blocks.0.hook_resid_post',
-      modelName: null,
-      applyBDecToInput,
-      normalizeActivations: normalization,
-      k: architecture === 'topk' ? ARCH_K : null,
-      scalingFactor: normalization === 'expected_average_only_in' ? SCALING_FACTOR : null,
-      dtype: 'f32',
-      source: `test-${architecture}-${normalization}`,
-    },
-    W_enc: uniform(next, D_IN * D_SAE, -2 * scale, 2 * scale),
-    b_enc: uniform(next, D_SAE, -0.3, 0.3),
-    W_dec: uniform(next, D_SAE * D_IN, -scale, scale),
-    b_dec: uniform(next, D_IN, -0.5, 0.5),
-    threshold: architecture === 'jumprelu' ? uniform(next, D_SAE, 0, 0.4) : null,
-    gated:
-      architecture === 'gated'
-        ? { b_gate: uniform(next, D_SAE, -0.3, 0.3), r_mag: uniform(next, D_SAE, -0.5, 0.5), b_mag: uniform(next, D_SAE, -0.3, 0.3) }
-        : null,
-  };
+  return makeSaeOf({ architecture, normalization, applyBDecToInput, dIn: D_IN, dSae: D_SAE, k: ARCH_K, wEnc: 2, seed, source: `test-${architecture}-${normalization}` });
 }
 
 interface ReferenceRow {

@@ -4,7 +4,7 @@
  */
 import { expect } from 'vitest';
 import { seededUniform } from '../../../src/common/random.js';
-import type { SaeWeights } from '../../../src/sae/types.js';
+import type { SaeArchitecture, SaeNormalization, SaeWeights } from '../../../src/sae/types.js';
 
 /** Uniforms in [0, 1) from a seed. */
 export const rng = seededUniform;
@@ -181,4 +181,54 @@ export function expectExactRows(result: ListedRows, refs: WideReferenceRow[], dS
     expect(Math.abs(result.fvu[r] - ref.fvu), `row ${r} fvu: got ${result.fvu[r]}, expected ${ref.fvu}`).toBeLessThanOrEqual(1e-4 * ref.fvu + 1e-6);
   });
   expect(Array.from(firing), 'firing counts').toEqual(Array.from(wanted));
+}
+
+/** `expected_average_only_in`'s scaling factor in `makeSaeOf`'s SAEs. */
+export const SCALING_FACTOR = 0.37;
+
+export interface SaeSpec {
+  architecture: SaeArchitecture;
+  normalization: SaeNormalization;
+  applyBDecToInput: boolean;
+  dIn: number;
+  dSae: number;
+  /** The `topk` architecture's k. */
+  k: number;
+  /** Encoder weights are uniform in ±wEnc / sqrt(dIn). */
+  wEnc: number;
+  seed: number;
+  /** The config's `source` (it names the SAE in errors). */
+  source: string;
+}
+
+/** A seeded SAE of any architecture, normalisation and size (graph and screen tests). */
+export function makeSaeOf(spec: SaeSpec): SaeWeights {
+  const { architecture, normalization, applyBDecToInput, dIn, dSae, k, wEnc, seed, source } = spec;
+  const next = rng(seed);
+  const scale = 1 / Math.sqrt(dIn);
+  return {
+    config: {
+      architecture,
+      format: 'saelens',
+      dIn,
+      dSae,
+      hookName: 'blocks.0.hook_resid_post',
+      modelName: null,
+      applyBDecToInput,
+      normalizeActivations: normalization,
+      k: architecture === 'topk' ? k : null,
+      scalingFactor: normalization === 'expected_average_only_in' ? SCALING_FACTOR : null,
+      dtype: 'f32',
+      source,
+    },
+    W_enc: uniform(next, dIn * dSae, -wEnc * scale, wEnc * scale),
+    b_enc: uniform(next, dSae, -0.3, 0.3),
+    W_dec: uniform(next, dSae * dIn, -scale, scale),
+    b_dec: uniform(next, dIn, -0.5, 0.5),
+    threshold: architecture === 'jumprelu' ? uniform(next, dSae, 0, 0.4) : null,
+    gated:
+      architecture === 'gated'
+        ? { b_gate: uniform(next, dSae, -0.3, 0.3), r_mag: uniform(next, dSae, -0.5, 0.5), b_mag: uniform(next, dSae, -0.3, 0.3) }
+        : null,
+  };
 }
