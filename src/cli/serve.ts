@@ -126,8 +126,9 @@ export async function startProxyWithSaes(
   const offResults = conditions && sink?.onResult(conditions.onResult);
   // Rows a conditional rule waits on get the short batch deadline; the rest only feed monitoring.
   sink?.setUrgency(conditions ? (hook, requestIds) => conditions.waitsOn(hook, requestIds) : () => false);
-  // The condition runtime sees tokens, plan acks and (for projection conditions) the tapped rows,
-  // with or without SAEs.
+  // The condition runtime sees tokens, plan acks and the tapped rows (projection conditions, and
+  // the feature screen settling rows no rule can fire on before the SAE sees them), with or
+  // without SAEs.
   const observedSaes = conditions ? conditions.observing(sink ?? new CountingSink()) : sink;
   // Projection monitors read the tapped rows themselves, beside (or without) the SAE pipeline.
   const observed = monitor && projections.length > 0 ? projectingSink(observedSaes, projections, monitor) : observedSaes;
