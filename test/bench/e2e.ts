@@ -49,7 +49,9 @@
  * 512-wide, 8-layer model (a 512 → 8192 TopK SAE, k 64, at blocks.4). SAE weights are seeded
  * random: the cost of a TopK SAE does not depend on what it learned. `--sae-arch jumprelu` uses a
  * JumpReLU SAE of about the same L0 instead (`seededSae`), whose features the policies' feature
- * screen bounds tightly.
+ * screen bounds tightly; `--sae-dir DIR` a trained SAELens SAE for stories260K (for example the
+ * one `saegate demo` trains) instead. The conditional policy's flag is a guard `above: X`
+ * (`--guard-above`; default 0 on the seeded TopK SAE, 2.5 otherwise).
  *
  * `--profile DIR` runs every process with `--cpu-prof` into DIR and prints, per process, the
  * functions with the most self time over the whole run (the profiles stay in DIR for a closer
@@ -61,7 +63,7 @@
  *   npx tsx test/bench/e2e.ts [--quick] [--rounds N] [--seconds S] [--streams 1,8,32]
  *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR] [--perf-map]
  *                             [--saegate-args='--sae-max-delay-ms 8'] [--model-args='--tap-flush-ms 5']
- *                             [--sae-arch topk|jumprelu]
+ *                             [--sae-arch topk|jumprelu] [--sae-dir DIR] [--guard-above X]
  *
  * Prints tables; asserts nothing about time.
  */
@@ -76,6 +78,7 @@ import { createSession, loadOrt } from '../../src/common/ort.js';
 import { writeSaeLensDirectory } from '../../src/lab/train/trainer.js';
 import { writeSafetensors } from '../../src/common/safetensors.js';
 import { buildSaeEncoderGraph, SaeEncoderNames, saeEncoderOutputNames } from '../../src/sae/graph.js';
+import { loadSae } from '../../src/sae/load.js';
 import { seededUniform } from '../../src/common/random.js';
 import type { SaeWeights } from '../../src/sae/types.js';
 import { hasSharedModels, makeTempDir, stories260K } from '../helpers/fixtures.js';
@@ -98,8 +101,15 @@ const { values } = parseArgs({
     'model-args': { type: 'string' },
     'perf-map': { type: 'boolean' },
     'sae-arch': { type: 'string' },
+    'sae-dir': { type: 'string' },
+    'guard-above': { type: 'string' },
   },
 });
+/** A trained SAE (a SAELens directory for stories260K) instead of the seeded one; stories only. */
+const saeDirArg = values['sae-dir'] === undefined ? null : path.resolve(values['sae-dir']);
+/** The guard flag's threshold (`above`); default: 0 on the seeded TopK SAE, 2.5 otherwise. */
+const guardAbove = values['guard-above'] === undefined ? null : Number(values['guard-above']);
+if (guardAbove !== null && !Number.isFinite(guardAbove)) throw new Error(`--guard-above: a number, got ${values['guard-above']}`);
 /** The seeded SAE's architecture: TopK (default), or JumpReLU with about the same L0 (see `seededSae`). */
 const saeArch = values['sae-arch'] ?? 'topk';
 if (saeArch !== 'topk' && saeArch !== 'jumprelu') throw new Error(`--sae-arch: topk or jumprelu, got ${saeArch}`);
@@ -377,8 +387,18 @@ async function rawSaeMicrosPerRow(sae: SaeWeights): Promise<number> {
 
 async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
   const saeDir = path.join(dir, 'bench');
-  const sae = seededSae(m, 11);
-  writeSaeDirectory(saeDir, sae);
+  let sae: SaeWeights;
+  if (saeDirArg !== null) {
+    // The policies name an SAE by its directory: a copy named `bench`.
+    fs.mkdirSync(saeDir, { recursive: true });
+    for (const file of ['cfg.json', 'sae_weights.safetensors']) fs.copyFileSync(path.join(saeDirArg, file), path.join(saeDir, file));
+    sae = loadSae(saeDir);
+    if (sae.config.dIn !== m.dIn) throw new Error(`--sae-dir: d_in ${sae.config.dIn} does not match ${m.name}'s ${m.dIn}`);
+  } else {
+    sae = seededSae(m, 11);
+    writeSaeDirectory(saeDir, sae);
+  }
+  saeLabel = saeDirArg !== null ? `trained ${sae.config.architecture}${sae.config.k !== null ? ` k ${sae.config.k}` : ''} ${sae.config.dIn} → ${sae.config.dSae} from ${saeDirArg}, at ${sae.config.hookName}` : `${m.dIn} → ${m.dSae} ${saeArch === 'topk' ? `TopK k ${m.k}` : `JumpReLU, about ${m.k} active`} at ${m.hook}`;
   rawMicrosPerRow = await rawSaeMicrosPerRow(sae);
   const watched = [1, 2, 3, 5, 8, 13, 21, 34];
   fs.writeFileSync(path.join(dir, 'watch.yaml'), `features:\n${watched.map((i) => `  - {sae: bench, index: ${i}, label: f${i}}\n`).join('')}`);
@@ -387,7 +407,7 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
   // A watched feature steers its own decoder direction down while it fires; another one flags:
   // when it is active on the TopK SAE (rarely), when it is far above its threshold on the JumpReLU
   // one (a guard that practically never fires, the usual case for a safety rule).
-  const flagAbove = saeArch === 'topk' ? 0 : 2.5;
+  const flagAbove = guardAbove ?? (saeArch === 'topk' && saeDirArg === null ? 0 : 2.5);
   fs.writeFileSync(
     path.join(policyDir, 'bench.yaml'),
     [
@@ -715,6 +735,8 @@ process.stdout.write(
 if (pin) execFileSync('taskset', ['-a', '-p', '-c', SAEGATE_CORE, String(process.pid)], { stdio: 'ignore' });
 
 let rawMicrosPerRow = NaN;
+/** How the SAE of the model case being run is described in its table's title. */
+let saeLabel = '';
 let measuredFrom = Infinity;
 let measuredTo = 0;
 try {
@@ -738,7 +760,7 @@ try {
     }
     measuredTo = Number(process.hrtime.bigint() / 1000n);
     const lines = [
-      `\n## ${m.name} (SAE ${m.dIn} → ${m.dSae} ${saeArch === 'topk' ? `TopK k ${m.k}` : `JumpReLU, about ${m.k} active`} at ${m.hook}; raw onnxruntime ${f(rawMicrosPerRow, 2)} µs/row at batch 256)\n`,
+      `\n## ${m.name} (SAE ${saeLabel}; raw onnxruntime ${f(rawMicrosPerRow, 2)} µs/row at batch 256)\n`,
       '| streams | path | tok/s | × direct | TTFT p50 ms | TPOT p50 ms | TPOT p99 ms | model CPU-µs/tok | of it, loop / worker / kernel | switches/tok | tok/step | onnxruntime µs/tok | × direct | × proxy | saegate CPU-µs/tok | rows/tok | saegate µs/row | beyond SAE | event loop µs/row | SAE run µs/row | errors |',
       '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ];
