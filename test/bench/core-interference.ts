@@ -74,13 +74,24 @@ async function childMain(kind: Neighbour): Promise<void> {
       await session.run(feeds, outputs);
     };
   }
-  process.stdout.write('on\n');
-  for (;;) {
+  /** One period's work: units until `duty` of the period has passed. */
+  const burst = async (): Promise<void> => {
     const start = performance.now();
     do await unit();
     while (performance.now() - start < duty * PERIOD_MS);
-    if (duty < 1) await new Promise((r) => setTimeout(r, PERIOD_MS - (performance.now() - start)));
+  };
+  process.stdout.write('on\n');
+  if (duty < 1) {
+    // A paced load: a burst at the start of every period, idle until the next tick.
+    let running = false;
+    setInterval(() => {
+      if (running) return;
+      running = true;
+      void burst().finally(() => (running = false));
+    }, PERIOD_MS);
+    return;
   }
+  for (;;) await burst();
 }
 
 async function main(): Promise<void> {
