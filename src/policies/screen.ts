@@ -35,6 +35,7 @@
  * this tightly, so its rows keep waiting for the SAE.
  */
 import { f16Values } from '../monitor/projection.js';
+import { LAYER_NORM_EPS, MIN_ROW_NORM } from '../sae/graph.js';
 import type { SaeWeights } from '../sae/types.js';
 import type { ActivationData } from '../tap/messages.js';
 
@@ -46,9 +47,6 @@ import type { ActivationData } from '../tap/messages.js';
 const RELATIVE_MARGIN = 1e-4;
 /** Absolute margin, for rows whose products all vanish. */
 const ABSOLUTE_MARGIN = 1e-6;
-/** Mirrors of the graph's normalisation constants (`src/sae/graph.ts`). */
-const LAYER_NORM_EPS = 1e-5;
-const MIN_ROW_NORM = 1e-30;
 /** float32's unit roundoff, 2^-24. */
 const F32_UNIT_ROUNDOFF = 2 ** -24;
 /**

@@ -102,12 +102,12 @@ export function fitsFloat16(sae: SaeWeights): boolean {
 }
 
 /** SAELens' `layer_norm` normalisation adds this to the (unbiased) standard deviation. */
-const LAYER_NORM_EPS = 1e-5;
+export const LAYER_NORM_EPS = 1e-5;
 /**
  * Floor under a row's L2 norm in `constant_norm_rescale`. SAELens divides by the raw norm, so an
  * all-zero row becomes NaN there; here it stays zero (the only case where the two differ).
  */
-const MIN_ROW_NORM = 1e-30;
+export const MIN_ROW_NORM = 1e-30;
 
 function validate(sae: SaeWeights, options: SaeEncoderGraphOptions): void {
   const { config } = sae;
