@@ -107,6 +107,13 @@ export async function startProxyWithSaes(
   // without `when` do not), plan updates through the proxy's tap host (which exists once the
   // proxy is built, hence the late binding), tokens and plan acks seen through the sink.
   let server: ProxyServer | undefined;
+  // While no loaded policy has a condition, nothing needs the tapped data within milliseconds:
+  // model servers may then hold it for --tap-monitor-delay-ms and write it that many times less.
+  // While one has, the subscription takes that back, and requests no conditional rule reads (or
+  // whose rules have all fired) get it per request instead.
+  const monitorDelay = options.tapMonitorDelayMs ?? 0;
+  const tapDelay = (): number | undefined => ((policies && ConditionRuntime.hasConditions(policies.policies())) || monitorDelay <= 0 ? undefined : monitorDelay);
+  let subscribedDelay = tapDelay();
   const conditions = policies ? new ConditionRuntime({
     registry,
     saeByHook: new Map(saes.map((sae) => [sae.config.hookName, saeName(sae)])),
@@ -116,10 +123,11 @@ export async function startProxyWithSaes(
       return screen === null ? [] : [[saeName(sae), screen] as const];
     })),
     tap: {
-      planUpdate: (requestId, steering) => server === undefined
+      planUpdate: (requestId, steering, maxDelayMs) => server === undefined
         ? { delivered: false, error: err('SAEGATE_ERR_TAP_UNROUTED', requestId, 'the proxy is not started') }
-        : server.tap.planUpdate(requestId, steering),
+        : server.tap.planUpdate(requestId, steering, maxDelayMs),
     },
+    relaxedTapDelayMs: () => (subscribedDelay === undefined && monitorDelay > 0 ? monitorDelay : null),
     aborter: { abortRequest: (requestId, abort) => server?.abortRequest(requestId, abort) ?? false },
   }) : undefined;
   const planResolver: PlanResolver | undefined = policies && conditions && { resolve: (request) => conditions.resolve(request.requestId, policies.resolve(request)) };
@@ -164,11 +172,6 @@ export async function startProxyWithSaes(
   // The tap streams the SAEs' hooks, the projection monitors' and those the policies' projection
   // conditions read (of the set loaded at start; a reload needing another hook needs a restart).
   const tappedHooks = [...new Set([...(sink?.hooks ?? []), ...projections.map((p) => p.hook), ...(policies ? ConditionRuntime.projectionHooks(policies.policies()) : [])])];
-  // While no loaded policy has a condition, nothing needs the tapped data within milliseconds:
-  // model servers may then hold it for --tap-monitor-delay-ms and write it that many times less.
-  const monitorDelay = options.tapMonitorDelayMs ?? 0;
-  const tapDelay = (): number | undefined => ((policies && ConditionRuntime.hasConditions(policies.policies())) || monitorDelay <= 0 ? undefined : monitorDelay);
-  let subscribedDelay = tapDelay();
   const subscribe = (): void => void server!.tap.subscribeAll({ hooks: tappedHooks, dtype: 'f16', includePrompt: true, ...(subscribedDelay !== undefined && { maxDelayMs: subscribedDelay }) });
   if (tappedHooks.length > 0 || subscribedDelay !== undefined) subscribe();
   policies?.onLoad((result) => {

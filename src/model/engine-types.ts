@@ -50,6 +50,12 @@ export interface GenerateRequest {
    * engine waits for the plan to arrive over the tap before prefill.
    */
   planId?: string | null;
+  /**
+   * How long the tap may hold this request's rows, tokens and end before sending them, ms (header
+   * `x-saegate-tap-max-delay-ms`), in place of the subscription's `maxDelayMs`; null/absent: the
+   * subscription's. Read by the tap bridge, not the engine.
+   */
+  tapMaxDelayMs?: number | null;
   /** Aborting ends generation at the next step with finishReason 'abort'. */
   signal?: AbortSignal;
   /**

@@ -18,7 +18,16 @@
  * as a step (no timer wakeup of its own). A timer at `flushMs` after the first pending entry covers
  * the end of a burst. A subscription's `maxDelayMs`, when longer, replaces `flushMs` in all of
  * this: saegate asks for it when nothing it runs needs the data sooner (no conditional policy),
- * which makes the writes that many times fewer. A request's `end` waits for the next flush, after
+ * which makes the writes that many times fewer.
+ *
+ * Per request, a hold may replace the subscription's: the `x-saegate-tap-max-delay-ms` header of
+ * its HTTP request (handed over with its prompt, `trackRequest`) or a later `plan_update`'s
+ * `maxDelayMs`. saegate relaxes this way the requests no conditional rule reads (or whose rules
+ * have all fired) while a conditional policy keeps the subscription short. A flush serves every
+ * request at once, so the delay in force is the shortest hold among the running requests (from
+ * prefill to end): one request a rule waits on keeps every flush short while it runs.
+ *
+ * A request's `end` waits for the next flush, after
  * its last tokens and rows, so its tokens precede its rows and both precede its end on the wire;
  * each flush is one write (the tap client corks its socket).
  *
@@ -83,10 +92,18 @@ export class TapBridge {
   private readonly detokenizers = new Map<string, TokenPieceDecoder>();
   /** Prompts of requests handed to the engine and not yet prefilled. */
   private readonly prompts = new Map<string, readonly number[]>();
+  /** Own holds (`x-saegate-tap-max-delay-ms`) of requests handed to the engine and not yet prefilled. */
+  private readonly trackedHolds = new Map<string, number>();
+  /** Requests from prefill to end, with their own hold in ms, or null for the subscription's. */
+  private readonly running = new Map<string, number | null>();
+  /** Requests that ran with a hold of their own (their header, or a plan update's), so far. */
+  private heldRequests = 0;
   private readonly unsubscribe: (() => void)[] = [];
   private readonly flushRows: number;
   private readonly flushMs: number;
-  /** How long entries may wait: `flushMs`, or the subscription's longer `maxDelayMs`. */
+  /** The subscription's hold: `flushMs`, or its longer `maxDelayMs`. */
+  private subscriptionDelayMs: number;
+  /** How long entries may wait now: the shortest hold among running requests (see the class comment), at least `flushMs`. */
   private delayMs: number;
   /** Steps whose rows are not yet sent, oldest first. */
   private pending: ActivationBatch[][] = [];
@@ -109,6 +126,7 @@ export class TapBridge {
     this.planWaitTimeoutMs = options.planWaitTimeoutMs ?? 2000;
     this.flushRows = options.flushRows ?? 512;
     this.flushMs = options.flushMs ?? 2;
+    this.subscriptionDelayMs = this.flushMs;
     this.delayMs = this.flushMs;
     this.client = new TapClient({
       url: options.url,
@@ -130,9 +148,10 @@ export class TapBridge {
     this.client.on('subscribe', (sub) => {
       // saegate may let entries wait longer than our own interval when nothing it runs needs them
       // sooner; when it stops, what is pending goes now.
-      const delayMs = Math.max(this.flushMs, sub.maxDelayMs ?? 0);
-      if (delayMs < this.delayMs) this.flush();
-      this.delayMs = delayMs;
+      const before = this.delayMs;
+      this.subscriptionDelayMs = Math.max(this.flushMs, sub.maxDelayMs ?? 0);
+      this.updateDelay();
+      if (this.delayMs < before) this.flush();
       try {
         engine.setTapSubscription(sub.hooks.length > 0 ? { hooks: sub.hooks, dtype: sub.dtype, includePrompt: sub.includePrompt } : null);
       } catch (error) {
@@ -141,13 +160,19 @@ export class TapBridge {
     });
     this.client.on('disconnected', () => {
       engine.setTapSubscription(null);
-      this.delayMs = this.flushMs;
+      this.subscriptionDelayMs = this.flushMs;
+      this.updateDelay();
     });
     this.client.on('planUpdate', (update) => {
       // The tokens of every step finished before the update go ahead of its plan_ack (the client
       // sends both in one write): saegate reads the trigger lag from that order.
       this.flush();
       if (!engine.isActive(update.requestId)) return;
+      if (update.maxDelayMs !== undefined && this.running.has(update.requestId)) {
+        if (this.running.get(update.requestId) === null) this.heldRequests++;
+        this.running.set(update.requestId, update.maxDelayMs);
+        this.updateDelay();
+      }
       try {
         engine.updatePlan(update.requestId, update.entries);
       } catch (error) {
@@ -174,6 +199,8 @@ export class TapBridge {
       engine.onEnd((requestId, result) => {
         this.detokenizers.delete(requestId);
         this.prompts.delete(requestId);
+        this.trackedHolds.delete(requestId);
+        if (this.running.delete(requestId)) this.updateDelay();
         // After the request's last tokens and rows (queued by its last step), in the next flush.
         this.pendingEnds.push({ requestId, promptTokens: result.promptTokens, completionTokens: result.completionTokens, finishReason: result.finishReason });
         this.afterQueue(performance.now(), false);
@@ -195,6 +222,38 @@ export class TapBridge {
       return;
     }
     this.flushTimer ??= setTimeout(() => this.flush(), Math.max(0, this.pendingSince + this.delayMs - now));
+  }
+
+  /**
+   * Recomputes the delay in force after a running request or the subscription changed. A shorter
+   * one moves the flush timer forward; entries already older than it go with the next step (or
+   * the timer, at once).
+   */
+  private updateDelay(): void {
+    let delay = Infinity;
+    let subscription = this.running.size === 0;
+    for (const hold of this.running.values()) {
+      if (hold === null) subscription = true;
+      else if (hold < delay) delay = hold;
+    }
+    if (subscription) delay = Math.min(delay, this.subscriptionDelayMs);
+    delay = Math.max(this.flushMs, delay);
+    const shorter = delay < this.delayMs;
+    this.delayMs = delay;
+    if (shorter && this.flushTimer) {
+      clearTimeout(this.flushTimer);
+      this.flushTimer = setTimeout(() => this.flush(), Math.max(0, this.pendingSince + delay - performance.now()));
+    }
+  }
+
+  /** How long pending rows, tokens and ends may wait now, ms (see the class comment). */
+  get currentDelayMs(): number {
+    return this.delayMs;
+  }
+
+  /** Requests that have run with a tap hold of their own (`x-saegate-tap-max-delay-ms` or a plan update's `maxDelayMs`), since start. */
+  get requestsWithOwnHold(): number {
+    return this.heldRequests;
   }
 
   /** Sends the pending tokens (one message), every pending row (one frame per hook), then pending ends, in one write. */
@@ -253,15 +312,19 @@ export class TapBridge {
   }
 
   /**
-   * Records a request's prompt until its prefill step; returns the function that forgets it (for
-   * a request that fails before prefill). See `engineWithPromptTokens`.
+   * Records a request's prompt, and its own tap hold when its HTTP request set one, until its
+   * prefill step; returns the function that forgets them (for a request that fails before
+   * prefill). See `engineWithPromptTokens`.
    */
-  trackPrompt(requestId: string, promptTokens: readonly number[]): () => void {
+  trackRequest(requestId: string, promptTokens: readonly number[], holdMs: number | null = null): () => void {
     // A second request with an id already in flight is refused by the engine; keep the first one's prompt.
-    if (this.prompts.has(requestId) || this.detokenizers.has(requestId)) return () => {};
+    if (this.prompts.has(requestId) || this.detokenizers.has(requestId) || this.running.has(requestId)) return () => {};
     this.prompts.set(requestId, promptTokens);
+    if (holdMs !== null) this.trackedHolds.set(requestId, holdMs);
     return () => {
-      if (this.prompts.get(requestId) === promptTokens) this.prompts.delete(requestId);
+      if (this.prompts.get(requestId) !== promptTokens) return;
+      this.prompts.delete(requestId);
+      this.trackedHolds.delete(requestId);
     };
   }
 
@@ -316,6 +379,11 @@ export class TapBridge {
   private startRequest(requestId: string): readonly number[] {
     const prompt = this.prompts.get(requestId) ?? [];
     this.prompts.delete(requestId);
+    const hold = this.trackedHolds.get(requestId) ?? null;
+    this.trackedHolds.delete(requestId);
+    this.running.set(requestId, hold);
+    if (hold !== null) this.heldRequests++;
+    this.updateDelay();
     if (!this.tokenizer) return prompt;
     const sendPrompt = this.client.subscription?.includePrompt === true;
     this.detokenizers.set(requestId, new TokenPieceDecoder(this.tokenizer, sendPrompt ? [] : prompt));
@@ -368,7 +436,7 @@ export function engineWithPromptTokens(engine: Engine, bridge: () => TapBridge |
     config: engine.config,
     stats: engine.stats,
     async generate(request, onToken) {
-      const forget = bridge()?.trackPrompt(request.requestId, request.promptTokens);
+      const forget = bridge()?.trackRequest(request.requestId, request.promptTokens, request.tapMaxDelayMs ?? null);
       try {
         return await engine.generate(request, onToken);
       } finally {

@@ -55,7 +55,8 @@ import type { PolicyCondition } from './schema.js';
 
 /** Where plan updates go (the proxy's `TapHost`). */
 export interface PlanUpdater {
-  planUpdate(requestId: string, steering: readonly SteeringTerm[]): PlanUpdateResult;
+  /** `maxDelayMs`: the request's new tap hold, sent with the update (docs/tap-protocol.md §4.8). */
+  planUpdate(requestId: string, steering: readonly SteeringTerm[], maxDelayMs?: number): PlanUpdateResult;
 }
 
 /** What the proxy holds for a request with live policies (structurally the proxy's `PlanOutcome`). */
@@ -66,8 +67,11 @@ export interface RequestOutcome {
   done(): void;
 }
 
-/** A resolved plan, with its outcome when live policies apply to it. */
-export type LivePlan = ResolvedRequestPlan & { outcome?: RequestOutcome };
+/**
+ * A resolved plan, with its outcome when live policies apply to it, and the tap hold the proxy
+ * forwards (`x-saegate-tap-max-delay-ms`) when no conditional rule reads the request.
+ */
+export type LivePlan = ResolvedRequestPlan & { outcome?: RequestOutcome; tapMaxDelayMs?: number };
 
 /** A conditional rule fired (listeners: tests, benchmarks, the admin API later). */
 export interface TriggerRecord {
@@ -130,6 +134,15 @@ export interface ConditionRuntimeOptions {
    * and listed but nothing stops.
    */
   aborter?: PolicyAborter;
+  /**
+   * The tap hold, ms, for requests nothing conditional waits on (`--tap-monitor-delay-ms`), or
+   * null while every request's tapped data is needed soon; read per request. With a hold, a
+   * request no conditional rule reads is forwarded with it (`LivePlan.tapMaxDelayMs`), and a
+   * request whose rules have all fired gets it with a `plan_update` (`maxDelayMs`), so that the
+   * model server may hold their rows as long as monitoring allows while the subscription stays
+   * short for the requests rules wait on. Default: none.
+   */
+  relaxedTapDelayMs?: () => number | null;
 }
 
 /** The proxy side of `abort` (src/proxy/plan.ts `RequestAborter`). */
@@ -310,9 +323,12 @@ export class ConditionRuntime {
       }
       for (const when of conditionsOf(policy)) saes.add(conditionGroup(when));
     }
-    if (saes.size === 0 && items.length === 0) return plan;
     if (saes.size === 0) {
-      return { ...plan, outcome: { applied: (planId) => this.appliedValue(plan, planId, items), done: () => {} } };
+      // Nothing conditional reads this request: its rows only feed monitoring.
+      const hold = this.options.relaxedTapDelayMs?.() ?? null;
+      const relaxed: LivePlan = hold === null ? plan : { ...plan, tapMaxDelayMs: hold };
+      if (items.length === 0) return relaxed;
+      return { ...relaxed, outcome: { applied: (planId) => this.appliedValue(plan, planId, items), done: () => {} } };
     }
     const live = new LiveRequest(requestId, plan, items);
     for (const sae of saes) {
@@ -530,6 +546,7 @@ export class ConditionRuntime {
 
   private fired(live: LiveRequest, events: ConditionEvent[]): void {
     let steered: ConditionEvent[] | null = null;
+    let aborted = false;
     const over = live.finishedTimer !== null;
     for (const event of events) {
       // After the exchange: only flags still mean something (counted, shown); nothing is left to steer or stop.
@@ -541,6 +558,7 @@ export class ConditionRuntime {
         this.metrics?.flags.inc({ policy: policyName(event.policy), flag });
         this.emit({ type: 'trigger', requestId: live.requestId, policy: event.policy, kind: 'flag', flag, triggerPosition: event.triggerPosition });
       } else if (event.kind === 'abort') {
+        aborted = true;
         this.metrics?.triggers.inc({ policy: policyName(event.policy), kind: 'abort' });
         // Listed before the proxy writes its ending, which reads the applied value at once.
         const item = live.items.push(`abort=${event.policy}:${event.triggerPosition}`) - 1;
@@ -553,9 +571,15 @@ export class ConditionRuntime {
         (steered ??= []).push(event);
       }
     }
-    if (steered === null) return;
+    // Once every rule has fired nothing waits on the request's rows: the model server may hold
+    // them as long as monitoring allows (sent with the steers' update, or alone).
+    const hold = over || aborted || this.anyUnfired(live) ? null : (this.options.relaxedTapDelayMs?.() ?? null);
+    if (steered === null) {
+      if (hold !== null) this.options.tap.planUpdate(live.requestId, live.steering, hold);
+      return;
+    }
     // Steers firing together go down as one update: the request's whole steering from now on.
-    const result = this.options.tap.planUpdate(live.requestId, live.steering);
+    const result = hold === null ? this.options.tap.planUpdate(live.requestId, live.steering) : this.options.tap.planUpdate(live.requestId, live.steering, hold);
     const outcome = outcomeOf(result);
     this.metrics?.planUpdates.inc({ outcome });
     for (const event of steered) {
@@ -570,6 +594,12 @@ export class ConditionRuntime {
       }
       this.emit({ type: 'trigger', requestId: live.requestId, policy: event.policy, kind: 'steer', triggerPosition: position, outcome, ...(result.delivered && { planId: result.planId }) });
     }
+  }
+
+  /** Whether a rule of the request can still fire. */
+  private anyUnfired(live: LiveRequest): boolean {
+    for (const group of live.groups.values()) if (group.active) return true;
+    return false;
   }
 
   /** Observes the seconds of lags whose first steered step's tokens (entry `first + 1`) arrived. */

@@ -52,6 +52,8 @@ export interface ForwardRequest {
   requestId: string;
   /** Sent as `x-saegate-plan-id` when not null. */
   planId: string | null;
+  /** Sent as `x-saegate-tap-max-delay-ms` when given (RequestPlan.tapMaxDelayMs). */
+  tapMaxDelayMs?: number | null;
   /**
    * The `x-saegate-applied` value, or a function giving it when asked: when the response head is
    * written (a non-streaming body is complete by then) and again for the final SSE comment.
@@ -106,7 +108,7 @@ export class Forwarder {
       {
         method: request.method,
         path: request.path,
-        headers: upstreamRequestHeaders(request.rawHeaders, request.requestId, request.planId),
+        headers: upstreamRequestHeaders(request.rawHeaders, request.requestId, request.planId, request.tapMaxDelayMs ?? null),
         body: request.body,
         exchange: exchange.info,
       },

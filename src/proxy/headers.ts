@@ -10,6 +10,8 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 export const REQUEST_ID_HEADER = 'x-request-id';
 /** Steering plan id header: set by saegate on forwarded requests (docs/tap-protocol.md §5). */
 export const PLAN_ID_HEADER = 'x-saegate-plan-id';
+/** How long the tap may hold a forwarded request's rows, tokens and end: set by saegate (docs/tap-protocol.md §5.1). */
+export const TAP_MAX_DELAY_HEADER = 'x-saegate-tap-max-delay-ms';
 /** What saegate did to a response (ARCHITECTURE decision 8). */
 export const APPLIED_HEADER = 'x-saegate-applied';
 
@@ -33,9 +35,10 @@ const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-authenticate', 'proxy-aut
 /**
  * Lower-case names never forwarded: hop-by-hop headers, plus, upstream, `host` and
  * `content-length` (undici sets both for the upstream request), and the headers saegate owns.
- * A client cannot pick the steering plan by sending `x-saegate-plan-id` itself.
+ * A client cannot pick the steering plan by sending `x-saegate-plan-id` itself, nor let its
+ * rows reach saegate later than its policies need by sending `x-saegate-tap-max-delay-ms`.
  */
-const DROPPED_REQUEST_HEADERS = new Set([...HOP_BY_HOP, 'host', 'content-length', 'expect', REQUEST_ID_HEADER, PLAN_ID_HEADER]);
+const DROPPED_REQUEST_HEADERS = new Set([...HOP_BY_HOP, 'host', 'content-length', 'expect', REQUEST_ID_HEADER, PLAN_ID_HEADER, TAP_MAX_DELAY_HEADER]);
 
 const DROPPED_RESPONSE_HEADERS = new Set([...HOP_BY_HOP, REQUEST_ID_HEADER, APPLIED_HEADER]);
 
@@ -49,9 +52,10 @@ function connectionTokens(value: string | string[] | undefined): Set<string> | n
 
 /**
  * The upstream request's headers as a flat `[name, value, ...]` list built from the client's raw
- * headers (spelling and order kept), minus hop-by-hop ones, plus the request id and plan id.
+ * headers (spelling and order kept), minus hop-by-hop ones, plus the request id, the plan id and
+ * the tap hold when given.
  */
-export function upstreamRequestHeaders(rawHeaders: readonly string[], requestId: string, planId: string | null): string[] {
+export function upstreamRequestHeaders(rawHeaders: readonly string[], requestId: string, planId: string | null, tapMaxDelayMs: number | null = null): string[] {
   const out: string[] = [];
   let extra: Set<string> | null = null;
   for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -64,6 +68,7 @@ export function upstreamRequestHeaders(rawHeaders: readonly string[], requestId:
   }
   out.push(REQUEST_ID_HEADER, requestId);
   if (planId !== null) out.push(PLAN_ID_HEADER, planId);
+  if (tapMaxDelayMs !== null) out.push(TAP_MAX_DELAY_HEADER, String(tapMaxDelayMs));
   return out;
 }
 

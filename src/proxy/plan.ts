@@ -39,6 +39,14 @@ export interface RequestPlan {
    * the final SSE comment, so it can list triggers that happened in between.
    */
   outcome?: PlanOutcome;
+  /**
+   * How long the model server's tap may hold this request's rows, tokens and end before sending
+   * them, ms, in place of the subscription's hold (sent as `x-saegate-tap-max-delay-ms`; model
+   * servers without the tap ignore it). The policies set it on requests no conditional rule reads,
+   * so that one loaded conditional policy does not shorten every request's hold. Absent: the
+   * subscription's.
+   */
+  tapMaxDelayMs?: number;
 }
 
 /** A plan whose outcome unfolds while the request runs (src/policies/runtime.ts). */

@@ -94,6 +94,7 @@ export function registerOpenAIRoutes(app: FastifyInstance, options: OpenAIRoutes
       body,
       requestId: request.id,
       planId,
+      tapMaxDelayMs: plan.tapMaxDelayMs ?? null,
       applied: outcome === undefined ? appliedValue(plan, applied) : () => outcome.applied(steeringItem),
       stream: fields.stream,
       res: reply.raw,

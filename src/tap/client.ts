@@ -23,7 +23,7 @@ import { ClientConnection } from './client-connection.js';
 import { encodeMessage, type ActivationData } from './codec.js';
 import { assertLittleEndianHost } from './layout.js';
 import { silentLogger, type TapLogger } from './logger.js';
-import { SUPPORTED_PROTOCOL_VERSIONS, type HelloInfo, type Plan, type PlanAck, type RequestEnd, type Subscription, type TapMessage } from './messages.js';
+import { SUPPORTED_PROTOCOL_VERSIONS, type HelloInfo, type Plan, type PlanAck, type PlanUpdate, type RequestEnd, type Subscription, type TapMessage } from './messages.js';
 import { PlanBook, type PlanWaitOptions, type ResolvedPlan, type ResolvedPlanEntry } from './plan-book.js';
 import { SendQueue, type SendQueueStats } from './send-queue.js';
 import { describeError, TapCloseCode } from './socket.js';
@@ -390,7 +390,7 @@ export class TapClient extends EventEmitter<TapClientEvents> {
   }
 
   /** Looks up a plan's vectors and checks its hooks; a string says why it cannot be applied. */
-  private resolvePlan(plan: Plan): ResolvedPlan | string {
+  private resolvePlan(plan: Plan | PlanUpdate): ResolvedPlan | string {
     if (!this.hello.canSteer) return 'this model server cannot steer';
     const entries: ResolvedPlanEntry[] = [];
     for (const entry of plan.entries) {
@@ -399,10 +399,10 @@ export class TapClient extends EventEmitter<TapClientEvents> {
       if (vector === undefined) return `unknown vector id '${entry.vectorId}'`;
       entries.push({ ...entry, vector });
     }
-    return { requestId: plan.requestId, planId: plan.planId, entries };
+    return { requestId: plan.requestId, planId: plan.planId, entries, ...('maxDelayMs' in plan && plan.maxDelayMs !== undefined && { maxDelayMs: plan.maxDelayMs }) };
   }
 
-  private onPlan(type: 'plan' | 'plan_update', plan: Plan): void {
+  private onPlan(type: 'plan' | 'plan_update', plan: Plan | PlanUpdate): void {
     const resolved = this.resolvePlan(plan);
     if (typeof resolved === 'string') {
       this.logger.warn({ requestId: plan.requestId, planId: plan.planId, reason: resolved }, `tap: rejected ${type}`);

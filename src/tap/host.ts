@@ -206,8 +206,9 @@ export class TapHost {
    * connection, or the reason it went nowhere: SAEGATE_ERR_TAP_UNROUTED (no row or token of the
    * request has arrived, or it ended), SAEGATE_ERR_TAP_CLOSED (its connection is gone),
    * SAEGATE_ERR_TAP_ARGUMENT (that model server cannot steer, lacks a hook or has another d_model).
+   * `maxDelayMs`, when given, goes with it: from now on the request's own tap hold.
    */
-  planUpdate(requestId: string, steering: readonly SteeringTerm[]): PlanUpdateResult {
+  planUpdate(requestId: string, steering: readonly SteeringTerm[], maxDelayMs?: number): PlanUpdateResult {
     const connection = this.servedBy.get(requestId);
     if (connection === undefined) {
       return { delivered: false, error: err('SAEGATE_ERR_TAP_UNROUTED', requestId, 'no row or token of it has arrived, or it has ended') };
@@ -217,7 +218,7 @@ export class TapHost {
     if (problem !== null) return { delivered: false, error: err('SAEGATE_ERR_TAP_ARGUMENT', `plan update for request '${requestId}': ${problem}`) };
     const planId = this.nextPlanId();
     try {
-      connection.sendPlanUpdate({ requestId, planId, entries: this.entries(connection, steering) });
+      connection.sendPlanUpdate({ requestId, planId, entries: this.entries(connection, steering), ...(maxDelayMs !== undefined && { maxDelayMs }) });
     } catch (error) {
       const reason = error instanceof SaegateError ? error : err('SAEGATE_ERR_TAP_CLOSED', (error as Error).message);
       return { delivered: false, error: reason };

@@ -91,6 +91,9 @@ export const welcomeSchema = z.object({
   sessionId: idSchema,
 });
 
+/** The longest a model server may hold tapped data, ms (subscription-wide or per request). */
+const holdMsSchema = z.int().min(0).max(60_000);
+
 export const subscribeSchema = z.object({
   hooks: z.array(hookNameSchema).max(MAX_HOOK_POINTS).refine(uniqueStrings, 'hooks must be unique'),
   dtype: z.enum(['f32', 'f16']),
@@ -99,7 +102,7 @@ export const subscribeSchema = z.object({
    * How long the server may hold this connection's rows, tokens and request ends before sending
    * them, ms (it waits the longer of this and its own flush interval). Absent: its own interval.
    */
-  maxDelayMs: z.int().min(0).max(60_000).optional(),
+  maxDelayMs: holdMsSchema.optional(),
 });
 
 export const planEntrySchema = z
@@ -127,8 +130,18 @@ export const planSchema = z.object({
   entries: z.array(planEntrySchema).max(4096),
 });
 
-/** Same body as `plan`; a separate message so a receiver knows the request is already running. */
-export const planUpdateSchema = planSchema;
+/**
+ * Same body as `plan`, plus an optional `maxDelayMs`; a separate message so a receiver knows the
+ * request is already running.
+ */
+export const planUpdateSchema = planSchema.extend({
+  /**
+   * From now on, how long the server may hold this request's rows, tokens and end before sending
+   * them, ms, in place of what the subscription (or the request's `x-saegate-tap-max-delay-ms`
+   * header) said. Absent: unchanged.
+   */
+  maxDelayMs: holdMsSchema.optional(),
+});
 
 export const planAckSchema = z.object({
   requestId: idSchema,

@@ -27,6 +27,8 @@ export interface ResolvedPlan {
   requestId: string;
   planId: string;
   entries: ResolvedPlanEntry[];
+  /** A plan update's new hold for the request's tapped data, ms (`plan_update.maxDelayMs`); absent: unchanged. */
+  maxDelayMs?: number;
 }
 
 export interface PlanBookOptions {

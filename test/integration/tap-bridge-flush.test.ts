@@ -468,7 +468,7 @@ describe('TapBridge flush policy over a real tap connection', () => {
     source.step(decodeStep(source, decode));
     // req-2 arrives with a 3-token prompt: its prefill taps the prompt's positions and emits the
     // token at position 3.
-    bridge.trackPrompt('req-2', [5, 6, 7]);
+    bridge.trackRequest('req-2', [5, 6, 7]);
     const promptRows: StepEntry[] = [0, 1, 2].map((position) => ({ id: 'req-2', position, tokenId: 5 + position }));
     const prefill = decodeStep(source, promptRows);
     source.step({ ...prefill, phase: 'prefill', batchSize: 1, tokens: { requestIds: ['req-2'], positions: Int32Array.from([3]), tokenIds: Int32Array.from([8]) } });

@@ -23,6 +23,8 @@ export interface GenerationInput {
   requestId: string;
   /** x-saegate-plan-id, or null. */
   planId: string | null;
+  /** x-saegate-tap-max-delay-ms: how long the tap may hold the request's data, ms; absent: the subscription's. */
+  tapMaxDelayMs?: number | null;
   /** BOS included when the tokenizer has one and the prompt was text. */
   promptTokens: number[];
   /** Most tokens to generate; prompt + maxTokens fits the context (checked by the routes). */
@@ -160,6 +162,7 @@ class GenerationRun {
         stopTokenIds: deps.tokenizer.eosIds,
         steering: input.steering,
         planId: input.planId,
+        tapMaxDelayMs: input.tapMaxDelayMs ?? null,
         signal: controller.signal,
         ...(input.promptLogprobs !== null && {
           promptLogprobs: {

@@ -9,7 +9,7 @@ import type { Engine, SamplingParams } from '../engine-types.js';
 import type { ModelConfig, Tokenizer } from '../types.js';
 import { chatFormat, completionFormat, type ResponseFormat } from './format.js';
 import { serveGeneration, type GenerationInput } from './generate.js';
-import { planIdFrom } from './headers.js';
+import { planIdFrom, tapMaxDelayFrom } from './headers.js';
 import type { InFlightLimiter } from './limiter.js';
 import { ChatPrompter, completionPromptTokens } from './prompt.js';
 import { chatBodySchema, completionBodySchema, parseBody, type ChatBody, type CompletionBody } from './schemas.js';
@@ -148,7 +148,7 @@ export function registerModelRoutes(app: FastifyInstance, options: ModelRoutesOp
     return async (request, reply) => {
       limiter.acquire();
       try {
-        const input = resolve(request, planIdFrom(request.headers));
+        const input = { ...resolve(request, planIdFrom(request.headers)), tapMaxDelayMs: tapMaxDelayFrom(request.headers) };
         return await serveGeneration(deps, format, input, { request, reply });
       } finally {
         limiter.release();
