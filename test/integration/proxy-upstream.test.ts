@@ -62,7 +62,7 @@ describe('proxy: bodies and headers', () => {
       res.writeHead(200, { 'content-type': 'application/json', 'x-upstream-thing': 'kept', 'content-length': Buffer.byteLength(responseBody) });
       res.end(responseBody);
     };
-    const res = await post(server, '/v1/completions?api-version=2', requestBody, { 'x-request-id': 'exact-1', 'X-Custom': 'Value', 'x-saegate-plan-id': 'forged' });
+    const res = await post(server, '/v1/completions?api-version=2', requestBody, { 'x-request-id': 'exact-1', 'X-Custom': 'Value', 'x-saegate-plan-id': 'forged', 'x-saegate-tap-max-delay-ms': '60000' });
     expect(res.status).toBe(200);
     expect(await res.text()).toBe(responseBody);
     expect(res.headers.get('x-upstream-thing')).toBe('kept');
@@ -74,6 +74,7 @@ describe('proxy: bodies and headers', () => {
     expect(forwarded.body.equals(Buffer.from(requestBody))).toBe(true);
     expect(forwarded.headers).toMatchObject({ 'x-request-id': 'exact-1', 'x-custom': 'Value', 'content-type': 'application/json' });
     expect(forwarded.headers['x-saegate-plan-id']).toBeUndefined();
+    expect(forwarded.headers['x-saegate-tap-max-delay-ms']).toBeUndefined();
     expect(forwarded.rawHeaders).toContain('X-Custom');
   });
 

@@ -349,6 +349,105 @@ describe('TapBridge flush policy over a real tap connection', () => {
     expect(tapped.log.slice(0, 6)).toEqual([0, 10, 20].flatMap((i) => [tokensOf(relaxed.steps.slice(i, i + 10)), rowsOf(HOOK_A, relaxed.steps.slice(i, i + 10))]));
   });
 
+  /**
+   * Runs 1 ms steps of `requests` (one token each per step, positions from `from`) on fake time;
+   * per step, whether its data left at the step or by the timer before the next one (summed).
+   */
+  function pacedRequests(tapped: Tapped, requests: string[], count: number, from: number): number[] {
+    const { bridge, source } = tapped;
+    const writes: number[] = [];
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    try {
+      for (let i = 0; i < count; i++) {
+        const before = bridge.stats().writes;
+        source.step(decodeStep(source, requests.map((id) => ({ id, position: from + i, tokenId: i }))));
+        vi.advanceTimersByTime(1);
+        writes.push(bridge.stats().writes - before);
+      }
+    } finally {
+      vi.useRealTimers();
+    }
+    return writes;
+  }
+
+  /** The prefill step of `requestId` with a 2-token prompt (rows at 0 and 1, its first token at 2). */
+  function prefillStep(source: StepSource, requestId: string): RuntimeStep {
+    const rows = decodeStep(source, [0, 1].map((position) => ({ id: requestId, position, tokenId: 5 + position })));
+    return { ...rows, phase: 'prefill', batchSize: 1, tokens: { requestIds: [requestId], positions: Int32Array.from([2]), tokenIds: Int32Array.from([7]) } };
+  }
+
+  it('holds a request\'s data for its own hold (header or plan update) in place of the subscription\'s, the shortest hold among running requests in force', async () => {
+    const gate = await startGate();
+    const tapped = await tappedBridge(gate, { flushMs: 2, flushRows: NEVER_ROWS });
+    const { bridge, source } = tapped;
+    const every10th = (n: number) => Array.from({ length: n }, (_, i) => (i % 10 === 9 ? 1 : 0));
+    const everyOther = (n: number) => Array.from({ length: n }, (_, i) => (i % 2 === 1 ? 1 : 0));
+    expect(bridge.currentDelayMs).toBe(2);
+
+    // req-1's HTTP request said 10 ms (x-saegate-tap-max-delay-ms): from its prefill, its data
+    // waits 10 ms though the subscription says nothing (flushMs 2).
+    bridge.trackRequest('req-1', [5, 6], 10);
+    expect(bridge.currentDelayMs).toBe(2); // tracked, not running yet
+    source.step(prefillStep(source, 'req-1'));
+    expect(bridge.currentDelayMs).toBe(10);
+    expect(bridge.requestsWithOwnHold).toBe(1);
+    bridge.flush();
+    expect(pacedRequests(tapped, ['req-1'], 20, 3)).toEqual(every10th(20));
+
+    // req-2 has no hold of its own: while it runs, the subscription's 2 ms is in force for both.
+    bridge.trackRequest('req-2', [5, 6]);
+    source.step(prefillStep(source, 'req-2'));
+    expect(bridge.currentDelayMs).toBe(2);
+    bridge.flush();
+    expect(pacedRequests(tapped, ['req-1', 'req-2'], 10, 23)).toEqual(everyOther(10));
+
+    // Its end gives req-1's 10 ms back.
+    source.end('req-2', finished(11));
+    expect(bridge.currentDelayMs).toBe(10);
+    bridge.flush();
+    expect(pacedRequests(tapped, ['req-1'], 20, 33)).toEqual(every10th(20));
+
+    // A plan update's maxDelayMs replaces req-1's hold (0: nothing beyond flushMs).
+    tapped.conn.sendPlanUpdate({ requestId: 'req-1', planId: 'plan-x-1', entries: [], maxDelayMs: 0 });
+    await waitFor('the plan update to reach the bridge', () => bridge.currentDelayMs === 2, { observed: () => bridge.currentDelayMs });
+    expect(pacedRequests(tapped, ['req-1'], 10, 53)).toEqual(everyOther(10));
+    expect(bridge.requestsWithOwnHold).toBe(1);
+
+    // With no request running, the subscription's hold is in force again.
+    source.end('req-1', finished(61));
+    expect(bridge.currentDelayMs).toBe(2);
+    tapped.conn.subscribe({ hooks: [HOOK_A], dtype: 'f32', includePrompt: false, maxDelayMs: 10 });
+    await waitFor('the relaxed subscription to reach the bridge', () => bridge.currentDelayMs === 10, { observed: () => bridge.currentDelayMs });
+  });
+
+  it('moves the flush timer forward when a request with a shorter hold starts, so entries held for a longer one leave within the shorter', async () => {
+    const gate = await startGate();
+    const tapped = await tappedBridge(gate, { flushMs: 2, flushRows: NEVER_ROWS });
+    const { bridge, source, log } = tapped;
+    bridge.trackRequest('req-1', [5, 6], 50);
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    let writes: number[];
+    try {
+      source.step(prefillStep(source, 'req-1'));
+      // 50 ms: the timer is set for 50 ms after the prefill's entries.
+      vi.advanceTimersByTime(1);
+      expect(bridge.stats().writes).toBe(0);
+      // A request with the subscription's hold (2 ms) starts; its prefill does not reach the
+      // step rule (its interval average is 0.2 ms), but the timer now fires 2 ms after the
+      // oldest entry, not 50.
+      bridge.trackRequest('req-2', [5, 6]);
+      source.step(prefillStep(source, 'req-2'));
+      expect(bridge.stats().writes).toBe(0);
+      vi.advanceTimersByTime(1);
+      writes = [bridge.stats().writes];
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(writes).toEqual([1]);
+    await waitFor('the flush', () => log.length === 2, { observed: () => log.map((m) => m.kind) });
+    expect(log.map((m) => m.kind)).toEqual(['tokens', 'rows']);
+  });
+
   it('sends a lone step and a lone end by the timer, with no further step or call', async () => {
     const gate = await startGate();
     const { bridge, source, log } = await tappedBridge(gate, { flushMs: 20, flushRows: NEVER_ROWS });

@@ -2,6 +2,9 @@
  * `saegate serve --tap-monitor-delay-ms`: while no loaded policy has a condition, saegate lets the
  * model servers hold tapped data that long (the subscription's `maxDelayMs`, docs/tap-protocol.md
  * 4.3), and takes it back as soon as a policy with a condition is loaded, by a reload included.
+ * While it is taken back, requests no conditional rule reads get it per request
+ * (`x-saegate-tap-max-delay-ms`), and so do requests whose rules have all fired (a `plan_update`'s
+ * `maxDelayMs`), which the model server's bridge applies.
  * Real processes' parts: saegate's proxy with an SAE and a policy directory, a synthetic model
  * server tapped over a real WebSocket.
  */
@@ -16,7 +19,7 @@ import { freePort } from '../helpers/ports.js';
 import { seededStandardSae } from '../helpers/sae.js';
 import { waitFor } from '../helpers/wait.js';
 
-const MODEL = 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=96,seed=7';
+const MODEL = 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=1024,seed=7';
 const HOOK = 'blocks.1.hook_resid_post';
 
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -56,6 +59,35 @@ describe('saegate serve --tap-monitor-delay-ms', () => {
     fs.writeFileSync(path.join(dir, 'flag.yaml'), FLAG);
     await waitFor('the subscription without maxDelayMs', () => subscription() !== null && subscription()!.maxDelayMs === undefined, { observed: () => subscription(), deadlineMs: 10_000 });
     expect(subscription()?.hooks).toEqual([HOOK]);
+  });
+
+  it('while a condition keeps the subscription short, holds requests no rule reads for the monitoring delay, and a request whose rules have all fired from then on', async () => {
+    // The conditional flag applies to requests with x-guard: 1 only; it fires at once (above −1).
+    const guarded = policy('guard', 'flag: {name: seen, when: {feature: {sae: test, index: 1, above: -1}}}').replace('spec:\n', 'spec:\n  match: {headers: {x-guard: ["1"]}}\n');
+    const { proxy, model } = await start({ 'watch.yaml': WATCH, 'guard.yaml': guarded });
+    const bridge = model.tap!;
+    await waitFor('a subscription', () => (bridge.client.subscription?.hooks.length ?? 0) > 0);
+    expect(bridge.client.subscription?.maxDelayMs).toBeUndefined();
+    const holds: (number | undefined)[] = [];
+    bridge.client.on('planUpdate', (update) => holds.push(update.maxDelayMs));
+    const complete = (headers: Record<string, string>, maxTokens: number) =>
+      fetch(`${proxy.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ model: 'synthetic', prompt: 'abc', max_tokens: maxTokens, temperature: 0 }) });
+
+    // No rule reads it: forwarded with the 50 ms hold, which its run on the model server took.
+    const plain = await complete({}, 16);
+    expect(plain.status).toBe(200);
+    expect(plain.headers.get('x-saegate-applied')).toBe('policy=watch@1');
+    await plain.text();
+    expect(bridge.requestsWithOwnHold).toBe(1);
+
+    // The guard reads it: forwarded without a hold; its flag fires at the first row, and the
+    // plan update that follows gives it the 50 ms hold for the rest of its 1000 tokens.
+    const watched = await complete({ 'x-guard': '1' }, 1000);
+    expect(watched.status).toBe(200);
+    await watched.text();
+    await waitFor('the hold to come with a plan update', () => holds.length > 0, { observed: () => holds });
+    expect(holds).toEqual([50]);
+    expect(bridge.requestsWithOwnHold).toBe(2);
   });
 
   it('asks for nothing longer when the policies loaded at start already have a condition', async () => {

@@ -164,6 +164,20 @@ describe('POST /v1/completions', () => {
     expect(engine.requests).toHaveLength(1);
   });
 
+  it('passes x-saegate-tap-max-delay-ms to the engine request (null without it) and refuses one that is not 0–60000 ms', async () => {
+    const { app, engine } = setup();
+    expect((await post(app, '/v1/completions', { model: MODEL, prompt: 'x' }, { 'x-saegate-tap-max-delay-ms': '50' })).statusCode).toBe(200);
+    expect((await post(app, '/v1/completions', { model: MODEL, prompt: 'x' })).statusCode).toBe(200);
+    expect(engine.requests.map((r) => r.tapMaxDelayMs)).toEqual([50, null]);
+    for (const value of ['-1', '1.5', '60001', 'soon', '']) {
+      const bad = await post(app, '/v1/completions', { model: MODEL, prompt: 'x' }, { 'x-saegate-tap-max-delay-ms': value });
+      expect(bad.statusCode, value).toBe(400);
+      expect((bad.json() as ErrorBody).error, value).toMatchObject({ code: 'SAEGATE_ERR_BAD_REQUEST', param: 'x-saegate-tap-max-delay-ms' });
+      expect((bad.json() as ErrorBody).error.message, value).toContain('from 0 to 60000');
+    }
+    expect(engine.requests).toHaveLength(2);
+  });
+
   it('reads a body sent without a JSON content type (curl -d)', async () => {
     const { app } = setup();
     const response = await app.inject({

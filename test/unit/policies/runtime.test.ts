@@ -85,21 +85,21 @@ function tokens(requestId: string, ...positions: number[]): TokensMessage {
 
 /** Records plan updates and answers with `answer`. */
 class RecordingTap implements PlanUpdater {
-  readonly updates: { requestId: string; steering: SteeringTerm[] }[] = [];
+  readonly updates: { requestId: string; steering: SteeringTerm[]; maxDelayMs?: number }[] = [];
   answer: (requestId: string) => PlanUpdateResult = () => ({ delivered: true, planId: `plan-${this.updates.length}`, sessionId: 's' });
 
-  planUpdate(requestId: string, steering: readonly SteeringTerm[]): PlanUpdateResult {
-    this.updates.push({ requestId, steering: [...steering] });
+  planUpdate(requestId: string, steering: readonly SteeringTerm[], maxDelayMs?: number): PlanUpdateResult {
+    this.updates.push({ requestId, steering: [...steering], ...(maxDelayMs !== undefined && { maxDelayMs }) });
     return this.answer(requestId);
   }
 }
 
-function setup(maxRequests?: number, lateResultsMs?: number) {
+function setup(maxRequests?: number, lateResultsMs?: number, relaxedTapDelayMs?: () => number | null) {
   const tap = new RecordingTap();
   const registry = new Registry();
   const aborts: { requestId: string; policy: string; reason?: string }[] = [];
   const aborter = { taken: true, abortRequest: (requestId: string, abort: { policy: string; reason?: string }) => (aborts.push({ requestId, ...abort }), aborter.taken) };
-  const runtime = new ConditionRuntime({ tap, saeByHook: new Map([[HOOK, 'demo']]), registry, maxRequests, aborter, lateResultsMs });
+  const runtime = new ConditionRuntime({ tap, saeByHook: new Map([[HOOK, 'demo']]), registry, maxRequests, aborter, lateResultsMs, relaxedTapDelayMs });
   const records: RuntimeRecord[] = [];
   runtime.onRecord((r) => records.push(r));
   /** Sum of a series' values over the matching labels (`NAME_count` of a histogram too). */
@@ -251,6 +251,41 @@ describe('conditional policies at run time', () => {
     const late = runtime.resolve('late', plan(aborting)).outcome!;
     runtime.onResult(batch([['late', 0, 5], ['late', 1, 5]]));
     expect(late.applied(null)).toBe('policy=stop@3, abort=stop@3:1:skipped');
+  });
+
+  it('with a relaxed tap hold: forwards it with requests nothing conditional reads, and sends it once a request\'s rules have all fired (not after an abort)', () => {
+    let hold: number | null = 50;
+    const { runtime, tap } = setup(undefined, undefined, () => hold);
+    const unconditional = policy({ name: 'u', qualifiedName: 'u@3', steers: [{ vector, hooks: [HOOK], scale: 1, positions: 'all', when: undefined, forTokens: undefined }], flags: [{ name: 'always', when: undefined }] });
+    // Nothing conditional: the plan carries the hold (the proxy sends x-saegate-tap-max-delay-ms).
+    expect(runtime.resolve('none', plan()).tapMaxDelayMs).toBe(50);
+    const plain = runtime.resolve('u', plan(unconditional));
+    expect(plain.tapMaxDelayMs).toBe(50);
+    expect(plain.outcome!.applied(null)).toBe('policy=u@3, flag=always');
+    // A request a rule waits on keeps the subscription's short hold.
+    expect(runtime.resolve('r', plan(conditionalSteer)).tapMaxDelayMs).toBeUndefined();
+    // The steer fires first (the flag `hot` above 4 is still unfired): its update says nothing of the hold.
+    runtime.onResult(batch([['r', 0, 2]]));
+    expect(tap.updates.map((u) => [u.requestId, u.steering.length, u.maxDelayMs])).toEqual([['r', 1, undefined]]);
+    // The flag fires: nothing is left to wait for, so an update with the same steering carries the hold.
+    runtime.onResult(batch([['r', 1, 5]]));
+    expect(tap.updates.map((u) => [u.requestId, u.steering.length, u.maxDelayMs])).toEqual([['r', 1, undefined], ['r', 1, 50]]);
+    expect(tap.updates[1].steering).toEqual(tap.updates[0].steering);
+    // Steer and flag firing together: one update, with the hold.
+    runtime.resolve('s', plan(conditionalSteer));
+    runtime.onResult(batch([['s', 0, 5]]));
+    expect(tap.updates.slice(2).map((u) => [u.requestId, u.steering.length, u.maxDelayMs])).toEqual([['s', 1, 50]]);
+    // An abort ends the generation: no update for the hold.
+    const aborting = policy({ name: 'stop', qualifiedName: 'stop@3', aborts: [{ when: when(2), reason: 'hot' }] });
+    runtime.resolve('a', plan(aborting));
+    runtime.onResult(batch([['a', 0, 3]]));
+    expect(tap.updates).toHaveLength(3);
+    // While the subscription itself is relaxed (no condition loaded), no hold is needed per request.
+    hold = null;
+    expect(runtime.resolve('none-2', plan()).tapMaxDelayMs).toBeUndefined();
+    runtime.resolve('t', plan(conditionalSteer));
+    runtime.onResult(batch([['t', 0, 5]]));
+    expect(tap.updates.slice(3).map((u) => [u.requestId, u.maxDelayMs])).toEqual([['t', undefined]]);
   });
 
   it('evaluates projection conditions on the tapped rows (f32 and f16): fires at the first row whose projection on the unit direction is above', () => {

@@ -14,6 +14,7 @@ describe('proxy headers', () => {
       'Transfer-Encoding', 'chunked',
       'X-Request-Id', 'client-id',
       'X-Saegate-Plan-Id', 'forged-plan',
+      'X-Saegate-Tap-Max-Delay-Ms', '60000',
       'OpenAI-Organization', 'org-1',
     ];
     expect(upstreamRequestHeaders(raw, 'req-1', null)).toEqual([
@@ -23,6 +24,8 @@ describe('proxy headers', () => {
       'x-request-id', 'req-1',
     ]);
     expect(upstreamRequestHeaders(['Accept', '*/*'], 'req-2', 'plan-7')).toEqual(['Accept', '*/*', 'x-request-id', 'req-2', 'x-saegate-plan-id', 'plan-7']);
+    // The tap hold is saegate's: a client's is dropped (above), the plan's is sent.
+    expect(upstreamRequestHeaders(['Accept', '*/*'], 'req-3', null, 50)).toEqual(['Accept', '*/*', 'x-request-id', 'req-3', 'x-saegate-tap-max-delay-ms', '50']);
   });
 
   it('returns the upstream headers minus hop-by-hop ones, with the request id and x-saegate-applied', () => {
