@@ -88,7 +88,7 @@ export interface ProxyConfig {
   saeMaxDelayMs: number;
   /** Longest any other row (monitoring, live view) waits for its SAE batch to fill, ms; never less than saeMaxDelayMs. Default 100. */
   saeMonitorDelayMs: number;
-  /** How long model servers may hold tapped rows, tokens and ends while no conditional policy is loaded, ms (0: their own interval). Default 50. */
+  /** How long model servers may hold tapped rows, tokens and ends while no conditional policy is loaded, and, while one is, those of requests no conditional rule reads (or whose rules have all fired), ms (0: their own interval). Default 50. */
   tapMonitorDelayMs: number;
   /** Rows queued per SAE before the hard drop; sampling starts at half. Default 8192. */
   saeMaxQueuedRows: number;
@@ -172,7 +172,7 @@ export const proxyOptions = deriveEnv({
   tapMaxFrameBytes: { type: integer(64, 2048 * MiB), default: 256 * MiB, help: 'largest tap frame accepted, bytes' },
   saeBatchRows: { type: integer(1, 65536), default: 256, help: 'SAE micro-batch size, rows' },
   saeMaxDelayMs: { type: integer(0, 60_000), default: 2, help: 'longest a row a conditional policy waits on waits for its SAE batch, ms' },
-  tapMonitorDelayMs: { type: integer(0, 60_000), default: 50, help: 'how long model servers may hold tapped data while no conditional policy is loaded, ms (0: their own --tap-flush-ms)' },
+  tapMonitorDelayMs: { type: integer(0, 60_000), default: 50, help: 'how long model servers may hold tapped data while no conditional policy is loaded, and that of requests no conditional rule reads while one is, ms (0: their own --tap-flush-ms)' },
   saeMonitorDelayMs: { type: integer(0, 60_000), default: 100, help: 'longest any other SAE row waits for its batch, ms (at least --sae-max-delay-ms)' },
   saeMaxQueuedRows: { type: integer(1, 16 * MiB), default: 8192, help: 'rows queued per SAE before drops (sampling from half)' },
   saeWorkers: { type: integer(1, 64), default: 1, help: 'worker threads per SAE' },

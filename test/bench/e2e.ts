@@ -10,6 +10,10 @@
  *                           every row takes the monitoring batch deadline (--sae-monitor-delay-ms)
  *   saegate+sae+monitor     … plus `--baseline`, `--watch` (8 features) and `--policies` (a
  *                           conditional steer and a conditional flag on watched features)
+ *   saegate+sae+scoped      … the same, with the conditional policy matching one request in
+ *                           four (header `x-bench-guarded: 1`, which the load generator sets on
+ *                           every fourth completion in every arm): the other requests go to the
+ *                           model server with the monitoring tap hold (`x-saegate-tap-max-delay-ms`)
  *
  * Every arm has its own model-server process (same model, same flags), so a tapped and an
  * untapped server are compared side by side. Model servers are pinned to core 0, saegate and this
@@ -124,10 +128,14 @@ const streamCounts = (values.streams ?? '1,8,32').split(',').map(Number);
 const maxTokens = Number(values.tokens ?? 128);
 const profileDir = values.profile === undefined ? null : path.resolve(values.profile);
 
-const ARMS = ['direct', 'proxy', 'saegate', 'saegate+sae', 'saegate+sae+drift', 'saegate+sae+monitor'] as const;
+const ARMS = ['direct', 'proxy', 'saegate', 'saegate+sae', 'saegate+sae+drift', 'saegate+sae+monitor', 'saegate+sae+scoped'] as const;
 type ArmName = (typeof ARMS)[number];
 /** The arms that run an SAE. */
-const hasSae = (name: ArmName): boolean => name === 'saegate+sae' || name === 'saegate+sae+drift' || name === 'saegate+sae+monitor';
+const hasSae = (name: ArmName): boolean => name === 'saegate+sae' || name === 'saegate+sae+drift' || name === 'saegate+sae+monitor' || name === 'saegate+sae+scoped';
+/** The arms with the conditional policy (on every request, or on one in `GUARDED_EVERY`). */
+const hasPolicy = (name: ArmName): boolean => name === 'saegate+sae+monitor' || name === 'saegate+sae+scoped';
+/** Every this many completions, one carries `x-bench-guarded: 1` (the scoped arm's policy matches those). */
+const GUARDED_EVERY = 4;
 const armNames = (values.arms?.split(',') ?? [...ARMS]) as ArmName[];
 for (const a of armNames) if (!ARMS.includes(a)) throw new Error(`unknown arm ${a}; arms: ${ARMS.join(', ')}`);
 if (!armNames.includes('direct')) armNames.unshift('direct');
@@ -425,6 +433,11 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
       '',
     ].join('\n'),
   );
+  // The scoped arm's copy matches guarded requests only.
+  const scopedDir = path.join(dir, 'policies-scoped');
+  fs.mkdirSync(scopedDir, { recursive: true });
+  const policyText = fs.readFileSync(path.join(policyDir, 'bench.yaml'), 'utf8');
+  fs.writeFileSync(path.join(scopedDir, 'bench.yaml'), policyText.replace('spec:\n', 'spec:\n  match: {headers: {x-bench-guarded: ["1"]}}\n'));
   const corpus = path.join(dir, 'corpus.jsonl');
   fs.writeFileSync(corpus, prompts.map((text, id) => `${JSON.stringify({ id, text })}\n`).join(''));
   const baseline = path.join(dir, 'baseline.json');
@@ -440,8 +453,8 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
     const upstreamPort = await freePort();
     const args = ['serve', '--upstream', `http://127.0.0.1:${upstreamPort}`, '--port', '0', ...(name === 'proxy' ? [] : ['--require-tap']), ...extraSaegateArgs];
     if (hasSae(name)) args.push('--sae', saeDir);
-    if (name === 'saegate+sae+drift' || name === 'saegate+sae+monitor') args.push('--baseline', baseline, '--watch', path.join(dir, 'watch.yaml'));
-    if (name === 'saegate+sae+monitor') args.push('--policies', policyDir);
+    if (name === 'saegate+sae+drift' || hasPolicy(name)) args.push('--baseline', baseline, '--watch', path.join(dir, 'watch.yaml'));
+    if (hasPolicy(name)) args.push('--policies', name === 'saegate+sae+scoped' ? scopedDir : policyDir);
     const saegate = startProc(`${m.name} saegate ${name}`, SAEGATE_CORE, args);
     let apiUrl = '';
     let tapUrl = '';
@@ -489,12 +502,16 @@ interface RoundResult {
   errors: number;
 }
 
+/** Completions sent so far (every `GUARDED_EVERY`th is guarded). */
+let completionsSent = 0;
+
 async function oneCompletion(agent: Agent, url: string, prompt: string): Promise<{ tokens: number; tpotMs: number | null; ttftMs: number | null }> {
   const sent = performance.now();
+  const guarded = completionsSent++ % GUARDED_EVERY === 0;
   const res = await request(`${url}/v1/completions`, {
     method: 'POST',
     dispatcher: agent,
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...(guarded && { 'x-bench-guarded': '1' }) },
     body: JSON.stringify({ model: MODEL_NAME, prompt, max_tokens: maxTokens, temperature: 0.8, stream: true, stream_options: { include_usage: true } }),
   });
   if (res.statusCode !== 200) {
@@ -653,7 +670,7 @@ async function ledger(arm: Arm): Promise<string> {
     arm.name === 'saegate' || arm.name === 'proxy'
       ? 'no SAE'
       : `encoded ${encoded} + dropped ${droppedSae} = ${encoded + droppedSae} ${encoded + droppedSae === tapRows ? '(balanced)' : '(NOT balanced)'} in ${batches} SAE batches (${f(encoded / batches, 1)} rows each, ${total(m, 'saegate_sae_urgent_batches_total')} on the short deadline)`;
-  const steering = arm.name === 'saegate+sae+monitor' ? `; policy triggers ${total(m, 'saegate_policy_triggers_total')}, plan updates ${total(m, 'saegate_policy_plan_updates_total')}, plans ${total(m, 'saegate_steering_plans_total')}` : '';
+  const steering = hasPolicy(arm.name) ? `; policy triggers ${total(m, 'saegate_policy_triggers_total')}, plan updates ${total(m, 'saegate_policy_plan_updates_total')}, plans ${total(m, 'saegate_steering_plans_total')}` : '';
   return `  ${arm.name}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}${steering}`;
 }
 
