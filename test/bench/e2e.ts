@@ -11,9 +11,10 @@
  *   saegate+sae+monitor     … plus `--baseline`, `--watch` (8 features) and `--policies` (a
  *                           conditional steer and a conditional flag on watched features)
  *   saegate+sae+scoped      … the same, with the conditional policy matching one request in
- *                           four (header `x-bench-guarded: 1`, which the load generator sets on
- *                           every fourth completion in every arm): the other requests go to the
- *                           model server with the monitoring tap hold (`x-saegate-tap-max-delay-ms`)
+ *                           four (`--guarded-every N`: header `x-bench-guarded: 1`, which the load
+ *                           generator sets on every Nth completion in every arm): the other
+ *                           requests go to the model server with the monitoring tap hold
+ *                           (`x-saegate-tap-max-delay-ms`)
  *
  * Every arm has its own model-server process (same model, same flags), so a tapped and an
  * untapped server are compared side by side. Model servers are pinned to core 0, saegate and this
@@ -67,7 +68,7 @@
  *   npx tsx test/bench/e2e.ts [--quick] [--rounds N] [--seconds S] [--streams 1,8,32]
  *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR] [--perf-map]
  *                             [--saegate-args='--sae-max-delay-ms 8'] [--model-args='--tap-flush-ms 5']
- *                             [--sae-arch topk|jumprelu] [--sae-dir DIR] [--guard-above X]
+ *                             [--sae-arch topk|jumprelu] [--sae-dir DIR] [--guard-above X] [--guarded-every N]
  *
  * Prints tables; asserts nothing about time.
  */
@@ -107,6 +108,7 @@ const { values } = parseArgs({
     'sae-arch': { type: 'string' },
     'sae-dir': { type: 'string' },
     'guard-above': { type: 'string' },
+    'guarded-every': { type: 'string' },
   },
 });
 /** A trained SAE (a SAELens directory for stories260K) instead of the seeded one; stories only. */
@@ -134,8 +136,9 @@ type ArmName = (typeof ARMS)[number];
 const hasSae = (name: ArmName): boolean => name === 'saegate+sae' || name === 'saegate+sae+drift' || name === 'saegate+sae+monitor' || name === 'saegate+sae+scoped';
 /** The arms with the conditional policy (on every request, or on one in `GUARDED_EVERY`). */
 const hasPolicy = (name: ArmName): boolean => name === 'saegate+sae+monitor' || name === 'saegate+sae+scoped';
-/** Every this many completions, one carries `x-bench-guarded: 1` (the scoped arm's policy matches those). */
-const GUARDED_EVERY = 4;
+/** Every this many completions, one carries `x-bench-guarded: 1` (the scoped arm's policy matches those); `--guarded-every`, default 4. */
+const GUARDED_EVERY = Number(values['guarded-every'] ?? 4);
+if (!Number.isInteger(GUARDED_EVERY) || GUARDED_EVERY < 1) throw new Error(`--guarded-every: a positive integer, got ${values['guarded-every']}`);
 const armNames = (values.arms?.split(',') ?? [...ARMS]) as ArmName[];
 for (const a of armNames) if (!ARMS.includes(a)) throw new Error(`unknown arm ${a}; arms: ${ARMS.join(', ')}`);
 if (!armNames.includes('direct')) armNames.unshift('direct');
@@ -747,7 +750,8 @@ function summariseProfiles(dir: string, from: number, to: number, top = 14): str
 
 process.stdout.write(
   `e2e: ${rounds} round(s) × ${roundSeconds} s per arm and stream count; ${maxTokens}-token streaming completions at temperature 0.8; ` +
-    `${pin ? `model servers on core ${MODEL_CORE}, saegate and the load generator on core ${SAEGATE_CORE}` : 'one core: no pinning'}\n`,
+    `${pin ? `model servers on core ${MODEL_CORE}, saegate and the load generator on core ${SAEGATE_CORE}` : 'one core: no pinning'}` +
+    `${armNames.includes('saegate+sae+scoped') ? `; the scoped arm's policy matches one completion in ${GUARDED_EVERY}` : ''}\n`,
 );
 if (pin) execFileSync('taskset', ['-a', '-p', '-c', SAEGATE_CORE, String(process.pid)], { stdio: 'ignore' });
 
