@@ -19,6 +19,7 @@ export const POLICY_RUNTIME_METRIC_NAMES = [
   'saegate_policy_trigger_lag_steps',
   'saegate_policy_trigger_lag_seconds',
   'saegate_policy_rows_settled_total',
+  'saegate_policy_tap_holds_total',
 ] as const;
 
 export class PolicyRuntimeMetrics {
@@ -29,6 +30,7 @@ export class PolicyRuntimeMetrics {
   readonly lagSteps: Histogram;
   readonly lagSeconds: Histogram;
   readonly rowsSettled: Counter;
+  readonly tapHolds: Counter<'when'>;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -59,5 +61,12 @@ export class PolicyRuntimeMetrics {
       help: 'Rows of requests with unfired conditional rules evaluated as they arrived, because the feature screen showed no such rule could fire on them: they did not wait for the SAE (short batch deadline).',
       registers,
     });
+    this.tapHolds = new Counter({
+      name: 'saegate_policy_tap_holds_total',
+      help: 'Requests given the monitoring tap hold (--tap-monitor-delay-ms) while a loaded policy has a condition: forwarded (no conditional rule reads them; x-saegate-tap-max-delay-ms) or fired (their rules had all fired; a plan_update with maxDelayMs).',
+      labelNames: ['when'],
+      registers,
+    });
+    for (const when of ['forwarded', 'fired']) this.tapHolds.inc({ when }, 0);
   }
 }

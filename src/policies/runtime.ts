@@ -326,6 +326,7 @@ export class ConditionRuntime {
     if (saes.size === 0) {
       // Nothing conditional reads this request: its rows only feed monitoring.
       const hold = this.options.relaxedTapDelayMs?.() ?? null;
+      if (hold !== null) this.metrics?.tapHolds.inc({ when: 'forwarded' });
       const relaxed: LivePlan = hold === null ? plan : { ...plan, tapMaxDelayMs: hold };
       if (items.length === 0) return relaxed;
       return { ...relaxed, outcome: { applied: (planId) => this.appliedValue(plan, planId, items), done: () => {} } };
@@ -575,11 +576,12 @@ export class ConditionRuntime {
     // them as long as monitoring allows (sent with the steers' update, or alone).
     const hold = over || aborted || this.anyUnfired(live) ? null : (this.options.relaxedTapDelayMs?.() ?? null);
     if (steered === null) {
-      if (hold !== null) this.options.tap.planUpdate(live.requestId, live.steering, hold);
+      if (hold !== null && this.options.tap.planUpdate(live.requestId, live.steering, hold).delivered) this.metrics?.tapHolds.inc({ when: 'fired' });
       return;
     }
     // Steers firing together go down as one update: the request's whole steering from now on.
     const result = hold === null ? this.options.tap.planUpdate(live.requestId, live.steering) : this.options.tap.planUpdate(live.requestId, live.steering, hold);
+    if (hold !== null && result.delivered) this.metrics?.tapHolds.inc({ when: 'fired' });
     const outcome = outcomeOf(result);
     this.metrics?.planUpdates.inc({ outcome });
     for (const event of steered) {

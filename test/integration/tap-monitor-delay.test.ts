@@ -88,6 +88,9 @@ describe('saegate serve --tap-monitor-delay-ms', () => {
     await waitFor('the hold to come with a plan update', () => holds.length > 0, { observed: () => holds });
     expect(holds).toEqual([50]);
     expect(bridge.requestsWithOwnHold).toBe(2);
+    const metrics = await (await fetch(`${proxy.url}/metrics`)).text();
+    expect(metrics).toContain('saegate_policy_tap_holds_total{when="forwarded"} 1');
+    expect(metrics).toContain('saegate_policy_tap_holds_total{when="fired"} 1');
   });
 
   it('asks for nothing longer when the policies loaded at start already have a condition', async () => {

@@ -253,9 +253,9 @@ describe('conditional policies at run time', () => {
     expect(late.applied(null)).toBe('policy=stop@3, abort=stop@3:1:skipped');
   });
 
-  it('with a relaxed tap hold: forwards it with requests nothing conditional reads, and sends it once a request\'s rules have all fired (not after an abort)', () => {
+  it('with a relaxed tap hold: forwards it with requests nothing conditional reads, and sends it once a request\'s rules have all fired (not after an abort)', async () => {
     let hold: number | null = 50;
-    const { runtime, tap } = setup(undefined, undefined, () => hold);
+    const { runtime, tap, metric } = setup(undefined, undefined, () => hold);
     const unconditional = policy({ name: 'u', qualifiedName: 'u@3', steers: [{ vector, hooks: [HOOK], scale: 1, positions: 'all', when: undefined, forTokens: undefined }], flags: [{ name: 'always', when: undefined }] });
     // Nothing conditional: the plan carries the hold (the proxy sends x-saegate-tap-max-delay-ms).
     expect(runtime.resolve('none', plan()).tapMaxDelayMs).toBe(50);
@@ -275,6 +275,8 @@ describe('conditional policies at run time', () => {
     runtime.resolve('s', plan(conditionalSteer));
     runtime.onResult(batch([['s', 0, 5]]));
     expect(tap.updates.slice(2).map((u) => [u.requestId, u.steering.length, u.maxDelayMs])).toEqual([['s', 1, 50]]);
+    expect(await metric('saegate_policy_tap_holds_total', { when: 'forwarded' })).toBe(2);
+    expect(await metric('saegate_policy_tap_holds_total', { when: 'fired' })).toBe(2);
     // An abort ends the generation: no update for the hold.
     const aborting = policy({ name: 'stop', qualifiedName: 'stop@3', aborts: [{ when: when(2), reason: 'hot' }] });
     runtime.resolve('a', plan(aborting));
@@ -286,6 +288,8 @@ describe('conditional policies at run time', () => {
     runtime.resolve('t', plan(conditionalSteer));
     runtime.onResult(batch([['t', 0, 5]]));
     expect(tap.updates.slice(3).map((u) => [u.requestId, u.maxDelayMs])).toEqual([['t', undefined]]);
+    expect(await metric('saegate_policy_tap_holds_total', { when: 'forwarded' })).toBe(2);
+    expect(await metric('saegate_policy_tap_holds_total', { when: 'fired' })).toBe(2);
   });
 
   it('evaluates projection conditions on the tapped rows (f32 and f16): fires at the first row whose projection on the unit direction is above', () => {
