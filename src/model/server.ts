@@ -79,6 +79,9 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
     modelName: model.name,
     synthetic: isSyntheticModel(model.source),
     maxConcurrentRequests: options.maxConcurrentRequests,
+    tapHealth: () => tap?.health() ?? null,
+    // What the bridge waits for a plan (its default 2000 ms), reported on /healthz.
+    ...(options.tapUrl && { planWaitTimeoutMs: options.planWaitTimeoutMs ?? 2000 }),
     logger: options.logger ?? false,
     limits: options.limits,
   });

@@ -50,6 +50,18 @@ import type { Tokenizer } from './types.js';
 /** What the bridge needs of the engine (a LocalEngine; benches drive it with recorded steps). */
 export type TapEngine = Pick<LocalEngine, 'config' | 'hookPoints' | 'onStep' | 'onEnd' | 'setTapSubscription' | 'isActive' | 'updatePlan'>;
 
+/** What `/healthz` says of the tap (snake_case like the rest of it). */
+export interface TapHealth {
+  /** A welcomed connection to saegate is open. */
+  connected: boolean;
+  /** Writes to saegate's socket since start (TapClientStats.writes). */
+  writes: number;
+  /** How long pending rows, tokens and ends may wait now, ms. */
+  delay_ms: number;
+  /** Requests that ran with a tap hold of their own (header or plan update) since start. */
+  requests_with_own_hold: number;
+}
+
 export interface TapBridgeOptions {
   /** saegate's tap endpoint, `ws://HOST:PORT/v1/tap`. */
   url: string;
@@ -254,6 +266,11 @@ export class TapBridge {
   /** Requests that have run with a tap hold of their own (`x-saegate-tap-max-delay-ms` or a plan update's `maxDelayMs`), since start. */
   get requestsWithOwnHold(): number {
     return this.heldRequests;
+  }
+
+  /** The tap's part of the model server's `/healthz`. */
+  health(): TapHealth {
+    return { connected: this.client.sessionId !== null, writes: this.client.stats.writes, delay_ms: this.delayMs, requests_with_own_hold: this.heldRequests };
   }
 
   /** Sends the pending tokens (one message), every pending row (one frame per hook), then pending ends, in one write. */

@@ -673,8 +673,13 @@ async function ledger(arm: Arm): Promise<string> {
     arm.name === 'saegate' || arm.name === 'proxy'
       ? 'no SAE'
       : `encoded ${encoded} + dropped ${droppedSae} = ${encoded + droppedSae} ${encoded + droppedSae === tapRows ? '(balanced)' : '(NOT balanced)'} in ${batches} SAE batches (${f(encoded / batches, 1)} rows each, ${total(m, 'saegate_sae_urgent_batches_total')} on the short deadline)`;
-  const steering = hasPolicy(arm.name) ? `; policy triggers ${total(m, 'saegate_policy_triggers_total')}, plan updates ${total(m, 'saegate_policy_plan_updates_total')}, plans ${total(m, 'saegate_steering_plans_total')}` : '';
-  return `  ${arm.name}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}${steering}`;
+  const steering = hasPolicy(arm.name)
+    ? `; policy triggers ${total(m, 'saegate_policy_triggers_total')}, plan updates ${total(m, 'saegate_policy_plan_updates_total')}, plans ${total(m, 'saegate_steering_plans_total')}, own tap holds ${total(m, 'saegate_policy_tap_holds_total')}`
+    : '';
+  // The model server's writes to the tap over the whole run (warm-up included), per 1,000 tokens.
+  const health = (await (await request(`${arm.modelUrl}/healthz`)).body.json()) as { engine: { generated_tokens: number }; tap?: { writes: number } };
+  const writes = health.tap === undefined ? '' : `; model server tap writes ${health.tap.writes} (${f((1000 * health.tap.writes) / health.engine.generated_tokens, 1)} per 1,000 tokens)`;
+  return `  ${arm.name}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}${steering}${writes}`;
 }
 
 interface ProfileNode {

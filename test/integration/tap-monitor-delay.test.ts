@@ -88,6 +88,12 @@ describe('saegate serve --tap-monitor-delay-ms', () => {
     await waitFor('the hold to come with a plan update', () => holds.length > 0, { observed: () => holds });
     expect(holds).toEqual([50]);
     expect(bridge.requestsWithOwnHold).toBe(2);
+    // The model server's /healthz says the same, with its writes and the hold in force now (none
+    // running: the subscription's, here its own 2 ms).
+    const health = (await (await fetch(`${model.url}/healthz`)).json()) as { tap?: { connected: boolean; writes: number; delay_ms: number; requests_with_own_hold: number }; plan_wait_timeout_ms: number };
+    expect(health.tap).toMatchObject({ connected: true, delay_ms: 2, requests_with_own_hold: 2 });
+    expect(health.tap!.writes).toBeGreaterThan(0);
+    expect(health.plan_wait_timeout_ms).toBe(2000);
     const metrics = await (await fetch(`${proxy.url}/metrics`)).text();
     expect(metrics).toContain('saegate_policy_tap_holds_total{when="forwarded"} 1');
     expect(metrics).toContain('saegate_policy_tap_holds_total{when="fired"} 1');

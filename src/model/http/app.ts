@@ -11,6 +11,7 @@ import { SaegateError } from '../../common/errors.js';
 import { clientErrorHandler, frameworkErrorHandler, prepareErrorReply } from '../../common/errors-fastify.js';
 import { applyConnectionCap, fastifyLimitOptions, resolveHttpServerLimits, type HttpServerLimits } from '../../common/http-server.js';
 import type { Engine } from '../engine-types.js';
+import type { TapHealth } from '../tap-bridge.js';
 import type { Tokenizer } from '../types.js';
 import { toSaegateError } from './errors.js';
 import { REQUEST_ID_HEADER, requestIdFrom } from './headers.js';
@@ -39,6 +40,8 @@ export interface ModelAppOptions {
    * on `/healthz`); the wait happens in the engine's plan resolver. Default: not reported.
    */
   planWaitTimeoutMs?: number;
+  /** The tap's state for `/healthz` (read per request: the bridge is built after the app); null or absent: no `tap` field. */
+  tapHealth?: () => TapHealth | null;
   /** Largest accepted request body in bytes. Default 32 MiB: steering vectors travel as JSON numbers. */
   bodyLimit?: number;
   /** Largest request header block in bytes; larger ones get 431. Default 16384. */
@@ -124,6 +127,7 @@ export function buildModelApp(options: ModelAppOptions): FastifyInstance {
     limiter,
     bodyLimit,
     planWaitTimeoutMs: options.planWaitTimeoutMs ?? null,
+    tapHealth: options.tapHealth ?? (() => null),
   });
   return app;
 }

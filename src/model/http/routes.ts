@@ -6,6 +6,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { SaegateError } from '../../common/errors.js';
 import type { Engine, SamplingParams } from '../engine-types.js';
+import type { TapHealth } from '../tap-bridge.js';
 import type { ModelConfig, Tokenizer } from '../types.js';
 import { chatFormat, completionFormat, type ResponseFormat } from './format.js';
 import { serveGeneration, type GenerationInput } from './generate.js';
@@ -27,6 +28,8 @@ export interface ModelRoutesOptions {
   bodyLimit: number;
   /** Reported on /healthz; the wait itself is the engine's plan resolver's. */
   planWaitTimeoutMs: number | null;
+  /** The tap's state for /healthz, or null without a tap. */
+  tapHealth: () => TapHealth | null;
 }
 
 /** Fields both generation bodies share, resolved the same way. */
@@ -122,16 +125,20 @@ export function registerModelRoutes(app: FastifyInstance, options: ModelRoutesOp
   const modelObject = { id: modelName, object: 'model', created: createdAt, owned_by: 'saegate', synthetic: options.synthetic } as const;
   const deps = { engine, tokenizer, modelName, bodyLimit: options.bodyLimit };
 
-  app.get('/healthz', async () => ({
-    status: 'ok',
-    model: modelName,
-    in_flight: limiter.inFlight,
-    max_concurrent_requests: limiter.max,
-    plan_wait_timeout_ms: options.planWaitTimeoutMs,
-    ...(engine.stats && {
-      engine: { prefill_steps: engine.stats.prefillSteps, decode_steps: engine.stats.decodeSteps, generated_tokens: engine.stats.generatedTokens, onnxruntime_ms: Math.round(engine.stats.runMs) },
-    }),
-  }));
+  app.get('/healthz', async () => {
+    const tapHealth = options.tapHealth();
+    return {
+      status: 'ok',
+      model: modelName,
+      in_flight: limiter.inFlight,
+      max_concurrent_requests: limiter.max,
+      plan_wait_timeout_ms: options.planWaitTimeoutMs,
+      ...(engine.stats && {
+        engine: { prefill_steps: engine.stats.prefillSteps, decode_steps: engine.stats.decodeSteps, generated_tokens: engine.stats.generatedTokens, onnxruntime_ms: Math.round(engine.stats.runMs) },
+      }),
+      ...(tapHealth !== null && { tap: tapHealth }),
+    };
+  });
 
   app.get('/v1/models', async () => ({ object: 'list', data: [modelObject] }));
 
