@@ -13,6 +13,7 @@ const modelServeOptions = {
   name: { type: text('NAME'), defaultText: "the file's base name", help: 'model name in the API' },
   host: { type: text('HOST'), default: '127.0.0.1', help: 'listen address' },
   port: { type: integer(0, 65535), default: 8000, help: 'listen port (0 = any free port)' },
+  unix: { type: text('PATH'), help: 'listen on this Unix socket instead of --host/--port (for a co-located saegate: serve --upstream-socket PATH)' },
   tap: {
     type: text('URL', { pattern: /^wss?:\/\//, expected: 'a ws:// or wss:// URL' }),
     help: "connect to saegate's tap, e.g. ws://127.0.0.1:9000/v1/tap",
@@ -46,6 +47,7 @@ export async function modelServe(argv: string[]): Promise<ModelServer> {
     name: flags.name,
     host: flags.host,
     port: flags.port,
+    unixSocket: flags.unix,
     tapUrl: flags.tap,
     tapToken: flags.tapToken,
     device: flags.device,
@@ -65,7 +67,7 @@ export async function modelServe(argv: string[]): Promise<ModelServer> {
   const cfg = server.model.weights.config;
   process.stdout.write(
     `saegate model server: ${server.model.name} (${isSyntheticModel(server.model.source) ? 'SYNTHETIC model, not trained: ' : ''}d_model ${cfg.dim}, ${cfg.nLayers} layers, vocab ${cfg.vocabSize}, context ${cfg.maxSeqLen}) on ${flags.device}\n` +
-      `  OpenAI API   ${server.url}/v1  (models, completions, chat/completions)\n` +
+      `  OpenAI API   ${server.url}/v1  (models, completions, chat/completions)${server.socketPath !== null ? ` on unix socket ${server.socketPath}` : ''}\n` +
       (flags.tap ? `  tap          ${flags.tap}\n` : ''),
   );
   return server;

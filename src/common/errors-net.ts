@@ -37,14 +37,23 @@ const listenCauses: Record<string, string> = {
   EAI_NONAME: 'the host name does not resolve; check --host',
 };
 
+/** The same for a Unix socket path (`port` null). */
+const socketListenCauses: Record<string, string> = {
+  EADDRINUSE: 'another process listens on this socket; pick another path with --unix',
+  EACCES: "permission denied on the socket's directory; check --unix",
+  ENOENT: "the socket's directory does not exist; check --unix",
+  ENOTDIR: 'a part of the path is not a directory; check --unix',
+};
+
 /**
  * The one translation of a failed `listen` (fastify's `app.listen` or `net.Server.listen`):
  * SAEGATE_ERR_LISTEN naming `host:port` and the cause, the original error kept as `cause`.
  */
-export function listenError(error: unknown, host: string, port: number): SaegateError {
+export function listenError(error: unknown, host: string, port: number | null): SaegateError {
   if (error instanceof SaegateError) return error;
   const code = errorCodeOf(error);
-  const cause = code !== null && Object.hasOwn(listenCauses, code) ? `${listenCauses[code]} (${code})` : describeError(error);
-  const where = host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+  const causes = port === null ? socketListenCauses : listenCauses;
+  const cause = code !== null && Object.hasOwn(causes, code) ? `${causes[code]} (${code})` : describeError(error);
+  const where = port === null ? host : host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
   return new SaegateError('SAEGATE_ERR_LISTEN', [where, cause], { cause: error });
 }

@@ -5,8 +5,11 @@
  */
 import { errorCodeOf } from './errors-net.js';
 
-/** Socket-level errors meaning "this attempt never got a response": a retry may succeed. */
-const RETRYABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT']);
+/**
+ * Socket-level errors meaning "this attempt never got a response": a retry may succeed. ENOENT is
+ * a Unix socket path nobody listens on (yet), the socket's ECONNREFUSED.
+ */
+const RETRYABLE_CODES = new Set(['ECONNREFUSED', 'ENOENT', 'ECONNRESET', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT']);
 
 /** True for errors that mean "this attempt never got a response" (refused, reset, unresolved, connect timeout). */
 export function isRetryableUndiciError(error: unknown): boolean {

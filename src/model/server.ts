@@ -5,6 +5,8 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { SaegateError } from '../common/errors.js';
+import fs from 'node:fs';
+import path from 'node:path';
 import { listenError } from '../common/errors-net.js';
 import type { HttpServerLimits } from '../common/http-server.js';
 import type { Device } from '../common/ort.js';
@@ -25,6 +27,11 @@ export interface ModelServerOptions {
   host?: string;
   /** Default 8000; 0 picks a free port. */
   port?: number;
+  /**
+   * Listen on this Unix socket instead of `host`:`port` (for a co-located saegate:
+   * `saegate serve --upstream-socket`). A stale socket file left by an earlier run is replaced.
+   */
+  unixSocket?: string;
   /** saegate's tap endpoint, e.g. ws://127.0.0.1:9000/v1/tap. */
   tapUrl?: string;
   /** Bearer token for the tap. */
@@ -54,8 +61,10 @@ export interface ModelServer {
   engine: LocalEngine;
   model: LoadedModel;
   tap: TapBridge | null;
-  /** http://host:port */
+  /** http://host:port, or http://localhost with a Unix socket (`socketPath`). */
   url: string;
+  /** The Unix socket it listens on, or null on TCP. */
+  socketPath: string | null;
   close(): Promise<void>;
 }
 
@@ -99,26 +108,49 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
   }
   const host = options.host ?? '127.0.0.1';
   const port = options.port ?? 8000;
+  const socketPath = options.unixSocket ?? null;
   try {
-    await app.listen({ host, port });
+    if (socketPath !== null) {
+      removeStaleSocket(socketPath);
+      await app.listen({ path: socketPath });
+    } else {
+      await app.listen({ host, port });
+    }
   } catch (error) {
     await app.close();
     await engine.close();
-    throw listenError(error, host, port);
+    throw socketPath !== null ? listenError(error, `unix:${socketPath}`, null) : listenError(error, host, port);
   }
   tap?.start();
   const address = app.server.address();
-  const url = typeof address === 'object' && address ? `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}` : String(address);
+  const url = socketPath !== null ? 'http://localhost' : typeof address === 'object' && address ? `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}` : String(address);
   return {
     app,
     engine,
     model,
     tap,
     url,
+    socketPath,
     async close() {
       await tap?.close();
       await app.close();
       await engine.close();
     },
   };
+}
+
+/**
+ * Before listening on `socketPath`: a missing directory fails as ENOENT (Node's listen says EACCES
+ * for it), and a socket file nobody listens on any more (an earlier run that did not close) is
+ * removed; anything else at the path is left for listen() to refuse.
+ */
+function removeStaleSocket(socketPath: string): void {
+  if (!fs.existsSync(path.dirname(socketPath))) throw Object.assign(new Error(`no directory ${path.dirname(socketPath)}`), { code: 'ENOENT' });
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(socketPath);
+  } catch {
+    return;
+  }
+  if (stat.isSocket()) fs.rmSync(socketPath, { force: true });
 }

@@ -16,6 +16,8 @@ export interface UpstreamClientOptions extends TimeoutSettings, Omit<RetrySettin
   upstream: string;
   /** Most sockets; 0 = unlimited. */
   connections: number;
+  /** Connect to this Unix socket instead of the URL's host and port; null: TCP. */
+  upstreamSocket?: string | null;
   /** TCP/TLS connect timeout, ms; 0 disables. */
   connectTimeoutMs: number;
   metrics: ProxyMetrics;
@@ -31,7 +33,7 @@ export interface ProbeResult {
 }
 
 export class UpstreamClient {
-  /** The upstream base URL. */
+  /** The upstream base URL, with the Unix socket it goes through when there is one (for errors and /readyz). */
   readonly url: string;
   /** Path prefix prepended to forwarded paths ('' for none). */
   readonly basePath: string;
@@ -40,11 +42,12 @@ export class UpstreamClient {
 
   constructor(options: UpstreamClientOptions) {
     const url = new URL(options.upstream);
-    this.url = options.upstream;
+    this.url = options.upstreamSocket != null ? `${options.upstream} (unix socket ${options.upstreamSocket})` : options.upstream;
     this.basePath = url.pathname === '/' ? '' : url.pathname.replace(/\/+$/, '');
     this.pool = new Pool(url.origin, {
       connections: options.connections > 0 ? options.connections : null,
       connectTimeout: options.connectTimeoutMs,
+      ...(options.upstreamSocket != null && { socketPath: options.upstreamSocket }),
       // The timeouts interceptor sets both per request; these are only the fallbacks for probes.
       headersTimeout: options.headersTimeoutMs,
       bodyTimeout: 0,

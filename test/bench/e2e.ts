@@ -68,7 +68,10 @@
  *   npx tsx test/bench/e2e.ts [--quick] [--rounds N] [--seconds S] [--streams 1,8,32]
  *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR] [--perf-map]
  *                             [--saegate-args='--sae-max-delay-ms 8'] [--model-args='--tap-flush-ms 5']
- *                             [--sae-arch topk|jumprelu] [--sae-dir DIR] [--guard-above X] [--guarded-every N]
+ *                             [--sae-arch topk|jumprelu] [--sae-dir DIR] [--guard-above X] [--guarded-every N] [--unix]
+ *
+ * `--unix` runs every model server behind a saegate on a Unix socket (`model serve --unix`, `serve
+ * --upstream-socket`) instead of loopback TCP; the direct arm stays on TCP.
  *
  * Prints tables; asserts nothing about time.
  */
@@ -109,6 +112,7 @@ const { values } = parseArgs({
     'sae-dir': { type: 'string' },
     'guard-above': { type: 'string' },
     'guarded-every': { type: 'string' },
+    unix: { type: 'boolean' },
   },
 });
 /** A trained SAE (a SAELens directory for stories260K) instead of the seeded one; stories only. */
@@ -361,6 +365,21 @@ interface Arm {
   saegateUrl: string | null;
   /** The model server's base URL (/healthz: its engine's counters). */
   modelUrl: string;
+  /** The Unix socket the model server listens on (`--unix`), or null on TCP. */
+  modelSocket: string | null;
+}
+
+/** With `--unix`, saegate reaches its model server over a Unix socket (model serve --unix, serve --upstream-socket). */
+const unixUpstream = values.unix === true;
+
+/** GET `path` from an arm's model server (TCP or its Unix socket). */
+async function modelGet(arm: Pick<Arm, 'modelUrl' | 'modelSocket'>, path: string): Promise<unknown> {
+  const dispatcher = arm.modelSocket === null ? undefined : new Agent({ connect: { socketPath: arm.modelSocket } });
+  try {
+    return await (await request(`${arm.modelUrl}${path}`, { dispatcher })).body.json();
+  } finally {
+    await dispatcher?.close();
+  }
 }
 
 const MODEL_NAME = 'bench';
@@ -450,11 +469,13 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
   for (const name of armNames) {
     if (name === 'direct') {
       const { proc, url } = await startModelServer(m, name, null);
-      arms.push({ name, model: proc, saegate: null, url, saegateUrl: null, modelUrl: url });
+      arms.push({ name, model: proc, saegate: null, url, saegateUrl: null, modelUrl: url, modelSocket: null });
       continue;
     }
     const upstreamPort = await freePort();
-    const args = ['serve', '--upstream', `http://127.0.0.1:${upstreamPort}`, '--port', '0', ...(name === 'proxy' ? [] : ['--require-tap']), ...extraSaegateArgs];
+    const modelSocket = unixUpstream ? path.join(dir, `model-${name.replace(/\+/g, '-')}.sock`) : null;
+    const upstreamArgs = modelSocket === null ? ['--upstream', `http://127.0.0.1:${upstreamPort}`] : ['--upstream', 'http://localhost', '--upstream-socket', modelSocket];
+    const args = ['serve', ...upstreamArgs, '--port', '0', ...(name === 'proxy' ? [] : ['--require-tap']), ...extraSaegateArgs];
     if (hasSae(name)) args.push('--sae', saeDir);
     if (name === 'saegate+sae+drift' || hasPolicy(name)) args.push('--baseline', baseline, '--watch', path.join(dir, 'watch.yaml'));
     if (hasPolicy(name)) args.push('--policies', name === 'saegate+sae+scoped' ? scopedDir : policyDir);
@@ -469,10 +490,11 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
     }, saegate);
     // The model server takes the port saegate forwards to (freePort: free a moment ago).
     const modelPort = upstreamPort;
-    const modelArgs = ['model', 'serve', '--model', m.spec, '--name', MODEL_NAME, '--port', String(modelPort), '--max-batch', '32', '--threads', '1', ...(name === 'proxy' ? [] : ['--tap', tapUrl, ...extraModelArgs])];
+    const listenArgs = modelSocket === null ? ['--port', String(modelPort)] : ['--unix', modelSocket];
+    const modelArgs = ['model', 'serve', '--model', m.spec, '--name', MODEL_NAME, ...listenArgs, '--max-batch', '32', '--threads', '1', ...(name === 'proxy' ? [] : ['--tap', tapUrl, ...extraModelArgs])];
     const model = startProc(`${m.name} model ${name}`, MODEL_CORE, modelArgs);
     await waitUntil(`${saegate.name} ready with its tap connected`, async () => (await status(`${apiUrl}/readyz`)) === 200, model);
-    arms.push({ name, model, saegate, url: apiUrl, saegateUrl: apiUrl, modelUrl: `http://127.0.0.1:${modelPort}` });
+    arms.push({ name, model, saegate, url: apiUrl, saegateUrl: apiUrl, modelUrl: modelSocket === null ? `http://127.0.0.1:${modelPort}` : 'http://localhost', modelSocket });
   }
   return arms;
 }
@@ -568,15 +590,14 @@ interface EngineCounters {
   onnxruntime_ms: number;
 }
 
-async function engineCounters(modelUrl: string): Promise<EngineCounters> {
-  const res = await request(`${modelUrl}/healthz`);
-  return ((await res.body.json()) as { engine: EngineCounters }).engine;
+async function engineCounters(arm: Arm): Promise<EngineCounters> {
+  return ((await modelGet(arm, '/healthz')) as { engine: EngineCounters }).engine;
 }
 
 async function runRound(arm: Arm, streams: number, seconds: number): Promise<RoundResult> {
   const agent = new Agent({ connections: streams, keepAliveTimeout: 30_000 });
   const before = arm.saegateUrl ? await scrape(arm.saegateUrl) : null;
-  const engine0 = await engineCounters(arm.modelUrl);
+  const engine0 = await engineCounters(arm);
   const model0 = threadCounters(arm.model.child.pid!);
   const sg0 = arm.saegate ? threadCounters(arm.saegate.child.pid!) : new Map<number, ThreadCounters>();
   const t0 = performance.now();
@@ -605,7 +626,7 @@ async function runRound(arm: Arm, streams: number, seconds: number): Promise<Rou
   const model = cpuBetween(arm.model.child.pid!, model0, threadCounters(arm.model.child.pid!));
   const sg = arm.saegate ? cpuBetween(arm.saegate.child.pid!, sg0, threadCounters(arm.saegate.child.pid!)) : NO_CPU;
   const after = arm.saegateUrl ? await scrape(arm.saegateUrl) : null;
-  const engine1 = await engineCounters(arm.modelUrl);
+  const engine1 = await engineCounters(arm);
   await agent.close();
   const delta = (name: string): number => (before && after ? total(after, name) - total(before, name) : 0);
   return { tokens, wallS, tpotMs: tpot, ttftMs: ttft, modelCpuNs: model.all, modelMainNs: model.main, modelWorkerNs: model.busiestOther, modelSysNs: model.sys, modelSwitches: model.switches, decodeSteps: engine1.decode_steps - engine0.decode_steps, onnxMs: engine1.onnxruntime_ms - engine0.onnxruntime_ms, saegateCpuNs: sg.all, saegateMainNs: sg.main, rowsEncoded: delta('saegate_sae_rows_encoded_total'), saeRunS: delta('saegate_sae_run_seconds_total'), errors };
@@ -677,7 +698,7 @@ async function ledger(arm: Arm): Promise<string> {
     ? `; policy triggers ${total(m, 'saegate_policy_triggers_total')}, plan updates ${total(m, 'saegate_policy_plan_updates_total')}, plans ${total(m, 'saegate_steering_plans_total')}, own tap holds ${total(m, 'saegate_policy_tap_holds_total')}`
     : '';
   // The model server's writes to the tap over the whole run (warm-up included), per 1,000 tokens.
-  const health = (await (await request(`${arm.modelUrl}/healthz`)).body.json()) as { engine: { generated_tokens: number }; tap?: { writes: number } };
+  const health = (await modelGet(arm, '/healthz')) as { engine: { generated_tokens: number }; tap?: { writes: number } };
   const writes = health.tap === undefined ? '' : `; model server tap writes ${health.tap.writes} (${f((1000 * health.tap.writes) / health.engine.generated_tokens, 1)} per 1,000 tokens)`;
   return `  ${arm.name}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}${steering}${writes}`;
 }
