@@ -236,7 +236,7 @@ export async function serve(argv: string[]): Promise<ProxyServer> {
   const monitorFlags = { baseline, watch, maxWatchedFeatures, alertRules, recordBaseline, duration, projection };
   const { server, sink, policies, monitor } = await startProxyWithSaes(config, saeDirs.map((dir) => loadSae(dir)), policyDir, monitorFlags);
   process.stdout.write(
-    `saegate proxy: forwarding to ${config.upstream}\n` +
+    `saegate proxy: forwarding to ${config.upstream}${config.upstreamSocket !== null ? ` over unix socket ${config.upstreamSocket}` : ''}\n` +
       `  OpenAI API   ${server.url}/v1\n` +
       `  tap          ${server.tapUrl} (${config.tapToken === null ? 'no token: loopback only' : 'bearer token required'})\n` +
       (isBodySteeringMode(config.upstreamSteering) ? `  steering     ${server.steering.description} (--upstream-steering ${config.upstreamSteering})\n` : '') +
