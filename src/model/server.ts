@@ -3,10 +3,11 @@
  * serve the OpenAI API, and (with a tap URL) connect to saegate. `startModelServer` is what the CLI
  * and the integration tests call; it listens on the given port (0 = any free port).
  */
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { SaegateError } from '../common/errors.js';
-import fs from 'node:fs';
-import path from 'node:path';
 import { listenError } from '../common/errors-net.js';
 import type { HttpServerLimits } from '../common/http-server.js';
 import type { Device } from '../common/ort.js';
@@ -111,7 +112,7 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
   const socketPath = options.unixSocket ?? null;
   try {
     if (socketPath !== null) {
-      removeStaleSocket(socketPath);
+      await removeStaleSocket(socketPath);
       await app.listen({ path: socketPath });
     } else {
       await app.listen({ host, port });
@@ -141,10 +142,11 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
 
 /**
  * Before listening on `socketPath`: a missing directory fails as ENOENT (Node's listen says EACCES
- * for it), and a socket file nobody listens on any more (an earlier run that did not close) is
- * removed; anything else at the path is left for listen() to refuse.
+ * for it), and a socket file nobody listens on any more (an earlier run that was killed) is
+ * removed. A socket someone still listens on, or anything else at the path, is left for listen()
+ * to refuse (EADDRINUSE).
  */
-function removeStaleSocket(socketPath: string): void {
+async function removeStaleSocket(socketPath: string): Promise<void> {
   if (!fs.existsSync(path.dirname(socketPath))) throw Object.assign(new Error(`no directory ${path.dirname(socketPath)}`), { code: 'ENOENT' });
   let stat: fs.Stats;
   try {
@@ -152,5 +154,14 @@ function removeStaleSocket(socketPath: string): void {
   } catch {
     return;
   }
-  if (stat.isSocket()) fs.rmSync(socketPath, { force: true });
+  if (!stat.isSocket()) return;
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (!live) fs.rmSync(socketPath, { force: true });
 }

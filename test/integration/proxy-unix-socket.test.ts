@@ -2,8 +2,8 @@
  * saegate and a co-located model server over a Unix socket: `saegate model serve --unix PATH` and
  * `saegate serve --upstream-socket PATH`. The real `openai` client through saegate gets what it
  * gets over TCP; a socket nobody listens on is an OpenAI-shaped 502 naming the socket; a stale
- * socket file left by a killed server is replaced; a socket in a missing directory is a listen
- * error that says so.
+ * socket file left by a killed server is replaced, one a live server listens on is not; a socket in
+ * a missing directory is a listen error that says so.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -92,6 +92,12 @@ describe('saegate and the model server over a Unix socket', () => {
     cleanups.push(() => agent.close());
     expect((await request('http://localhost/healthz', { dispatcher: agent })).statusCode).toBe(200);
     expect(model.socketPath).toBe(socket);
+
+    // A socket a live server listens on is not taken over.
+    const taken = await startModelServer({ model: MODEL, unixSocket: socket }).catch((e: unknown) => e);
+    expect(taken).toBeInstanceOf(SaegateError);
+    expect((taken as SaegateError).message).toContain('another process listens on this socket');
+    expect((await request('http://localhost/healthz', { dispatcher: agent })).statusCode).toBe(200);
 
     const missing = path.join(tempDir(), 'no-such-dir', 'model.sock');
     const failure = await startModelServer({ model: MODEL, unixSocket: missing }).catch((e: unknown) => e);
