@@ -36,6 +36,21 @@ describe('saegate serve', () => {
     }, { env: { SAEGATE_UPSTREAM: stub.url } });
   });
 
+  it('reaches a model server on a Unix socket: model serve --unix, serve --upstream-socket', async () => {
+    const socket = path.join(dir, 'model.sock');
+    await withCli(['model', 'serve', '--model', 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=64,seed=3', '--unix', socket], async (model) => {
+      expect(await waitForApiUrl(model)).toBe('http://localhost');
+      expect(model.out()).toContain(`on unix socket ${socket}`);
+      await withCli(['serve', '--upstream', 'http://localhost', '--upstream-socket', socket, '--port', '0'], async (proxy) => {
+        const url = await waitForApiUrl(proxy);
+        expect(proxy.out()).toContain(`forwarding to http://localhost over unix socket ${socket}`);
+        const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'synthetic', prompt: 'a', max_tokens: 3, temperature: 0 }) });
+        expect(res.status).toBe(200);
+        expect(((await res.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(3);
+      });
+    });
+  });
+
   it('refuses to listen off loopback without a tap token, naming the option', async () => {
     const proc = await runCliToExit(['serve', '--upstream', stub.url, '--host', '0.0.0.0', '--port', '0']);
     expect(proc.code).toBe(1);
