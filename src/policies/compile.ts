@@ -63,7 +63,8 @@ export interface CompiledPolicy {
   match: PolicyMatch;
   steers: CompiledSteer[];
   watches: CompiledWatch[];
-  flags: { name: string; when: PolicyCondition | undefined }[];
+  /** `inResponse`: false for a conditional flag that need not be in the response (schema.ts); absent means true. */
+  flags: { name: string; when: PolicyCondition | undefined; inResponse?: boolean }[];
   aborts: { when: PolicyCondition; reason: string | undefined }[];
   /**
    * The unit directions projection conditions read, keyed by `projectionKey(vector, hook)`
@@ -234,7 +235,10 @@ function compileOne(context: PolicyContext, source: PolicySource, watched: Reado
     } else if ('flag' in action) {
       if (action.flag.when) checkCondition(context, source, [...at, 'flag', 'when'], action.flag.when, watched, problems, (compiled.projections ??= new Map()));
       if (action.flag.when) checkNoTapCondition(context, source, [...at, 'flag', 'when'], problems);
-      compiled.flags.push({ name: action.flag.name, when: action.flag.when });
+      if (action.flag.inResponse !== undefined && action.flag.when === undefined) {
+        problems.push(problemAt(source, [...at, 'flag', 'inResponse'], 'inResponse applies to a conditional flag (one with when); an unconditional flag is always in the response'));
+      }
+      compiled.flags.push({ name: action.flag.name, when: action.flag.when, ...(action.flag.inResponse === false && { inResponse: false }) });
     } else {
       checkCondition(context, source, [...at, 'abort', 'when'], action.abort.when, watched, problems, (compiled.projections ??= new Map()));
       checkNoTapCondition(context, source, [...at, 'abort', 'when'], problems);

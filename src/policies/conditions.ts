@@ -87,19 +87,19 @@ export class RequestConditions {
      * Which rules this instance evaluates (default: all). The runtime keeps one instance per SAE,
      * since each SAE's results arrive in their own batches and positions must be fed in order.
      */
-    accept: (kind: Rule['kind'], when: PolicyCondition) => boolean = () => true,
+    accept: (kind: Rule['kind'], when: PolicyCondition, inResponse: boolean) => boolean = () => true,
   ) {
     this.steering = [...initialSteering];
     this.nextPosition = firstPosition;
     for (const policy of matched) {
       for (const steer of policy.steers) {
-        if (steer.when && accept('steer', steer.when)) this.rules.push({ policy: policy.qualifiedName, kind: 'steer', when: steer.when, forTokens: steer.forTokens ?? 0, run: 0, fired: false, steer });
+        if (steer.when && accept('steer', steer.when, true)) this.rules.push({ policy: policy.qualifiedName, kind: 'steer', when: steer.when, forTokens: steer.forTokens ?? 0, run: 0, fired: false, steer });
       }
       for (const flag of policy.flags) {
-        if (flag.when && accept('flag', flag.when)) this.rules.push({ policy: policy.qualifiedName, kind: 'flag', when: flag.when, forTokens: 0, run: 0, fired: false, detail: flag.name });
+        if (flag.when && accept('flag', flag.when, flag.inResponse !== false)) this.rules.push({ policy: policy.qualifiedName, kind: 'flag', when: flag.when, forTokens: 0, run: 0, fired: false, detail: flag.name });
       }
       for (const abort of policy.aborts) {
-        if (accept('abort', abort.when)) this.rules.push({ policy: policy.qualifiedName, kind: 'abort', when: abort.when, forTokens: 0, run: 0, fired: false, detail: abort.reason });
+        if (accept('abort', abort.when, true)) this.rules.push({ policy: policy.qualifiedName, kind: 'abort', when: abort.when, forTokens: 0, run: 0, fired: false, detail: abort.reason });
       }
     }
     this.unfired = this.rules.length;

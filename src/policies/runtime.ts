@@ -37,6 +37,11 @@
  * that might fire a rule, and rows behind them in position order, wait for the SAE's result; the
  * sink gives only those the short batch deadline (`waitsOn`). What fires, and at which position,
  * is exactly what evaluating every SAE result would give.
+ *
+ * **Late flags.** A conditional flag with `inResponse: false` is kept in a group of its own
+ * (`LiveRequest.late`), fed from the same results but never screened, never waited on
+ * (`waitsOn`) and never holding the request's tap hold short: it fires at the same position,
+ * whenever its rows are encoded.
  */
 import { performance } from 'node:perf_hooks';
 import type { Registry } from 'prom-client';
@@ -224,6 +229,10 @@ function projectionGroup(hook: string): string {
 class LiveRequest {
   /** Conditions per SAE name, and per hook (`projectionGroup`) for projection conditions. */
   readonly groups = new Map<string, RequestConditions>();
+  /** The same for flags with `inResponse: false`: evaluated as results come, never waited on. */
+  readonly late = new Map<string, RequestConditions>();
+  /** The monitoring tap hold was given (forwarded, or sent once its other rules had fired). */
+  held = false;
   /** Unit directions of the request's projection conditions (`projectionKey`). */
   readonly directions = new Map<string, Float32Array>();
   readonly steering: PlannedTerm[];
@@ -256,12 +265,16 @@ class LiveRequest {
   }
 }
 
-/** A policy's conditions: the `when` of its conditional steers and flags, and of every abort. */
-function conditionsOf(policy: CompiledPolicy): PolicyCondition[] {
+/**
+ * A policy's conditions that must be decided while the response runs: the `when` of its
+ * conditional steers and flags, and of every abort; with `late`, instead, those of its flags
+ * with `inResponse: false`, which are evaluated at the monitoring pace.
+ */
+function conditionsOf(policy: CompiledPolicy, late = false): PolicyCondition[] {
   const conditions: PolicyCondition[] = [];
-  for (const steer of policy.steers) if (steer.when !== undefined) conditions.push(steer.when);
-  for (const flag of policy.flags) if (flag.when !== undefined) conditions.push(flag.when);
-  for (const abort of policy.aborts) conditions.push(abort.when);
+  if (!late) for (const steer of policy.steers) if (steer.when !== undefined) conditions.push(steer.when);
+  for (const flag of policy.flags) if (flag.when !== undefined && (flag.inResponse === false) === late) conditions.push(flag.when);
+  if (!late) for (const abort of policy.aborts) conditions.push(abort.when);
   return conditions;
 }
 
@@ -315,6 +328,7 @@ export class ConditionRuntime {
   resolve(requestId: string, plan: ResolvedRequestPlan): LivePlan {
     const items: string[] = [];
     const saes = new Set<string>();
+    const lateSaes = new Set<string>();
     for (const policy of plan.matched) {
       for (const flag of policy.flags) {
         if (flag.when !== undefined) continue;
@@ -322,19 +336,26 @@ export class ConditionRuntime {
         this.metrics?.flags.inc({ policy: policy.name, flag: flag.name });
       }
       for (const when of conditionsOf(policy)) saes.add(conditionGroup(when));
+      for (const when of conditionsOf(policy, true)) lateSaes.add(conditionGroup(when));
     }
-    if (saes.size === 0) {
-      // Nothing conditional reads this request: its rows only feed monitoring.
-      const hold = this.options.relaxedTapDelayMs?.() ?? null;
-      if (hold !== null) this.metrics?.tapHolds.inc({ when: 'forwarded' });
-      const relaxed: LivePlan = hold === null ? plan : { ...plan, tapMaxDelayMs: hold };
+    // Nothing that must be decided while the response runs reads this request: its rows can go
+    // at the monitoring pace.
+    const hold = saes.size === 0 ? (this.options.relaxedTapDelayMs?.() ?? null) : null;
+    if (hold !== null) this.metrics?.tapHolds.inc({ when: 'forwarded' });
+    const relaxed: LivePlan = hold === null ? plan : { ...plan, tapMaxDelayMs: hold };
+    if (saes.size === 0 && lateSaes.size === 0) {
       if (items.length === 0) return relaxed;
       return { ...relaxed, outcome: { applied: (planId) => this.appliedValue(plan, planId, items), done: () => {} } };
     }
     const live = new LiveRequest(requestId, plan, items);
+    live.held = hold !== null;
     for (const sae of saes) {
-      const accept = (_kind: 'steer' | 'flag' | 'abort', when: PolicyCondition): boolean => conditionGroup(when) === sae;
+      const accept = (_kind: 'steer' | 'flag' | 'abort', when: PolicyCondition, inResponse: boolean): boolean => inResponse && conditionGroup(when) === sae;
       live.groups.set(sae, new RequestConditions(requestId, plan.matched, [], 0, accept));
+    }
+    for (const sae of lateSaes) {
+      const accept = (_kind: 'steer' | 'flag' | 'abort', when: PolicyCondition, inResponse: boolean): boolean => !inResponse && conditionGroup(when) === sae;
+      live.late.set(sae, new RequestConditions(requestId, plan.matched, [], 0, accept));
     }
     for (const policy of plan.matched) for (const [key, direction] of policy.projections ?? []) live.directions.set(key, direction);
     const previous = this.requests.get(requestId);
@@ -347,7 +368,7 @@ export class ConditionRuntime {
     this.metrics?.requests.set(this.requests.size);
     let finished = false;
     return {
-      ...plan,
+      ...relaxed,
       outcome: {
         applied: (planId) => this.appliedValue(plan, planId, live.items),
         done: () => {
@@ -388,13 +409,19 @@ export class ConditionRuntime {
     if (this.requests.size === 0) return;
     const sae = this.options.saeByHook.get(batch.hook);
     if (sae === undefined) return;
+    this.evaluateResults(batch, sae, false);
+    this.evaluateResults(batch, sae, true);
+  };
+
+  /** Feeds a result batch's rows to each request's conditions on `sae` (`late`: its flags with `inResponse: false`). */
+  private evaluateResults(batch: SaeResultBatch, sae: string, late: boolean): void {
     const table = batch.requestIds;
     // Per request of the batch (not per row): its request and its conditions on this SAE.
     let lives: (LiveRequest | undefined)[] | null = null;
     let groups: (RequestConditions | undefined)[] | null = null;
     for (let i = 0; i < table.length; i++) {
       const live = this.requests.get(table[i]);
-      const group = live?.groups.get(sae);
+      const group = (late ? live?.late : live?.groups)?.get(sae);
       if (group === undefined) continue;
       lives ??= new Array<LiveRequest | undefined>(table.length);
       groups ??= new Array<RequestConditions | undefined>(table.length);
@@ -410,7 +437,7 @@ export class ConditionRuntime {
       const events = group.observe(positions[r], new RowValues(batch, r));
       if (events.length > 0) this.fired(lives[k] as LiveRequest, events);
     }
-  };
+  }
 
   /**
    * Tapped activation frames: evaluates the projection conditions at the frame's hook of every
@@ -419,19 +446,29 @@ export class ConditionRuntime {
   onFrame(frame: ActivationsFrame): void {
     if (this.requests.size === 0) return;
     this.screenFrame(frame);
+    this.evaluateProjections(frame, false);
+    this.evaluateProjections(frame, true);
+  }
+
+  /** Evaluates the projection conditions at the frame's hook (`late`: of flags with `inResponse: false`). */
+  private evaluateProjections(frame: ActivationsFrame, late: boolean): void {
     const group = projectionGroup(frame.hook);
     const table = frame.requestIds;
+    let conditions: (RequestConditions | undefined)[] | null = null;
     let lives: (LiveRequest | undefined)[] | null = null;
     for (let i = 0; i < table.length; i++) {
       const live = this.requests.get(table[i]);
-      if (live?.groups.has(group) !== true) continue;
+      const found = (late ? live?.late : live?.groups)?.get(group);
+      if (found === undefined) continue;
       (lives ??= new Array<LiveRequest | undefined>(table.length))[i] = live;
+      (conditions ??= new Array<RequestConditions | undefined>(table.length))[i] = found;
     }
-    if (lives === null) return;
+    if (lives === null || conditions === null) return;
     for (let r = 0; r < frame.rowCount; r++) {
-      const live = lives[frame.rowRequestIndexes[r]];
+      const k = frame.rowRequestIndexes[r];
+      const live = lives[k];
       if (live === undefined) continue;
-      const events = live.groups.get(group)!.observe(frame.positions[r], new FrameRowValues(frame, r, live.directions));
+      const events = conditions[k]!.observe(frame.positions[r], new FrameRowValues(frame, r, live.directions));
       if (events.length > 0) this.fired(live, events);
     }
   }
@@ -476,7 +513,11 @@ export class ConditionRuntime {
     if (settled > 0) this.metrics?.rowsSettled.inc(settled);
   }
 
-  /** Whether any of the policies has a condition (a `when` on a steer or flag, or an abort): then tapped data is needed within milliseconds. */
+  /**
+   * Whether any of the policies has a condition that must be decided while responses run (a
+   * `when` on a steer or on a flag in the response, or an abort): then tapped data is needed
+   * within milliseconds. Flags with `inResponse: false` do not count.
+   */
   static hasConditions(policies: readonly CompiledPolicy[]): boolean {
     return policies.some((p) => conditionsOf(p).length > 0);
   }
@@ -574,14 +615,21 @@ export class ConditionRuntime {
     }
     // Once every rule has fired nothing waits on the request's rows: the model server may hold
     // them as long as monitoring allows (sent with the steers' update, or alone).
-    const hold = over || aborted || this.anyUnfired(live) ? null : (this.options.relaxedTapDelayMs?.() ?? null);
+    // (Flags with `inResponse: false` never hold it back, and the hold is given once.)
+    const hold = live.held || over || aborted || this.anyUnfired(live) ? null : (this.options.relaxedTapDelayMs?.() ?? null);
     if (steered === null) {
-      if (hold !== null && this.options.tap.planUpdate(live.requestId, live.steering, hold).delivered) this.metrics?.tapHolds.inc({ when: 'fired' });
+      if (hold !== null && this.options.tap.planUpdate(live.requestId, live.steering, hold).delivered) {
+        live.held = true;
+        this.metrics?.tapHolds.inc({ when: 'fired' });
+      }
       return;
     }
     // Steers firing together go down as one update: the request's whole steering from now on.
     const result = hold === null ? this.options.tap.planUpdate(live.requestId, live.steering) : this.options.tap.planUpdate(live.requestId, live.steering, hold);
-    if (hold !== null && result.delivered) this.metrics?.tapHolds.inc({ when: 'fired' });
+    if (hold !== null && result.delivered) {
+      live.held = true;
+      this.metrics?.tapHolds.inc({ when: 'fired' });
+    }
     const outcome = outcomeOf(result);
     this.metrics?.planUpdates.inc({ outcome });
     for (const event of steered) {

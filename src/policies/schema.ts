@@ -99,6 +99,13 @@ export const flagActionSchema = z.strictObject({
   flag: z.strictObject({
     name,
     when: conditionSchema.optional(),
+    /**
+     * A conditional flag's rows take the short tap and SAE deadlines so that it fires before the
+     * response ends and appears in `x-saegate-applied` (default). `false`: they go at the
+     * monitoring pace; it fires at the same position and counts in the metrics, the live view
+     * and the logs, but usually after the response is written. With `when` only.
+     */
+    inResponse: z.boolean().optional(),
   }),
 });
 

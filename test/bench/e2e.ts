@@ -68,7 +68,9 @@
  *   npx tsx test/bench/e2e.ts [--quick] [--rounds N] [--seconds S] [--streams 1,8,32]
  *                             [--models stories,synthetic] [--arms direct,saegate,...] [--profile DIR] [--perf-map]
  *                             [--saegate-args='--sae-max-delay-ms 8'] [--model-args='--tap-flush-ms 5']
- *                             [--sae-arch topk|jumprelu] [--sae-dir DIR] [--guard-above X] [--guarded-every N] [--unix]
+ *                             [--sae-arch topk|jumprelu] [--sae-dir DIR] [--guard-above X] [--guarded-every N] [--unix] [--late-guard]
+ *
+ * `--late-guard` gives the conditional policy's guard flag `inResponse: false` (counted, not waited on).
  *
  * `--unix` runs every model server behind a saegate on a Unix socket (`model serve --unix`, `serve
  * --upstream-socket`) instead of loopback TCP; the direct arm stays on TCP.
@@ -113,6 +115,7 @@ const { values } = parseArgs({
     'guard-above': { type: 'string' },
     'guarded-every': { type: 'string' },
     unix: { type: 'boolean' },
+    'late-guard': { type: 'boolean' },
   },
 });
 /** A trained SAE (a SAELens directory for stories260K) instead of the seeded one; stories only. */
@@ -451,7 +454,7 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
       `        vector: sae:bench#${watched[0]}`,
       '        scale: -0.5',
       `        when: {feature: {sae: bench, index: ${watched[0]}, above: 0}}`,
-      `    - flag: {name: bench-flag, when: {feature: {sae: bench, index: ${watched[1]}, above: ${flagAbove}}}}`,
+      `    - flag: {name: bench-flag, when: {feature: {sae: bench, index: ${watched[1]}, above: ${flagAbove}}}${values['late-guard'] === true ? ', inResponse: false' : ''}}`,
       '',
     ].join('\n'),
   );

@@ -86,6 +86,16 @@ describe('policy errors in flag, abort and projection conditions name file, line
     ]);
   });
 
+  it('refuses inResponse on an unconditional flag and a non-boolean one, at the value; takes it on a conditional flag', () => {
+    expect(problemsOf(policy(`${WATCH}    - flag: {name: hot, inResponse: false}\n`))).toEqual([
+      at('7:37', 'spec.actions[1].flag.inResponse: inResponse applies to a conditional flag (one with when); an unconditional flag is always in the response'),
+    ]);
+    expect(problemsOf(policy(`${WATCH}    - flag: {name: hot, when: {feature: {sae: demo, index: 3, above: 1}}, inResponse: later}\n`))).toEqual([
+      at('7:87', 'spec.actions[1].flag.inResponse: Invalid input: expected boolean, received string'),
+    ]);
+    expect(problemsOf(policy(`${WATCH}    - flag: {name: hot, when: {feature: {sae: demo, index: 3, above: 1}}, inResponse: false}\n`))).toEqual([]);
+  });
+
   it('refuses a projection on a hook the model lacks (at the hook) and a vector of the wrong width (at the vector)', () => {
     expect(problemsOf(policy('    - abort:\n        when: {projection: {vector: dir.safetensors, hook: blocks.7.hook_resid_post, above: 1}}\n'))).toEqual([
       at('7:60', "spec.actions[0].abort.when.projection.hook: the model has no hook point 'blocks.7.hook_resid_post'"),

@@ -292,6 +292,42 @@ describe('conditional policies at run time', () => {
     expect(await metric('saegate_policy_tap_holds_total', { when: 'fired' })).toBe(2);
   });
 
+  it('never waits on a flag with inResponse: false: it fires at its position from the results as they come, and holds nothing on the short tap', async () => {
+    const { runtime, tap, metric } = setup(undefined, undefined, () => 50);
+    const late = { name: 'late', when: when(4), inResponse: false };
+    const steerAndLate = policy({ steers: conditionalSteer.steers, flags: [late] });
+    const lateOnly = policy({ name: 'q', qualifiedName: 'q@3', flags: [late] });
+    expect(ConditionRuntime.hasConditions([lateOnly])).toBe(false);
+    expect(ConditionRuntime.hasConditions([steerAndLate])).toBe(true);
+    const row = (id: string, position: number): ActivationsFrame => rowsFrame([[id, position, [1, 0, 0, 0]]]);
+
+    // Only a late flag: forwarded with the monitoring hold, never urgent, and the flag still fires.
+    const onlyLate = runtime.resolve('q', plan(lateOnly));
+    expect(onlyLate.tapMaxDelayMs).toBe(50);
+    runtime.onFrame(row('q', 0));
+    expect(runtime.waitsOn(HOOK, ['q'])).toBe(false);
+    runtime.onResult(batch([['q', 0, 1], ['q', 1, 5]]));
+    expect(onlyLate.outcome!.applied(null)).toBe('policy=q@3, flag=late:1');
+    expect(await metric('saegate_policy_flags_total', { policy: 'q', flag: 'late' })).toBe(1);
+    expect(tap.updates).toEqual([]);
+
+    // With a conditional steer: urgent until the steer fires; then the hold goes down once,
+    // though the late flag has not fired; when it fires, nothing more is sent.
+    const both = runtime.resolve('r', plan(steerAndLate));
+    expect(both.tapMaxDelayMs).toBeUndefined();
+    runtime.onFrame(row('r', 0));
+    expect(runtime.waitsOn(HOOK, ['r'])).toBe(true);
+    runtime.onResult(batch([['r', 0, 2]]));
+    expect(tap.updates.map((u) => [u.requestId, u.steering.length, u.maxDelayMs])).toEqual([['r', 1, 50]]);
+    runtime.onFrame(row('r', 1));
+    expect(runtime.waitsOn(HOOK, ['r'])).toBe(false);
+    runtime.onResult(batch([['r', 1, 4.5]]));
+    expect(both.outcome!.applied(null)).toBe('policy=p@3, trigger=p@3:0:plan-1, flag=late:1');
+    expect(tap.updates).toHaveLength(1);
+    expect(await metric('saegate_policy_tap_holds_total', { when: 'forwarded' })).toBe(1);
+    expect(await metric('saegate_policy_tap_holds_total', { when: 'fired' })).toBe(1);
+  });
+
   it('evaluates projection conditions on the tapped rows (f32 and f16): fires at the first row whose projection on the unit direction is above', () => {
     const { runtime, tap } = setup();
     // Direction (3, 4) at the hook, unit (0.6, 0.8); the rows project to 1, 2.5, 6, 9 (above 5 from position 2).
