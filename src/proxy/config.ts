@@ -147,9 +147,9 @@ const baseUrl = custom(
  */
 export const proxyOptions = deriveEnv({
   upstream: { type: baseUrl, required: true, help: "model server base URL, e.g. http://127.0.0.1:8000 (no '/v1')" },
-  upstreamSocket: { type: custom(z.string().min(1), 'a Unix socket path', 'PATH'), default: null, help: 'connect to the model server on this Unix socket (model serve --unix) instead of the URL\'s host and port' },
   host: { type: host, default: '127.0.0.1', help: 'listen address' },
   port: { type: integer(0, 65535), default: 9000, help: 'listen port (0 = any free port)' },
+  upstreamSocket: { type: custom(z.string().min(1), 'a Unix socket path', 'PATH'), default: null, help: 'connect to the model server on this Unix socket (model serve --unix) instead of the URL\'s host and port' },
   tapToken: { type: secret, default: null, help: 'bearer token model servers present on /v1/tap (required off loopback)' },
   adminToken: { type: secret, default: null, help: 'bearer token for /admin/* (without one the admin API is off)' },
   requireTap: { type: flag, default: false, help: '/readyz fails until a model server is connected to the tap' },
