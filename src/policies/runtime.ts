@@ -409,35 +409,8 @@ export class ConditionRuntime {
     if (this.requests.size === 0) return;
     const sae = this.options.saeByHook.get(batch.hook);
     if (sae === undefined) return;
-    this.evaluateResults(batch, sae, false);
-    this.evaluateResults(batch, sae, true);
+    this.feed(batch.requestIds, batch.rowRequestIndexes, batch.positions, batch.rowCount, sae, (row) => new RowValues(batch, row));
   };
-
-  /** Feeds a result batch's rows to each request's conditions on `sae` (`late`: its flags with `inResponse: false`). */
-  private evaluateResults(batch: SaeResultBatch, sae: string, late: boolean): void {
-    const table = batch.requestIds;
-    // Per request of the batch (not per row): its request and its conditions on this SAE.
-    let lives: (LiveRequest | undefined)[] | null = null;
-    let groups: (RequestConditions | undefined)[] | null = null;
-    for (let i = 0; i < table.length; i++) {
-      const live = this.requests.get(table[i]);
-      const group = (late ? live?.late : live?.groups)?.get(sae);
-      if (group === undefined) continue;
-      lives ??= new Array<LiveRequest | undefined>(table.length);
-      groups ??= new Array<RequestConditions | undefined>(table.length);
-      lives[i] = live;
-      groups[i] = group;
-    }
-    if (lives === null || groups === null) return;
-    const { rowRequestIndexes, positions, rowCount } = batch;
-    for (let r = 0; r < rowCount; r++) {
-      const k = rowRequestIndexes[r];
-      const group = groups[k];
-      if (group === undefined || !group.active) continue;
-      const events = group.observe(positions[r], new RowValues(batch, r));
-      if (events.length > 0) this.fired(lives[k] as LiveRequest, events);
-    }
-  }
 
   /**
    * Tapped activation frames: evaluates the projection conditions at the frame's hook of every
@@ -446,30 +419,39 @@ export class ConditionRuntime {
   onFrame(frame: ActivationsFrame): void {
     if (this.requests.size === 0) return;
     this.screenFrame(frame);
-    this.evaluateProjections(frame, false);
-    this.evaluateProjections(frame, true);
+    this.feed(frame.requestIds, frame.rowRequestIndexes, frame.positions, frame.rowCount, projectionGroup(frame.hook), (row, live) => new FrameRowValues(frame, row, live.directions));
   }
 
-  /** Evaluates the projection conditions at the frame's hook (`late`: of flags with `inResponse: false`). */
-  private evaluateProjections(frame: ActivationsFrame, late: boolean): void {
-    const group = projectionGroup(frame.hook);
-    const table = frame.requestIds;
-    let conditions: (RequestConditions | undefined)[] | null = null;
+  /**
+   * Feeds rows (an SAE result batch's, or a tapped frame's) to the conditions of group `key` of
+   * each request in the request table: looked up once per request, not per row; its conditions
+   * decided in the response first, then its flags with `inResponse: false` (`LiveRequest.late`).
+   */
+  private feed(requestIds: readonly string[], rowRequestIndexes: ArrayLike<number>, positions: ArrayLike<number>, rowCount: number, key: string, valuesAt: (row: number, live: LiveRequest) => PositionValues): void {
     let lives: (LiveRequest | undefined)[] | null = null;
-    for (let i = 0; i < table.length; i++) {
-      const live = this.requests.get(table[i]);
-      const found = (late ? live?.late : live?.groups)?.get(group);
-      if (found === undefined) continue;
-      (lives ??= new Array<LiveRequest | undefined>(table.length))[i] = live;
-      (conditions ??= new Array<RequestConditions | undefined>(table.length))[i] = found;
-    }
-    if (lives === null || conditions === null) return;
-    for (let r = 0; r < frame.rowCount; r++) {
-      const k = frame.rowRequestIndexes[r];
-      const live = lives[k];
+    let prompt: (RequestConditions | undefined)[] | null = null;
+    let late: (RequestConditions | undefined)[] | null = null;
+    for (let i = 0; i < requestIds.length; i++) {
+      const live = this.requests.get(requestIds[i]);
       if (live === undefined) continue;
-      const events = conditions[k]!.observe(frame.positions[r], new FrameRowValues(frame, r, live.directions));
-      if (events.length > 0) this.fired(live, events);
+      const group = live.groups.get(key);
+      const lateGroup = live.late.get(key);
+      if (group === undefined && lateGroup === undefined) continue;
+      (lives ??= new Array<LiveRequest | undefined>(requestIds.length))[i] = live;
+      if (group !== undefined) (prompt ??= new Array<RequestConditions | undefined>(requestIds.length))[i] = group;
+      if (lateGroup !== undefined) (late ??= new Array<RequestConditions | undefined>(requestIds.length))[i] = lateGroup;
+    }
+    if (lives === null) return;
+    for (const groups of [prompt, late]) {
+      if (groups === null) continue;
+      for (let r = 0; r < rowCount; r++) {
+        const k = rowRequestIndexes[r];
+        const group = groups[k];
+        if (group === undefined || !group.active) continue;
+        const live = lives[k] as LiveRequest;
+        const events = group.observe(positions[r], valuesAt(r, live));
+        if (events.length > 0) this.fired(live, events);
+      }
     }
   }
 
