@@ -102,10 +102,8 @@ export class TapBridge {
   private readonly planWaitTimeoutMs: number;
   /** Per request: turns its tokens, prompt then generated, into text pieces. */
   private readonly detokenizers = new Map<string, TokenPieceDecoder>();
-  /** Prompts of requests handed to the engine and not yet prefilled. */
-  private readonly prompts = new Map<string, readonly number[]>();
-  /** Own holds (`x-saegate-tap-max-delay-ms`) of requests handed to the engine and not yet prefilled. */
-  private readonly trackedHolds = new Map<string, number>();
+  /** Requests handed to the engine and not yet prefilled: their prompt, and their own hold (`x-saegate-tap-max-delay-ms`) or null. */
+  private readonly tracked = new Map<string, { prompt: readonly number[]; hold: number | null }>();
   /** Requests from prefill to end, with their own hold in ms, or null for the subscription's. */
   private readonly running = new Map<string, number | null>();
   /** Requests that ran with a hold of their own (their header, or a plan update's), so far. */
@@ -210,8 +208,7 @@ export class TapBridge {
       }),
       engine.onEnd((requestId, result) => {
         this.detokenizers.delete(requestId);
-        this.prompts.delete(requestId);
-        this.trackedHolds.delete(requestId);
+        this.tracked.delete(requestId);
         if (this.running.delete(requestId)) this.updateDelay();
         // After the request's last tokens and rows (queued by its last step), in the next flush.
         this.pendingEnds.push({ requestId, promptTokens: result.promptTokens, completionTokens: result.completionTokens, finishReason: result.finishReason });
@@ -335,13 +332,11 @@ export class TapBridge {
    */
   trackRequest(requestId: string, promptTokens: readonly number[], holdMs: number | null = null): () => void {
     // A second request with an id already in flight is refused by the engine; keep the first one's prompt.
-    if (this.prompts.has(requestId) || this.detokenizers.has(requestId) || this.running.has(requestId)) return () => {};
-    this.prompts.set(requestId, promptTokens);
-    if (holdMs !== null) this.trackedHolds.set(requestId, holdMs);
+    if (this.tracked.has(requestId) || this.detokenizers.has(requestId) || this.running.has(requestId)) return () => {};
+    const entry = { prompt: promptTokens, hold: holdMs };
+    this.tracked.set(requestId, entry);
     return () => {
-      if (this.prompts.get(requestId) !== promptTokens) return;
-      this.prompts.delete(requestId);
-      this.trackedHolds.delete(requestId);
+      if (this.tracked.get(requestId) === entry) this.tracked.delete(requestId);
     };
   }
 
@@ -394,10 +389,10 @@ export class TapBridge {
    * become the decoder's context, so the first generated piece is the same either way.
    */
   private startRequest(requestId: string): readonly number[] {
-    const prompt = this.prompts.get(requestId) ?? [];
-    this.prompts.delete(requestId);
-    const hold = this.trackedHolds.get(requestId) ?? null;
-    this.trackedHolds.delete(requestId);
+    const tracked = this.tracked.get(requestId);
+    this.tracked.delete(requestId);
+    const prompt = tracked?.prompt ?? [];
+    const hold = tracked?.hold ?? null;
     this.running.set(requestId, hold);
     if (hold !== null) this.heldRequests++;
     this.updateDelay();
