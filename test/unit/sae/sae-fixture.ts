@@ -37,20 +37,7 @@ export function makeWideSae(architecture: 'standard' | 'jumprelu', seed: number)
   const next = rng(seed);
   const scale = 1 / Math.sqrt(WIDE_D_IN);
   return {
-    config: {
-      architecture,
-      format: 'saelens',
-      dIn: WIDE_D_IN,
-      dSae: WIDE_D_SAE,
-      hookName: 'blocks.0.hook_resid_post',
-      modelName: null,
-      applyBDecToInput: true,
-      normalizeActivations: 'none',
-      k: null,
-      scalingFactor: null,
-      dtype: 'f32',
-      source: `test-wide-${architecture}`,
-    },
+    config: configOf({ architecture, normalization: 'none', applyBDecToInput: true, dIn: WIDE_D_IN, dSae: WIDE_D_SAE, k: 0, source: `test-wide-${architecture}` }),
     W_enc: uniform(next, WIDE_D_IN * WIDE_D_SAE, -scale, scale),
     b_enc: architecture === 'jumprelu' ? uniform(next, WIDE_D_SAE, -0.4, 0) : uniform(next, WIDE_D_SAE, -0.6, -0.2),
     W_dec: uniform(next, WIDE_D_SAE * WIDE_D_IN, -scale, scale),
@@ -179,26 +166,32 @@ export interface SaeSpec {
   source: string;
 }
 
+/** The SAELens f32 config of a test SAE at `blocks.0.hook_resid_post` (k only for `topk`, the scaling factor only for `expected_average_only_in`). */
+function configOf(spec: Pick<SaeSpec, 'architecture' | 'normalization' | 'applyBDecToInput' | 'dIn' | 'dSae' | 'k' | 'source'>): SaeWeights['config'] {
+  const { architecture, normalization, applyBDecToInput, dIn, dSae, k, source } = spec;
+  return {
+    architecture,
+    format: 'saelens',
+    dIn,
+    dSae,
+    hookName: 'blocks.0.hook_resid_post',
+    modelName: null,
+    applyBDecToInput,
+    normalizeActivations: normalization,
+    k: architecture === 'topk' ? k : null,
+    scalingFactor: normalization === 'expected_average_only_in' ? SCALING_FACTOR : null,
+    dtype: 'f32',
+    source,
+  };
+}
+
 /** A seeded SAE of any architecture, normalisation and size (graph and screen tests). */
 export function makeSaeOf(spec: SaeSpec): SaeWeights {
-  const { architecture, normalization, applyBDecToInput, dIn, dSae, k, wEnc, seed, source } = spec;
+  const { architecture, dIn, dSae, wEnc, seed } = spec;
   const next = rng(seed);
   const scale = 1 / Math.sqrt(dIn);
   return {
-    config: {
-      architecture,
-      format: 'saelens',
-      dIn,
-      dSae,
-      hookName: 'blocks.0.hook_resid_post',
-      modelName: null,
-      applyBDecToInput,
-      normalizeActivations: normalization,
-      k: architecture === 'topk' ? k : null,
-      scalingFactor: normalization === 'expected_average_only_in' ? SCALING_FACTOR : null,
-      dtype: 'f32',
-      source,
-    },
+    config: configOf(spec),
     W_enc: uniform(next, dIn * dSae, -wEnc * scale, wEnc * scale),
     b_enc: uniform(next, dSae, -0.3, 0.3),
     W_dec: uniform(next, dSae * dIn, -scale, scale),
