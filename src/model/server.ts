@@ -14,7 +14,7 @@ import type { Device } from '../common/ort.js';
 import { LocalEngine } from './engine.js';
 import { buildModelApp } from './http/app.js';
 import { isSyntheticModel, loadModel } from './load.js';
-import { engineWithPromptTokens, TapBridge } from './tap-bridge.js';
+import { DEFAULT_PLAN_WAIT_TIMEOUT_MS, engineWithPromptTokens, TapBridge } from './tap-bridge.js';
 import type { LoadedModel } from './types.js';
 
 export interface ModelServerOptions {
@@ -90,8 +90,8 @@ export async function startModelServer(options: ModelServerOptions): Promise<Mod
     synthetic: isSyntheticModel(model.source),
     maxConcurrentRequests: options.maxConcurrentRequests,
     tapHealth: () => tap?.health() ?? null,
-    // What the bridge waits for a plan (its default 2000 ms), reported on /healthz.
-    ...(options.tapUrl && { planWaitTimeoutMs: options.planWaitTimeoutMs ?? 2000 }),
+    // What the bridge waits for a plan, reported on /healthz.
+    ...(options.tapUrl && { planWaitTimeoutMs: options.planWaitTimeoutMs ?? DEFAULT_PLAN_WAIT_TIMEOUT_MS }),
     logger: options.logger ?? false,
     limits: options.limits,
   });

@@ -62,6 +62,9 @@ export interface TapHealth {
   requests_with_own_hold: number;
 }
 
+/** How long a request waits for its plan when `planWaitTimeoutMs` is not given, ms. */
+export const DEFAULT_PLAN_WAIT_TIMEOUT_MS = 2000;
+
 export interface TapBridgeOptions {
   /** saegate's tap endpoint, `ws://HOST:PORT/v1/tap`. */
   url: string;
@@ -133,7 +136,7 @@ export class TapBridge {
     const engine = options.engine;
     this.engine = engine;
     this.tokenizer = options.tokenizer;
-    this.planWaitTimeoutMs = options.planWaitTimeoutMs ?? 2000;
+    this.planWaitTimeoutMs = options.planWaitTimeoutMs ?? DEFAULT_PLAN_WAIT_TIMEOUT_MS;
     this.flushRows = options.flushRows ?? 512;
     this.flushMs = options.flushMs ?? 2;
     this.subscriptionDelayMs = this.flushMs;
