@@ -8,13 +8,16 @@
  * The policy watcher's handling of a ConfigMap update (the `..data` symlink swap) is tested in
  * test/unit/policies/policies.test.ts ("sees a Kubernetes ConfigMap update").
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { kubernetesFiles } from '../../../dashboards/kubernetes.js';
 import { policyCheck } from '../../../src/cli/policy.js';
 import { startProxyWithSaes } from '../../../src/cli/serve.js';
+import { startModelServer } from '../../../src/model/server.js';
 import { isLoopbackHost } from '../../../src/proxy/config.js';
 import type { ProxyServer } from '../../../src/proxy/server.js';
 import { ContainerRoot, deployDir, flagsIn, isUnder, knownVariables, readYaml, readYamlDocuments, resolveDeployed, splitCommand, commandSpecs } from '../../helpers/deploy.js';
@@ -181,9 +184,16 @@ describe('deploy/kubernetes files', () => {
       const model = resolveDeployed('model serve', splitCommand(modelServer.args).args, environment(modelServer));
       expect(portNumber(saegate, 'http')).toBe(proxy.port);
       for (const probe of [saegate.startupProbe, saegate.livenessProbe, saegate.readinessProbe]) expect(portNumber(saegate, probe?.httpGet?.port ?? -1)).toBe(proxy.port);
-      // The model server is reachable only inside the pod, and saegate forwards to it there.
-      expect(isLoopbackHost(model.host)).toBe(true);
-      expect(proxy.upstream).toBe(`http://127.0.0.1:${model.port}`);
+      // The model server is reachable only inside the pod: on a Unix socket in a volume both
+      // containers mount, which saegate forwards to and the model server's probe asks.
+      expect(model.unix).not.toBeNull();
+      expect(proxy.upstreamSocket).toBe(model.unix);
+      expect(new URL(proxy.upstream).hostname).toBe('localhost');
+      const socketVolume = (container: Container): string | undefined => container.volumeMounts?.find((m) => isUnder(model.unix ?? '', m.mountPath))?.name;
+      expect(socketVolume(modelServer)).toBeDefined();
+      expect(socketVolume(saegate)).toBe(socketVolume(modelServer));
+      expect(podSpec.volumes.find((v) => v.name === socketVolume(modelServer))?.emptyDir, 'the socket volume is an emptyDir').toBeDefined();
+      expect(modelServer.livenessProbe?.exec?.command.join(' ')).toContain(`socketPath: '${model.unix}'`);
       expect(model.tap).toBe(`ws://127.0.0.1:${proxy.port}/v1/tap`);
       // The tap shares saegate's port: off loopback it takes only the token, from a Secret.
       if (!isLoopbackHost(proxy.host)) {
@@ -272,5 +282,33 @@ describe('the saegate container, started from the manifest with its ConfigMaps m
     const { policies } = resolveDeployed('serve', splitCommand(saegate.args).args, environment(saegate), (p) => root.map(p));
     const result = await policyCheck([root.map(policies ?? '/missing'), '--model', stories260K.model]);
     expect(result).toEqual({ code: 0, lines: ['1 policy in 1 file(s): ok'] });
+  });
+});
+
+describe("the model server's liveness probe, run as the kubelet runs it", () => {
+  /** The probe's command with the manifest's socket path replaced by `socket`; its exit code. */
+  async function probe(socket: string): Promise<number | null> {
+    if (modelServer === undefined) throw new Error('container missing');
+    const model = resolveDeployed('model serve', splitCommand(modelServer.args).args, environment(modelServer));
+    const [command, ...args] = modelServer.livenessProbe?.exec?.command ?? [];
+    expect(command).toBe('node');
+    const child = spawn(process.execPath, args.map((a) => a.replaceAll(model.unix ?? '', socket)), { stdio: 'ignore' });
+    return new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  }
+
+  it('passes while the model server answers on its socket and fails once it is gone', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'saegate-probe-'));
+    try {
+      const socket = path.join(dir, 'model.sock');
+      const server = await startModelServer({ model: 'synthetic:dim=32,layers=2,heads=4,kv=2,hidden=64,vocab=300,ctx=96,seed=5', unixSocket: socket });
+      try {
+        expect(await probe(socket)).toBe(0);
+      } finally {
+        await server.close();
+      }
+      expect(await probe(socket)).toBe(1);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
