@@ -186,7 +186,7 @@ describe('deploy/kubernetes files', () => {
       for (const probe of [saegate.startupProbe, saegate.livenessProbe, saegate.readinessProbe]) expect(portNumber(saegate, probe?.httpGet?.port ?? -1)).toBe(proxy.port);
       // The model server is reachable only inside the pod: on a Unix socket in a volume both
       // containers mount, which saegate forwards to and the model server's probe asks.
-      expect(model.unix).not.toBeNull();
+      expect(typeof model.unix, 'the model server listens on a Unix socket').toBe('string');
       expect(proxy.upstreamSocket).toBe(model.unix);
       expect(new URL(proxy.upstream).hostname).toBe('localhost');
       const socketVolume = (container: Container): string | undefined => container.volumeMounts?.find((m) => isUnder(model.unix ?? '', m.mountPath))?.name;
@@ -289,10 +289,11 @@ describe("the model server's liveness probe, run as the kubelet runs it", () => 
   /** The probe's command with the manifest's socket path replaced by `socket`; its exit code. */
   async function probe(socket: string): Promise<number | null> {
     if (modelServer === undefined) throw new Error('container missing');
-    const model = resolveDeployed('model serve', splitCommand(modelServer.args).args, environment(modelServer));
+    const { unix } = resolveDeployed('model serve', splitCommand(modelServer.args).args, environment(modelServer));
+    if (!unix) throw new Error('the model server has no --unix');
     const [command, ...args] = modelServer.livenessProbe?.exec?.command ?? [];
     expect(command).toBe('node');
-    const child = spawn(process.execPath, args.map((a) => a.replaceAll(model.unix ?? '', socket)), { stdio: 'ignore' });
+    const child = spawn(process.execPath, args.map((a) => a.replaceAll(unix, socket)), { stdio: 'ignore' });
     return new Promise((resolve) => child.on('exit', (code) => resolve(code)));
   }
 
