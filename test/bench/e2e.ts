@@ -73,7 +73,11 @@
  * `--late-guard` gives the conditional policy's guard flag `inResponse: false` (counted, not waited on).
  *
  * `--unix` runs every model server behind a saegate on a Unix socket (`model serve --unix`, `serve
- * --upstream-socket`) instead of loopback TCP; the direct arm stays on TCP.
+ * --upstream-socket`) instead of loopback TCP; the direct arm stays on TCP. An arm named with
+ * `@unix` or `@tcp` (`--arms direct,proxy,proxy@unix,saegate+sae+drift,saegate+sae+drift@unix`)
+ * takes that hop whatever `--unix` says, so one run compares both, round by round; an arm's `× proxy`
+ * and per-row columns are then taken against the `proxy` and `saegate` arms of its own hop (of the
+ * other hop when its own is not run).
  *
  * Prints tables; asserts nothing about time.
  */
@@ -146,9 +150,25 @@ const hasPolicy = (name: ArmName): boolean => name === 'saegate+sae+monitor' || 
 /** Every this many completions, one carries `x-bench-guarded: 1` (the scoped arm's policy matches those); `--guarded-every`, default 4. */
 const GUARDED_EVERY = Number(values['guarded-every'] ?? 4);
 if (!Number.isInteger(GUARDED_EVERY) || GUARDED_EVERY < 1) throw new Error(`--guarded-every: a positive integer, got ${values['guarded-every']}`);
-const armNames = (values.arms?.split(',') ?? [...ARMS]) as ArmName[];
-for (const a of armNames) if (!ARMS.includes(a)) throw new Error(`unknown arm ${a}; arms: ${ARMS.join(', ')}`);
-if (!armNames.includes('direct')) armNames.unshift('direct');
+/** With `--unix`, saegate reaches its model server over a Unix socket (model serve --unix, serve --upstream-socket). */
+const unixUpstream = values.unix === true;
+/** An arm to run: its path, and the hop between saegate and the model server. */
+interface ArmSpec {
+  name: ArmName;
+  /** saegate reaches the model server on a Unix socket (never for `direct`). */
+  unix: boolean;
+  /** How tables and ledgers name it: `name`, with `@unix` on a socket. */
+  label: string;
+}
+const armSpecs: ArmSpec[] = (values.arms?.split(',') ?? [...ARMS]).map((entry) => {
+  const [name, hop] = entry.split('@') as [ArmName, string | undefined];
+  if (!ARMS.includes(name)) throw new Error(`unknown arm ${name}; arms: ${ARMS.join(', ')}`);
+  if (hop !== undefined && hop !== 'unix' && hop !== 'tcp') throw new Error(`arm ${entry}: the hop after @ is unix or tcp`);
+  const unix = name !== 'direct' && (hop === undefined ? unixUpstream : hop === 'unix');
+  return { name, unix, label: unix ? `${name}@unix` : name };
+});
+for (const [i, a] of armSpecs.entries()) if (armSpecs.findIndex((b) => b.label === a.label) !== i) throw new Error(`arm ${a.label} is listed twice`);
+if (!armSpecs.some((a) => a.name === 'direct')) armSpecs.unshift({ name: 'direct', unix: false, label: 'direct' });
 
 const repo = fileURLToPath(new URL('../../', import.meta.url));
 const main = path.join(repo, 'src/cli/main.ts');
@@ -360,6 +380,8 @@ const prompts = ['happy.txt', 'sad.txt', 'control.txt'].flatMap((file) =>
 
 interface Arm {
   name: ArmName;
+  /** `name`, with `@unix` when saegate reaches its model server on a Unix socket. */
+  label: string;
   model: Proc;
   saegate: Proc | null;
   /** Base URL the load goes to. */
@@ -371,9 +393,6 @@ interface Arm {
   /** The Unix socket the model server listens on (`--unix`), or null on TCP. */
   modelSocket: string | null;
 }
-
-/** With `--unix`, saegate reaches its model server over a Unix socket (model serve --unix, serve --upstream-socket). */
-const unixUpstream = values.unix === true;
 
 /** GET `path` from an arm's model server (TCP or its Unix socket). */
 async function modelGet(arm: Pick<Arm, 'modelUrl' | 'modelSocket'>, path: string): Promise<unknown> {
@@ -469,20 +488,20 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
   execFileSync(process.execPath, ['--import', 'tsx', main, 'baseline', 'record', '--sae', saeDir, '--corpus', corpus, '--model', m.spec, '--out', baseline], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
 
   const arms: Arm[] = [];
-  for (const name of armNames) {
+  for (const { name, unix, label } of armSpecs) {
     if (name === 'direct') {
       const { proc, url } = await startModelServer(m, name, null);
-      arms.push({ name, model: proc, saegate: null, url, saegateUrl: null, modelUrl: url, modelSocket: null });
+      arms.push({ name, label, model: proc, saegate: null, url, saegateUrl: null, modelUrl: url, modelSocket: null });
       continue;
     }
     const upstreamPort = await freePort();
-    const modelSocket = unixUpstream ? path.join(dir, `model-${name.replace(/\+/g, '-')}.sock`) : null;
+    const modelSocket = unix ? path.join(dir, `model-${label.replace(/[+@]/g, '-')}.sock`) : null;
     const upstreamArgs = modelSocket === null ? ['--upstream', `http://127.0.0.1:${upstreamPort}`] : ['--upstream', 'http://localhost', '--upstream-socket', modelSocket];
     const args = ['serve', ...upstreamArgs, '--port', '0', ...(name === 'proxy' ? [] : ['--require-tap']), ...extraSaegateArgs];
     if (hasSae(name)) args.push('--sae', saeDir);
     if (name === 'saegate+sae+drift' || hasPolicy(name)) args.push('--baseline', baseline, '--watch', path.join(dir, 'watch.yaml'));
     if (hasPolicy(name)) args.push('--policies', name === 'saegate+sae+scoped' ? scopedDir : policyDir);
-    const saegate = startProc(`${m.name} saegate ${name}`, SAEGATE_CORE, args);
+    const saegate = startProc(`${m.name} saegate ${label}`, SAEGATE_CORE, args);
     let apiUrl = '';
     let tapUrl = '';
     await waitUntil(`${saegate.name} printing its URLs`, () => {
@@ -495,9 +514,9 @@ async function setUp(m: ModelCase, dir: string): Promise<Arm[]> {
     const modelPort = upstreamPort;
     const listenArgs = modelSocket === null ? ['--port', String(modelPort)] : ['--unix', modelSocket];
     const modelArgs = ['model', 'serve', '--model', m.spec, '--name', MODEL_NAME, ...listenArgs, '--max-batch', '32', '--threads', '1', ...(name === 'proxy' ? [] : ['--tap', tapUrl, ...extraModelArgs])];
-    const model = startProc(`${m.name} model ${name}`, MODEL_CORE, modelArgs);
+    const model = startProc(`${m.name} model ${label}`, MODEL_CORE, modelArgs);
     await waitUntil(`${saegate.name} ready with its tap connected`, async () => (await status(`${apiUrl}/readyz`)) === 200, model);
-    arms.push({ name, model, saegate, url: apiUrl, saegateUrl: apiUrl, modelUrl: modelSocket === null ? `http://127.0.0.1:${modelPort}` : 'http://localhost', modelSocket });
+    arms.push({ name, label, model, saegate, url: apiUrl, saegateUrl: apiUrl, modelUrl: modelSocket === null ? `http://127.0.0.1:${modelPort}` : 'http://localhost', modelSocket });
   }
   return arms;
 }
@@ -620,7 +639,7 @@ async function runRound(arm: Arm, streams: number, seconds: number): Promise<Rou
           if (r.ttftMs !== null) ttft.push(r.ttftMs);
         } catch (e) {
           errors++;
-          if (errors === 1) process.stderr.write(`${arm.name}: ${(e as Error).message}\n`);
+          if (errors === 1) process.stderr.write(`${arm.label}: ${(e as Error).message}\n`);
         }
       }
     }),
@@ -680,7 +699,7 @@ async function ledger(arm: Arm): Promise<string> {
   // ledger is read once nothing is queued or in flight at the SAE.
   let m = await scrape(url);
   if (hasSae(arm.name)) {
-    await waitFor(`${arm.name}: SAE rows settled`, async () => {
+    await waitFor(`${arm.label}: SAE rows settled`, async () => {
       m = await scrape(url);
       return total(m, 'saegate_sae_queued_rows') === 0 && total(m, 'saegate_sae_rows_encoded_total') + total(m, 'saegate_sae_rows_dropped_total') + total(m, 'saegate_tap_rows_dropped_total') >= total(m, 'saegate_tap_rows_total');
     }, { deadlineMs: 5000, intervalMs: 50 }).catch(() => undefined);
@@ -703,7 +722,7 @@ async function ledger(arm: Arm): Promise<string> {
   // The model server's writes to the tap over the whole run (warm-up included), per 1,000 tokens.
   const health = (await modelGet(arm, '/healthz')) as { engine: { generated_tokens: number }; tap?: { writes: number } };
   const writes = health.tap === undefined ? '' : `; model server tap writes ${health.tap.writes} (${f((1000 * health.tap.writes) / health.engine.generated_tokens, 1)} per 1,000 tokens)`;
-  return `  ${arm.name}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}${steering}${writes}`;
+  return `  ${arm.label}: tap rows ${tapRows}; ${sae}; drops: ${drops.length === 0 ? 'none' : drops.join(', ')}${steering}${writes}`;
 }
 
 interface ProfileNode {
@@ -780,7 +799,7 @@ function summariseProfiles(dir: string, from: number, to: number, top = 14): str
 process.stdout.write(
   `e2e: ${rounds} round(s) × ${roundSeconds} s per arm and stream count; ${maxTokens}-token streaming completions at temperature 0.8; ` +
     `${pin ? `model servers on core ${MODEL_CORE}, saegate and the load generator on core ${SAEGATE_CORE}` : 'one core: no pinning'}` +
-    `${armNames.includes('saegate+sae+scoped') ? `; the scoped arm's policy matches one completion in ${GUARDED_EVERY}` : ''}\n`,
+    `${armSpecs.some((a) => a.name === 'saegate+sae+scoped') ? `; the scoped arm's policy matches one completion in ${GUARDED_EVERY}` : ''}\n`,
 );
 if (pin) execFileSync('taskset', ['-a', '-p', '-c', SAEGATE_CORE, String(process.pid)], { stdio: 'ignore' });
 
@@ -801,9 +820,9 @@ try {
       for (const s of streamCounts) {
         for (let i = 0; i < arms.length; i++) {
           const arm = arms[(i + r) % arms.length];
-          process.stderr.write(`${m.name}: round ${r + 1}/${rounds}, ${s} stream(s), ${arm.name}\n`);
+          process.stderr.write(`${m.name}: round ${r + 1}/${rounds}, ${s} stream(s), ${arm.label}\n`);
           const result = await runRound(arm, s, roundSeconds);
-          const key = `${s}|${arm.name}`;
+          const key = `${s}|${arm.label}`;
           results.set(key, [...(results.get(key) ?? []), result]);
         }
       }
@@ -816,9 +835,14 @@ try {
     ];
     for (const s of streamCounts) {
       const direct = results.get(`${s}|direct`)!;
-      const noSae = results.get(`${s}|saegate`);
+      /** The rounds of arm `name` on `arm`'s own hop, else on the other one, else undefined. */
+      const sameHop = (arm: Arm, name: ArmName): RoundResult[] | undefined => {
+        const own = arm.modelSocket !== null ? `${name}@unix` : name;
+        return results.get(`${s}|${own}`) ?? results.get(`${s}|${own === name ? `${name}@unix` : name}`);
+      };
       for (const arm of arms) {
-        const rs = results.get(`${s}|${arm.name}`)!;
+        const noSae = sameHop(arm, 'saegate');
+        const rs = results.get(`${s}|${arm.label}`)!;
         const tps = rs.map((x) => x.tokens / x.wallS);
         const ratio = rs.map((x, i) => x.tokens / x.wallS / (direct[i].tokens / direct[i].wallS));
         const modelCpu = rs.map((x) => x.modelCpuNs / 1e3 / x.tokens);
@@ -834,13 +858,13 @@ try {
         const perRow = rs.map((x, i) => (x.rowsEncoded > 0 && noSae ? ((x.saegateCpuNs / x.tokens - noSae[i].saegateCpuNs / noSae[i].tokens) * x.tokens) / 1e3 / x.rowsEncoded : NaN));
         const mainPerRow = rs.map((x, i) => (x.rowsEncoded > 0 && noSae ? ((x.saegateMainNs / x.tokens - noSae[i].saegateMainNs / noSae[i].tokens) * x.tokens) / 1e3 / x.rowsEncoded : NaN));
         const runPerRow = rs.map((x) => (x.rowsEncoded > 0 ? (x.saeRunS * 1e6) / x.rowsEncoded : NaN));
-        const proxy = results.get(`${s}|proxy`);
+        const proxy = sameHop(arm, 'proxy');
         const proxyRatio = rs.map((x, i) => (proxy ? x.modelCpuNs / x.tokens / (proxy[i].modelCpuNs / proxy[i].tokens) : NaN));
         const tpot = rs.flatMap((x) => x.tpotMs);
         const ttft = rs.flatMap((x) => x.ttftMs);
         const sae = hasSae(arm.name);
         lines.push(
-          `| ${s} | ${arm.name} | ${f(median(tps))} | ${medianWithInterval(ratio, 2)} | ${f(quantile(ttft, 0.5), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelMain))} / ${f(median(modelWorker))} / ${f(median(modelSys))} | ${f(median(modelSwitches), 2)} | ${f(median(tokPerStep), 2)} | ${f(median(onnxPerTok))} | ${medianWithInterval(modelRatio, 2)} | ${medianWithInterval(proxyRatio, 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${sae ? f(median(mainPerRow), 1) : '–'} | ${sae ? f(median(runPerRow), 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
+          `| ${s} | ${arm.label} | ${f(median(tps))} | ${medianWithInterval(ratio, 2)} | ${f(quantile(ttft, 0.5), 2)} | ${f(quantile(tpot, 0.5), 2)} | ${f(quantile(tpot, 0.99), 2)} | ${f(median(modelCpu))} | ${f(median(modelMain))} / ${f(median(modelWorker))} / ${f(median(modelSys))} | ${f(median(modelSwitches), 2)} | ${f(median(tokPerStep), 2)} | ${f(median(onnxPerTok))} | ${medianWithInterval(modelRatio, 2)} | ${medianWithInterval(proxyRatio, 2)} | ${arm.saegate ? f(median(sgCpu)) : '–'} | ${sae ? f(median(rowsPerToken), 2) : '–'} | ${sae ? f(median(perRow), 1) : '–'} | ${sae ? f(median(perRow) - rawMicrosPerRow, 1) : '–'} | ${sae ? f(median(mainPerRow), 1) : '–'} | ${sae ? f(median(runPerRow), 1) : '–'} | ${rs.reduce((a, x) => a + x.errors, 0)} |`,
         );
       }
     }
