@@ -599,19 +599,15 @@ export class ConditionRuntime {
     // them as long as monitoring allows (sent with the steers' update, or alone).
     // (Flags with `inResponse: false` never hold it back, and the hold is given once.)
     const hold = live.held || over || aborted || this.anyUnfired(live) ? null : (this.options.relaxedTapDelayMs?.() ?? null);
-    if (steered === null) {
-      if (hold !== null && this.options.tap.planUpdate(live.requestId, live.steering, hold).delivered) {
-        live.held = true;
-        this.metrics?.tapHolds.inc({ when: 'fired' });
-      }
-      return;
-    }
-    // Steers firing together go down as one update: the request's whole steering from now on.
-    const result = hold === null ? this.options.tap.planUpdate(live.requestId, live.steering) : this.options.tap.planUpdate(live.requestId, live.steering, hold);
+    if (steered === null && hold === null) return;
+    // One update: the request's whole steering from now on (steers firing together go down
+    // together), with the hold when it is given now (alone, unchanged steering, after a flag).
+    const result = this.options.tap.planUpdate(live.requestId, live.steering, hold ?? undefined);
     if (hold !== null && result.delivered) {
       live.held = true;
       this.metrics?.tapHolds.inc({ when: 'fired' });
     }
+    if (steered === null) return;
     const outcome = outcomeOf(result);
     this.metrics?.planUpdates.inc({ outcome });
     for (const event of steered) {
