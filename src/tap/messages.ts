@@ -91,8 +91,9 @@ export const welcomeSchema = z.object({
   sessionId: idSchema,
 });
 
-/** The longest a model server may hold tapped data, ms (subscription-wide or per request). */
-const holdMsSchema = z.int().min(0).max(60_000);
+/** The longest a model server may be asked to hold tapped data, ms (subscription-wide or per request). */
+export const MAX_TAP_HOLD_MS = 60_000;
+const holdMsSchema = z.int().min(0).max(MAX_TAP_HOLD_MS);
 
 export const subscribeSchema = z.object({
   hooks: z.array(hookNameSchema).max(MAX_HOOK_POINTS).refine(uniqueStrings, 'hooks must be unique'),

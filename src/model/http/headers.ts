@@ -7,6 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { SaegateError } from '../../common/errors.js';
+import { MAX_TAP_HOLD_MS } from '../../tap/messages.js';
 
 /** 1–128 characters of [A-Za-z0-9._:-]: safe in logs, headers and tap frames without escaping. */
 const ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -17,8 +18,6 @@ export const REQUEST_ID_HEADER = 'x-request-id';
 export const PLAN_ID_HEADER = 'x-saegate-plan-id';
 /** Per-request tap hold header, set by saegate (docs/tap-protocol.md §5.1). */
 export const TAP_MAX_DELAY_HEADER = 'x-saegate-tap-max-delay-ms';
-/** Longest hold the header may ask for, ms (as the subscription's `maxDelayMs`). */
-const MAX_TAP_DELAY_MS = 60_000;
 
 /** Whether `value` is a usable request or plan id. */
 export function isValidId(value: unknown): value is string {
@@ -53,8 +52,8 @@ export function tapMaxDelayFrom(headers: IncomingHttpHeaders): number | null {
   const given = headers[TAP_MAX_DELAY_HEADER];
   if (given === undefined) return null;
   const value = typeof given === 'string' && /^\d{1,5}$/.test(given) ? Number(given) : Number.NaN;
-  if (!(value <= MAX_TAP_DELAY_MS)) {
-    throw new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`header ${TAP_MAX_DELAY_HEADER} must be an integer number of milliseconds from 0 to ${MAX_TAP_DELAY_MS}, got ${JSON.stringify(given)}`], { param: TAP_MAX_DELAY_HEADER });
+  if (!(value <= MAX_TAP_HOLD_MS)) {
+    throw new SaegateError('SAEGATE_ERR_BAD_REQUEST', [`header ${TAP_MAX_DELAY_HEADER} must be an integer number of milliseconds from 0 to ${MAX_TAP_HOLD_MS}, got ${JSON.stringify(given)}`], { param: TAP_MAX_DELAY_HEADER });
   }
   return value;
 }
