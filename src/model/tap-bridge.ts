@@ -258,16 +258,6 @@ export class TapBridge {
     }
   }
 
-  /** How long pending rows, tokens and ends may wait now, ms (see the class comment). */
-  get currentDelayMs(): number {
-    return this.delayMs;
-  }
-
-  /** Requests that have run with a tap hold of their own (`x-saegate-tap-max-delay-ms` or a plan update's `maxDelayMs`), since start. */
-  get requestsWithOwnHold(): number {
-    return this.heldRequests;
-  }
-
   /** The tap's part of the model server's `/healthz`. */
   health(): TapHealth {
     return { connected: this.client.sessionId !== null, writes: this.client.stats.writes, delay_ms: this.delayMs, requests_with_own_hold: this.heldRequests };

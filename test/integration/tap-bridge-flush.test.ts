@@ -382,42 +382,42 @@ describe('TapBridge flush policy over a real tap connection', () => {
     const { bridge, source } = tapped;
     const every10th = (n: number) => Array.from({ length: n }, (_, i) => (i % 10 === 9 ? 1 : 0));
     const everyOther = (n: number) => Array.from({ length: n }, (_, i) => (i % 2 === 1 ? 1 : 0));
-    expect(bridge.currentDelayMs).toBe(2);
+    expect(bridge.health().delay_ms).toBe(2);
 
     // req-1's HTTP request said 10 ms (x-saegate-tap-max-delay-ms): from its prefill, its data
     // waits 10 ms though the subscription says nothing (flushMs 2).
     bridge.trackRequest('req-1', [5, 6], 10);
-    expect(bridge.currentDelayMs).toBe(2); // tracked, not running yet
+    expect(bridge.health().delay_ms).toBe(2); // tracked, not running yet
     source.step(prefillStep(source, 'req-1'));
-    expect(bridge.currentDelayMs).toBe(10);
-    expect(bridge.requestsWithOwnHold).toBe(1);
+    expect(bridge.health().delay_ms).toBe(10);
+    expect(bridge.health().requests_with_own_hold).toBe(1);
     bridge.flush();
     expect(pacedRequests(tapped, ['req-1'], 20, 3)).toEqual(every10th(20));
 
     // req-2 has no hold of its own: while it runs, the subscription's 2 ms is in force for both.
     bridge.trackRequest('req-2', [5, 6]);
     source.step(prefillStep(source, 'req-2'));
-    expect(bridge.currentDelayMs).toBe(2);
+    expect(bridge.health().delay_ms).toBe(2);
     bridge.flush();
     expect(pacedRequests(tapped, ['req-1', 'req-2'], 10, 23)).toEqual(everyOther(10));
 
     // Its end gives req-1's 10 ms back.
     source.end('req-2', finished(11));
-    expect(bridge.currentDelayMs).toBe(10);
+    expect(bridge.health().delay_ms).toBe(10);
     bridge.flush();
     expect(pacedRequests(tapped, ['req-1'], 20, 33)).toEqual(every10th(20));
 
     // A plan update's maxDelayMs replaces req-1's hold (0: nothing beyond flushMs).
     tapped.conn.sendPlanUpdate({ requestId: 'req-1', planId: 'plan-x-1', entries: [], maxDelayMs: 0 });
-    await waitFor('the plan update to reach the bridge', () => bridge.currentDelayMs === 2, { observed: () => bridge.currentDelayMs });
+    await waitFor('the plan update to reach the bridge', () => bridge.health().delay_ms === 2, { observed: () => bridge.health().delay_ms });
     expect(pacedRequests(tapped, ['req-1'], 10, 53)).toEqual(everyOther(10));
-    expect(bridge.requestsWithOwnHold).toBe(1);
+    expect(bridge.health().requests_with_own_hold).toBe(1);
 
     // With no request running, the subscription's hold is in force again.
     source.end('req-1', finished(61));
-    expect(bridge.currentDelayMs).toBe(2);
+    expect(bridge.health().delay_ms).toBe(2);
     tapped.conn.subscribe({ hooks: [HOOK_A], dtype: 'f32', includePrompt: false, maxDelayMs: 10 });
-    await waitFor('the relaxed subscription to reach the bridge', () => bridge.currentDelayMs === 10, { observed: () => bridge.currentDelayMs });
+    await waitFor('the relaxed subscription to reach the bridge', () => bridge.health().delay_ms === 10, { observed: () => bridge.health().delay_ms });
   });
 
   it('moves the flush timer forward when a request with a shorter hold starts, so entries held for a longer one leave within the shorter', async () => {

@@ -78,7 +78,7 @@ describe('saegate serve --tap-monitor-delay-ms', () => {
     expect(plain.status).toBe(200);
     expect(plain.headers.get('x-saegate-applied')).toBe('policy=watch@1');
     await plain.text();
-    expect(bridge.requestsWithOwnHold).toBe(1);
+    expect(bridge.health().requests_with_own_hold).toBe(1);
 
     // The guard reads it: forwarded without a hold; its flag fires at the first row, and the
     // plan update that follows gives it the 50 ms hold for the rest of its 1000 tokens.
@@ -87,7 +87,7 @@ describe('saegate serve --tap-monitor-delay-ms', () => {
     await watched.text();
     await waitFor('the hold to come with a plan update', () => holds.length > 0, { observed: () => holds });
     expect(holds).toEqual([50]);
-    expect(bridge.requestsWithOwnHold).toBe(2);
+    expect(bridge.health().requests_with_own_hold).toBe(2);
     // The model server's /healthz says the same, with its writes and the hold in force now (none
     // running: the subscription's, here its own 2 ms).
     const health = (await (await fetch(`${model.url}/healthz`)).json()) as { tap?: { connected: boolean; writes: number; delay_ms: number; requests_with_own_hold: number }; plan_wait_timeout_ms: number };
