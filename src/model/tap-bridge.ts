@@ -181,11 +181,7 @@ export class TapBridge {
       // sends both in one write): saegate reads the trigger lag from that order.
       this.flush();
       if (!engine.isActive(update.requestId)) return;
-      if (update.maxDelayMs !== undefined && this.running.has(update.requestId)) {
-        if (this.running.get(update.requestId) === null) this.heldRequests++;
-        this.running.set(update.requestId, update.maxDelayMs);
-        this.updateDelay();
-      }
+      if (update.maxDelayMs !== undefined && this.running.has(update.requestId)) this.setHold(update.requestId, update.maxDelayMs);
       try {
         engine.updatePlan(update.requestId, update.entries);
       } catch (error) {
@@ -234,6 +230,13 @@ export class TapBridge {
       return;
     }
     this.flushTimer ??= setTimeout(() => this.flush(), Math.max(0, this.pendingSince + this.delayMs - now));
+  }
+
+  /** A running request's hold from now on (null: the subscription's); counts it the first time it has one of its own. */
+  private setHold(requestId: string, hold: number | null): void {
+    if (hold !== null && (this.running.get(requestId) ?? null) === null) this.heldRequests++;
+    this.running.set(requestId, hold);
+    this.updateDelay();
   }
 
   /**
@@ -385,10 +388,7 @@ export class TapBridge {
     const tracked = this.tracked.get(requestId);
     this.tracked.delete(requestId);
     const prompt = tracked?.prompt ?? [];
-    const hold = tracked?.hold ?? null;
-    this.running.set(requestId, hold);
-    if (hold !== null) this.heldRequests++;
-    this.updateDelay();
+    this.setHold(requestId, tracked?.hold ?? null);
     if (!this.tokenizer) return prompt;
     const sendPrompt = this.client.subscription?.includePrompt === true;
     this.detokenizers.set(requestId, new TokenPieceDecoder(this.tokenizer, sendPrompt ? [] : prompt));
